@@ -1,0 +1,336 @@
+"""The experiment schema, YAML loading, `--set` overrides and run ids.
+
+One typed, strict config drives everything (the big_vision habit): a run is a pure
+function of its resolved config. Every user mistake becomes a `ConfigError` that
+names the file and the dotted key path, before anything is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from resexp.errors import ConfigError
+
+DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist")
+
+
+class _Section(BaseModel):
+    # strict: no silent "1" -> True or "0.1" -> 0.1 coercions; forbid: typos are errors.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class DataConfig(_Section):
+    name: Literal["digits", "synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist"] = "digits"
+    dir: str | None = None  # where file-backed datasets live (default: ~/.cache/resexp/<name>)
+    batch_size: int = Field(128, gt=0)
+    eval_batch_size: int = Field(500, gt=0)
+    augment: bool | None = None  # pad-4 random crop + flip; None = on for CIFAR only
+    # `synthetic` only: a deterministic procedural classification set of any size/shape.
+    num_train: int = Field(2048, gt=0)
+    num_test: int = Field(512, gt=0)
+    image_size: int = Field(32, gt=0)
+    channels: int = Field(3, gt=0)
+    num_classes: int = Field(10, ge=2)
+
+
+class ModelConfig(_Section):
+    kind: Literal["cnn", "mlp"] = "cnn"
+    depth: int = Field(20, gt=0)  # weight layers: 2 * stages * n + 2 (6n+2 for widths 16/32/64)
+    widths: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
+    shortcut: bool = True  # False: the plain net with exactly the same layers
+    projection: Literal["zero_pad", "learned", "learned_all"] = "zero_pad"  # option A / B / C
+    norm: Literal["batch", "none"] = "batch"
+    zero_init_residual: bool = False  # last BN scale of each branch starts at 0 (Goyal et al.)
+    rezero: bool = False  # a learned scalar gate, initialised to 0, on each branch (ReZero/SkipInit)
+    scan_unroll: int | bool = 1  # blocks of a stage run under lax.scan; True unrolls fully
+
+    @field_validator("widths")
+    @classmethod
+    def _positive_widths(cls, widths: list[int]) -> list[int]:
+        if any(w <= 0 for w in widths):
+            raise ValueError("every width must be a positive integer")
+        return widths
+
+    @model_validator(mode="after")
+    def _depth_fits_family(self) -> "ModelConfig":
+        stages = len(self.widths)
+        per_n = 2 * stages
+        if self.depth < per_n + 2 or (self.depth - 2) % per_n:
+            lo = max(per_n + 2, (self.depth - 2) // per_n * per_n + 2)
+            hint = f"nearest valid: {lo}" + (f" or {lo + per_n}" if lo < self.depth else "")
+            family = "CNN" if self.kind == "cnn" else "MLP"
+            raise ValueError(
+                f"depth {self.depth} is not {per_n}n+2 (n >= 1) for the {family} family with "
+                f"{stages} stages of widths {self.widths}; {hint}"
+            )
+        return self
+
+    @property
+    def blocks_per_stage(self) -> int:
+        return (self.depth - 2) // (2 * len(self.widths))
+
+
+class OptimConfig(_Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(1e-4, ge=0)
+    decay_biases_and_norms: bool = True  # the lecture's argument decays W *and* b
+    schedule: Literal["constant", "step", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    boundaries: list[int] = Field(default_factory=list)  # `step`: lr *= decay_factor at each
+    decay_factor: float = Field(0.1, gt=0, le=1)
+
+    @field_validator("boundaries")
+    @classmethod
+    def _increasing(cls, b: list[int]) -> list[int]:
+        if any(x <= 0 for x in b) or b != sorted(set(b)):
+            raise ValueError("boundaries must be strictly increasing positive steps")
+        return b
+
+
+class TrainConfig(_Section):
+    steps: int = Field(1000, gt=0)
+    seed: int = Field(0, ge=0)
+    log_every: int = Field(50, gt=0)  # steps per device dispatch, and the logging window
+    eval_every: int = Field(0, ge=0)  # 0: evaluate at the end only
+    checkpoint_every: int = Field(0, ge=0)  # 0: checkpoint at the end only
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
+    diagnostics: bool = True  # residual ratios, response std, weight/grad norms at eval
+    vmap_seeds: int = Field(1, ge=1)  # train seeds seed..seed+S-1 in one program
+    eval_examples: int | None = Field(None, gt=0)  # cap on test examples per eval
+
+    @model_validator(mode="after")
+    def _cadences_align(self) -> "TrainConfig":
+        # Chunks are `log_every` steps; checkpoints and evals land on chunk boundaries so a
+        # resumed run replays exactly the same chunks as an uninterrupted one.
+        for key in ("eval_every", "checkpoint_every"):
+            value = getattr(self, key)
+            if value and value % self.log_every:
+                raise ValueError(f"{key} ({value}) must be a multiple of log_every ({self.log_every})")
+        return self
+
+
+class Config(_Section):
+    name: str = Field("experiment", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)  # dotted key -> values (a grid axis)
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-4` as a float (YAML 1.1 would make it a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    """A `--set`/`--grid` value, typed as YAML would type it (`1e-4`, `true`, `[16, 32]`)."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text
+
+
+def _read_yaml(path: Path) -> dict:
+    source = str(path)
+    if not path.exists():
+        raise ConfigError(source, None, "no such file")
+    if path.is_dir():
+        raise ConfigError(source, None, "is a directory, not a YAML config")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, None, f"cannot read: {exc}") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise ConfigError(source, None, f"not valid YAML{where}: {problem}") from None
+    if data is None:
+        raise ConfigError(source, None, "empty config (expected a mapping with data/model/optim/train)")
+    if not isinstance(data, dict):
+        raise ConfigError(source, None, f"expected a YAML mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def _sections() -> dict[str, type[BaseModel]]:
+    return {name: f.annotation for name, f in Config.model_fields.items() if isinstance(f.annotation, type)
+            and issubclass(f.annotation, BaseModel)}
+
+
+def valid_keys() -> list[str]:
+    """Every dotted key a user may set, e.g. `model.depth`."""
+    keys = [name for name in Config.model_fields if name not in _sections() and name != "sweep"]
+    for section, model in _sections().items():
+        keys += [f"{section}.{field}" for field in model.model_fields]
+    return keys
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
+    if not close:  # a bare field name ("depth") is a common slip
+        close = [k for k in valid_keys() if k.split(".")[-1] == key.split(".")[-1]][:1]
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def check_key(source: str, key: str) -> None:
+    if key not in valid_keys():
+        raise ConfigError(source, key, f"unknown key{_suggest(key)}")
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def get_dotted(cfg: Config | dict, key: str) -> Any:
+    node: Any = cfg.model_dump() if isinstance(cfg, Config) else cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def parse_assignment(source: str, text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(source, text, "expected key=value (e.g. model.depth=20)")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    check_key(source, key)
+    return key, value
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _validate(raw: dict, source: str, origins: dict[str, str]) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
+        key = ".".join(loc) or None
+        msg = err["msg"].removeprefix("Value error, ")
+        section = _sections().get(key or "")
+        if section is not None:  # a cross-field check: point at the field it names first
+            field = msg.split(" ", 1)[0]
+            if field in section.model_fields:
+                key = f"{key}.{field}"
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key{_suggest(key or '')}"
+        elif err["type"] == "literal_error":
+            msg = f"{err.get('input')!r} is not one of: {err['ctx']['expected']}"
+        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+            msg = f"{msg} (got {err['input']!r})"
+        # Name the --set that supplied the bad value, if one did.
+        for prefix, origin in origins.items():
+            if key and (key == prefix or key.startswith(prefix + ".")):
+                source = f"{source} ({origin})"
+                break
+        raise ConfigError(source, key, msg) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply `key=value` overrides, validate the whole thing."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    origins: dict[str, str] = {}
+    for text in overrides:
+        key, value = parse_assignment("--set", text)
+        set_dotted(raw, key, parse_value(value))
+        origins[key] = f"--set {text}"
+    raw.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem) or "experiment")
+    cfg = _validate(raw, str(path), origins)
+    check_sweep(cfg, str(path))
+    return cfg
+
+
+def check_sweep(cfg: Config, source: str) -> None:
+    for key, values in cfg.sweep.items():
+        if key not in valid_keys():
+            raise ConfigError(source, f"sweep.{key}", f"unknown key{_suggest(key)}")
+        if key == "name":
+            raise ConfigError(source, "sweep.name", "cannot sweep the experiment name")
+        if not values:
+            raise ConfigError(source, f"sweep.{key}", "empty sweep axis (give at least one value)")
+
+
+def with_updates(cfg: Config, updates: dict[str, Any], source: str = "sweep") -> Config:
+    """A copy of `cfg` with dotted-key updates applied, fully re-validated."""
+    raw = cfg.model_dump()
+    for key, value in updates.items():
+        set_dotted(raw, key, copy.deepcopy(value))
+    origins = {key: f"{source} {key}={value!r}" for key, value in updates.items()}
+    return _validate(raw, source, origins)
+
+
+# --------------------------------------------------------------------------- run ids
+
+
+def identity_dict(cfg: Config) -> dict:
+    """What determines a run's numbers: everything except bookkeeping that does not.
+
+    `name` and `sweep` say where a run came from, and `vmap_seeds` how it was batched
+    with others; none changes what one seed's run computes.
+    """
+    d = cfg.model_dump(mode="json", exclude={"name", "sweep"})
+    d["train"].pop("vmap_seeds", None)
+    return d
+
+
+def config_hash(cfg: Config) -> str:
+    blob = json.dumps(identity_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def run_id(cfg: Config) -> str:
+    """Readable and stable: `resnet20-a-wd0.0001-s0-1a2b3c4d` (the hash covers the rest)."""
+    m = cfg.model
+    if m.kind == "cnn":
+        arch = f"resnet{m.depth}-{'abc'[['zero_pad', 'learned', 'learned_all'].index(m.projection)]}" \
+            if m.shortcut else f"plain{m.depth}"
+    else:
+        arch = f"mlp-{'res' if m.shortcut else 'plain'}{m.depth}"
+    return f"{arch}-wd{cfg.optim.weight_decay:g}-s{cfg.train.seed}-{config_hash(cfg)}"
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,148 @@
+"""Datasets by name -> arrays in device memory, plus the jittable batch sampler and augmenter.
+
+Batches are a pure function of (seed, step): step s of a run always sees the same
+examples, so a resumed run replays exactly what an uninterrupted one would have seen.
+Sampling and augmentation run inside the jitted training loop; Python never touches
+a batch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.resources
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resexp.config import DataConfig
+from resexp.datasets import FILE_DATASETS, ArraySplits, load_files
+from resexp.errors import ConfigError, DataError
+
+DIGITS_TEST = 297  # the embedded set: 1,797 images -> 1,500 train / 297 test
+
+
+def default_data_dir() -> Path:
+    """Where file datasets live unless `data.dir` says otherwise (RESEXP_DATA_DIR overrides)."""
+    return Path(os.environ.get("RESEXP_DATA_DIR", Path.home() / ".cache" / "resexp" / "data"))
+
+
+@dataclass(frozen=True)
+class Data:
+    """A dataset resident on the device; images stay in their stored dtype (uint8 for files)."""
+
+    name: str
+    x_train: jax.Array
+    y_train: jax.Array
+    x_test: jax.Array
+    y_test: jax.Array
+    mean: np.ndarray  # per-channel, from the training split
+    std: np.ndarray
+    num_classes: int
+    augment: bool
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    def normalize(self, x: jax.Array) -> jax.Array:
+        return (x.astype(jnp.float32) - jnp.asarray(self.mean)) / jnp.asarray(self.std)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def digits() -> ArraySplits:
+    """The real 8x8 handwritten digits shipped inside scikit-learn (UCI, 1,797 images).
+
+    Read straight from the package's CSV: importing sklearn itself would cost a second.
+    """
+    path = importlib.resources.files("sklearn.datasets") / "data" / "digits.csv.gz"
+    with path.open("rb") as fh, gzip.open(fh, "rt") as text:
+        table = np.loadtxt(text, delimiter=",", dtype=np.int64)
+    images = table[:, :-1].reshape(-1, 8, 8, 1).astype(np.uint8)  # intensities 0..16
+    labels = table[:, -1].astype(np.int32)
+    order = np.random.default_rng(0).permutation(len(labels))  # fixed split, independent of any run
+    test, train = order[:DIGITS_TEST], order[DIGITS_TEST:]
+    return ArraySplits(images[train], labels[train], images[test], labels[test], 10, "digits")
+
+
+def synthetic(num_train: int, num_test: int, image_size: int, channels: int, num_classes: int) -> ArraySplits:
+    """A deterministic procedural task: each class is a smooth random pattern, seen through noise.
+
+    Learnable but not trivial, of any size and shape: for tests and benchmarks.
+    """
+    rng = np.random.default_rng(1234)
+    grid = np.linspace(0, 2 * np.pi, image_size, dtype=np.float32)
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+    templates = np.zeros((num_classes, image_size, image_size, channels), np.float32)
+    for c in range(num_classes):
+        for ch in range(channels):
+            for _ in range(3):
+                fy, fx = rng.integers(1, 4, size=2)
+                phase = rng.uniform(0, 2 * np.pi)
+                templates[c, :, :, ch] += np.sin(fy * yy + fx * xx + phase)
+    total = num_train + num_test
+    labels = rng.integers(0, num_classes, size=total).astype(np.int32)
+    gains = rng.uniform(0.5, 1.5, size=(total, 1, 1, 1)).astype(np.float32)
+    noise = rng.normal(0, 1.0, size=(total, image_size, image_size, channels)).astype(np.float32)
+    images = templates[labels] * gains + noise
+    return ArraySplits(images[:num_train], labels[:num_train], images[num_train:], labels[num_train:],
+                       num_classes, "synthetic")
+
+
+def load_splits(cfg: DataConfig) -> ArraySplits:
+    if cfg.name == "digits":
+        return digits()
+    if cfg.name == "synthetic":
+        return synthetic(cfg.num_train, cfg.num_test, cfg.image_size, cfg.channels, cfg.num_classes)
+    assert cfg.name in FILE_DATASETS
+    return load_files(cfg.name, Path(cfg.dir) if cfg.dir else default_data_dir())
+
+
+def load_data(cfg: DataConfig, source: str = "config") -> Data:
+    """Load, check against the config, and move to the default device."""
+    splits = load_splits(cfg)
+    n = len(splits.y_train)
+    if cfg.batch_size > n:
+        raise ConfigError(source, "data.batch_size", f"{cfg.batch_size} exceeds the {n} training examples of {cfg.name}")
+    x = splits.x_train.astype(np.float32)
+    axes = tuple(range(x.ndim - 1))
+    mean, std = x.mean(axis=axes), x.std(axis=axes) + 1e-6
+    augment = cfg.augment if cfg.augment is not None else cfg.name in ("cifar10", "cifar100")
+    return Data(
+        name=cfg.name,
+        x_train=jax.device_put(splits.x_train), y_train=jax.device_put(splits.y_train),
+        x_test=jax.device_put(splits.x_test), y_test=jax.device_put(splits.y_test),
+        mean=mean.astype(np.float32), std=std.astype(np.float32),
+        num_classes=splits.num_classes, augment=augment,
+    )
+
+
+# --------------------------------------------------------------------------- in the jitted loop
+
+
+def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+    """Indices of batch `step`: epoch-wise shuffles without replacement, a function of (key, step)."""
+    per_epoch = num_examples // batch_size
+    epoch, within = step // per_epoch, step % per_epoch
+    order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+    return jax.lax.dynamic_slice(order, (within * batch_size,), (batch_size,))
+
+
+def augment_batch(key: jax.Array, x: jax.Array, pad: int = 4) -> jax.Array:
+    """He et al.'s augmentation: pad 4, random crop back to size, random horizontal flip."""
+    crop_key, flip_key = jax.random.split(key)
+    b, h, w, c = x.shape
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    offsets = jax.random.randint(crop_key, (b, 2), 0, 2 * pad + 1)
+    crops = jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(padded, offsets)
+    flip = jax.random.bernoulli(flip_key, 0.5, (b,))
+    return jnp.where(flip[:, None, None, None], crops[:, :, ::-1, :], crops)

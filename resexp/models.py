@@ -1,0 +1,305 @@
+"""Plain and residual networks: the He et al. (2016) CIFAR family and the lecture's MLP.
+
+Both families share one shape: a stem layer, `len(widths)` stages of `n` two-layer
+blocks, a classifier head; depth = 2 * stages * n + 2 weight layers (6n+2 for the
+CIFAR widths 16/32/64). `shortcut=False` gives the plain net with the very same layers.
+
+A residual block computes  a[l+2] = relu(F(a[l]) + Ws a[l]),  F = the two-layer branch.
+Ws is the identity when shapes agree; where they change it is a zero-pad ("option A"),
+a learned 1x1 conv / dense + BN ("option B"), or learned on every block ("option C").
+
+Speed: blocks 2..n of a stage are identical, so their parameters are stacked and run
+under `nnx.scan`; compile time is then flat in depth (ResNet-110 compiles like ResNet-20).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from resexp.config import ModelConfig
+
+HE_INIT = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")  # He et al. 2015
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _fro(x: jax.Array) -> jax.Array:
+    return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32))))
+
+
+def _std(x: jax.Array) -> jax.Array:
+    return jnp.std(x.astype(jnp.float32))
+
+
+class Norm(nnx.Module):
+    """BatchNorm, or nothing (`norm: none`): one place so blocks read the same either way."""
+
+    def __init__(self, features: int, kind: str, *, zero_scale: bool = False, dtype: Any, rngs: nnx.Rngs):
+        self.bn = (
+            nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs,
+                          scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones)
+            if kind == "batch" else None
+        )
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return x if self.bn is None else self.bn(x, use_running_average=not train)
+
+
+class Shortcut(nnx.Module):
+    """Ws: identity, option A (subsample + zero-pad channels) or a learned projection + norm."""
+
+    def __init__(self, cin: int, cout: int, stride: int, cfg: ModelConfig, *, conv: bool, dtype: Any,
+                 rngs: nnx.Rngs):
+        shape_changes = cin != cout or stride != 1
+        learned = cfg.projection == "learned_all" or (cfg.projection == "learned" and shape_changes)
+        self.mode = "learned" if learned else ("zero_pad" if shape_changes else "identity")
+        self.stride, self.pad = stride, cout - cin
+        bias = cfg.norm == "none"
+        self.proj = nnx.data(None)
+        self.proj_norm = nnx.data(None)
+        if learned:
+            self.proj = (
+                nnx.Conv(cin, cout, (1, 1), strides=stride, padding="VALID", use_bias=bias, kernel_init=HE_INIT,
+                         dtype=dtype, rngs=rngs)
+                if conv else nnx.Linear(cin, cout, use_bias=bias, kernel_init=HE_INIT, dtype=dtype, rngs=rngs)
+            )
+            self.proj_norm = Norm(cout, cfg.norm, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.mode == "learned":
+            return self.proj_norm(self.proj(x), train)
+        if self.mode == "zero_pad":
+            if x.ndim == 4 and self.stride > 1:
+                x = x[:, :: self.stride, :: self.stride, :]
+            if self.pad:
+                x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, self.pad)])
+        return x
+
+
+class Block(nnx.Module):
+    """Two weight layers with a norm after each; relu(F(x) + Ws x), or relu(F(x)) when plain."""
+
+    def __init__(self, cin: int, cout: int, stride: int, cfg: ModelConfig, *, dtype: Any, rngs: nnx.Rngs):
+        conv = cfg.kind == "cnn"
+        bias = cfg.norm == "none"
+
+        def layer(i: int, o: int, s: int) -> nnx.Module:
+            if conv:
+                return nnx.Conv(i, o, (3, 3), strides=s, padding=((1, 1), (1, 1)), use_bias=bias,
+                                kernel_init=HE_INIT, dtype=dtype, rngs=rngs)
+            return nnx.Linear(i, o, use_bias=bias, kernel_init=HE_INIT, dtype=dtype, rngs=rngs)
+
+        self.layer1 = layer(cin, cout, stride)
+        self.norm1 = Norm(cout, cfg.norm, dtype=dtype, rngs=rngs)
+        self.layer2 = layer(cout, cout, 1)
+        self.norm2 = Norm(cout, cfg.norm, zero_scale=cfg.zero_init_residual and cfg.shortcut, dtype=dtype,
+                          rngs=rngs)
+        self.residual = cfg.shortcut
+        self.shortcut = Shortcut(cin, cout, stride, cfg, conv=conv, dtype=dtype, rngs=rngs) if cfg.shortcut else None
+        self.gate = nnx.Param(jnp.zeros((), jnp.float32)) if cfg.rezero and cfg.shortcut else None
+
+    def branch(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        """F(x) and the first layer's normalised response (for the He et al. Fig. 7 stds)."""
+        r1 = self.norm1(self.layer1(x), train)
+        return self.norm2(self.layer2(jax.nn.relu(r1)), train), r1
+
+    def __call__(self, x: jax.Array, train: bool, collect: bool = False):
+        f, r1 = self.branch(x, train)
+        stats = {"response_std": jnp.stack([_std(r1), _std(f)])} if collect else None
+        if not self.residual:
+            return jax.nn.relu(f), stats
+        gated = f * self.gate.value.astype(f.dtype) if self.gate is not None else f
+        s = self.shortcut(x, train)
+        if collect:  # how far this block is from the identity: ||F(x)|| / ||Ws x||
+            stats["residual_ratio"] = _fro(gated) / (_fro(s) + 1e-12)
+        return jax.nn.relu(gated + s), stats
+
+
+class Stage(nnx.Module):
+    """One width: a first block (which may change shape), then n-1 identical blocks under scan."""
+
+    def __init__(self, make_block: Callable[[bool, nnx.Rngs], Block], n: int, unroll: int | bool,
+                 rngs: nnx.Rngs):
+        self.first = make_block(True, rngs)
+        self.unroll = unroll
+
+        @nnx.split_rngs(splits=max(n - 1, 1))
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_rest(r: nnx.Rngs) -> Block:
+            return make_block(False, r)
+
+        self.rest = nnx.data(make_rest(rngs) if n > 1 else None)
+
+    def __call__(self, x: jax.Array, train: bool, collect: bool):
+        x, first = self.first(x, train, collect)
+        if self.rest is None:
+            return x, _stack_stats([first])
+
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0), unroll=self.unroll)
+        def run(h, block):
+            return block(h, train, collect)
+
+        x, rest = run(x, self.rest)
+        return x, _stack_stats([first], rest)
+
+
+def _stack_stats(first: list, rest: dict | None = None) -> dict | None:
+    if first[0] is None:
+        return None
+    out = {}
+    for k, v in first[0].items():
+        parts = [v[None]] + ([rest[k]] if rest is not None else [])
+        out[k] = jnp.concatenate(parts, axis=0)
+    return out
+
+
+class Net(nnx.Module):
+    """A plain or residual network of either family, built from a `ModelConfig`."""
+
+    def __init__(self, cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, *,
+                 dtype: str = "float32", rngs: nnx.Rngs):
+        dt = DTYPES[dtype]
+        self.kind, self.dtype = cfg.kind, dt
+        self.conv = cfg.kind == "cnn"
+        w0 = cfg.widths[0]
+        bias = cfg.norm == "none"
+        if self.conv:
+            cin = input_shape[-1]
+            self.stem = nnx.Conv(cin, w0, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias, kernel_init=HE_INIT,
+                                 dtype=dt, rngs=rngs)
+        else:
+            cin = 1
+            for d in input_shape:
+                cin *= d
+            self.stem = nnx.Linear(cin, w0, use_bias=bias, kernel_init=HE_INIT, dtype=dt, rngs=rngs)
+        self.stem_norm = Norm(w0, cfg.norm, dtype=dt, rngs=rngs)
+        stages = []
+        prev = w0
+        for i, width in enumerate(cfg.widths):
+            stride = 2 if (self.conv and i > 0) else 1
+
+            def make_block(first: bool, r: nnx.Rngs, prev=prev, width=width, stride=stride) -> Block:
+                return Block(prev if first else width, width, stride if first else 1, cfg, dtype=dt, rngs=r)
+
+            stages.append(Stage(make_block, cfg.blocks_per_stage, cfg.scan_unroll, rngs))
+            prev = width
+        self.stages = nnx.List(stages)
+        self.head = nnx.Linear(prev, num_classes, dtype=dt, rngs=rngs)
+
+    def forward(self, x: jax.Array, train: bool = False, collect: bool = False):
+        """Logits, plus per-block statistics when `collect` (residual ratios, response stds)."""
+        x = x.astype(self.dtype)
+        if not self.conv:
+            x = x.reshape(x.shape[0], -1)
+        stem = self.stem_norm(self.stem(x), train)
+        x = jax.nn.relu(stem)
+        per_stage = []
+        for stage in self.stages:
+            x, stats = stage(x, train, collect)
+            per_stage.append(stats)
+        if self.conv:
+            x = jnp.mean(x, axis=(1, 2))
+        logits = self.head(x).astype(jnp.float32)
+        if not collect:
+            return logits, None
+        stats = {k: jnp.concatenate([s[k] for s in per_stage]) for k in per_stage[0]}
+        stats["response_std"] = jnp.concatenate([_std(stem)[None], stats["response_std"].reshape(-1)])
+        return logits, stats
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return self.forward(x, train)[0]
+
+
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, *, seed: int,
+                dtype: str = "float32") -> Net:
+    return Net(cfg, input_shape, num_classes, dtype=dtype, rngs=nnx.Rngs(params=seed))
+
+
+def count_params(model: nnx.Module) -> int:
+    """Trainable parameters (BN running statistics are not parameters, as in the paper)."""
+    return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+# --------------------------------------------------------------------------- introspection
+
+
+def iter_blocks(model: Net) -> Iterator[tuple[str, Block]]:
+    """Every block in order, the scanned ones unstacked: `("stage2/block0", block)`.
+
+    Lets diagnostics and the identity check walk the net block by block, independently
+    of the scan used for speed.
+    """
+    for si, stage in enumerate(model.stages, start=1):
+        yield f"stage{si}/block0", stage.first
+        if stage.rest is None:
+            continue
+        graphdef, state = nnx.split(stage.rest)
+        count = jax.tree.leaves(state)[0].shape[0]
+        for i in range(count):
+            yield f"stage{si}/block{i + 1}", nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    name: str
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int  # multiply-accumulates per example
+
+
+def layer_table(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> list[LayerRow]:
+    """The architecture as rows, computed arithmetically (no tracing): shapes, params, MACs."""
+    rows: list[LayerRow] = []
+    bn = cfg.norm == "batch"
+    conv = cfg.kind == "cnn"
+
+    def norm_params(c: int) -> int:
+        return 2 * c if bn else 0
+
+    if conv:
+        h, w, c = input_shape
+        k = 9 * c * cfg.widths[0]
+        rows.append(LayerRow("stem conv3x3", (h, w, cfg.widths[0]), k + (0 if bn else cfg.widths[0])
+                             + norm_params(cfg.widths[0]), h * w * k))
+    else:
+        size = 1
+        for d in input_shape:
+            size *= d
+        k = size * cfg.widths[0]
+        rows.append(LayerRow("stem dense", (cfg.widths[0],), k + (0 if bn else cfg.widths[0])
+                             + norm_params(cfg.widths[0]), k))
+        h = w = 1
+    prev = cfg.widths[0]
+    n = cfg.blocks_per_stage
+    for si, width in enumerate(cfg.widths, start=1):
+        for b in range(n):
+            cin = prev if b == 0 else width
+            stride = 2 if (conv and si > 1 and b == 0) else 1
+            if conv:
+                h, w = -(-h // stride), -(-w // stride)
+                shape: tuple[int, ...] = (h, w, width)
+                k1, k2 = 9 * cin * width, 9 * width * width
+                macs = h * w * (k1 + k2)
+            else:
+                shape = (width,)
+                k1, k2 = cin * width, width * width
+                macs = k1 + k2
+            params = k1 + k2 + (0 if bn else 2 * width) + 2 * norm_params(width)
+            changes = cin != width or stride != 1
+            if cfg.shortcut and (cfg.projection == "learned_all" or (cfg.projection == "learned" and changes)):
+                params += cin * width + (0 if bn else width) + norm_params(width)
+                macs += (h * w if conv else 1) * cin * width
+            if cfg.shortcut and cfg.rezero:
+                params += 1
+            kind = "plain" if not cfg.shortcut else (
+                "Ws learned" if params > k1 + k2 + 2 * norm_params(width) + (0 if bn else 2 * width) + (
+                    1 if cfg.rezero else 0) else ("Ws zero-pad" if changes else "identity"))
+            rows.append(LayerRow(f"stage{si}/block{b} ({kind})", shape, params, macs))
+        prev = width
+    rows.append(LayerRow("pool + dense head" if conv else "dense head", (num_classes,),
+                         prev * num_classes + num_classes, prev * num_classes))
+    return rows

@@ -1,0 +1,1011 @@
+"""Rebuild every aggregate of a sweep from its runs' ``summary.json`` files.
+
+``build_report(SWEEP)`` reads ``SWEEP/<run-id>/summary.json`` and (re)writes:
+
+* ``results.csv`` / ``results.json``: one row per run (swept keys as dotted columns);
+* ``aggregate.csv``: one row per cell (the swept keys except ``train.seed``) with
+  mean and SAMPLE standard deviation (ddof=1; 0 when n=1) over the cell's
+  completed runs, the number of runs and of diverged runs;
+* ``loss_vs_depth.png`` (final training loss vs depth + training curves),
+  ``response_std.png`` and ``residual_ratio_vs_wd.png`` when diagnostics allow;
+* TensorBoard aggregates, in event files ending with `REPORT_SUFFIX` (deleted and
+  rewritten each time, nothing else is touched): ``SWEEP/vs_depth/<group>/``
+  scalar series with step = depth, the figures as images in ``SWEEP/vs_depth/``,
+  and the HParams dashboard (experiment config at ``SWEEP/``, one session per run
+  in ``SWEEP/<run-id>/``).
+
+Everything is derived from the summaries, so re-running replaces, never duplicates.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from resexp.errors import UserError
+from resexp.tblog import EventWriter, event_files, hparam_domains, metric_tag
+
+__all__ = [
+    "AGGREGATE_METRICS",
+    "Cell",
+    "REPORT_SUFFIX",
+    "Report",
+    "RunRecord",
+    "build_report",
+    "group_label",
+    "group_dirname",
+]
+
+REPORT_SUFFIX = ".resexp-report"
+"""Suffix of every event file the report writes (and deletes before rewriting)."""
+
+VS_DEPTH_DIR = "vs_depth"
+SEED_KEY = "train.seed"
+DEPTH_KEY = "model.depth"
+SHORTCUT_KEY = "model.shortcut"
+PROJECTION_KEY = "model.projection"
+WD_KEY = "optim.weight_decay"
+
+AGGREGATE_METRICS = ("final_train_loss", "final_train_accuracy", "eval_loss", "eval_accuracy")
+ROW_METRICS = (*AGGREGATE_METRICS, "params", "wall_seconds", "diverged_at_step")
+FINISHED = ("completed", "diverged")
+FIGURES = ("loss_vs_depth.png", "response_std.png", "residual_ratio_vs_wd.png")
+
+_METRIC_NAMES = {
+    "final_train_loss": "final train loss",
+    "final_train_accuracy": "final train accuracy",
+    "eval_loss": "eval loss",
+    "eval_accuracy": "eval accuracy",
+    "diverged": "diverged (1 = yes)",
+}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class RunRecord:
+    """One run with a readable ``summary.json``."""
+
+    run_id: str  # the run directory's name (= TensorBoard run / HParams session)
+    path: Path
+    status: str
+    keys: dict[str, Any]  # swept dotted key -> value
+    summary: dict[str, Any]
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == "diverged"
+
+    def metric(self, name: str) -> float:
+        return _num(self.summary.get(name))
+
+    def config(self, dotted: str, default: Any = None) -> Any:
+        node: Any = self.summary.get("config") or {}
+        for part in dotted.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    @property
+    def times(self) -> tuple[float, float]:
+        """(start, end) seconds since epoch: summary.json's mtime, minus the run's
+        wall time. Derived from the run, so a rebuilt report is identical."""
+        end = (self.path / "summary.json").stat().st_mtime
+        wall = self.metric("wall_seconds")
+        return (end - wall if math.isfinite(wall) and wall > 0 else end), end
+
+
+@dataclass
+class Cell:
+    """One point of the grid (all swept keys but the seed), seeds pooled.
+
+    `mean`/`std` are over the cell's COMPLETED runs (sample std, ddof=1; 0 when
+    n=1; NaN when no completed run has a finite value); diverged runs are counted
+    in `n_diverged` and never averaged in.
+    """
+
+    key: dict[str, Any]
+    runs: list[RunRecord] = field(repr=False)
+    mean: dict[str, float]
+    std: dict[str, float]
+    n_values: dict[str, int]
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [r.run_id for r in self.runs]
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def n_diverged(self) -> int:
+        return sum(r.diverged for r in self.runs)
+
+    @property
+    def all_diverged(self) -> bool:
+        return self.n > 0 and self.n_diverged == self.n
+
+    @property
+    def completed(self) -> list[RunRecord]:
+        return [r for r in self.runs if r.status == "completed"]
+
+    @property
+    def params(self) -> int | None:
+        values = [r.summary.get("params") for r in self.runs if r.summary.get("params") is not None]
+        return int(values[0]) if values else None
+
+    def as_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = dict(self.key)
+        row["n_runs"] = self.n
+        row["n_diverged"] = self.n_diverged
+        for m in AGGREGATE_METRICS:
+            row[f"{m}_mean"] = self.mean[m]
+            row[f"{m}_std"] = self.std[m]
+        row["params"] = self.params
+        row["wall_seconds_mean"] = self.mean.get("wall_seconds", math.nan)
+        row["run_ids"] = ";".join(self.run_ids)
+        return row
+
+
+@dataclass
+class Report:
+    """What `build_report` found and wrote."""
+
+    sweep_dir: Path
+    sweep_name: str
+    swept_keys: list[str]  # every swept dotted key, in sweep order (seed included)
+    rows: list[dict[str, Any]]  # results.csv rows
+    cells: list[Cell]  # aggregate.csv rows
+    runs: list[RunRecord] = field(repr=False)
+    notes: list[str] = field(default_factory=list)
+    paths: dict[str, Path] = field(default_factory=dict)  # name -> file written
+    event_files: list[Path] = field(default_factory=list)  # TensorBoard files written
+
+    @property
+    def cell_keys(self) -> list[str]:
+        return [k for k in self.swept_keys if k != SEED_KEY]
+
+    @property
+    def group_keys(self) -> list[str]:
+        return [k for k in self.cell_keys if k != DEPTH_KEY]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _num(value: Any) -> float:
+    """A float, NaN for None / non-numbers."""
+    if value is None or isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _finite(values: Iterable[float]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and SAMPLE std (ddof=1) of the finite values; std 0 for one value,
+    (NaN, NaN) for none."""
+    vals = _finite(values)
+    if not vals:
+        return math.nan, math.nan
+    mean = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
+    return mean, math.sqrt(var)
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    if value is None:
+        return (0, 0)
+    if isinstance(value, bool):
+        return (1, value)
+    if isinstance(value, (int, float)):
+        return (2, value)
+    return (3, str(value))
+
+
+def _fmt_num(v: float) -> str:
+    """Compact number: 20, 0.5, 1e-4."""
+    if v == 0:
+        return "0"
+    if float(v).is_integer() and abs(v) < 1e6:
+        return str(int(v))
+    if abs(v) < 1e-3 or abs(v) >= 1e6:
+        mant, exp = f"{v:.2e}".split("e")
+        return f"{float(mant):g}e{int(exp)}"
+    return f"{v:.4g}"
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, (int, float)):
+        return _fmt_num(float(value))
+    return str(value)
+
+
+def _short_names(keys: Sequence[str]) -> dict[str, str]:
+    """Last dotted component, unless two keys share it (then the full key)."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last, strict=True)}
+
+
+def group_dirname(group: Mapping[str, Any]) -> str:
+    """TensorBoard run name of a group: ``shortcut=false``, ``projection=zero_pad,shortcut=true``;
+    ``all`` when nothing but depth (and seed) is swept."""
+    if not group:
+        return "all"
+    short = _short_names(list(group))
+    parts = []
+    for k, v in group.items():
+        text = f"{short[k]}={_fmt_value(v)}"
+        parts.append("".join(c if (c.isalnum() or c in "=._-+") else "_" for c in text))
+    return ",".join(parts)
+
+
+KIND_KEY = "model.kind"
+# He et al.'s shortcut options: A zero-padding, B projections where dims change, C all projections.
+_OPTIONS = {"zero_pad": "A", "learned": "B", "learned_all": "C", "a": "A", "b": "B", "c": "C"}
+
+
+def _net_name(runs: Sequence[RunRecord], group: Mapping[str, Any]) -> str:
+    """"plain" / "ResNet" (CNN) or "plain-MLP" / "ResMLP", from the shortcut and
+    kind keys (swept, else the runs' config)."""
+    def values(key: str) -> set:
+        return {group[key]} if key in group else {r.config(key) for r in runs}
+
+    shortcut, kind = values(SHORTCUT_KEY), values(KIND_KEY)
+    mlp = kind == {"mlp"}
+    if shortcut == {True}:
+        return "ResMLP" if mlp else "ResNet"
+    if shortcut == {False}:
+        return "plain-MLP" if mlp else "plain"
+    return "net"
+
+
+def _qualifiers(group: Mapping[str, Any]) -> list[str]:
+    short = _short_names(list(group))
+    out = []
+    for k, v in group.items():
+        if k == SHORTCUT_KEY or (k == KIND_KEY and v in ("cnn", "mlp")):
+            continue  # part of the name
+        if k == PROJECTION_KEY and group.get(SHORTCUT_KEY, True) and str(v).lower() in _OPTIONS:
+            out.append(f"option {_OPTIONS[str(v).lower()]}")
+        elif k == WD_KEY:
+            out.append(f"wd={_fmt_value(v)}")
+        else:
+            out.append(f"{short[k]}={_fmt_value(v)}")
+    return out
+
+
+def group_label(group: Mapping[str, Any], runs: Sequence[RunRecord] = (), depth: Any = None) -> str:
+    """He et al.'s naming: ``plain``, ``ResNet (option A)``; with a depth
+    ``plain-20``, ``ResNet-56 (wd=1e-4)``."""
+    name = _net_name(runs, group)
+    if depth is not None:
+        name = f"{name}-{_fmt_value(depth)}"
+    quals = _qualifiers(group)
+    return f"{name} ({', '.join(quals)})" if quals else name
+
+
+def _is_plain(runs: Sequence[RunRecord], group: Mapping[str, Any]) -> bool:
+    return _net_name(runs, group).startswith("plain")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary sibling + rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def _json_clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_clean(v) for v in value]
+    return value
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(c)) for c in columns])
+    _atomic_write(path, buf.getvalue().encode())
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_runs(sweep_dir: Path, notes: list[str]) -> list[RunRecord]:
+    """Every ``<run-id>/summary.json`` under `sweep_dir`; problems become notes."""
+    runs = []
+    for child in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        if child.name.startswith(".") or child.name == VS_DEPTH_DIR:
+            continue
+        summary_path = child / "summary.json"
+        if not summary_path.is_file():
+            notes.append(f"{child.name}: no summary.json (not started, or killed before its first summary) - skipped")
+            continue
+        try:
+            summary = json.loads(summary_path.read_text())
+            if not isinstance(summary, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            notes.append(f"{child.name}: unreadable summary.json ({exc}) - skipped")
+            continue
+        sweep = summary.get("sweep") or {}
+        keys = dict(sweep.get("keys") or {})
+        status = str(summary.get("status") or "unknown")
+        runs.append(RunRecord(child.name, child, status, keys, summary))
+    return runs
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, Mapping):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return {k.rstrip("."): v for k, v in out.items()}
+
+
+def _infer_keys(runs: Sequence[RunRecord], notes: list[str]) -> None:
+    """Runs without ``sweep.keys`` (started one by one): the grid is the config
+    keys whose values differ between runs."""
+    if any(r.keys for r in runs) or len(runs) < 2:
+        return
+    flat = [_flatten(r.summary.get("config") or {}) for r in runs]
+    names = sorted({k for f in flat for k in f})
+    varying = []
+    for k in names:
+        values = [f.get(k) for f in flat]
+        if all(v is None or isinstance(v, (bool, int, float, str)) for v in values) and len(set(values)) > 1:
+            varying.append(k)
+    for r, f in zip(runs, flat, strict=True):
+        r.keys = {k: f.get(k) for k in varying}
+    if varying:
+        notes.append(f"no sweep.keys in the summaries - grid inferred from config differences: {', '.join(varying)}")
+
+
+def _swept_keys(runs: Sequence[RunRecord]) -> list[str]:
+    keys: list[str] = []
+    for r in runs:
+        for k in r.keys:
+            if k not in keys:
+                keys.append(k)
+    return keys
+
+
+def _aggregate(runs: Sequence[RunRecord], cell_keys: Sequence[str]) -> list[Cell]:
+    by_key: dict[tuple, list[RunRecord]] = {}
+    for r in runs:
+        if r.finished:
+            by_key.setdefault(tuple(r.keys.get(k) for k in cell_keys), []).append(r)
+    cells = []
+    for key in sorted(by_key, key=lambda t: tuple(_sort_key(v) for v in t)):
+        members = by_key[key]
+        completed = [r for r in members if r.status == "completed"]
+        mean, std, n_values = {}, {}, {}
+        for m in (*AGGREGATE_METRICS, "wall_seconds"):
+            values = _finite(r.metric(m) for r in completed)
+            mean[m], std[m] = mean_std(values)
+            n_values[m] = len(values)
+        cells.append(Cell(dict(zip(cell_keys, key, strict=True)), members, mean, std, n_values))
+    return cells
+
+
+def _groups(cells: Sequence[Cell], group_keys: Sequence[str]) -> dict[tuple, list[Cell]]:
+    """Cells by the swept keys other than depth and seed, depth-sorted."""
+    groups: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        groups.setdefault(tuple(c.key.get(k) for k in group_keys), []).append(c)
+    for members in groups.values():
+        members.sort(key=lambda c: _sort_key(c.key.get(DEPTH_KEY)))
+    return dict(sorted(groups.items(), key=lambda kv: tuple(_sort_key(v) for v in kv[0])))
+
+
+def _group_runs(cells: Sequence[Cell]) -> list[RunRecord]:
+    return [r for c in cells for r in c.runs]
+
+
+# ----------------------------------------------------------------------------- figures
+
+_PLAIN_COLORS = ["#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#bcbd22"]
+_RES_COLORS = ["#1f77b4", "#2ca02c", "#17becf", "#9467bd", "#7f7f7f"]
+
+
+_TAB10 = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+
+
+def _linestyle(runs: Sequence[RunRecord], group: Mapping[str, Any]) -> str:
+    name = _net_name(runs, group)
+    return "--" if name.startswith("plain") else ":" if name == "net" else "-"
+
+
+def _group_styles(groups: Mapping[tuple, list[Cell]], group_keys: Sequence[str]) -> dict[tuple, dict[str, Any]]:
+    """Line style by net (plain dashed, ResNet solid, as in He et al.); colour by
+    the other swept keys (e.g. one colour per weight decay), or red plain vs blue
+    ResNet when nothing else is swept."""
+    others = [k for k in group_keys if k != SHORTCUT_KEY]
+    other_values = sorted(
+        {tuple(dict(zip(group_keys, g, strict=True))[k] for k in others) for g in groups},
+        key=lambda t: tuple(_sort_key(v) for v in t),
+    )
+    styles: dict[tuple, dict[str, Any]] = {}
+    n_plain = n_res = 0
+    for gkey, cells in groups.items():
+        group = dict(zip(group_keys, gkey, strict=True))
+        ls = _linestyle(_group_runs(cells), group)
+        if others:
+            color = _TAB10[other_values.index(tuple(group[k] for k in others)) % len(_TAB10)]
+        elif ls == "--":
+            color, n_plain = _PLAIN_COLORS[n_plain % len(_PLAIN_COLORS)], n_plain + 1
+        else:
+            color, n_res = _RES_COLORS[n_res % len(_RES_COLORS)], n_res + 1
+        styles[gkey] = {"color": color, "linestyle": ls}
+    return styles
+
+
+def _slice(cells: Sequence[Cell], report: Report) -> tuple[list[Cell], str]:
+    """The cells for per-depth line plots: when keys other than depth/shortcut/seed
+    are swept (weight decay, projection...), one slice of them (the middle value
+    combination), so the plot stays readable; returns a description of the slice."""
+    others = [k for k in report.group_keys if k != SHORTCUT_KEY]
+    if not others:
+        return list(cells), ""
+    combos = sorted({tuple(c.key.get(k) for k in others) for c in cells}, key=lambda t: tuple(_sort_key(v) for v in t))
+    pick = combos[len(combos) // 2]
+    chosen = [c for c in cells if tuple(c.key.get(k) for k in others) == pick]
+    return chosen, ", ".join(_qualifiers(dict(zip(others, pick, strict=True))))
+
+
+def _new_figure(width: float, height: float, ncols: int = 1):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    for ax in axes:
+        ax.grid(True, which="major", alpha=0.3)
+        ax.grid(True, which="minor", alpha=0.1)
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig, axes
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _maybe_log(ax, values: Iterable[float]) -> bool:
+    """Log y when the positive values span more than a decade; plain-number tick
+    labels (0.03, 0.2, 1) instead of 3x10^-2."""
+    pos = [v for v in _finite(values) if v > 0]
+    if not (pos and max(pos) / min(pos) > 10):
+        return False
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    few_decades = max(pos) / min(pos) < 300
+
+    def minor(y: float, _: int) -> str:
+        mant = y / 10 ** math.floor(math.log10(y) + 1e-9)
+        return f"{y:g}" if few_decades and round(mant) in (2, 3, 5) and abs(mant - round(mant)) < 1e-6 else ""
+
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+    return True
+
+
+def _mean_curve(runs: Sequence[RunRecord], key: str = "train_loss") -> tuple[list[float], list[float]]:
+    """Mean over runs of a history series, aligned on step (completed runs if any)."""
+    use = [r for r in runs if r.status == "completed"] or list(runs)
+    by_step: dict[float, list[float]] = {}
+    for r in use:
+        hist = r.summary.get("history") or {}
+        steps, values = hist.get("step") or [], hist.get(key) or []
+        for s, v in zip(steps, values, strict=False):
+            v = _num(v)
+            if math.isfinite(v):
+                by_step.setdefault(float(s), []).append(v)
+    steps = sorted(by_step)
+    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
+def _depth_colors(depths: Sequence[Any]) -> dict[Any, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    uniq = sorted(set(depths), key=_sort_key)
+    if len(uniq) == 1:
+        return {uniq[0]: cmap(0.35)}
+    return {d: cmap(0.85 * i / (len(uniq) - 1)) for i, d in enumerate(uniq)}
+
+
+def plot_loss_vs_depth(report: Report, title: str) -> bytes:
+    """Panel 1: final training loss vs depth per group (mean ± std over seeds,
+    diverged cells as x at the top). Panel 2: training-loss curves per depth."""
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import blended_transform_factory
+
+    gkeys = report.group_keys
+    groups = _groups(report.cells, gkeys)
+    styles = _group_styles(groups, gkeys)
+    fig, (ax, ax2) = _new_figure(13.0, 5.2, ncols=2)
+
+    all_values: list[float] = []
+    depths_seen: set = set()
+    any_diverged = False
+    top = blended_transform_factory(ax.transData, ax.transAxes)
+    for gkey, cells in groups.items():
+        group = dict(zip(gkeys, gkey, strict=True))
+        st = styles[gkey]
+        label = group_label(group, _group_runs(cells))
+        xs = [float(c.key[DEPTH_KEY]) for c in cells]
+        depths_seen.update(xs)
+        means = [c.mean["final_train_loss"] for c in cells]
+        stds = [c.std["final_train_loss"] for c in cells]
+        ok = [i for i, m in enumerate(means) if math.isfinite(m)]
+        x_ok = [xs[i] for i in ok]
+        m_ok = [means[i] for i in ok]
+        lo = [max(means[i] - stds[i], means[i] * 0.05) if means[i] > 0 else means[i] - stds[i] for i in ok]
+        hi = [means[i] + stds[i] for i in ok]
+        all_values += m_ok + lo + hi
+        ax.plot(x_ok, m_ok, marker="o", ms=5, lw=2, label=label, **st)
+        if len(x_ok) > 1:
+            ax.fill_between(x_ok, lo, hi, color=st["color"], alpha=0.18, lw=0)
+        else:
+            ax.errorbar(x_ok, m_ok, yerr=[[m - lo_ for m, lo_ in zip(m_ok, lo)], [h - m for m, h in zip(m_ok, hi)]],
+                        color=st["color"], capsize=3, lw=1)  # fmt: skip
+        for c, x in zip(cells, xs, strict=True):
+            if c.n_diverged:
+                any_diverged = True
+                ax.plot([x], [0.96], marker="x", ms=9, mew=2.5, color=st["color"], transform=top, clip_on=False)
+                ax.annotate(f"{c.n_diverged}/{c.n}", (x, 0.96), xycoords=top, xytext=(6, -3),
+                            textcoords="offset points", fontsize=8, color=st["color"])  # fmt: skip
+    is_log = _maybe_log(ax, all_values)
+    if any_diverged:  # headroom so the diverged marks sit above every data point
+        lo_, hi_ = ax.get_ylim()
+        ax.set_ylim(lo_, hi_ * (hi_ / lo_) ** 0.12 if is_log and lo_ > 0 else hi_ + 0.12 * (hi_ - lo_))
+    depths = sorted(depths_seen)
+    ax.set_xticks(depths)
+    ax.set_xticklabels([_fmt_num(d) for d in depths])
+    if depths:
+        pad = (depths[-1] - depths[0]) * 0.06 or 1.0
+        ax.set_xlim(depths[0] - pad, depths[-1] + pad * 1.8)
+    ax.set_xlabel("depth (weighted layers)")
+    ax.set_ylabel("final training loss")
+    spread = "mean ± std over seeds" if SEED_KEY in report.swept_keys else "one run per point"
+    ax.set_title(f"Final training loss vs depth ({spread})", fontsize=11)
+    handles, labels = ax.get_legend_handles_labels()
+    if any_diverged:
+        handles.append(Line2D([], [], ls="", marker="x", mew=2.5, ms=8, color="0.3"))
+        labels.append("diverged (k/n seeds)")
+    ax.legend(handles, labels, frameon=False, loc="upper left", bbox_to_anchor=(0.0, 0.92), fontsize=9)
+
+    # Panel 2: He et al. Fig. 6 view.
+    colors = _depth_colors([c.key[DEPTH_KEY] for c in report.cells])
+    curve_values: list[float] = []
+    lines = []
+    shown_cells, slice_desc = _slice(report.cells, report)
+    shown = {id(c) for c in shown_cells}
+    for gkey, cells in groups.items():
+        group = dict(zip(gkeys, gkey, strict=True))
+        for c in cells:
+            if id(c) not in shown:
+                continue
+            steps, loss = _mean_curve(c.runs)
+            if not steps:
+                continue
+            curve_values += loss
+            net = {k: v for k, v in group.items() if k == SHORTCUT_KEY}  # the rest is the slice (title)
+            label = group_label(net, c.runs, depth=c.key[DEPTH_KEY])
+            if c.all_diverged:
+                label += " (diverged)"
+            lines.append((label, steps, loss, colors[c.key[DEPTH_KEY]], styles[gkey]["linestyle"]))
+    for label, steps, loss, color, ls in lines:
+        ax2.plot(steps, loss, color=color, ls=ls, lw=1.6, label=label)
+    _maybe_log(ax2, curve_values)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("training loss")
+    where = f" ({slice_desc})" if slice_desc else ""
+    ax2.set_title(f"Training loss during training{where}, mean over seeds", fontsize=11)
+    if lines:
+        if len(lines) <= 14:
+            ax2.legend(frameon=False, fontsize=8, ncols=2 if len(lines) > 6 else 1)
+        else:  # too many to list: one legend for colour (depth), one for line style (group)
+            depth_handles = [Line2D([], [], color=col, lw=2) for col in colors.values()]
+            leg = ax2.legend(depth_handles, [f"depth {_fmt_value(d)}" for d in colors], frameon=False,
+                             fontsize=8, loc="upper right")  # fmt: skip
+            ax2.add_artist(leg)
+            style_handles = [Line2D([], [], color="0.3", ls=styles[g]["linestyle"]) for g in groups]
+            style_labels = [group_label(dict(zip(gkeys, g, strict=True)), _group_runs(cs)) for g, cs in groups.items()]
+            ax2.legend(style_handles, style_labels, frameon=False, fontsize=8, loc="lower left")
+    else:
+        ax2.text(0.5, 0.5, "no training history in the summaries", ha="center", va="center", transform=ax2.transAxes)
+    fig.suptitle(title, fontsize=13, fontweight="bold")
+    return _png(fig)
+
+
+def _diag(run: RunRecord) -> dict[str, Any]:
+    d = run.summary.get("diagnostics")
+    return d if isinstance(d, dict) else {}
+
+
+def _mean_vector(runs: Sequence[RunRecord], name: str) -> list[float]:
+    """Elementwise mean of a per-layer diagnostic over runs (shortest length)."""
+    vectors = [[_num(v) for v in _diag(r).get(name) or []] for r in runs]
+    vectors = [v for v in vectors if v]
+    if not vectors:
+        return []
+    n = min(len(v) for v in vectors)
+    out = []
+    for i in range(n):
+        vals = _finite(v[i] for v in vectors)
+        out.append(sum(vals) / len(vals) if vals else math.nan)
+    return out
+
+
+def plot_response_std(report: Report, title: str) -> bytes | None:
+    """He et al. Fig. 7: std of 3x3-layer responses (after BN, before add/ReLU)
+    by layer index (top) and sorted in descending order (bottom)."""
+    lines = []
+    cells, slice_desc = _slice(report.cells, report)
+    for c in cells:
+        runs = c.completed or c.runs
+        vec = _mean_vector(runs, "response_std")
+        if not vec:
+            continue
+        group = {k: v for k, v in c.key.items() if k == SHORTCUT_KEY}
+        depth = c.key.get(DEPTH_KEY, runs[0].config(DEPTH_KEY))
+        lines.append((group_label(group, runs, depth=depth), depth, _is_plain(runs, group), vec))
+    if not lines:
+        return None
+    lines.sort(key=lambda line: (not line[2], _sort_key(line[1])))  # plain first, then by depth
+    colors = _depth_colors([d for _, d, _, _ in lines])
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.0, 7.5), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(2, 1)
+    for label, depth, plain, vec in lines:
+        ls = "--" if plain else "-"
+        xs = list(range(1, len(vec) + 1))
+        ax1.plot(xs, vec, ls=ls, color=colors[depth], lw=1.5, label=label)
+        ax2.plot(xs, sorted(_finite(vec), reverse=True), ls=ls, color=colors[depth], lw=1.5, label=label)
+    for ax in (ax1, ax2):
+        ax.grid(True, alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.set_ylabel("std of response")
+    ax1.set_xlabel("layer index (original order, stem first)")
+    ax2.set_xlabel("layer index (sorted by magnitude)")
+    where = f" [{slice_desc}]" if slice_desc else ""
+    ax1.set_title(f"Std of 3×3 layer responses (after BN, before add/ReLU){where}; plain dashed, ResNet solid",
+                  fontsize=10)  # fmt: skip
+    ax1.legend(frameon=False, fontsize=8, ncols=2 if len(lines) > 6 else 1)
+    fig.suptitle(title, fontsize=13, fontweight="bold")
+    return _png(fig)
+
+
+def plot_residual_ratio_vs_wd(report: Report, title: str) -> bytes | None:
+    """Mean residual ratio (over blocks, then over seeds) vs weight decay."""
+    if WD_KEY not in report.cell_keys:
+        return None
+    other = [k for k in report.cell_keys if k != WD_KEY]
+    series: dict[tuple, list[tuple[float, float, float]]] = {}
+    labels: dict[tuple, str] = {}
+    for c in report.cells:
+        runs = c.completed or c.runs
+        per_run = []
+        for r in runs:
+            vals = _finite(_num(v) for v in _diag(r).get("residual_ratio") or [])
+            if vals:
+                per_run.append(sum(vals) / len(vals))
+        if not per_run:
+            continue
+        mean, std = mean_std(per_run)
+        okey = tuple(c.key.get(k) for k in other)
+        group = dict(zip(other, okey, strict=True))
+        depth = group.pop(DEPTH_KEY, None)
+        labels[okey] = group_label(group, runs, depth=depth)
+        series.setdefault(okey, []).append((float(c.key[WD_KEY]), mean, std))
+    if not series:
+        return None
+    fig, (ax,) = _new_figure(7.5, 5.0)
+    depth_pos = other.index(DEPTH_KEY) if DEPTH_KEY in other else None
+    colors = _depth_colors([k[depth_pos] for k in series]) if depth_pos is not None else {}
+    wds = sorted({p[0] for pts in series.values() for p in pts})
+    for i, (okey, pts) in enumerate(sorted(series.items(), key=lambda kv: tuple(_sort_key(v) for v in kv[0]))):
+        pts.sort()
+        xs, ms, ss = zip(*pts, strict=True)
+        color = colors.get(okey[depth_pos]) if depth_pos is not None else f"C{i}"
+        ax.errorbar(xs, ms, yerr=ss, marker="o", ms=5, lw=1.8, capsize=3, color=color, label=labels[okey])
+    positive = [w for w in wds if w > 0]
+    ax.set_xscale("symlog", linthresh=min(positive) if positive else 1e-5)
+    ax.set_xticks(wds)
+    ax.set_xticklabels([_fmt_num(w) for w in wds])
+    ax.set_xlabel("weight decay (symlog)")
+    ax.set_ylabel("mean residual ratio ‖F(x)‖ / ‖x‖")
+    ax.set_title("Residual ratio vs weight decay (mean over blocks; ± std over seeds)", fontsize=10)
+    ax.legend(frameon=False, fontsize=9)
+    fig.suptitle(title, fontsize=13, fontweight="bold")
+    return _png(fig)
+
+
+# ----------------------------------------------------------------------------- terminal
+
+
+def _pm(mean: float, std: float, pct: bool = False) -> str:
+    if not math.isfinite(mean):
+        return "-"
+    if pct:
+        return f"{100 * mean:.1f}±{100 * std:.1f}" if std else f"{100 * mean:.1f}"
+    return f"{mean:.3g}±{std:.1g}".replace("e-0", "e-") if std else f"{mean:.3g}"
+
+
+def render_table(report: Report) -> Table:
+    """The aggregate as a rich table: one row per cell, diverged cells in red."""
+    from rich import box
+
+    shown = [k for k in report.cell_keys if k not in (DEPTH_KEY, SHORTCUT_KEY)]
+    short = {**_short_names(report.cell_keys), WD_KEY: "wd"}
+    labels = [group_label({k: v for k, v in c.key.items() if k == SHORTCUT_KEY}, c.runs, c.key.get(DEPTH_KEY))
+              for c in report.cells]  # fmt: skip
+    table = Table(
+        title=f"sweep {report.sweep_name}: {len(report.cells)} cells from {sum(c.n for c in report.cells)} runs",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        caption="mean±std: sample std (ddof=1) over completed seeds; diverged runs are counted, not averaged",
+        caption_justify="left",
+    )
+    table.add_column("net", no_wrap=True, min_width=max(map(len, labels), default=3))
+    for k in shown:
+        table.add_column(short[k], justify="right", no_wrap=True)
+    table.add_column("n", justify="right")
+    table.add_column("div", justify="right")
+    table.add_column("train loss", justify="right", no_wrap=True)
+    table.add_column("acc%", justify="right", no_wrap=True)
+    table.add_column("eval loss", justify="right", no_wrap=True)
+    table.add_column("eval acc%", justify="right", no_wrap=True)
+    for c, name in zip(report.cells, labels, strict=True):
+        div = f"[bold red]{c.n_diverged}/{c.n}[/]" if c.n_diverged else "0"
+        if c.all_diverged:
+            metrics = ["[bold red]DIVERGED[/]", "-", "-", "-"]
+        else:
+            metrics = [
+                _pm(c.mean["final_train_loss"], c.std["final_train_loss"]),
+                _pm(c.mean["final_train_accuracy"], c.std["final_train_accuracy"], pct=True),
+                _pm(c.mean["eval_loss"], c.std["eval_loss"]),
+                _pm(c.mean["eval_accuracy"], c.std["eval_accuracy"], pct=True),
+            ]
+        style = "red" if c.all_diverged else None
+        table.add_row(name, *[_fmt_value(c.key.get(k)) for k in shown], str(c.n), div, *metrics, style=style)
+    return table
+
+
+# ----------------------------------------------------------------------------- TensorBoard
+
+
+def _clear_report_events(sweep_dir: Path) -> None:
+    """Delete every event file a previous report wrote (and only those)."""
+    stale = event_files(sweep_dir, REPORT_SUFFIX)
+    for child in sweep_dir.iterdir():
+        if child.is_dir():
+            stale += event_files(child, REPORT_SUFFIX, recursive=child.name == VS_DEPTH_DIR)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    vs = sweep_dir / VS_DEPTH_DIR
+    if vs.is_dir():  # drop group dirs left empty (a group may have disappeared)
+        for d in sorted((p for p in vs.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            if not any(d.iterdir()):
+                d.rmdir()
+
+
+def _write_tensorboard(report: Report, figures: Mapping[str, bytes]) -> list[Path]:
+    sweep_dir = report.sweep_dir
+    _clear_report_events(sweep_dir)
+    written: list[Path] = []
+
+    # HParams: one experiment at the root, one session per run in its own directory.
+    domains = hparam_domains(r.keys for r in report.runs)
+    metrics = {metric_tag(m): _METRIC_NAMES[m] for m in (*AGGREGATE_METRICS, "diverged")}
+    times = {r.run_id: r.times for r in report.runs}
+    with EventWriter(sweep_dir, REPORT_SUFFIX) as w:
+        # Every report file outside run dirs opens with a START at step 0: a live
+        # TensorBoard then drops what it read from the previous report's files
+        # (the first START of a run is ignored, so a fresh TensorBoard loses nothing).
+        w.session_start(0)
+        w.hparams_experiment(domains, metrics, time_created_secs=min(t[0] for t in times.values()))
+        written.append(w.path)
+    for r in report.runs:
+        start, end = times[r.run_id]
+        with EventWriter(r.path, REPORT_SUFFIX) as w:
+            w.hparams_session_start(r.keys, domains=domains, start_time_secs=start)
+            w.hparams_session_end(r.status, end_time_secs=end)
+            if r.finished:
+                steps = _num(r.summary.get("steps"))
+                step = int(steps) if math.isfinite(steps) else 0
+                values = {m: r.metric(m) for m in AGGREGATE_METRICS}
+                values["diverged"] = 1.0 if r.diverged else 0.0
+                w.hparams_metrics(step, values)
+            written.append(w.path)
+
+    # Scalars vs depth: one run per group, step = depth.
+    if DEPTH_KEY in report.cell_keys:
+        gkeys = report.group_keys
+        for gkey, cells in _groups(report.cells, gkeys).items():
+            name = group_dirname(dict(zip(gkeys, gkey, strict=True)))
+            with EventWriter(sweep_dir / VS_DEPTH_DIR / name, REPORT_SUFFIX) as w:
+                w.session_start(0)
+                for c in cells:
+                    depth = _num(c.key[DEPTH_KEY])
+                    if not math.isfinite(depth):
+                        continue
+                    values: dict[str, float | None] = {
+                        "runs_vs_depth/count": float(c.n),
+                        "diverged_runs_vs_depth/count": float(c.n_diverged),
+                    }
+                    for m in AGGREGATE_METRICS:
+                        if math.isfinite(c.mean[m]):
+                            values[f"{m}_vs_depth/mean"] = c.mean[m]
+                            values[f"{m}_vs_depth/std"] = c.std[m]
+                    w.scalars(int(depth), values)
+                written.append(w.path)
+    if figures:
+        with EventWriter(sweep_dir / VS_DEPTH_DIR, REPORT_SUFFIX) as w:
+            w.session_start(0)
+            for fname, png in figures.items():
+                w.image(f"figures/{fname.removesuffix('.png')}", png, step=0)
+            written.append(w.path)
+    return written
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def build_report(
+    sweep_dir: Path | str, *, console: Console | None = None, write_tensorboard: bool = True
+) -> Report:
+    """Rebuild results/aggregate tables, figures and TensorBoard aggregates of a sweep.
+
+    Idempotent: every output is replaced, the runs' own files are never touched
+    (the only files written inside a run directory are this report's event files,
+    which are deleted and rewritten). Raises `UserError` if `sweep_dir` is not a
+    directory or holds no readable run summary.
+    """
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserError(f"{sweep_dir}: not a sweep directory")
+    console = console if console is not None else Console()
+    notes: list[str] = []
+    runs = load_runs(sweep_dir, notes)
+    if not runs:
+        raise UserError(f"{sweep_dir}: no run with a summary.json to report on")
+
+    _infer_keys(runs, notes)
+    swept = _swept_keys(runs)
+    names = [(r.summary.get("sweep") or {}).get("name") for r in runs]
+    sweep_name = next((n for n in names if n), sweep_dir.name)
+    for r in runs:
+        if not r.finished:
+            notes.append(f"{r.run_id}: status {r.status!r} - listed in results, left out of aggregates")
+    cell_keys = [k for k in swept if k != SEED_KEY]
+    cells = _aggregate(runs, cell_keys)
+
+    rows = []
+    for r in runs:
+        row: dict[str, Any] = {"run_id": r.run_id}
+        row.update({k: r.keys.get(k) for k in swept})
+        row["status"] = r.status
+        for m in ROW_METRICS:
+            v = r.summary.get(m)
+            row[m] = v if v is None or isinstance(v, (int, str)) and not isinstance(v, bool) else _num(v)
+        rows.append(row)
+    rows.sort(key=lambda row: (tuple(_sort_key(row[k]) for k in swept), row["run_id"]))
+
+    report = Report(sweep_dir, sweep_name, swept, rows, cells, runs, notes)
+
+    # Figures first (their notes go into results.json too).
+    figures: dict[str, bytes] = {}
+    if not cells:
+        notes.append("no completed or diverged run yet - figures skipped")
+    elif DEPTH_KEY not in cell_keys:
+        notes.append(f"{DEPTH_KEY} is not swept - loss_vs_depth.png and the vs_depth scalars skipped")
+    else:
+        figures["loss_vs_depth.png"] = plot_loss_vs_depth(report, f"{sweep_name}: training loss vs depth")
+    if cells:
+        png = plot_response_std(report, f"{sweep_name}: layer response std")
+        if png is not None:
+            figures["response_std.png"] = png
+        png = plot_residual_ratio_vs_wd(report, f"{sweep_name}: residual ratio vs weight decay")
+        if png is not None:
+            figures["residual_ratio_vs_wd.png"] = png
+
+    row_cols = ["run_id", *swept, "status", *ROW_METRICS]
+    _write_csv(sweep_dir / "results.csv", rows, row_cols)
+    report.paths["results.csv"] = sweep_dir / "results.csv"
+    agg_rows = [c.as_row() for c in cells]
+    agg_cols = [*cell_keys, "n_runs", "n_diverged"]
+    agg_cols += [f"{m}_{s}" for m in AGGREGATE_METRICS for s in ("mean", "std")]
+    agg_cols += ["params", "wall_seconds_mean", "run_ids"]
+    _write_csv(sweep_dir / "aggregate.csv", agg_rows, agg_cols)
+    report.paths["aggregate.csv"] = sweep_dir / "aggregate.csv"
+    doc = {
+        "sweep": sweep_name,
+        "swept_keys": swept,
+        "std": "sample standard deviation (ddof=1) over the completed runs of a cell; 0 when n=1",
+        "runs": rows,
+        "aggregate": agg_rows,
+        "notes": notes,
+    }
+    _atomic_write(sweep_dir / "results.json", (json.dumps(_json_clean(doc), indent=2) + "\n").encode())
+    report.paths["results.json"] = sweep_dir / "results.json"
+    for fname in FIGURES:
+        path = sweep_dir / fname
+        if fname in figures:
+            _atomic_write(path, figures[fname])
+            report.paths[fname] = path
+        elif path.exists():  # a figure this sweep no longer supports: don't leave a stale one
+            path.unlink()
+
+    if write_tensorboard:
+        report.event_files = _write_tensorboard(report, figures)
+
+    console.print(render_table(report))
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    for path in report.paths.values():
+        console.print(f"[dim]wrote {path}[/]", highlight=False)
+    if write_tensorboard:
+        console.print(f"[dim]TensorBoard: tensorboard --logdir {sweep_dir}[/]", highlight=False)
+    return report

@@ -1,0 +1,161 @@
+"""A run is a directory, and the directory is the whole truth about the run.
+
+    <out>/<run-id>/config.yaml     the resolved config (what makes the run id)
+                   summary.json    status and final numbers, always written atomically
+                   events.out.*    TensorBoard
+                   checkpoints/    orbax, the latest two complete ones
+                   .lock           held while a process trains it
+
+Nothing here trains; it decides what a directory means and guards it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from resexp.config import Config, dump_yaml, run_id
+from resexp.errors import RunError
+
+FINAL = ("completed", "diverged")  # a re-run cannot change these: runs are deterministic
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file + fsync + rename: readers see the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # JSON has no NaN; null means "no number" (e.g. after divergence)
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(_jsonable(obj), indent=2) + "\n")
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_dir_for(out: Path, cfg: Config) -> Path:
+    return out / run_id(cfg)
+
+
+def prepare_run_dir(run_dir: Path, cfg: Config) -> None:
+    """Create the directory and its config.yaml, refusing to reuse a directory of another config."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"{run_dir}: cannot create the run directory ({exc.strerror or exc})") from None
+    existing = run_dir / "config.yaml"
+    text = dump_yaml(cfg)
+    if existing.exists():
+        from resexp.config import Config as _C, identity_dict
+        import yaml
+
+        try:
+            old = _C.model_validate(yaml.safe_load(existing.read_text()))
+        except Exception:
+            old = None
+        if old is None or identity_dict(old) != identity_dict(cfg):
+            raise RunError(f"{existing}: belongs to a different config; refusing to overwrite it "
+                           "(move the directory away or choose another --out)")
+        return
+    write_atomic(existing, text)
+
+
+# --------------------------------------------------------------------------- claiming
+
+
+class RunLock:
+    """An exclusive claim on a run directory, safe across processes on one machine or NFS-less hosts.
+
+    Created with O_EXCL (atomic). A lock whose process is gone (same host, dead pid) is
+    stale and taken over, so a killed sweep never blocks the next one forever.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+        self.held = False
+
+    def _owner(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _stale(self, owner: dict | None) -> bool:
+        if owner is None:  # unreadable: a writer died between create and write, or is writing now
+            try:
+                return time.time() - self.path.stat().st_mtime > 10
+            except OSError:
+                return True
+        if owner.get("host") != socket.gethostname():
+            return time.time() - owner.get("time", 0) > 7 * 24 * 3600  # cannot check a remote pid
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def acquire(self) -> bool:
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if not self._stale(owner):
+                    return False
+                # Take over a stale lock: rename is atomic, so only one contender wins it.
+                stale = self.path.with_name(f".lock.stale.{os.getpid()}")
+                try:
+                    os.rename(self.path, stale)
+                    stale.unlink(missing_ok=True)
+                except OSError:
+                    pass
+                continue
+            except OSError as exc:
+                raise RunError(f"{self.path}: cannot create the lock ({exc.strerror or exc})") from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, fh)
+            self.held = True
+            return True
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            owner = self._owner()
+            if owner is None or owner.get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,349 @@
+"""Every TensorBoard write resexp makes, in one place, without TensorFlow.
+
+Only TensorBoard's own TF-free pieces are used: the event-file writer, the
+`Summary`/`Event` protos and the HParams plugin protos. Importing this module does
+not import TensorFlow (``'tensorflow' not in sys.modules`` afterwards).
+
+Layout the HParams dashboard expects (and the pitfalls it hides):
+
+* exactly ONE experiment config (`EventWriter.hparams_experiment`) per logdir,
+  written in the logdir root (TensorBoard run ``.``); TensorBoard picks an
+  arbitrary one if several runs carry one;
+* one *session* per run directory: `hparams_session_start` (the hparam values)
+  and `hparams_session_end` (the status), written in that run's directory;
+* the session's metrics are ordinary scalars in that same directory, under tags
+  that do not collide with the training curves (`metric_tag`: ``hparams/<name>``);
+* hparam values are bools, floats or strings only (`hparam_domains` and
+  `coerce_hparams` turn ints, ``None`` and mixed types into one of those), and
+  every hparam gets a discrete domain of the values the sweep actually used.
+
+Training-curve pitfall: write `EventWriter.session_start` at EVERY start of
+training in a run directory, the first one included; TensorBoard ignores a run's
+first ``SessionLog.START`` and only treats later ones as restarts.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.hparams import api_pb2, metadata as hp_metadata, plugin_data_pb2
+from tensorboard.plugins.hparams import summary_v2 as hp
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+__all__ = [
+    "EventWriter",
+    "HParamScalar",
+    "METRIC_PREFIX",
+    "coerce_hparams",
+    "event_files",
+    "hparam_domains",
+    "metric_tag",
+    "png_size",
+    "session_status",
+]
+
+HParamScalar = bool | float | str
+"""The value types TensorBoard's HParams plugin understands."""
+
+METRIC_PREFIX = "hparams/"
+"""Tag prefix of HParams metrics, so they never collide with training scalars."""
+
+# resexp run status -> HParams session status. TensorBoard has no "aborted":
+# an interrupted run is neither a success nor a failure of the model.
+_STATUS = {
+    "completed": api_pb2.STATUS_SUCCESS,
+    "success": api_pb2.STATUS_SUCCESS,
+    "diverged": api_pb2.STATUS_FAILURE,
+    "failed": api_pb2.STATUS_FAILURE,
+    "failure": api_pb2.STATUS_FAILURE,
+    "running": api_pb2.STATUS_RUNNING,
+    "interrupted": api_pb2.STATUS_UNKNOWN,
+    "unknown": api_pb2.STATUS_UNKNOWN,
+}
+
+
+def metric_tag(name: str) -> str:
+    """The scalar tag of HParams metric `name`: ``hparams/<name>``."""
+    return name if name.startswith(METRIC_PREFIX) else METRIC_PREFIX + name
+
+
+def session_status(status: str) -> int:
+    """`api_pb2.Status` value for a resexp run status (unknown strings -> UNKNOWN)."""
+    return _STATUS.get(status.lower(), api_pb2.STATUS_UNKNOWN)
+
+
+def event_files(logdir: str | Path, suffix: str = "", *, recursive: bool = False) -> list[Path]:
+    """Event files in `logdir` whose name ends with `suffix`, sorted by name."""
+    logdir = Path(logdir)
+    if not logdir.is_dir():
+        return []
+    pattern = f"events.out.tfevents.*{suffix}"
+    found = logdir.rglob(pattern) if recursive else logdir.glob(pattern)
+    return sorted(p for p in found if p.is_file())
+
+
+# ----------------------------------------------------------------------------- PNG
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG colour type -> number of channels ("colorspace" in Summary.Image).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+
+
+def png_size(png_bytes: bytes) -> tuple[int, int, int]:
+    """``(width, height, channels)`` read from a PNG's IHDR chunk."""
+    if len(png_bytes) < 26 or png_bytes[:8] != _PNG_SIGNATURE or png_bytes[12:16] != b"IHDR":
+        raise ValueError("not a PNG image (bad signature or missing IHDR chunk)")
+    width, height = struct.unpack(">II", png_bytes[16:24])
+    color_type = png_bytes[25]
+    return width, height, _PNG_CHANNELS.get(color_type, 3)
+
+
+# ----------------------------------------------------------------------------- hparams values
+
+
+def _as_hparam_scalar(value: object) -> HParamScalar:
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy / jax scalars
+        try:
+            value = value.item()  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            pass
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(_as_hparam_scalar(v)) for v in value)
+    return str(value)
+
+
+def _format_scalar(value: HParamScalar) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    return value
+
+
+def hparam_domains(runs: Iterable[Mapping[str, object]]) -> dict[str, list[HParamScalar]]:
+    """The discrete domain of every hparam, from the values each run used.
+
+    One type per hparam: all bools -> bools; all numbers -> floats; anything else
+    (strings, ``None``, a mix) -> strings. Values are sorted and deduplicated.
+    Pass the same domains to `coerce_hparams` so sessions match the experiment.
+    """
+    seen: dict[str, list[HParamScalar]] = {}
+    for run in runs:
+        for name, value in run.items():
+            seen.setdefault(name, []).append(_as_hparam_scalar(value))
+    domains: dict[str, list[HParamScalar]] = {}
+    for name, values in seen.items():
+        if all(isinstance(v, bool) for v in values):
+            domains[name] = sorted(set(values))
+        elif all(isinstance(v, float) and not isinstance(v, bool) for v in values):
+            finite = {v for v in values if not math.isnan(v)}  # type: ignore[arg-type]
+            domains[name] = sorted(finite)
+        else:
+            domains[name] = sorted({_format_scalar(v) for v in values})
+    return domains
+
+
+def coerce_hparams(
+    values: Mapping[str, object], domains: Mapping[str, Sequence[HParamScalar]] | None = None
+) -> dict[str, HParamScalar]:
+    """Hparam values as bool/float/str, converted to the type of their domain."""
+    out: dict[str, HParamScalar] = {}
+    for name, raw in values.items():
+        value = _as_hparam_scalar(raw)
+        domain = domains.get(name) if domains else None
+        if domain and isinstance(domain[0], str) and not isinstance(value, str):
+            value = _format_scalar(value)
+        out[name] = value
+    return out
+
+
+def _hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
+    summary = summary_pb2.Summary()
+    summary.value.add(
+        tag=tag,
+        metadata=hp_metadata.create_summary_metadata(data),
+        tensor=hp_metadata.NULL_TENSOR,
+    )
+    return summary
+
+
+# ----------------------------------------------------------------------------- writer
+
+
+class EventWriter:
+    """One TensorBoard event file in `logdir` (created if missing).
+
+    `filename_suffix` is appended to the file name (e.g. ``".resexp-report"``),
+    which lets a tool find and replace exactly the files it wrote.
+    A context manager: closes (and flushes) on exit.
+    """
+
+    def __init__(self, logdir: str | Path, filename_suffix: str = ""):
+        self.logdir = Path(logdir)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self._writer = EventFileWriter(
+            str(self.logdir), max_queue_size=100, flush_secs=10, filename_suffix=filename_suffix
+        )
+        self._closed = False
+
+    @property
+    def path(self) -> Path:
+        """The event file being written."""
+        return Path(self._writer._file_name)  # noqa: SLF001 - no public accessor
+
+    # -- low level ------------------------------------------------------------
+    def add_summary(self, summary: summary_pb2.Summary, step: int, wall_time: float | None = None) -> None:
+        event = event_pb2.Event(
+            wall_time=time.time() if wall_time is None else wall_time, step=int(step), summary=summary
+        )
+        self._writer.add_event(event)
+
+    # -- training-time writes -------------------------------------------------
+    def scalars(self, step: int, values: Mapping[str, float | None]) -> None:
+        """One event holding every non-``None`` value (NaN/inf are written as is)."""
+        summary = summary_pb2.Summary()
+        for tag, value in values.items():
+            if value is None:
+                continue
+            summary.value.add(tag=tag, simple_value=float(value))
+        if summary.value:
+            self.add_summary(summary, step)
+
+    def image(self, tag: str, png_bytes: bytes, step: int = 0) -> None:
+        """A PNG image; width, height and channels come from the PNG header."""
+        width, height, channels = png_size(png_bytes)
+        image = summary_pb2.Summary.Image(
+            height=height, width=width, colorspace=channels, encoded_image_string=png_bytes
+        )
+        summary = summary_pb2.Summary()
+        summary.value.add(tag=tag, image=image)
+        self.add_summary(summary, step)
+
+    def session_start(self, step: int) -> None:
+        """``SessionLog(START)`` at `step`. Write it at EVERY start of training in a
+        run directory, the first one included (step 0): TensorBoard ignores a run's
+        first START and treats each later one as a restart, dropping the events
+        with ``step >= step`` it read before (the orphans of an attempt that a
+        resume from an earlier checkpoint rewrites). Both loaders (Python and
+        ``--load_fast``) do this, for a live server as well as a fresh one."""
+        event = event_pb2.Event(
+            wall_time=time.time(),
+            step=int(step),
+            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+        )
+        self._writer.add_event(event)
+
+    # -- HParams --------------------------------------------------------------
+    def hparams_experiment(
+        self,
+        domains: Mapping[str, Sequence[HParamScalar]],
+        metrics: Sequence[str] | Mapping[str, str],
+        *,
+        descriptions: Mapping[str, str] | None = None,
+        time_created_secs: float | None = None,
+    ) -> None:
+        """The experiment config: every hparam with its discrete domain, and the
+        metrics (tag -> display name, or tags). Write it ONCE, in the logdir root.
+
+        Metric tags are used as given (see `metric_tag`); their scalars must live in
+        each session's own directory.
+        """
+        descriptions = descriptions or {}
+        infos = []
+        for name, values in domains.items():
+            info = api_pb2.HParamInfo(name=name, description=descriptions.get(name, ""))
+            values = list(values)
+            if values:
+                dtype = bool if isinstance(values[0], bool) else type(values[0])
+                hp.Discrete(values, dtype=dtype).update_hparam_info(info)
+            # `differs` tells the UI which columns are worth showing by default.
+            info.differs = len(values) > 1
+            infos.append(info)
+        items = metrics.items() if isinstance(metrics, Mapping) else ((m, None) for m in metrics)
+        metric_infos = [
+            hp.Metric(tag, display_name=display, description=descriptions.get(tag)).as_proto()
+            for tag, display in items
+        ]
+        experiment = api_pb2.Experiment(
+            hparam_infos=infos,
+            metric_infos=metric_infos,
+            time_created_secs=time.time() if time_created_secs is None else time_created_secs,
+        )
+        data = plugin_data_pb2.HParamsPluginData(experiment=experiment)
+        summary = _hparams_summary(hp_metadata.EXPERIMENT_TAG, data)
+        self.add_summary(summary, 0)
+
+    def hparams_session_start(
+        self,
+        hparams: Mapping[str, object],
+        *,
+        group_name: str = "",
+        start_time_secs: float | None = None,
+        domains: Mapping[str, Sequence[HParamScalar]] | None = None,
+    ) -> None:
+        """This run's hparam values (a session = the directory of this file).
+
+        `group_name` "" makes the session its own group (TensorBoard then uses the
+        run name); runs sharing a group name are averaged into one table row.
+        Pass the experiment's `domains` so values get the experiment's types.
+        """
+        info = plugin_data_pb2.SessionStartInfo(
+            group_name=group_name, start_time_secs=time.time() if start_time_secs is None else start_time_secs
+        )
+        for name, value in sorted(coerce_hparams(hparams, domains).items()):
+            if isinstance(value, bool):
+                info.hparams[name].bool_value = value
+            elif isinstance(value, float):
+                info.hparams[name].number_value = value
+            else:
+                info.hparams[name].string_value = value
+        data = plugin_data_pb2.HParamsPluginData(session_start_info=info)
+        self.add_summary(_hparams_summary(hp_metadata.SESSION_START_INFO_TAG, data), 0)
+
+    def hparams_session_end(self, status: str, *, end_time_secs: float | None = None) -> None:
+        """The session's final status (a resexp run status or a TensorBoard one)."""
+        info = plugin_data_pb2.SessionEndInfo(
+            status=session_status(status), end_time_secs=time.time() if end_time_secs is None else end_time_secs
+        )
+        data = plugin_data_pb2.HParamsPluginData(session_end_info=info)
+        self.add_summary(_hparams_summary(hp_metadata.SESSION_END_INFO_TAG, data), 0)
+
+    def hparams_metrics(self, step: int, values: Mapping[str, float | None]) -> None:
+        """HParams metric scalars (tags get the ``hparams/`` prefix); ``None`` and
+        NaN are skipped (a diverged run simply has no value)."""
+        clean = {
+            metric_tag(k): float(v)
+            for k, v in values.items()
+            if v is not None and not math.isnan(float(v))
+        }
+        self.scalars(step, clean)
+
+    # -- lifecycle ------------------------------------------------------------
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._writer.close()
+            self._closed = True
+
+    def __enter__(self) -> EventWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

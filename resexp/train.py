@@ -1,0 +1,513 @@
+"""The training engine: one jitted program runs `log_every` steps per dispatch.
+
+    state --chunk(K steps: sample, augment, forward, backward, update)--> state, losses[K]
+
+Everything inside a chunk happens on the device (batches are drawn and augmented there),
+so Python only wakes up once per chunk, and fetches the previous chunk's losses while
+the next one runs. `train.vmap_seeds: S` trains S seeds as one program via `vmap`.
+
+A group of runs (S seeds of one config) goes through `train_runs`; each run still gets
+its own directory, summary, events and checkpoints, exactly as if trained alone.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from resexp import __version__, diagnostics
+from resexp.checkpoint import Checkpoints
+from resexp.config import Config, run_id
+from resexp.data import Data, augment_batch, batch_indices, load_data
+from resexp.errors import RunError
+from resexp.models import Net, count_params, layer_table
+from resexp.optim import lr_schedule, make_optimizer
+from resexp.runs import FINAL, RunLock, prepare_run_dir, read_summary, write_json
+from resexp.tblog import EventWriter
+
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+
+
+# --------------------------------------------------------------------------- the compiled pieces
+
+
+def _init_state(graphdef_fn: Callable[[jax.Array], Net], tx: optax.GradientTransformation, seed: jax.Array):
+    model = graphdef_fn(seed)
+    _, params, others = nnx.split(model, nnx.Param, ...)
+    return {"params": params, "others": others, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+@dataclass
+class Engine:
+    """The jitted functions for one architecture + data + optimizer (seed is an argument)."""
+
+    cfg: Config
+    data: Data
+    seeds: int = 1
+    compile_seconds: float = 0.0
+    _compiled: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cfg = self.cfg
+        self.tx = make_optimizer(cfg.optim, cfg.train.steps)
+        self.schedule = lr_schedule(cfg.optim, cfg.train.steps)
+
+        def build(seed: jax.Array) -> Net:
+            # The parameter RNG uses XLA's RngBitGenerator ("rbg"): threefry's init code takes
+            # ~5x longer to compile for a ResNet's many parameter shapes. Data order and
+            # augmentation keep threefry (stable under vmap).
+            rngs = nnx.Rngs(params=jax.random.key(seed, impl="rbg"))
+            return Net(cfg.model, self.data.image_shape, self.data.num_classes, dtype=cfg.train.dtype, rngs=rngs)
+
+        self.graphdef = nnx.split(nnx.eval_shape(lambda: build(jnp.int32(0))), nnx.Param, ...)[0]
+        init = lambda seed: _init_state(build, self.tx, seed)  # noqa: E731
+        self._init = jax.jit(jax.vmap(init) if self.seeds > 1 else init)
+        self.abstract_state = jax.eval_shape(init, jnp.int32(0))
+
+    # ---- the training chunk
+
+    def _step(self, state: dict, step: jax.Array, seed: jax.Array, x_train: jax.Array, y_train: jax.Array):
+        cfg, data, graphdef = self.cfg, self.data, self.graphdef
+        key = jax.random.key(seed)
+        idx = batch_indices(jax.random.fold_in(key, 0), step, x_train.shape[0], cfg.data.batch_size)
+        x, y = data.normalize(x_train[idx]), y_train[idx]
+        if data.augment:
+            x = augment_batch(jax.random.fold_in(jax.random.fold_in(key, 1), step), x)
+
+        def loss_fn(params, others):
+            model = nnx.merge(graphdef, params, others, copy=True)
+            logits, _ = model.forward(x, train=True)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            acc = jnp.mean(jnp.argmax(logits, -1) == y)
+            return loss, (acc, nnx.split(model, nnx.Param, ...)[2])
+
+        (loss, (acc, others)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["others"])
+        updates, opt = self.tx.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {"params": params, "others": others, "opt": opt, "step": state["step"] + 1}, (loss, acc)
+
+    def _chunk(self, state: dict, seed: jax.Array, x_train: jax.Array, y_train: jax.Array, *, length: int):
+        def body(s, _):
+            return self._step(s, s["step"], seed, x_train, y_train)
+
+        return jax.lax.scan(body, state, None, length=length)
+
+    def chunk_fn(self, length: int):
+        """AOT-compiled chunk of `length` steps; compile time is measured, not guessed."""
+        key = ("chunk", length)
+        if key not in self._compiled:
+            fn = lambda st, seed, x, y: self._chunk(st, seed, x, y, length=length)  # noqa: E731
+            if self.seeds > 1:
+                fn = jax.vmap(fn, in_axes=(0, 0, None, None))
+            jitted = jax.jit(fn, donate_argnums=(0,))
+            seeds = jnp.zeros((self.seeds,), jnp.int32) if self.seeds > 1 else jnp.int32(0)
+            self._compiled[key] = self._aot(jitted, self._state_spec(), seeds, self.data.x_train, self.data.y_train)
+        return self._compiled[key]
+
+    # ---- evaluation and diagnostics
+
+    def _eval(self, state: dict, x_test: jax.Array, y_test: jax.Array):
+        cfg = self.cfg
+        n = x_test.shape[0] if cfg.train.eval_examples is None else min(cfg.train.eval_examples, x_test.shape[0])
+        bs = min(cfg.data.eval_batch_size, n)
+        nb = -(-n // bs)
+        pad = nb * bs - n
+        x = jnp.pad(x_test[:n], [(0, pad)] + [(0, 0)] * (x_test.ndim - 1)).reshape(nb, bs, *x_test.shape[1:])
+        y = jnp.pad(y_test[:n], (0, pad)).reshape(nb, bs)
+        mask = (jnp.arange(nb * bs) < n).reshape(nb, bs)
+        model = nnx.merge(self.graphdef, state["params"], state["others"], copy=True)
+
+        def one(batch):
+            xb, yb, mb = batch
+            logits = model(self.data.normalize(xb), train=False)
+            losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+            return jnp.sum(losses * mb), jnp.sum((jnp.argmax(logits, -1) == yb) * mb)
+
+        loss_sum, correct = jax.lax.map(one, (x, y, mask))
+        return {"eval_loss": jnp.sum(loss_sum) / n, "eval_accuracy": jnp.sum(correct) / n}
+
+    def _evaluate(self, state, seed, x_train, y_train, x_test, y_test):
+        out = self._eval(state, x_test, y_test)
+        if self.cfg.train.diagnostics:
+            key = jax.random.key(seed)
+            idx = batch_indices(jax.random.fold_in(key, 0), state["step"], x_train.shape[0], self.cfg.data.batch_size)
+            xb = self.data.normalize(x_train[idx])
+            xe = self.data.normalize(x_test[: min(256, x_test.shape[0])])
+            out["diagnostics"] = diagnostics.measure(self.graphdef, state["params"], state["others"], xe, xb,
+                                                     y_train[idx])
+        return out
+
+    def evaluate_fn(self):
+        if "eval" not in self._compiled:
+            fn = self._evaluate
+            if self.seeds > 1:
+                fn = jax.vmap(fn, in_axes=(0, 0, None, None, None, None))
+            seeds = jnp.zeros((self.seeds,), jnp.int32) if self.seeds > 1 else jnp.int32(0)
+            d = self.data
+            self._compiled["eval"] = self._aot(jax.jit(fn), self._state_spec(), seeds, d.x_train, d.y_train,
+                                               d.x_test, d.y_test)
+        return self._compiled["eval"]
+
+    # ---- helpers
+
+    def _state_spec(self):
+        if self.seeds == 1:
+            return self.abstract_state
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct((self.seeds, *a.shape), a.dtype), self.abstract_state)
+
+    def _aot(self, jitted, *args):
+        start = time.perf_counter()
+        compiled = jitted.lower(*args).compile()
+        self.compile_seconds += time.perf_counter() - start
+        return compiled
+
+    def init(self, seeds: list[int]):
+        start = time.perf_counter()
+        arg = jnp.asarray(seeds, jnp.int32) if self.seeds > 1 else jnp.int32(seeds[0])
+        state = self._init(arg)
+        jax.block_until_ready(state)
+        self.compile_seconds += time.perf_counter() - start  # dominated by compiling the init
+        return state
+
+
+# --------------------------------------------------------------------------- one group of runs
+
+
+@dataclass
+class RunRecord:
+    """Host-side bookkeeping for one run of a group."""
+
+    cfg: Config
+    dir: Path
+    events: EventWriter | None = None
+    history: dict = field(default_factory=lambda: {k: [] for k in (
+        "step", "train_loss", "train_accuracy", "eval_step", "eval_loss", "eval_accuracy")})
+    status: str = "running"
+    diverged_at_step: int | None = None
+    last_eval: dict = field(default_factory=dict)
+    diagnostics: dict | None = None
+    wall_before: float = 0.0  # wall seconds spent in earlier (interrupted) sessions
+    sweep_keys: dict | None = None
+
+
+class Interrupt:
+    """SIGINT/SIGTERM: finish the chunk in flight, checkpoint, exit; a second signal exits at once."""
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+
+    def _handler(self, signum, _frame) -> None:
+        if self.requested is not None:
+            import os
+
+            os._exit(128 + signum)
+        self.requested = signum
+
+    @contextmanager
+    def installed(self) -> Iterator["Interrupt"]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+@dataclass
+class Outcome:
+    run_dir: Path
+    summary: dict
+    skipped: bool = False  # already final before we started
+
+    @property
+    def exit_code(self) -> int:
+        status = self.summary.get("status")
+        if status == "diverged":
+            return EXIT_DIVERGED
+        if status == "interrupted":
+            return EXIT_INTERRUPTED
+        return 0 if status == "completed" else 1
+
+
+def _slice(tree, i: int | None):
+    return tree if i is None else jax.tree.map(lambda a: a[i], tree)
+
+
+def _stack(trees: list):
+    return trees[0] if len(trees) == 1 else jax.tree.map(lambda *a: jnp.stack(a), *trees)
+
+
+def train_runs(cfgs: list[Config], out: Path, *, progress: bool = True, sweep_keys: list[dict] | None = None,
+               console=None, data: Data | None = None) -> list[Outcome]:
+    """Train runs that differ only in `train.seed`, as one vmapped program when there are several.
+
+    Completed or diverged runs are left alone; interrupted ones resume from their last
+    complete checkpoint. Returns one Outcome per config, in order.
+    """
+    outcomes: dict[int, Outcome] = {}
+    todo: list[int] = []
+    for i, cfg in enumerate(cfgs):
+        run_dir = out / run_id(cfg)
+        summary = read_summary(run_dir)
+        if summary and summary.get("status") in FINAL:
+            outcomes[i] = Outcome(run_dir, summary, skipped=True)
+        else:
+            todo.append(i)
+    locks: list[RunLock] = []
+    try:
+        claimed = []
+        for i in todo:
+            run_dir = out / run_id(cfgs[i])
+            prepare_run_dir(run_dir, cfgs[i])
+            lock = RunLock(run_dir)
+            if lock.acquire():
+                locks.append(lock)
+                claimed.append(i)
+            else:
+                outcomes[i] = Outcome(run_dir, read_summary(run_dir) or {"status": "running", "run_id": run_id(cfgs[i])},
+                                      skipped=True)
+        if claimed:
+            records = [RunRecord(cfgs[i], out / run_id(cfgs[i]), sweep_keys=(sweep_keys[i] if sweep_keys else None))
+                       for i in claimed]
+            for i, summary in zip(claimed, _train_group(records, progress=progress, console=console, data=data)):
+                outcomes[i] = Outcome(out / run_id(cfgs[i]), summary)
+    finally:
+        for lock in locks:
+            lock.release()
+    return [outcomes[i] for i in range(len(cfgs))]
+
+
+def _common_resume_step(ckpts: list[Checkpoints]) -> int | None:
+    steps = [set(c.all_steps()) for c in ckpts]
+    common = set.intersection(*steps) if steps else set()
+    return max(common) if common else None
+
+
+def _train_group(records: list[RunRecord], *, progress: bool, console, data: Data | None) -> list[dict]:
+    cfg = records[0].cfg
+    if data is None:
+        data = load_data(cfg.data, source=str(records[0].dir / "config.yaml"))
+    group = len(records)
+    engine = Engine(cfg, data, seeds=group)
+    ckpts = [Checkpoints(r.dir / "checkpoints") for r in records]
+    resume_step = _common_resume_step(ckpts)
+    if resume_step is None and any(c.all_steps() for c in ckpts) and group > 1:
+        # Runs of this group stopped at different checkpoints: train them one by one.
+        return [s for r in records for s in _train_group([r], progress=progress, console=console, data=data)]
+
+    wall_start = time.perf_counter()
+    state = engine.init([r.cfg.train.seed for r in records])
+    if resume_step is not None:
+        restored = []
+        for r, c in zip(records, ckpts):
+            single, meta = c.restore(resume_step, engine.abstract_state)
+            restored.append(single)
+            r.history, r.wall_before = meta["history"], meta.get("wall_seconds", 0.0)
+            r.last_eval, r.diagnostics = meta.get("last_eval", {}), meta.get("diagnostics")
+        state = _stack(restored)
+    start_step = resume_step or 0
+    for r in records:
+        r.events = EventWriter(r.dir)
+        if start_step:
+            r.events.session_start(start_step)
+    model_info = _model_info(cfg, data)
+    seeds_arg = jnp.asarray([r.cfg.train.seed for r in records], jnp.int32) if group > 1 \
+        else jnp.int32(records[0].cfg.train.seed)
+    for r in records:
+        _write_summary(r, engine, model_info, start_step, wall=r.wall_before, data=data)
+
+    t = cfg.train
+    total, k = t.steps, t.log_every
+    interrupt = Interrupt()
+    compile_before = engine.compile_seconds
+    steady_time, steady_images = 0.0, 0
+    with interrupt.installed(), _progress(progress, console, records, total, start_step) as bar:
+        step = start_step
+        pending = None  # (end_step, losses, accs, t_dispatch): fetched while the next chunk runs
+        while step < total or pending is not None:
+            launched = None
+            if step < total and not all(r.status == "diverged" for r in records) and interrupt.requested is None:
+                length = min(k, total - step)
+                fn = engine.chunk_fn(length)
+                t0 = time.perf_counter()
+                state, (losses, accs) = fn(state, seeds_arg, data.x_train, data.y_train)
+                step += length
+                launched = (step, length, losses, accs, t0)
+            if pending is not None:
+                end, length, losses, accs, t0 = pending
+                losses, accs = np.asarray(losses), np.asarray(accs)
+                elapsed = time.perf_counter() - t0
+                if end - length > start_step:  # the first chunk after (re)start includes warm-up
+                    steady_time += elapsed
+                    steady_images += length * cfg.data.batch_size * group
+                _record_chunk(records, engine, end, length, losses, accs, elapsed)
+                if bar is not None:
+                    bar(end, float(np.nanmean(losses[..., -1])), length * cfg.data.batch_size * group / max(elapsed, 1e-9))
+            pending = launched
+            if pending is None:
+                continue
+            end = pending[0]
+            at_eval = (t.eval_every and end % t.eval_every == 0) or end == total
+            at_ckpt = (t.checkpoint_every and end % t.checkpoint_every == 0) or end == total
+            if at_eval or at_ckpt or interrupt.requested is not None:
+                # Settle the chunk just launched before saving or evaluating its state.
+                end, length, losses, accs, t0 = pending
+                losses, accs = np.asarray(losses), np.asarray(accs)
+                elapsed = time.perf_counter() - t0
+                if end - length > start_step:
+                    steady_time += elapsed
+                    steady_images += length * cfg.data.batch_size * group
+                _record_chunk(records, engine, end, length, losses, accs, elapsed)
+                if bar is not None:
+                    bar(end, float(np.nanmean(losses[..., -1])), length * cfg.data.batch_size * group / max(elapsed, 1e-9))
+                pending = None
+                if at_eval and not all(r.status == "diverged" for r in records):
+                    _record_eval(records, engine, state, seeds_arg, data, end)
+                ips = steady_images / steady_time if steady_time else None
+                for i, (r, c) in enumerate(zip(records, ckpts)):
+                    if r.status == "diverged":
+                        continue
+                    if at_ckpt or interrupt.requested is not None:
+                        c.save(end, _slice(state, i if group > 1 else None), {
+                            "history": r.history, "wall_seconds": r.wall_before + time.perf_counter() - wall_start,
+                            "last_eval": r.last_eval, "diagnostics": r.diagnostics})
+                    if interrupt.requested is not None and end < total:
+                        r.status = "interrupted"
+                    _write_summary(r, engine, model_info, end, wall=r.wall_before + time.perf_counter() - wall_start,
+                                   data=data, ips=ips, compile_s=engine.compile_seconds - compile_before)
+                if interrupt.requested is not None:
+                    break
+        for r in records:
+            if r.status == "running" and step >= total:
+                r.status = "completed"
+
+    ips = steady_images / steady_time if steady_time else None
+    summaries = []
+    for r in records:
+        s = _write_summary(r, engine, model_info, min(step, total) if r.status != "diverged" else r.diverged_at_step,
+                           wall=r.wall_before + time.perf_counter() - wall_start, data=data, ips=ips,
+                           compile_s=engine.compile_seconds - compile_before)
+        r.events.close()
+        summaries.append(s)
+    return summaries
+
+
+def _record_chunk(records, engine: Engine, end: int, length: int, losses, accs, elapsed: float) -> None:
+    group = len(records)
+    lr = float(engine.schedule(end - 1))
+    ips = length * engine.cfg.data.batch_size * group / max(elapsed, 1e-9)
+    for i, r in enumerate(records):
+        if r.status == "diverged":
+            continue
+        li = losses[i] if group > 1 else losses
+        ai = accs[i] if group > 1 else accs
+        bad = np.flatnonzero(~np.isfinite(li))
+        if bad.size:
+            r.status = "diverged"
+            r.diverged_at_step = end - length + int(bad[0]) + 1
+            r.events.scalars(r.diverged_at_step, {"train/diverged": 1.0})
+            continue
+        loss, acc = float(np.mean(li)), float(np.mean(ai))
+        r.history["step"].append(end)
+        r.history["train_loss"].append(loss)
+        r.history["train_accuracy"].append(acc)
+        r.events.scalars(end, {"train/loss": loss, "train/accuracy": acc, "train/learning_rate": lr,
+                               "perf/images_per_second": ips})
+
+
+def _record_eval(records, engine: Engine, state, seeds_arg, data: Data, end: int) -> None:
+    out = jax.device_get(engine.evaluate_fn()(state, seeds_arg, data.x_train, data.y_train, data.x_test, data.y_test))
+    group = len(records)
+    for i, r in enumerate(records):
+        if r.status == "diverged":
+            continue
+        res = _slice(out, i if group > 1 else None)
+        r.last_eval = {"eval_loss": float(res["eval_loss"]), "eval_accuracy": float(res["eval_accuracy"])}
+        r.history["eval_step"].append(end)
+        r.history["eval_loss"].append(r.last_eval["eval_loss"])
+        r.history["eval_accuracy"].append(r.last_eval["eval_accuracy"])
+        r.events.scalars(end, {"eval/loss": r.last_eval["eval_loss"], "eval/accuracy": r.last_eval["eval_accuracy"]})
+        if "diagnostics" in res:
+            r.diagnostics = diagnostics.to_host(engine.graphdef, res["diagnostics"])
+            r.events.scalars(end, diagnostics.scalar_tags(r.diagnostics))
+        r.events.flush()
+
+
+def _model_info(cfg: Config, data: Data) -> dict:
+    rows = layer_table(cfg.model, data.image_shape, data.num_classes)
+    return {"params": sum(r.params for r in rows), "macs": sum(r.macs for r in rows)}
+
+
+def _write_summary(r: RunRecord, engine: Engine, info: dict, steps: int | None, *, wall: float, data: Data,
+                   ips: float | None = None, compile_s: float | None = None) -> dict:
+    window = r.history["train_loss"]
+    summary: dict[str, Any] = {
+        "run_id": r.dir.name,
+        "status": r.status,
+        "steps": steps,
+        "total_steps": r.cfg.train.steps,
+        "diverged_at_step": r.diverged_at_step,
+        "final_train_loss": window[-1] if window and r.status != "diverged" else (None if r.status == "diverged" else None),
+        "final_train_accuracy": r.history["train_accuracy"][-1] if window and r.status != "diverged" else None,
+        "eval_loss": r.last_eval.get("eval_loss") if r.status != "diverged" else None,
+        "eval_accuracy": r.last_eval.get("eval_accuracy") if r.status != "diverged" else None,
+        "params": info["params"],
+        "macs_per_example": info["macs"],
+        "compile_seconds": round(compile_s, 3) if compile_s is not None else None,
+        "wall_seconds": round(wall, 3),
+        "images_per_second": round(ips, 1) if ips else None,
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "vmapped_seeds": len(engine.abstract_state and [1]) * engine.seeds,
+        "resexp_version": __version__,
+        "config": r.cfg.model_dump(mode="json"),
+        "sweep": {"name": r.cfg.name, "keys": r.sweep_keys} if r.sweep_keys is not None else None,
+        "history": r.history,
+        "diagnostics": r.diagnostics,
+    }
+    write_json(r.dir / "summary.json", summary)
+    return summary
+
+
+@contextmanager
+def _progress(enabled: bool, console, records: list[RunRecord], total: int, start: int):
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    label = records[0].dir.name if len(records) == 1 else f"{records[0].dir.name} (+{len(records) - 1} seeds)"
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[ips]} img/s"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as prog:
+        task = prog.add_task(label, total=total, completed=start, loss="-", ips="-")
+
+        def update(step: int, loss: float, ips: float) -> None:
+            prog.update(task, completed=step, loss=f"{loss:.4f}", ips=f"{ips:,.0f}")
+
+        yield update
+
+
+def train(cfg: Config, out: Path, *, progress: bool = True, console=None) -> list[Outcome]:
+    """`resexp train`: one config; with `train.vmap_seeds: S`, seeds seed..seed+S-1 together."""
+    s = cfg.train.vmap_seeds
+    cfgs = [cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": cfg.train.seed + i, "vmap_seeds": 1})})
+            for i in range(s)]
+    return train_runs(cfgs, out, progress=progress, console=console)

@@ -1,0 +1,393 @@
+"""resexp.report on a hand-written sweep: tables, statistics, figures, idempotence,
+and what a real TensorBoard server shows for it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+from resexp.errors import UserError
+from resexp.report import REPORT_SUFFIX, build_report
+from resexp.tblog import EventWriter, event_files, png_size
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tb_server import TensorBoardServer  # noqa: E402
+
+DEPTHS = (8, 14, 20)
+SEEDS = (0, 1)
+DIVERGED = ("plain", 20, 1)  # (net, depth, seed)
+
+
+def train_loss(net: str, depth: int, seed: int) -> float:
+    """Plain nets get worse with depth, residual nets do not (the paper's headline)."""
+    base = 0.1 * depth / 8 if net == "plain" else 0.05
+    return base * (1 + 0.07 * seed)
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def make_summary(net: str, depth: int, seed: int, *, keys: dict | None = None, wd: float = 1e-4) -> dict:
+    shortcut = net == "resnet"
+    diverged = (net, depth, seed) == DIVERGED
+    loss = math.nan if diverged else train_loss(net, depth, seed)
+    steps = list(range(10, 101, 10))
+    curve = [2.3 * math.exp(-s / 30) + (0 if diverged else loss) for s in steps]
+    if diverged:
+        curve = [v if s < 50 else math.nan for s, v in zip(steps, curve)]
+    n_blocks = (depth - 2) // 2
+    return {
+        "run_id": f"{net}{depth}-s{seed}",
+        "status": "diverged" if diverged else "completed",
+        "steps": 50 if diverged else 100,
+        "total_steps": 100,
+        "diverged_at_step": 50 if diverged else None,
+        "final_train_loss": None if diverged else loss,
+        "final_train_accuracy": None if diverged else 1 - loss,
+        "eval_loss": None if diverged else 2 * loss,
+        "eval_accuracy": None if diverged else 0.9 - loss,
+        "params": 1000 * depth,
+        "compile_seconds": 1.0,
+        "wall_seconds": 2.0 + depth / 10,
+        "images_per_second": 1000.0,
+        "config": {
+            "model": {"kind": "cnn", "depth": depth, "shortcut": shortcut, "projection": "zero_pad"},
+            "optim": {"weight_decay": wd},
+            "train": {"seed": seed},
+            "data": {"name": "synthetic"},
+        },
+        "sweep": {
+            "name": "unit",
+            "keys": keys or {"model.depth": depth, "model.shortcut": shortcut, "train.seed": seed},
+        },
+        "history": {"step": steps, "train_loss": curve, "train_accuracy": [0.5] * len(steps)},
+        "diagnostics": {
+            "residual_ratio": [0.5 / (1 + 1000 * wd)] * n_blocks if shortcut else [],
+            "response_std": [1.0 - 0.5 * i / depth if not shortcut else 0.5 for i in range(depth - 1)],
+            "weight_norm": {},
+            "grad_norm": {},
+        },
+    }
+
+
+def make_sweep(root: Path) -> Path:
+    for net in ("plain", "resnet"):
+        for depth in DEPTHS:
+            for seed in SEEDS:
+                write_summary(root / f"{net}{depth}-s{seed}", make_summary(net, depth, seed))
+    # an unfinished run and one that never wrote a summary
+    running = make_summary("resnet", 8, 5)
+    running.update(status="running", steps=40, run_id="resnet8-s5")
+    running["sweep"]["keys"]["train.seed"] = 5
+    write_summary(root / "resnet8-s5", running)
+    (root / "plain8-s9").mkdir()
+    return root
+
+
+def report_events(sweep: Path) -> list[tuple]:
+    """Everything in the report's event files except wall times, sorted."""
+    out = []
+    for path in event_files(sweep, REPORT_SUFFIX, recursive=True):
+        run = str(path.parent.relative_to(sweep))
+        for event in EventFileLoader(str(path)).Load():
+            if event.HasField("session_log"):
+                out.append((run, event.step, "session_log", event.session_log.status))
+            for v in event.summary.value:
+                payload = v.simple_value if v.HasField("simple_value") else None
+                if v.HasField("image"):
+                    payload = (v.image.width, v.image.height, v.image.encoded_image_string)
+                elif v.metadata.plugin_data.plugin_name == "hparams":
+                    payload = v.metadata.plugin_data.content
+                out.append((run, event.step, v.tag, payload))
+    return sorted(out, key=repr)
+
+
+def snapshot(sweep: Path) -> dict:
+    skip = {"summary.json"}
+    return {
+        "report_files": len(event_files(sweep, REPORT_SUFFIX, recursive=True)),
+        "events": report_events(sweep),
+        "files": {
+            str(p.relative_to(sweep)): p.read_bytes()
+            for p in sweep.rglob("*")
+            if p.is_file() and REPORT_SUFFIX not in p.name and p.name not in skip
+        },
+        "summaries": {str(p.relative_to(sweep)): p.read_bytes() for p in sweep.rglob("summary.json")},
+    }
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    sweep = make_sweep(tmp_path_factory.mktemp("sweep"))
+    with EventWriter(sweep / "resnet8-s0", filename_suffix=".train") as w:  # a run's own TB file
+        w.session_start(0)
+        w.scalars(100, {"train/loss": 0.05})
+    console = Console(record=True, width=130)
+    first = build_report(sweep, console=console)
+    snap1 = snapshot(sweep)
+    second = build_report(sweep, console=Console(file=io.StringIO()))
+    snap2 = snapshot(sweep)
+    return {"sweep": sweep, "report": first, "again": second, "snap1": snap1, "snap2": snap2,
+            "console": console.export_text()}  # fmt: skip
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def expected_cells() -> dict[tuple, dict]:
+    """Mean and sample std over completed seeds, computed here independently."""
+    cells = {}
+    for net in ("plain", "resnet"):
+        for depth in DEPTHS:
+            done = [s for s in SEEDS if (net, depth, s) != DIVERGED]
+            losses = [train_loss(net, depth, s) for s in done]
+            cells[(depth, net == "resnet")] = {
+                "n": len(SEEDS),
+                "n_diverged": len(SEEDS) - len(done),
+                "loss_mean": statistics.mean(losses),
+                "loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+                "eval_mean": statistics.mean(2 * v for v in losses),
+                "acc_std": statistics.stdev([1 - v for v in losses]) if len(losses) > 1 else 0.0,
+            }
+    return cells
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def test_results_csv(built):
+    sweep = built["sweep"]
+    columns, rows = read_csv(sweep / "results.csv")
+    assert columns == [
+        "run_id", "model.depth", "model.shortcut", "train.seed", "status",
+        "final_train_loss", "final_train_accuracy", "eval_loss", "eval_accuracy",
+        "params", "wall_seconds", "diverged_at_step",
+    ]  # fmt: skip
+    by_id = {r["run_id"]: r for r in rows}
+    expected_ids = {f"{n}{d}-s{s}" for n in ("plain", "resnet") for d in DEPTHS for s in SEEDS} | {"resnet8-s5"}
+    assert set(by_id) == expected_ids and len(rows) == len(expected_ids)
+    row = by_id["plain14-s1"]
+    assert (row["model.depth"], row["model.shortcut"], row["train.seed"], row["status"]) == ("14", "false", "1", "completed")
+    assert float(row["final_train_loss"]) == pytest.approx(train_loss("plain", 14, 1))
+    assert float(row["eval_loss"]) == pytest.approx(2 * train_loss("plain", 14, 1))
+    assert row["params"] == "14000"
+    div = by_id["plain20-s1"]
+    assert div["status"] == "diverged" and div["final_train_loss"] == "" and div["diverged_at_step"] == "50"
+    assert by_id["resnet8-s5"]["status"] == "running"
+    notes = " ".join(built["report"].notes)
+    assert "plain8-s9" in notes and "resnet8-s5" in notes
+
+
+def test_aggregate_mean_std(built):
+    columns, rows = read_csv(built["sweep"] / "aggregate.csv")
+    assert columns[:4] == ["model.depth", "model.shortcut", "n_runs", "n_diverged"]
+    for m in ("final_train_loss", "final_train_accuracy", "eval_loss", "eval_accuracy"):
+        assert f"{m}_mean" in columns and f"{m}_std" in columns
+    expected = expected_cells()
+    assert len(rows) == len(expected) == len(built["report"].cells)
+    for row in rows:
+        exp = expected[(int(row["model.depth"]), row["model.shortcut"] == "true")]
+        assert int(row["n_runs"]) == exp["n"]
+        assert int(row["n_diverged"]) == exp["n_diverged"]
+        assert float(row["final_train_loss_mean"]) == pytest.approx(exp["loss_mean"], rel=1e-12)
+        assert float(row["final_train_loss_std"]) == pytest.approx(exp["loss_std"], rel=1e-9, abs=1e-15)
+        assert float(row["eval_loss_mean"]) == pytest.approx(exp["eval_mean"], rel=1e-12)
+        assert float(row["final_train_accuracy_std"]) == pytest.approx(exp["acc_std"], rel=1e-9, abs=1e-15)
+    # the running run (seed 5) is not pooled into its cell
+    resnet8 = next(r for r in rows if r["model.depth"] == "8" and r["model.shortcut"] == "true")
+    assert resnet8["run_ids"].split(";") == ["resnet8-s0", "resnet8-s1"]
+
+
+def test_results_json(built):
+    doc = json.loads((built["sweep"] / "results.json").read_text())
+    assert doc["swept_keys"] == ["model.depth", "model.shortcut", "train.seed"]
+    assert "ddof=1" in doc["std"]
+    div = next(r for r in doc["runs"] if r["run_id"] == "plain20-s1")
+    assert div["final_train_loss"] is None  # NaN never reaches JSON
+    assert len(doc["aggregate"]) == 6
+
+
+def test_terminal_table(built):
+    text = built["console"]
+    for name in ("plain-8", "plain-20", "ResNet-8", "ResNet-20"):
+        assert name in text
+    assert "1/2" in text  # plain-20: one of two seeds diverged
+    assert f"{train_loss('plain', 14, 0) * 1.035:.3g}" in text  # mean of 1.00x and 1.07x
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def check_png(path: Path, min_w: int, min_h: int) -> None:
+    import matplotlib.image
+
+    data = path.read_bytes()
+    width, height, _ = png_size(data)
+    assert min_w <= width <= 4000 and min_h <= height <= 3000, (width, height)
+    assert 20_000 < len(data) < 3_000_000
+    pixels = matplotlib.image.imread(io.BytesIO(data), format="png")
+    assert pixels.shape[:2] == (height, width)
+    assert pixels[..., :3].std() > 0.05  # something was drawn
+
+
+def test_figures(built):
+    sweep, report = built["sweep"], built["report"]
+    check_png(sweep / "loss_vs_depth.png", 1000, 400)
+    check_png(sweep / "response_std.png", 600, 500)
+    assert not (sweep / "residual_ratio_vs_wd.png").exists()  # weight decay is not swept
+    assert report.paths["loss_vs_depth.png"] == sweep / "loss_vs_depth.png"
+    assert "residual_ratio_vs_wd.png" not in report.paths
+
+
+# ----------------------------------------------------------------------------- idempotence
+
+
+def test_rebuild_is_idempotent(built):
+    s1, s2 = built["snap1"], built["snap2"]
+    assert s1["report_files"] == s2["report_files"] == 1 + 13 + 1 + 2  # root, runs, vs_depth (images), 2 groups
+    assert s1["events"] == s2["events"]  # same TensorBoard content, nothing duplicated
+    assert s1["files"].keys() == s2["files"].keys()
+    for name in ("results.csv", "aggregate.csv", "results.json", "loss_vs_depth.png"):
+        assert s1["files"][name] == s2["files"][name], name
+    # the runs' own files are untouched
+    assert s1["summaries"] == s2["summaries"]
+    train_files = [k for k in s2["files"] if k.startswith("resnet8-s0/") and k.endswith(".train")]
+    assert len(train_files) == 1
+    assert len(built["again"].rows) == len(built["report"].rows)
+
+
+# ----------------------------------------------------------------------------- live TensorBoard
+
+
+@pytest.fixture(scope="module")
+def tb(built):
+    with TensorBoardServer(built["sweep"]) as server:
+        server.wait_for(lambda: {"vs_depth/shortcut=false", "vs_depth/shortcut=true", "vs_depth", "."}
+                        <= set(server.runs()))  # fmt: skip
+        server.wait_for(lambda: len(server.sessions()) == 13)
+        yield server
+
+
+def test_tensorboard_vs_depth_scalars(tb):
+    tags = tb.scalar_tags()
+    for group in ("vs_depth/shortcut=false", "vs_depth/shortcut=true"):
+        assert tags[group], group
+        assert all("depth" in t for t in tags[group])
+        assert "final_train_loss_vs_depth/mean" in tags[group]
+        assert "final_train_loss_vs_depth/std" in tags[group]
+        assert "eval_accuracy_vs_depth/mean" in tags[group]
+    expected = expected_cells()
+    for shortcut in (False, True):
+        run = f"vs_depth/shortcut={'true' if shortcut else 'false'}"
+        points = tb.scalars(run, "final_train_loss_vs_depth/mean")
+        assert [s for s, _ in points] == list(DEPTHS)  # step = depth, no duplicates after the rebuild
+        for depth, value in points:
+            assert value == pytest.approx(expected[(depth, shortcut)]["loss_mean"], rel=1e-6)
+    diverged = tb.scalars("vs_depth/shortcut=false", "diverged_runs_vs_depth/count")
+    assert diverged == [(8, 0.0), (14, 0.0), (20, 1.0)]
+
+
+def test_tensorboard_figure_image(tb, built):
+    tags = tb.image_tags()
+    assert "figures/loss_vs_depth" in tags["vs_depth"]
+    (png,) = tb.images("vs_depth", "figures/loss_vs_depth")
+    assert png == (built["sweep"] / "loss_vs_depth.png").read_bytes()
+
+
+def test_tensorboard_hparams(tb, built):
+    exp = tb.hparams_experiment()
+    infos = {h["name"]: h for h in exp["hparamInfos"]}
+    assert set(infos) == {"model.depth", "model.shortcut", "train.seed"}
+    assert infos["model.depth"]["domainDiscrete"] == [float(d) for d in DEPTHS]
+    assert infos["model.shortcut"]["domainDiscrete"] == [False, True]
+    metric_tags = {m["name"]["tag"] for m in exp["metricInfos"]}
+    assert {"hparams/final_train_loss", "hparams/final_train_accuracy", "hparams/eval_loss"} <= metric_tags
+
+    sessions = tb.sessions()
+    assert set(sessions) == {r["run_id"] for r in built["report"].rows}  # one session per run dir
+    assert sessions["plain20-s1"]["status"] == "STATUS_FAILURE"
+    assert sessions["resnet8-s5"]["status"] == "STATUS_RUNNING"
+    assert sessions["plain14-s0"]["status"] == "STATUS_SUCCESS"
+    assert sessions["plain14-s0"]["hparams"] == {"model.depth": 14.0, "model.shortcut": False, "train.seed": 0.0}
+    values = {m["name"]["tag"]: m["value"] for m in sessions["plain14-s0"]["metricValues"]}
+    assert values["hparams/final_train_loss"] == pytest.approx(train_loss("plain", 14, 0), rel=1e-6)
+    assert values["hparams/diverged"] == 0.0
+    assert {m["name"]["tag"]: m["value"] for m in sessions["plain20-s1"]["metricValues"]} == {"hparams/diverged": 1.0}
+    # the run's own training scalars are still there, next to the report's
+    assert "train/loss" in tb.scalar_tags()["resnet8-s0"]
+
+
+# ----------------------------------------------------------------------------- other sweeps
+
+
+def test_sweep_without_depth(tmp_path):
+    sweep = tmp_path / "wd"
+    for wd in (0.0, 1e-4, 1e-3):
+        for seed in SEEDS:
+            keys = {"optim.weight_decay": wd, "train.seed": seed}
+            write_summary(sweep / f"resnet20-wd{wd:g}-s{seed}", make_summary("resnet", 20, seed, keys=keys, wd=wd))
+    # leftovers of an earlier report of this directory that no longer apply
+    (sweep / "loss_vs_depth.png").write_bytes(b"stale")
+    with EventWriter(sweep / "vs_depth" / "shortcut=false", REPORT_SUFFIX) as w:
+        w.scalars(20, {"final_train_loss_vs_depth/mean": 1.0})
+    report = build_report(sweep, console=Console(file=io.StringIO()))
+
+    assert any("model.depth is not swept" in n for n in report.notes)
+    assert not (sweep / "loss_vs_depth.png").exists()
+    assert not (sweep / "vs_depth" / "shortcut=false").exists()
+    check_png(sweep / "residual_ratio_vs_wd.png", 500, 300)
+    _, rows = read_csv(sweep / "aggregate.csv")
+    assert [float(r["optim.weight_decay"]) for r in rows] == [0.0, 1e-4, 1e-3]
+    assert all(int(r["n_runs"]) == 2 for r in rows)
+
+
+def test_all_seeds_diverged_and_single_seed(tmp_path):
+    sweep = tmp_path / "one-seed"
+    for net in ("plain", "resnet"):
+        for depth in DEPTHS:
+            keys = {"model.depth": depth, "model.shortcut": net == "resnet"}
+            summary = make_summary(net, depth, 1, keys=keys)  # seed 1: plain-20 diverges
+            write_summary(sweep / f"{net}{depth}", summary)
+    out = io.StringIO()
+    report = build_report(sweep, console=Console(file=out, width=130), write_tensorboard=False)
+    cell = next(c for c in report.cells if c.key == {"model.depth": 20, "model.shortcut": False})
+    assert cell.all_diverged and math.isnan(cell.mean["final_train_loss"])
+    assert all(c.std["final_train_loss"] == 0.0 for c in report.cells if not c.all_diverged)  # n=1 -> std 0
+    assert "DIVERGED" in out.getvalue()
+    assert not event_files(sweep, REPORT_SUFFIX, recursive=True)
+    check_png(sweep / "loss_vs_depth.png", 1000, 400)
+
+
+def test_bad_sweep_dirs(tmp_path):
+    with pytest.raises(UserError):
+        build_report(tmp_path / "missing", console=Console(file=io.StringIO()))
+    (tmp_path / "empty" / "run-without-summary").mkdir(parents=True)
+    with pytest.raises(UserError):
+        build_report(tmp_path / "empty", console=Console(file=io.StringIO()))
+
+
+def test_runs_without_sweep_keys_get_an_inferred_grid(tmp_path):
+    sweep = tmp_path / "loose"
+    for net in ("plain", "resnet"):
+        for depth in (8, 20):
+            summary = make_summary(net, depth, 0)
+            del summary["sweep"]  # runs started one by one, not by a sweep
+            write_summary(sweep / f"{net}{depth}", summary)
+    report = build_report(sweep, console=Console(file=io.StringIO()), write_tensorboard=False)
+    assert report.swept_keys == ["model.depth", "model.shortcut"]  # the config keys that differ
+    assert len(report.cells) == 4 and all(c.n == 1 for c in report.cells)
+    assert (sweep / "loss_vs_depth.png").is_file()
