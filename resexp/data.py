@@ -146,3 +146,15 @@ def augment_batch(key: jax.Array, x: jax.Array, pad: int = 4) -> jax.Array:
     crops = jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(padded, offsets)
     flip = jax.random.bernoulli(flip_key, 0.5, (b,))
     return jnp.where(flip[:, None, None, None], crops[:, :, ::-1, :], crops)
+
+
+def dataset_shape(cfg: DataConfig) -> tuple[tuple[int, int, int], int]:
+    """(image shape, classes) without loading anything: for `resexp model`."""
+    if cfg.name == "digits":
+        return (8, 8, 1), 10
+    if cfg.name == "synthetic":
+        return (cfg.image_size, cfg.image_size, cfg.channels), cfg.num_classes
+    from resexp.datasets import DATASET_INFO
+
+    info = DATASET_INFO[cfg.name]
+    return tuple(info.image_shape), info.num_classes  # type: ignore[return-value]

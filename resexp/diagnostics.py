@@ -97,3 +97,65 @@ def scalar_tags(diag: dict) -> dict[str, float]:
         for name, v in (diag.get(kind) or {}).items():
             tags[f"diag/{kind}/{name}"] = v
     return tags
+
+
+# --------------------------------------------------------------------------- the identity check
+
+
+def _zero_last_layers(params):
+    """W[l+2] = 0, b[l+2] = 0 (and BN scale/shift) for every block's second layer."""
+    def zero(path, leaf):
+        keys = [str(getattr(p, "key", getattr(p, "idx", p))) for p in path]
+        if "layer2" in keys or "norm2" in keys:
+            return jnp.zeros_like(leaf)
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(zero, params)
+
+
+def identity_check(model, x: jax.Array) -> list[dict]:
+    """Zero every branch's last layer, then compare each block's output with its input.
+
+    For a residual block with an identity shortcut, relu(0 + a) = a because `a` came out
+    of a relu (so it is >= 0): the block *is* the identity. Where the shape changes the
+    shortcut is Ws a (option A: subsample + zero-pad; B/C: a learned projection). For a
+    plain block the same zeroing gives relu(0) = 0: the signal is gone.
+    """
+    from resexp.models import iter_blocks
+
+    graphdef, params, others = nnx.split(model, nnx.Param, ...)
+    model = nnx.merge(graphdef, _zero_last_layers(params), others)
+    h = jax.nn.relu(model.stem_norm(model.stem(x if model.conv else x.reshape(x.shape[0], -1)), False))
+    rows = []
+    for name, block in iter_blocks(model):
+        y, _ = block(h, False)
+        same_shape = y.shape == h.shape
+        mode = "plain" if block.shortcut is None else block.shortcut.mode
+        expected = h if block.shortcut is None else block.shortcut(h, False)
+        row = {
+            "block": name,
+            "shortcut": {"identity": "identity", "zero_pad": "Ws = zero-pad (A)", "learned": "Ws learned (B/C)",
+                         "plain": "none (plain)"}[mode],
+            "input_min": float(jnp.min(h)),
+            "max_abs_diff_input": float(jnp.max(jnp.abs(y - h))) if same_shape else None,
+            "max_abs_diff_shortcut": float(jnp.max(jnp.abs(y - jax.nn.relu(expected)))) if mode != "plain" else None,
+            "output_norm": float(_fro(y)),
+            "input_norm": float(_fro(h)),
+        }
+        if mode == "plain":
+            row["holds"] = bool(same_shape and row["max_abs_diff_input"] <= 1e-6)
+            row["verdict"] = "collapses to zero" if row["output_norm"] == 0 else "not the identity"
+        elif mode == "identity":
+            row["holds"] = row["max_abs_diff_input"] <= 1e-6
+            row["verdict"] = "identity" if row["holds"] else "NOT the identity"
+        else:  # shape changes: the block is exactly relu(Ws a); for option A that is a itself, padded
+            row["holds"] = row["max_abs_diff_shortcut"] <= 1e-6
+            row["verdict"] = ("= Ws a (subsampled, zero-padded a)" if mode == "zero_pad" else "= relu(Ws a)") \
+                if row["holds"] else "NOT relu(Ws a)"
+        rows.append(row)
+        h = y
+    return rows
+
+
+def _fro(x):
+    return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32))))

@@ -127,10 +127,9 @@ class Engine:
         x = jnp.pad(x_test[:n], [(0, pad)] + [(0, 0)] * (x_test.ndim - 1)).reshape(nb, bs, *x_test.shape[1:])
         y = jnp.pad(y_test[:n], (0, pad)).reshape(nb, bs)
         mask = (jnp.arange(nb * bs) < n).reshape(nb, bs)
-        model = nnx.merge(self.graphdef, state["params"], state["others"], copy=True)
-
         def one(batch):
             xb, yb, mb = batch
+            model = nnx.merge(self.graphdef, state["params"], state["others"], copy=True)
             logits = model(self.data.normalize(xb), train=False)
             losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
             return jnp.sum(losses * mb), jnp.sum((jnp.argmax(logits, -1) == yb) * mb)
@@ -279,6 +278,10 @@ def train_runs(cfgs: list[Config], out: Path, *, progress: bool = True, sweep_ke
             lock = RunLock(run_dir)
             if lock.acquire():
                 locks.append(lock)
+                summary = read_summary(run_dir)  # finished by another process since we looked?
+                if summary and summary.get("status") in FINAL:
+                    outcomes[i] = Outcome(run_dir, summary, skipped=True)
+                    continue
                 claimed.append(i)
             else:
                 outcomes[i] = Outcome(run_dir, read_summary(run_dir) or {"status": "running", "run_id": run_id(cfgs[i])},
@@ -325,8 +328,7 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
     start_step = resume_step or 0
     for r in records:
         r.events = EventWriter(r.dir)
-        if start_step:
-            r.events.session_start(start_step)
+        r.events.session_start(start_step)  # TensorBoard purges events a resume rewrites
     model_info = _model_info(cfg, data)
     seeds_arg = jnp.asarray([r.cfg.train.seed for r in records], jnp.int32) if group > 1 \
         else jnp.int32(records[0].cfg.train.seed)

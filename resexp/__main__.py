@@ -1,0 +1,3 @@
+from resexp.cli import app
+
+app(prog_name="resexp")

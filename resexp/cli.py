@@ -1,0 +1,271 @@
+"""The `resexp` command line: parse, call, print. No logic lives here that tests cannot reach.
+
+Every user mistake (a `UserError`) is one line on stderr and exit code 2; a diverged
+run exits 3, an interrupted one 130. Bugs keep their tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from resexp.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Measure why residual networks can be made deep: train, sweep depth, look.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: download and inspect.")
+app.add_typer(data_app, name="data")
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML experiment config (see configs/).", show_default=False)]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: --set model.depth=56 (repeatable).")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Where run directories go.")]
+
+
+def user_errors(fn: Callable) -> Callable:
+    """One line and an exit code for anything the user can fix; nothing half-written."""
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+    return wrapper
+
+
+def _load(config: Path, overrides: list[str] | None):
+    from resexp.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+def _setup() -> None:
+    from resexp.runtime import configure_jax
+
+    configure_jax()
+
+
+@app.command()
+@user_errors
+def train(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
+          progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True) -> None:
+    """Train one model (or `train.vmap_seeds` seeds of it). Re-running resumes; a finished run is not retrained."""
+    cfg = _load(config, set_)
+    _setup()
+    from resexp.train import train as train_fn
+
+    outcomes = train_fn(cfg, out, progress=progress and sys.stderr.isatty(), console=err_console)
+    code = 0
+    for o in outcomes:
+        s = o.summary
+        if o.skipped:
+            verb = "in progress elsewhere" if s.get("status") == "running" else f"already {s.get('status')}"
+            err_console.print(f"{o.run_dir.name}: {verb}; results in {o.run_dir}")
+        _print_run(o.run_dir, s)
+        code = max(code, o.exit_code)
+    raise typer.Exit(code)
+
+
+def _fmt(v, spec: str = ".4f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _print_run(run_dir: Path, s: dict) -> None:
+    status = s.get("status")
+    if status == "diverged":
+        out_console.print(f"[bold red]diverged[/] at step {s.get('diverged_at_step')}: non-finite loss. "
+                          f"Lower optim.lr or add warmup. Run: {run_dir}")
+        return
+    if status == "interrupted":
+        out_console.print(f"[yellow]interrupted[/] at step {s.get('steps')}/{s.get('total_steps')}; "
+                          f"re-run the same command to resume. Run: {run_dir}")
+        return
+    out_console.print(
+        f"[bold]{s.get('run_id')}[/] {status}: train loss {_fmt(s.get('final_train_loss'))}, "
+        f"train acc {_fmt(s.get('final_train_accuracy'), '.3f')}, eval loss {_fmt(s.get('eval_loss'))}, "
+        f"eval acc {_fmt(s.get('eval_accuracy'), '.3f')} | {s.get('params'):,} params, "
+        f"compile {_fmt(s.get('compile_seconds'), '.1f')} s, wall {_fmt(s.get('wall_seconds'), '.1f')} s, "
+        f"{_fmt(s.get('images_per_second'), ',.0f')} img/s\n  {run_dir}", highlight=False)
+
+
+@app.command()
+@user_errors
+def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
+          grid: Annotated[Optional[list[str]], typer.Option("--grid", help="Add or replace an axis: --grid model.depth=8,20,56 (repeatable).")] = None,
+          jobs: Annotated[int, typer.Option(help="Runs trained at once on this machine.", min=1)] = 1,
+          shard: Annotated[Optional[str], typer.Option(help="I/N: train only every N-th run from I (share one directory across N machines).")] = None,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs; train nothing.")] = False,
+          progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True) -> None:
+    """Train a grid (depth x shortcut x projection x weight decay x seed); write loss-vs-depth results."""
+    from resexp.sweep import expand_grid, group_seeds, parse_grid, parse_shard, run_sweep, shard_cells
+
+    cfg = _load(config, set_)
+    axes = parse_grid(grid or [])
+    index, count = parse_shard(shard)
+    cells = expand_grid(cfg, axes, source=str(config))
+    mine = shard_cells(cells, index, count)
+    sweep_dir = out / cfg.name
+    groups = group_seeds(mine, cfg.train.vmap_seeds)
+    if dry_run:
+        table = Table(title=f"{cfg.name}: {len(mine)} of {len(cells)} runs" + (f" (shard {index}/{count})" if count > 1 else ""))
+        table.add_column("run id")
+        keys = sorted({k for c in mine for k in c.keys})
+        for k in keys:
+            table.add_column(k)
+        table.add_column("state")
+        from resexp.runs import read_summary
+
+        for c in mine:
+            s = read_summary(sweep_dir / c.run_id)
+            table.add_row(c.run_id, *(str(c.keys.get(k, "")) for k in keys), (s or {}).get("status", "new"))
+        out_console.print(table)
+        return
+    _setup()
+    if jobs == 1:
+        from resexp.data import load_data
+
+        load_data(cells[0].cfg.data, source=str(config))  # a missing dataset fails here, once, before any run
+    err_console.print(f"[bold]{cfg.name}[/]: {len(mine)} runs" + (f" (shard {index}/{count} of {len(cells)})" if count > 1 else "")
+                      + f" -> {sweep_dir}")
+    results = run_sweep(groups, sweep_dir, jobs=jobs, progress=progress and sys.stderr.isatty(), console=err_console)
+    from resexp.report import build_report
+
+    report = build_report(sweep_dir, console=out_console)
+    bad = [r for r in results if r["status"] not in ("completed", "diverged")]
+    elsewhere = [r for r in bad if r["status"] == "running"]
+    failed = [r for r in bad if r["status"] != "running"]
+    for r in failed:
+        err_console.print(f"[red]{r['status']}[/]: {r['run_id']}" + (f": {r['error']}" if r.get("error") else ""))
+    if elsewhere:
+        err_console.print(f"{len(elsewhere)} run(s) are being trained by another process; re-run `resexp report {sweep_dir}` when it finishes")
+    out_console.print(f"\nResults: {sweep_dir}/results.csv, figure: {report.paths.get('loss_vs_depth', sweep_dir)}\n"
+                      f"TensorBoard: tensorboard --logdir {sweep_dir}")
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+@user_errors
+def report(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (runs/<name>).")]) -> None:
+    """Rebuild results.csv/json, figures and TensorBoard aggregates from the runs' summaries."""
+    from resexp.report import build_report
+
+    rep = build_report(sweep_dir, console=out_console)
+    for name, path in rep.paths.items():
+        out_console.print(f"{name}: {path}", highlight=False)
+
+
+@app.command()
+@user_errors
+def model(config: ConfigArg, set_: SetOpt = None,
+          as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")] = False) -> None:
+    """The architecture as a table: layers, output shapes, parameters, multiply-accumulates per example."""
+    from resexp.data import dataset_shape
+    from resexp.models import layer_table
+
+    cfg = _load(config, set_)
+    shape, classes = dataset_shape(cfg.data)
+    rows = layer_table(cfg.model, shape, classes)
+    m = cfg.model
+    title = (f"{'ResNet' if m.shortcut else 'plain'}-{m.depth}" + (f" option {'ABC'[['zero_pad', 'learned', 'learned_all'].index(m.projection)]}" if m.shortcut else "")
+             if m.kind == "cnn" else f"{'residual' if m.shortcut else 'plain'} MLP, depth {m.depth}")
+    params, macs = sum(r.params for r in rows), sum(r.macs for r in rows)
+    if as_json:
+        print(json.dumps({"name": title, "kind": m.kind, "depth": m.depth, "params": params, "macs_per_example": macs,
+                          "input_shape": list(shape), "num_classes": classes,
+                          "layers": [{"name": r.name, "output_shape": list(r.output_shape), "params": r.params,
+                                      "macs": r.macs} for r in rows]}))
+        return
+    table = Table(title=f"{title} on {cfg.data.name} {shape}")
+    for col in ("layer", "output", "params", "MACs"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for r in rows:
+        table.add_row(r.name, "x".join(map(str, r.output_shape)), f"{r.params:,}", f"{r.macs:,}")
+    table.add_row("[bold]total", "", f"[bold]{params:,}", f"[bold]{macs:,}")
+    out_console.print(table)
+
+
+@app.command()
+@user_errors
+def identity(config: ConfigArg, set_: SetOpt = None,
+             seed: Annotated[int, typer.Option(help="Initialisation seed.")] = 0) -> None:
+    """Zero every residual branch's last layer and check each block becomes the identity.
+
+    A residual block computes a[l+2] = relu(W a[l+1] + b + a[l]). With W = 0 and b = 0 this
+    is relu(a[l]) = a[l], because a[l] is itself the output of a relu, so non-negative:
+    the block is exactly the identity, and weight decay (pulling W, b toward 0) pulls it
+    there. Where the shape changes, the shortcut is Ws a[l]: option A subsamples and pads
+    with zeros (still no parameters), option B/C's Ws is learned and need not be the
+    identity. A plain block zeroed the same way outputs relu(0) = 0: the signal is lost.
+    Exit 0 when every residual block is (relu of) its shortcut, 1 otherwise.
+    """
+    cfg = _load(config, set_)
+    _setup()
+    import jax.numpy as jnp
+
+    from resexp.data import load_data
+    from resexp.diagnostics import identity_check
+    from resexp.models import build_model
+
+    data = load_data(cfg.data, source=str(config))
+    net = build_model(cfg.model, data.image_shape, data.num_classes, seed=seed)
+    x = data.normalize(data.x_test[: min(64, data.x_test.shape[0])])
+    rows = identity_check(net, jnp.asarray(x))
+    table = Table(title=f"identity check: {'residual' if cfg.model.shortcut else 'plain'} depth {cfg.model.depth}, "
+                        "branch last layer zeroed")
+    for col in ("block", "shortcut", "min input", "max |out - in|", "max |out - relu(Ws in)|", "verdict"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["block"], r["shortcut"], f"{r['input_min']:.2g}", _fmt(r["max_abs_diff_input"], ".2e"),
+                      _fmt(r["max_abs_diff_shortcut"], ".2e"), ("[green]" if r["holds"] else "[red]") + r["verdict"])
+    out_console.print(table)
+    ok = all(r["holds"] for r in rows)
+    if cfg.model.shortcut:
+        out_console.print("[green]holds[/]: every residual block is the identity (or relu(Ws a) where shapes change)"
+                          if ok else "[red]does not hold[/]")
+    else:
+        out_console.print("[red]plain net[/]: zeroing a layer does not give the identity; the output collapses to zero")
+    raise typer.Exit(0 if ok and cfg.model.shortcut else 1)
+
+
+@data_app.command("download")
+@user_errors
+def data_download(name: Annotated[str, typer.Argument(help="cifar10, cifar100, mnist or fashion_mnist")],
+                  dir: Annotated[Optional[Path], typer.Option("--dir", help="Target directory (default: the data cache).")] = None,
+                  base_url: Annotated[Optional[str], typer.Option(help="A mirror serving the same file names.")] = None,
+                  manifest: Annotated[Optional[Path], typer.Option(help="JSON {filename: sha256} for mirrors that repack files.")] = None) -> None:
+    """Download a dataset's official files, verifying each checksum (a bad file is deleted)."""
+    from resexp.data import default_data_dir
+    from resexp.download import DOWNLOADS, download, load_manifest
+    from resexp.errors import DataError
+
+    if name not in DOWNLOADS:
+        raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DOWNLOADS)}")
+    target = download(name, dir or default_data_dir(), base_url=base_url,
+                      manifest=load_manifest(manifest) if manifest else None, progress=sys.stderr.isatty())
+    out_console.print(f"{name}: ready in {target} (use --set data.name={name} --set data.dir={target.parent})")
+
+
+@data_app.command("info")
+@user_errors
+def data_info(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Load the configured dataset and print its sizes and shapes."""
+    from resexp.data import load_data
+
+    cfg = _load(config, set_)
+    d = load_data(cfg.data, source=str(config))
+    out_console.print(f"{d.name}: {d.num_train} train / {d.x_test.shape[0]} test, images {d.image_shape}, "
+                      f"{d.num_classes} classes, augment={d.augment}")
+
+
+def main() -> None:  # pragma: no cover
+    app()

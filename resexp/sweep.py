@@ -1,0 +1,171 @@
+"""A sweep is a grid of ordinary runs under one directory, plus aggregates rebuilt from them.
+
+    <out>/<name>/<run-id>/...     one run per grid cell (same layout as `resexp train`)
+    <out>/<name>/results.csv ...  rebuilt by `resexp report` at any time
+
+Re-running a sweep skips completed runs and resumes interrupted ones; several processes
+(`--jobs`, `--shard I/N`, two terminals) can share one directory because each run is
+claimed with an atomic lock before it is trained.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from resexp.config import Config, ConfigError, check_key, parse_value, run_id, with_updates
+from resexp.errors import UserError
+from resexp.runs import read_summary, write_json
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid point: its config (sweep section cleared) and the swept values that made it."""
+
+    cfg: Config
+    keys: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.cfg)
+
+
+def parse_grid(texts: list[str], source: str = "--grid") -> dict[str, list[Any]]:
+    """`--grid model.depth=8,20,56` -> {"model.depth": [8, 20, 56]} (values typed as YAML)."""
+    axes: dict[str, list[Any]] = {}
+    for text in texts:
+        if "=" not in text:
+            raise ConfigError(source, text, "expected key=v1,v2,... (e.g. model.depth=8,20,56)")
+        key, values = text.split("=", 1)
+        key = key.strip()
+        check_key(source, key)
+        parsed = parse_value(values) if values.strip().startswith("[") else [parse_value(v) for v in values.split(",")]
+        if not isinstance(parsed, list):
+            parsed = [parsed]
+        parsed = [v for v in parsed if v not in ("", None)]
+        if not parsed:
+            raise ConfigError(source, key, "empty sweep axis (give at least one value)")
+        axes[key] = parsed
+    return axes
+
+
+def expand_grid(cfg: Config, extra_axes: dict[str, list[Any]] | None = None, source: str = "sweep") -> list[Cell]:
+    """The cartesian product of the sweep axes, each cell validated before anything runs."""
+    axes = dict(cfg.sweep)
+    axes.update(extra_axes or {})
+    base = cfg.model_copy(update={"sweep": {}})
+    if not axes:
+        return [Cell(base, {})]
+    keys = list(axes)
+    cells, seen = [], set()
+    for values in itertools.product(*(axes[k] for k in keys)):
+        updates = dict(zip(keys, values))
+        try:
+            cell_cfg = with_updates(base, updates, source=source)
+        except ConfigError as exc:
+            raise ConfigError(source, exc.key, f"{exc.message} (in sweep cell {updates})") from None
+        rid = run_id(cell_cfg)
+        if rid not in seen:  # e.g. projection swept for plain nets: identical runs collapse
+            seen.add(rid)
+            cells.append(Cell(cell_cfg, updates))
+    return cells
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError("--shard", None, f"expected I/N with 0 <= I < N (got {text!r})") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError("--shard", None, f"expected I/N with 0 <= I < N (got {text!r})")
+    return i, n
+
+
+def shard_cells(cells: list[Cell], index: int, count: int) -> list[Cell]:
+    """Every `count`-th cell from `index`: shards are disjoint and together cover the grid."""
+    return cells[index::count]
+
+
+def group_seeds(cells: list[Cell], size: int) -> list[list[Cell]]:
+    """Cells that differ only in `train.seed`, in groups of up to `size` (one vmapped program)."""
+    if size <= 1:
+        return [[c] for c in cells]
+    buckets: dict[str, list[Cell]] = {}
+    for c in cells:
+        other = {k: v for k, v in c.keys.items() if k != "train.seed"}
+        buckets.setdefault(repr(sorted(other.items(), key=lambda kv: kv[0])), []).append(c)
+    groups = []
+    for members in buckets.values():
+        groups += [members[i:i + size] for i in range(0, len(members), size)]
+    return groups
+
+
+def _train_group(cells: list[Cell], sweep_dir: Path, progress: bool) -> list[dict]:
+    """Train one group; a crash becomes a `failed` summary so the sweep goes on."""
+    from resexp.train import train_runs
+
+    try:
+        outcomes = train_runs([c.cfg for c in cells], sweep_dir, progress=progress,
+                              sweep_keys=[c.keys for c in cells])
+        return [{"run_id": o.run_dir.name, "status": o.summary.get("status"), "skipped": o.skipped,
+                 "final_train_loss": o.summary.get("final_train_loss")} for o in outcomes]
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # record and carry on: one broken cell must not stop the grid
+        message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        results = []
+        for c in cells:
+            run_dir = sweep_dir / c.run_id
+            summary = read_summary(run_dir) or {}
+            if summary.get("status") not in ("completed", "diverged") and run_dir.exists():
+                summary.update({"run_id": c.run_id, "status": "failed", "error": message,
+                                "config": c.cfg.model_dump(mode="json"),
+                                "sweep": {"name": c.cfg.name, "keys": c.keys}})
+                if not isinstance(exc, UserError):
+                    summary["traceback"] = traceback.format_exc()
+                write_json(run_dir / "summary.json", summary)
+            results.append({"run_id": c.run_id, "status": summary.get("status", "failed"), "skipped": False,
+                            "error": message})
+        return results
+
+
+def _worker(payload: tuple[list[dict], list[dict], str]) -> list[dict]:
+    from resexp.runtime import configure_jax
+
+    configure_jax()
+    cfg_dicts, keys, sweep_dir = payload
+    cells = [Cell(Config.model_validate(d), k) for d, k in zip(cfg_dicts, keys)]
+    return _train_group(cells, Path(sweep_dir), progress=False)
+
+
+def run_sweep(groups: list[list[Cell]], sweep_dir: Path, *, jobs: int = 1, progress: bool = True,
+              console=None) -> list[dict]:
+    """Train every group (skipping finished runs), `jobs` at a time; returns one result per run."""
+    results: list[dict] = []
+    total = sum(len(g) for g in groups)
+    if jobs <= 1:
+        for n, group in enumerate(groups, start=1):
+            if console is not None:
+                label = ", ".join(f"{k}={v}" for k, v in group[0].keys.items() if k != "train.seed")
+                console.print(f"[bold]run {len(results) + 1}-{len(results) + len(group)}/{total}[/] {label}")
+            results += _train_group(group, sweep_dir, progress)
+        return results
+    ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = [pool.submit(_worker, ([c.cfg.model_dump(mode="json") for c in g], [c.keys for c in g],
+                                         str(sweep_dir))) for g in groups]
+        for fut in as_completed(futures):
+            done = fut.result()
+            results += done
+            if console is not None:
+                for r in done:
+                    console.print(f"[{len(results)}/{total}] {r['run_id']}: {r['status']}"
+                                  + (" (already done)" if r.get("skipped") else ""))
+    return results

@@ -1,0 +1,61 @@
+"""Shared test plumbing: the real CLI in subprocesses, tiny configs, one compile cache.
+
+Every test that trains uses tiny nets (depth 8, widths 4/8/8) on the embedded digits,
+and all processes of the session share one persistent XLA compile cache, so the same
+tiny program is compiled once for the whole suite, not once per subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("RESEXP_COMPILE_CACHE", str(ROOT / ".pytest_cache" / "jax-compile"))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from resexp.runtime import configure_jax  # noqa: E402
+
+configure_jax()
+
+TINY = {
+    "name": "tiny",
+    "data": {"name": "digits", "batch_size": 32, "eval_batch_size": 300},
+    "model": {"kind": "cnn", "depth": 8, "widths": [4, 8, 8], "shortcut": True},
+    "optim": {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4},
+    "train": {"steps": 40, "log_every": 10, "eval_every": 0, "checkpoint_every": 20, "seed": 0},
+}
+
+
+def tiny_dict(**sections) -> dict:
+    """TINY with some sections updated: tiny_dict(model={"depth": 14}, train={"steps": 20})."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY.items()}
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            out.setdefault(key, {}).update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def write_config(path: Path, data: dict | str) -> Path:
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "tiny.yaml", TINY)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None,
+            **popen) -> subprocess.CompletedProcess:
+    """`resexp ARGS` as a user runs it: a real subprocess, captured output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "resexp", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=full_env, **popen)
