@@ -38,8 +38,13 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            from rich.markup import escape  # messages quote user text: `[/x]` must print, not parse
+
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:  # Ctrl-C before training started (imports, compiling): nothing to save
+            err_console.print("interrupted", highlight=False)
+            raise typer.Exit(130) from None
     return wrapper
 
 
@@ -60,19 +65,25 @@ def _setup() -> None:
 def train(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
           progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True) -> None:
     """Train one model (or `train.vmap_seeds` seeds of it). Re-running resumes; a finished run is not retrained."""
-    cfg = _load(config, set_)
-    _setup()
-    from resexp.train import train as train_fn
+    from resexp.runs import exit_code, finished_runs
 
-    outcomes = train_fn(cfg, out, progress=progress and sys.stderr.isatty(), console=err_console)
+    cfg = _load(config, set_)
+    finished = finished_runs(cfg, out)  # a finished run is answered at once, without starting JAX
+    if finished is None:
+        _setup()
+        from resexp.train import train as train_fn
+
+        outcomes = [(o.run_dir, o.summary, o.skipped) for o in
+                    train_fn(cfg, out, progress=progress and sys.stderr.isatty(), console=err_console, source=str(config))]
+    else:
+        outcomes = [(run_dir, s, True) for run_dir, s in finished]
     code = 0
-    for o in outcomes:
-        s = o.summary
-        if o.skipped:
+    for run_dir, s, skipped in outcomes:
+        if skipped:
             verb = "in progress elsewhere" if s.get("status") == "running" else f"already {s.get('status')}"
-            err_console.print(f"{o.run_dir.name}: {verb}; results in {o.run_dir}")
-        _print_run(o.run_dir, s)
-        code = max(code, o.exit_code)
+            err_console.print(f"{run_dir.name}: {verb}; results in {run_dir}")
+        _print_run(run_dir, s)
+        code = max(code, exit_code(s.get("status")))
     raise typer.Exit(code)
 
 
@@ -110,7 +121,7 @@ def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
     from resexp.sweep import expand_grid, group_seeds, parse_grid, parse_shard, run_sweep, shard_cells
 
     cfg = _load(config, set_)
-    axes = parse_grid(grid or [])
+    axes = parse_grid(grid or [], source=f"{config} (--grid)")
     index, count = parse_shard(shard)
     cells = expand_grid(cfg, axes, source=str(config))
     mine = shard_cells(cells, index, count)
@@ -197,44 +208,66 @@ def model(config: ConfigArg, set_: SetOpt = None,
 @app.command()
 @user_errors
 def identity(config: ConfigArg, set_: SetOpt = None,
-             seed: Annotated[int, typer.Option(help="Initialisation seed.")] = 0) -> None:
+             seed: Annotated[Optional[int], typer.Option(help="Initialisation seed (default: train.seed).")] = None,
+             examples: Annotated[int, typer.Option(help="Test images pushed through the net.", min=1)] = 64) -> None:
     """Zero every residual branch's last layer and check each block becomes the identity.
 
-    A residual block computes a[l+2] = relu(W a[l+1] + b + a[l]). With W = 0 and b = 0 this
-    is relu(a[l]) = a[l], because a[l] is itself the output of a relu, so non-negative:
-    the block is exactly the identity, and weight decay (pulling W, b toward 0) pulls it
-    there. Where the shape changes, the shortcut is Ws a[l]: option A subsamples and pads
-    with zeros (still no parameters), option B/C's Ws is learned and need not be the
-    identity. A plain block zeroed the same way outputs relu(0) = 0: the signal is lost.
-    Exit 0 when every residual block is (relu of) its shortcut, 1 otherwise.
+    A residual block computes a[l+2] = relu(W a[l+1] + b + a[l]). With W = 0 and b = 0
+    (and, with BN, its scale and shift) this is relu(a[l]) = a[l], because a[l] is itself
+    the output of a relu, so non-negative: the block is exactly the identity, and weight
+    decay, pulling W and b toward 0, pulls it there. Where the shape changes the block
+    is relu(Ws a[l]): option A subsamples and pads with zero channels (no parameters;
+    still a[l], reshaped), option B's Ws is a learned projection (1x1 conv + BN), which
+    is not the identity unless it learns to be; option C's learned Ws on every block
+    means no block is the identity. A plain block zeroed the same way outputs relu(0) = 0:
+    the signal is lost. Exit 0 when every residual block is the identity (relu(Ws a)
+    where the shape changes), 1 otherwise (plain nets, option C).
     """
     cfg = _load(config, set_)
     _setup()
     import jax.numpy as jnp
+    from flax import nnx
 
     from resexp.data import load_data
-    from resexp.diagnostics import identity_check
-    from resexp.models import build_model
+    from resexp.diagnostics import TOLERANCE, identity_check
+    from resexp.train import Engine
 
     data = load_data(cfg.data, source=str(config))
-    net = build_model(cfg.model, data.image_shape, data.num_classes, seed=seed)
-    x = data.normalize(data.x_test[: min(64, data.x_test.shape[0])])
+    engine = Engine(cfg, data)  # the very initialisation `resexp train` starts from (dtype included)
+    state = engine.init([cfg.train.seed if seed is None else seed])
+    net = nnx.merge(engine.graphdef, state["params"], state["others"])
+    x = data.normalize(data.x_test[: min(examples, data.x_test.shape[0])])
     rows = identity_check(net, jnp.asarray(x))
-    table = Table(title=f"identity check: {'residual' if cfg.model.shortcut else 'plain'} depth {cfg.model.depth}, "
-                        "branch last layer zeroed")
-    for col in ("block", "shortcut", "min input", "max |out - in|", "max |out - relu(Ws in)|", "verdict"):
-        table.add_column(col)
+    m = cfg.model
+    arch = (f"{'ResNet' if m.shortcut else 'plain'}-{m.depth}" if m.kind == "cnn"
+            else f"{'residual' if m.shortcut else 'plain'} MLP depth {m.depth}")
+    if m.shortcut:
+        arch += f", option {'ABC'[['zero_pad', 'learned', 'learned_all'].index(m.projection)]}"
+    table = Table(title=f"identity check: {arch} ({cfg.train.dtype}), every branch's last layer zeroed, "
+                        f"{x.shape[0]} {data.name} images")
+    for col in ("block", "Ws", "max|out-a|", "vs relu(Ws a)", "verdict"):
+        table.add_column(col, justify="right" if col.startswith(("max", "vs")) else "left", no_wrap=col == "block")
     for r in rows:
-        table.add_row(r["block"], r["shortcut"], f"{r['input_min']:.2g}", _fmt(r["max_abs_diff_input"], ".2e"),
-                      _fmt(r["max_abs_diff_shortcut"], ".2e"), ("[green]" if r["holds"] else "[red]") + r["verdict"])
+        table.add_row(r["block"], r["shortcut"], _fmt(r["max_abs_diff_input"], ".1e"),
+                      _fmt(r["max_abs_diff_shortcut"], ".1e"), ("[green]" if r["holds"] else "[red]") + r["verdict"])
     out_console.print(table)
     ok = all(r["holds"] for r in rows)
-    if cfg.model.shortcut:
-        out_console.print("[green]holds[/]: every residual block is the identity (or relu(Ws a) where shapes change)"
-                          if ok else "[red]does not hold[/]")
+    if m.shortcut:
+        lowest = min(r["input_min"] for r in rows)
+        out_console.print(f"Every block input a is a relu output, so non-negative (min over all blocks: {lowest:g}); "
+                          "hence relu(0 + a) = a.", highlight=False)
+    if not m.shortcut:
+        out_console.print("[red]plain net[/]: with its last layer zeroed each block outputs relu(0) = 0, "
+                          "not its input: the signal is lost")
+    elif ok:
+        out_console.print(f"[green]holds[/]: every residual block's output equals its input (max |diff| <= "
+                          f"{TOLERANCE:g}; relu(Ws a) where the shape changes)")
     else:
-        out_console.print("[red]plain net[/]: zeroing a layer does not give the identity; the output collapses to zero")
-    raise typer.Exit(0 if ok and cfg.model.shortcut else 1)
+        bad = [r["block"] for r in rows if not r["holds"]]
+        why = " (option C: Ws is learned on every block)" if m.projection == "learned_all" else ""
+        out_console.print(f"[red]does not hold[/] for {len(bad)} of {len(rows)} blocks{why}: {', '.join(bad[:4])}"
+                          f"{', ...' if len(bad) > 4 else ''}")
+    raise typer.Exit(0 if ok and m.shortcut else 1)
 
 
 @data_app.command("download")

@@ -166,9 +166,16 @@ def _read_yaml(path: Path) -> dict:
     if path.is_dir():
         raise ConfigError(source, None, "is a directory, not a YAML config")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, None, f"cannot read: {exc}") from None
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(source, None, f"cannot read ({exc.strerror or exc})") from None
+    try:
+        if b"\x00" in raw:
+            raise UnicodeDecodeError("utf-8", raw, raw.index(b"\x00"), raw.index(b"\x00") + 1, "NUL byte")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, None, f"not a YAML config: binary or non-UTF-8 content (byte {exc.start}); "
+                                        "pass a .yaml file like those in configs/") from None
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
@@ -200,7 +207,9 @@ def valid_keys() -> list[str]:
 
 
 def _suggest(key: str) -> str:
-    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
+    # A top-level slip ("modell") is compared with the top-level names, not with every dotted key.
+    choices = valid_keys() if "." in key else [*Config.model_fields]
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.5)
     if not close:  # a bare field name ("depth") is a common slip
         close = [k for k in valid_keys() if k.split(".")[-1] == key.split(".")[-1]][:1]
     return f" (did you mean {close[0]}?)" if close else ""
@@ -231,7 +240,7 @@ def get_dotted(cfg: Config | dict, key: str) -> Any:
 
 def parse_assignment(source: str, text: str) -> tuple[str, str]:
     if "=" not in text:
-        raise ConfigError(source, text, "expected key=value (e.g. model.depth=20)")
+        raise ConfigError(source, None, "expected key=value (e.g. model.depth=20)")
     key, value = text.split("=", 1)
     key = key.strip()
     check_key(source, key)
@@ -274,7 +283,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     raw = _read_yaml(path)
     origins: dict[str, str] = {}
     for text in overrides:
-        key, value = parse_assignment("--set", text)
+        key, value = parse_assignment(f"{path} (--set {text})", text)
         set_dotted(raw, key, parse_value(value))
         origins[key] = f"--set {text}"
     raw.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem) or "experiment")

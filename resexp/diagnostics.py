@@ -16,14 +16,26 @@ import optax
 from flax import nnx
 
 
+_NORMED = {"kernel", "scale", "gate"}  # conv/dense weights, BN scales (gamma), rezero gates
+
+
 def _layer_norms(tree) -> dict:
-    """||kernel|| per weight layer; stacked (scanned) kernels give one norm per block."""
+    """||W|| per weight layer, ||gamma|| per BN and |gate| per rezero gate; stacked
+    (scanned) leaves give one norm per block.
+
+    Names: `stages/0/first/layer2` (a kernel), `stages/0/first/norm2/scale` (its BN scale,
+    which with BN sets ||F(x)|| far more than the kernel, BN being scale-invariant in it).
+    """
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         keys = [k for k in (str(getattr(p, "key", getattr(p, "idx", p))) for p in path) if k != ".value"]
-        if keys[-1] != "kernel":
+        if keys[-1] not in _NORMED:
             continue
-        name = "/".join(keys[:-1])
+        if keys[-1] == "kernel":
+            keys = keys[:-1]
+        elif keys[-1] == "scale":
+            keys = [k for k in keys if k != "bn"]
+        name = "/".join(keys)
         axes = tuple(range(1 if "rest" in keys else 0, leaf.ndim))
         out[name] = jnp.sqrt(jnp.sum(jnp.square(leaf.astype(jnp.float32)), axis=axes))
     return out
@@ -63,13 +75,19 @@ def _flat_names(norms: dict) -> dict[str, float]:
     return dict(sorted(out.items(), key=lambda kv: _layer_order(kv[0])))
 
 
+_IN_BLOCK = ("layer1", "norm1", "layer2", "norm2", "gate", "shortcut")
+
+
 def _layer_order(name: str):
+    """Forward order: stem, then block by block (layer1, its BN, layer2, its BN, gate, Ws), head."""
+    parts = name.split("/")
     if name.startswith("stem"):
-        return (0, 0, 0, name)
+        return (0, 0, 0, 0, name)
     if name.startswith("stage"):
-        s, b = name.split("/")[:2]
-        return (1, int(s[5:]), int(b[5:]), name)
-    return (2, 0, 0, name)
+        tail = parts[2] if len(parts) > 2 else ""
+        rank = _IN_BLOCK.index(tail) if tail in _IN_BLOCK else len(_IN_BLOCK)
+        return (1, int(parts[0][5:]), int(parts[1][5:]), rank, name)
+    return (2, 0, 0, 0, name)
 
 
 def to_host(graphdef, device_diag: dict) -> dict:
@@ -101,59 +119,112 @@ def scalar_tags(diag: dict) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- the identity check
 
+TOLERANCE = 1e-6  # max |difference| for "exactly" (it is 0.0 in float32 and bfloat16 alike)
+
+SHORTCUT_LABEL = {"identity": "identity", "zero_pad": "zero-pad", "learned": "projection",
+                  "learned_all": "projection", "plain": "none"}
+
 
 def _zero_last_layers(params):
-    """W[l+2] = 0, b[l+2] = 0 (and BN scale/shift) for every block's second layer."""
+    """W[l+2] = 0, b[l+2] = 0 (and its BN's scale and shift) in every block's second layer.
+
+    With BN the branch's output is gamma * (W a - mean) / sqrt(var + eps) + beta; gamma =
+    beta = 0 makes it exactly 0 whatever the statistics (batch or running) are, and W = 0
+    alone would too at init (running mean 0). Without BN (the lecture's MLP) W = b = 0 does.
+    The rezero gate is left alone: 0 * gate = 0 for any gate.
+    """
     def zero(path, leaf):
         keys = [str(getattr(p, "key", getattr(p, "idx", p))) for p in path]
-        if "layer2" in keys or "norm2" in keys:
+        if "shortcut" not in keys and ("layer2" in keys or "norm2" in keys):
             return jnp.zeros_like(leaf)
         return leaf
 
     return jax.tree_util.tree_map_with_path(zero, params)
 
 
+def _block_modes(model) -> list[tuple[str, str]]:
+    """(name, shortcut mode) per block in order, read off the module tree without running it."""
+    out = []
+    for si, stage in enumerate(model.stages, start=1):
+        count = 0 if stage.rest is None else int(stage.rest.layer1.kernel.shape[0])
+        for i in range(1 + count):
+            block = stage.first if i == 0 else stage.rest
+            mode = "plain" if block.shortcut is None else block.shortcut.mode
+            if mode == "learned" and block.shortcut.stride == 1 and block.shortcut.pad == 0:
+                mode = "learned_all"  # option C: a learned Ws even where the shape is unchanged
+            out.append((f"stage{si}/block{i}", mode))
+    return out
+
+
+def _identity_arrays(graphdef, params, others, x):
+    """Per block, with every branch's last layer zeroed: what came in, what came out."""
+    from resexp.models import iter_blocks
+
+    model = nnx.merge(graphdef, _zero_last_layers(params), others)
+    x = x.astype(model.dtype)
+    if not model.conv:
+        x = x.reshape(x.shape[0], -1)
+    h = jax.nn.relu(model.stem_norm(model.stem(x), False))
+    rows = []
+    for _, block in iter_blocks(model):
+        y, _ = block(h, False)
+        f, _ = block.branch(h, False)
+        row = {"input_min": jnp.min(h).astype(jnp.float32), "input_norm": _fro(h), "output_norm": _fro(y),
+               "branch_max": jnp.max(jnp.abs(f)).astype(jnp.float32)}
+        if y.shape == h.shape:
+            row["diff_input"] = jnp.max(jnp.abs(y.astype(jnp.float32) - h.astype(jnp.float32)))
+        if block.shortcut is not None:
+            s = block.shortcut(h, False)
+            row["diff_shortcut"] = jnp.max(jnp.abs(y.astype(jnp.float32) - jax.nn.relu(s).astype(jnp.float32)))
+            row["shortcut_min"] = jnp.min(s).astype(jnp.float32)
+        rows.append(row)
+        h = y
+    return rows
+
+
 def identity_check(model, x: jax.Array) -> list[dict]:
     """Zero every branch's last layer, then compare each block's output with its input.
 
     For a residual block with an identity shortcut, relu(0 + a) = a because `a` came out
-    of a relu (so it is >= 0): the block *is* the identity. Where the shape changes the
-    shortcut is Ws a (option A: subsample + zero-pad; B/C: a learned projection). For a
-    plain block the same zeroing gives relu(0) = 0: the signal is gone.
-    """
-    from resexp.models import iter_blocks
+    of a relu (so it is >= 0): the block *is* the identity, exactly. Where the shape
+    changes the block becomes relu(Ws a): option A (subsample + zero-pad, no parameters)
+    keeps a's values, padded with zero channels, so it is still exactly "a, reshaped"; for
+    option B Ws is a learned projection (1x1 conv + BN) that is not the identity unless
+    it learns to be. Option C puts a learned Ws on *every* block, so even blocks whose
+    shape does not change are relu(Ws a) != a: the check fails there, by design. A plain
+    block zeroed the same way outputs relu(0) = 0: the signal is gone.
 
+    Runs as one jitted program (cached across invocations by the persistent XLA cache).
+    """
     graphdef, params, others = nnx.split(model, nnx.Param, ...)
-    model = nnx.merge(graphdef, _zero_last_layers(params), others)
-    h = jax.nn.relu(model.stem_norm(model.stem(x if model.conv else x.reshape(x.shape[0], -1)), False))
+    arrays = jax.device_get(jax.jit(_identity_arrays, static_argnums=0)(graphdef, params, others, x))
     rows = []
-    for name, block in iter_blocks(model):
-        y, _ = block(h, False)
-        same_shape = y.shape == h.shape
-        mode = "plain" if block.shortcut is None else block.shortcut.mode
-        expected = h if block.shortcut is None else block.shortcut(h, False)
-        row = {
-            "block": name,
-            "shortcut": {"identity": "identity", "zero_pad": "Ws = zero-pad (A)", "learned": "Ws learned (B/C)",
-                         "plain": "none (plain)"}[mode],
-            "input_min": float(jnp.min(h)),
-            "max_abs_diff_input": float(jnp.max(jnp.abs(y - h))) if same_shape else None,
-            "max_abs_diff_shortcut": float(jnp.max(jnp.abs(y - jax.nn.relu(expected)))) if mode != "plain" else None,
-            "output_norm": float(_fro(y)),
-            "input_norm": float(_fro(h)),
-        }
+    for (name, mode), a in zip(_block_modes(model), arrays, strict=True):
+        def get(key):
+            return float(a[key]) if key in a else None
+
+        row = {"block": name, "mode": mode, "shortcut": SHORTCUT_LABEL[mode], "input_min": get("input_min"),
+               "max_abs_diff_input": get("diff_input"), "max_abs_diff_shortcut": get("diff_shortcut"),
+               "branch_max_abs": get("branch_max"), "output_norm": get("output_norm"),
+               "input_norm": get("input_norm")}
+        diff_in, diff_ws = row["max_abs_diff_input"], row["max_abs_diff_shortcut"]
         if mode == "plain":
-            row["holds"] = bool(same_shape and row["max_abs_diff_input"] <= 1e-6)
-            row["verdict"] = "collapses to zero" if row["output_norm"] == 0 else "not the identity"
+            row["holds"] = diff_in is not None and diff_in <= TOLERANCE
+            row["verdict"] = "0: signal lost" if row["output_norm"] == 0 else "not the identity"
         elif mode == "identity":
-            row["holds"] = row["max_abs_diff_input"] <= 1e-6
+            row["holds"] = diff_in <= TOLERANCE
             row["verdict"] = "identity" if row["holds"] else "NOT the identity"
-        else:  # shape changes: the block is exactly relu(Ws a); for option A that is a itself, padded
-            row["holds"] = row["max_abs_diff_shortcut"] <= 1e-6
-            row["verdict"] = ("= Ws a (subsampled, zero-padded a)" if mode == "zero_pad" else "= relu(Ws a)") \
-                if row["holds"] else "NOT relu(Ws a)"
+        elif mode == "zero_pad":  # shape changes: the block is exactly relu(Ws a) = a subsampled, zero-padded
+            row["holds"] = diff_ws <= TOLERANCE and get("shortcut_min") >= 0
+            row["verdict"] = "identity (padded)" if row["holds"] else "NOT Ws a"
+        elif mode == "learned":  # shape changes; Ws is a learned projection
+            row["holds"] = diff_ws <= TOLERANCE
+            row["verdict"] = "relu(Ws a)" if row["holds"] else "NOT relu(Ws a)"
+        else:  # option C where the shape does not change: relu(Ws a), which is not a
+            row["holds"] = diff_in <= TOLERANCE
+            row["verdict"] = "identity" if row["holds"] else (
+                "relu(Ws a) != a" if diff_ws <= TOLERANCE else "NOT relu(Ws a)")
         rows.append(row)
-        h = y
     return rows
 
 

@@ -23,6 +23,32 @@ from resexp.config import Config, dump_yaml, run_id
 from resexp.errors import RunError
 
 FINAL = ("completed", "diverged")  # a re-run cannot change these: runs are deterministic
+EXIT_CODES = {"completed": 0, "diverged": 3, "interrupted": 130}  # anything else (failed, running): 1
+
+
+def exit_code(status: str | None) -> int:
+    return EXIT_CODES.get(status or "", 1)
+
+
+def seed_configs(cfg: Config) -> list[Config]:
+    """`train.vmap_seeds: S` -> S single-seed configs, seeds seed..seed+S-1 (one run each)."""
+    return [cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": cfg.train.seed + i, "vmap_seeds": 1})})
+            for i in range(cfg.train.vmap_seeds)]
+
+
+def finished_runs(cfg: Config, out: Path) -> list[tuple[Path, dict]] | None:
+    """(run dir, summary) of each seed of `cfg` if every one is already final, else None.
+
+    Lets `resexp train` answer a re-run of a finished config without starting JAX.
+    """
+    found = []
+    for c in seed_configs(cfg):
+        run_dir = out / run_id(c)
+        summary = read_summary(run_dir)
+        if not summary or summary.get("status") not in FINAL:
+            return None
+        found.append((run_dir, summary))
+    return found
 
 
 def write_atomic(path: Path, text: str) -> None:

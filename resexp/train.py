@@ -31,9 +31,9 @@ from resexp.checkpoint import Checkpoints
 from resexp.config import Config, run_id
 from resexp.data import Data, augment_batch, batch_indices, load_data
 from resexp.errors import RunError
-from resexp.models import Net, count_params, layer_table
+from resexp.models import Net, layer_table, net_builder
 from resexp.optim import lr_schedule, make_optimizer
-from resexp.runs import FINAL, RunLock, prepare_run_dir, read_summary, write_json
+from resexp.runs import FINAL, RunLock, exit_code, prepare_run_dir, read_summary, seed_configs, write_json
 from resexp.tblog import EventWriter
 
 EXIT_DIVERGED = 3
@@ -64,13 +64,7 @@ class Engine:
         self.tx = make_optimizer(cfg.optim, cfg.train.steps)
         self.schedule = lr_schedule(cfg.optim, cfg.train.steps)
 
-        def build(seed: jax.Array) -> Net:
-            # The parameter RNG uses XLA's RngBitGenerator ("rbg"): threefry's init code takes
-            # ~5x longer to compile for a ResNet's many parameter shapes. Data order and
-            # augmentation keep threefry (stable under vmap).
-            rngs = nnx.Rngs(params=jax.random.key(seed, impl="rbg"))
-            return Net(cfg.model, self.data.image_shape, self.data.num_classes, dtype=cfg.train.dtype, rngs=rngs)
-
+        build = net_builder(cfg.model, self.data.image_shape, self.data.num_classes, dtype=cfg.train.dtype)
         self.graphdef = nnx.split(nnx.eval_shape(lambda: build(jnp.int32(0))), nnx.Param, ...)[0]
         init = lambda seed: _init_state(build, self.tx, seed)  # noqa: E731
         self._init = jax.jit(jax.vmap(init) if self.seeds > 1 else init)
@@ -237,12 +231,7 @@ class Outcome:
 
     @property
     def exit_code(self) -> int:
-        status = self.summary.get("status")
-        if status == "diverged":
-            return EXIT_DIVERGED
-        if status == "interrupted":
-            return EXIT_INTERRUPTED
-        return 0 if status == "completed" else 1
+        return exit_code(self.summary.get("status"))
 
 
 def _slice(tree, i: int | None):
@@ -254,7 +243,7 @@ def _stack(trees: list):
 
 
 def train_runs(cfgs: list[Config], out: Path, *, progress: bool = True, sweep_keys: list[dict] | None = None,
-               console=None, data: Data | None = None) -> list[Outcome]:
+               console=None, data: Data | None = None, source: str = "config") -> list[Outcome]:
     """Train runs that differ only in `train.seed`, as one vmapped program when there are several.
 
     Completed or diverged runs are left alone; interrupted ones resume from their last
@@ -269,6 +258,8 @@ def train_runs(cfgs: list[Config], out: Path, *, progress: bool = True, sweep_ke
             outcomes[i] = Outcome(run_dir, summary, skipped=True)
         else:
             todo.append(i)
+    if todo and data is None:  # a missing or corrupt dataset fails here, before any run directory exists
+        data = load_data(cfgs[todo[0]].data, source=source)
     locks: list[RunLock] = []
     try:
         claimed = []
@@ -352,7 +343,12 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
                 state, (losses, accs) = fn(state, seeds_arg, data.x_train, data.y_train)
                 step += length
                 launched = (step, length, losses, accs, t0)
-            if pending is not None:
+            stalled = False
+            if pending is not None and launched is None:
+                # Nothing new in flight (diverged, or a signal landed between chunks): settle the
+                # last chunk below, with its checkpoint, instead of spinning on `step < total`.
+                launched, stalled = pending, True
+            elif pending is not None:
                 end, length, losses, accs, t0 = pending
                 losses, accs = np.asarray(losses), np.asarray(accs)
                 elapsed = time.perf_counter() - t0
@@ -364,11 +360,11 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
                     bar(end, float(np.nanmean(losses[..., -1])), length * cfg.data.batch_size * group / max(elapsed, 1e-9))
             pending = launched
             if pending is None:
-                continue
+                break  # nothing in flight and nothing to launch: done, diverged or interrupted
             end = pending[0]
             at_eval = (t.eval_every and end % t.eval_every == 0) or end == total
             at_ckpt = (t.checkpoint_every and end % t.checkpoint_every == 0) or end == total
-            if at_eval or at_ckpt or interrupt.requested is not None:
+            if at_eval or at_ckpt or stalled or interrupt.requested is not None:
                 # Settle the chunk just launched before saving or evaluating its state.
                 end, length, losses, accs, t0 = pending
                 losses, accs = np.asarray(losses), np.asarray(accs)
@@ -507,9 +503,6 @@ def _progress(enabled: bool, console, records: list[RunRecord], total: int, star
         yield update
 
 
-def train(cfg: Config, out: Path, *, progress: bool = True, console=None) -> list[Outcome]:
+def train(cfg: Config, out: Path, *, progress: bool = True, console=None, source: str = "config") -> list[Outcome]:
     """`resexp train`: one config; with `train.vmap_seeds: S`, seeds seed..seed+S-1 together."""
-    s = cfg.train.vmap_seeds
-    cfgs = [cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": cfg.train.seed + i, "vmap_seeds": 1})})
-            for i in range(s)]
-    return train_runs(cfgs, out, progress=progress, console=console)
+    return train_runs(seed_configs(cfg), out, progress=progress, console=console, source=source)

@@ -1,0 +1,259 @@
+"""Live diagnostics, checked against numbers computed here from the raw parameter arrays.
+
+Nothing below reuses the code under test to get the expected values: the forward pass
+is rewritten with `lax.conv_general_dilated`, `@` and a hand-written eval-mode BN, the
+norms come from the arrays themselves, the gradients from our own `jax.grad`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from conftest import run_cli, tiny_dict, write_config
+from resexp import diagnostics
+from resexp.config import Config
+from resexp.data import load_data
+from resexp.models import Net, iter_blocks
+
+EPS = 1e-5  # Norm's BatchNorm epsilon
+
+
+def _cfg(**model) -> Config:
+    return Config.model_validate(tiny_dict(model=model))
+
+
+def _randomised(cfg: Config, shape, seed: int = 0):
+    """A net whose BN statistics/scales and rezero gates are far from their init values,
+    so eval-mode BN and the gates really enter the numbers."""
+    model = Net(cfg.model, shape, 10, rngs=nnx.Rngs(params=jax.random.key(seed, impl="rbg")))
+    graphdef, params, others = nnx.split(model, nnx.Param, ...)
+    base = jax.random.key(seed + 1)
+
+    def names(path):
+        return [str(getattr(k, "key", getattr(k, "idx", k))) for k in path if str(getattr(k, "key", k)) != ".value"]
+
+    def key(path):
+        return jax.random.fold_in(base, zlib.crc32("/".join(names(path)).encode()) % 2**31)
+
+    def stats(path, a):  # running mean ~ N(0, 0.3^2), running var in [0.5, 2]
+        if names(path)[-1] == "mean":
+            return 0.3 * jax.random.normal(key(path), a.shape, a.dtype)
+        return jax.random.uniform(key(path), a.shape, a.dtype, 0.5, 2.0) if names(path)[-1] == "var" else a
+
+    def perturb(path, a):  # BN scales/shifts, biases and gates in [0.3, 1.5]
+        if names(path)[-1] in ("scale", "bias", "gate"):
+            return jax.random.uniform(key(path), a.shape, a.dtype, 0.3, 1.5)
+        return a
+
+    others = jax.tree_util.tree_map_with_path(stats, others)
+    params = jax.tree_util.tree_map_with_path(perturb, params)
+    return graphdef, params, others
+
+
+def _flat(tree) -> dict[tuple[str, ...], np.ndarray]:
+    """{("stages", "0", "rest", "layer2", "kernel"): array} for every leaf of an nnx State."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        keys = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        out[tuple(k for k in keys if k != ".value")] = np.asarray(leaf)
+    return out
+
+
+# --------------------------------------------------------------------------- the reference forward pass
+
+
+def _bn(x, norm):
+    if norm.bn is None:
+        return x
+    bn = norm.bn
+    return (x - bn.mean[...]) / jnp.sqrt(bn.var[...] + EPS) * bn.scale[...] + bn.bias[...]
+
+
+def _conv(x, kernel, stride, same=True):
+    pad = ((1, 1), (1, 1)) if same else "VALID"
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _layer(x, layer, stride, conv):
+    if conv:
+        return _conv(x, layer.kernel[...], stride, same=layer.kernel[...].shape[0] == 3)
+    y = x @ layer.kernel[...]
+    return y + layer.bias[...] if layer.bias is not None else y
+
+
+def reference(model: Net, x) -> dict:
+    """Per-block ||F(x)|| / ||Ws x|| and the per-layer response stds, by hand."""
+    conv = model.conv
+    if not conv:
+        x = x.reshape(x.shape[0], -1)
+    stem = _bn(_layer(x, model.stem, 1, conv), model.stem_norm)
+    stds, ratios = [jnp.std(stem)], []
+    h = jax.nn.relu(stem)
+    for name, block in iter_blocks(model):
+        stage, index = (int(p[5:]) for p in name.split("/"))
+        stride = 2 if conv and stage > 1 and index == 0 else 1
+        r1 = _bn(_layer(h, block.layer1, stride, conv), block.norm1)
+        f = _bn(_layer(jax.nn.relu(r1), block.layer2, 1, conv), block.norm2)
+        stds += [jnp.std(r1), jnp.std(f)]
+        if block.shortcut is None:
+            h = jax.nn.relu(f)
+            continue
+        if block.gate is not None:
+            f = f * block.gate[...]
+        if block.shortcut.mode == "learned":
+            s = _bn(_layer(h, block.shortcut.proj, stride, conv), block.shortcut.proj_norm)
+        else:
+            s = h[:, ::stride, ::stride, :] if conv else h
+            extra = f.shape[-1] - s.shape[-1]
+            s = jnp.concatenate([s, jnp.zeros(s.shape[:-1] + (extra,), s.dtype)], axis=-1) if extra else s
+        ratios.append(jnp.linalg.norm(f.ravel()) / jnp.linalg.norm(s.ravel()))
+        h = jax.nn.relu(f + s)
+    return {"residual_ratio": np.array(ratios), "response_std": np.array(stds)}
+
+
+CASES = {
+    "cnn-A": dict(kind="cnn", depth=14, widths=[4, 8, 8]),
+    "cnn-B-rezero": dict(kind="cnn", depth=14, widths=[4, 8, 8], projection="learned", rezero=True),
+    "mlp-lecture": dict(kind="mlp", depth=10, widths=[16, 32], projection="learned", norm="none"),
+    "cnn-plain": dict(kind="cnn", depth=14, widths=[4, 8, 8], shortcut=False),
+}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data(Config.model_validate(tiny_dict()).data, source="test")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_measure_matches_hand_computation(case, digits):
+    cfg = _cfg(**CASES[case])
+    graphdef, params, others = _randomised(cfg, digits.image_shape)
+    x_eval = digits.normalize(digits.x_test[:40])
+    x_train, y_train = digits.normalize(digits.x_train[:32]), digits.y_train[:32]
+    got = jax.device_get(jax.jit(diagnostics.measure, static_argnums=0)(graphdef, params, others, x_eval, x_train,
+                                                                        y_train))
+    host = diagnostics.to_host(graphdef, got)
+    model = nnx.merge(graphdef, params, others)
+    want = reference(model, x_eval)
+
+    blocks = len(list(iter_blocks(model)))
+    assert len(host["response_std"]) == 1 + 2 * blocks  # stem, then two 3x3 layers per block
+    np.testing.assert_allclose(host["response_std"], want["response_std"], rtol=2e-4)
+    if cfg.model.shortcut:
+        assert len(host["residual_ratio"]) == blocks
+        np.testing.assert_allclose(host["residual_ratio"], want["residual_ratio"], rtol=2e-4)
+        assert all(0.05 < r < 20 for r in host["residual_ratio"])  # non-degenerate: the check means something
+    else:
+        assert "residual_ratio" not in host
+
+    # Weight norms: straight from the raw arrays (scanned blocks: one row of the stack each).
+    raw = _flat(params)
+    expect_w = {
+        "stem": np.linalg.norm(raw[("stem", "kernel")]),
+        "head": np.linalg.norm(raw[("head", "kernel")]),
+        "stage1/block0/layer1": np.linalg.norm(raw[("stages", "0", "first", "layer1", "kernel")]),
+        "stage1/block1/layer2": np.linalg.norm(raw[("stages", "0", "rest", "layer2", "kernel")][0]),
+        "stage2/block1/layer1": np.linalg.norm(raw[("stages", "1", "rest", "layer1", "kernel")][0]),
+    }
+    if cfg.model.norm == "batch":
+        expect_w["stage1/block1/norm2/scale"] = np.linalg.norm(raw[("stages", "0", "rest", "norm2", "bn", "scale")][0])
+    if cfg.model.projection == "learned" and cfg.model.shortcut:
+        expect_w["stage2/block0/shortcut/proj"] = np.linalg.norm(raw[("stages", "1", "first", "shortcut", "proj",
+                                                                      "kernel")])
+    if cfg.model.rezero:
+        expect_w["stage2/block1/gate"] = abs(float(raw[("stages", "1", "rest", "gate")][0]))
+    for name, value in expect_w.items():
+        assert host["weight_norm"][name] == pytest.approx(float(value), rel=1e-5), name
+    layers = 2 + 2 * blocks + (2 if cfg.model.projection == "learned" and cfg.model.shortcut else 0)
+    assert sum(1 for k in host["weight_norm"] if "/" not in k or k.endswith(("layer1", "layer2", "proj"))) == layers
+
+    # Gradient norms: our own jax.grad of the training loss (train-mode BN) on the same batch.
+    def loss(prm):
+        logits = nnx.merge(graphdef, prm, others, copy=True)(x_train, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y_train).mean()
+
+    g = _flat(jax.grad(loss)(params))
+    for name, key, index in [("stem", ("stem", "kernel"), None), ("head", ("head", "kernel"), None),
+                             ("stage1/block0/layer2", ("stages", "0", "first", "layer2", "kernel"), None),
+                             ("stage3/block1/layer1", ("stages", "2", "rest", "layer1", "kernel"), 0)]:
+        arr = g[key] if index is None else g[key][index]
+        assert host["grad_norm"][name] == pytest.approx(float(np.linalg.norm(arr)), rel=1e-3, abs=1e-7), name
+    assert all(math.isfinite(v) and v > 0 for v in host["grad_norm"].values())
+
+    tags = diagnostics.scalar_tags(host)
+    assert tags["diag/response_std/layer_00"] == host["response_std"][0]
+    if cfg.model.shortcut:
+        assert tags["diag/residual_ratio_mean"] == pytest.approx(float(np.mean(want["residual_ratio"])), rel=2e-4)
+
+
+def test_diagnostics_are_part_of_the_eval_program_and_can_be_turned_off(digits):
+    """Traced, not run: `train.diagnostics` adds the outputs to the one eval program, or nothing."""
+    from resexp.train import Engine
+
+    shapes = {}
+    for on in (True, False):
+        cfg = Config.model_validate(tiny_dict(train={"diagnostics": on}))
+        engine = Engine(cfg, digits)
+        d = digits
+        shapes[on] = jax.eval_shape(engine._evaluate, engine.abstract_state, jnp.int32(0), d.x_train, d.y_train,
+                                    d.x_test, d.y_test)
+    assert set(shapes[False]) == {"eval_loss", "eval_accuracy"}
+    diag = shapes[True]["diagnostics"]
+    assert diag["residual_ratio"].shape == (3,) and diag["response_std"].shape == (7,)
+
+
+def _ratios_from_checkpoint(run_dir: Path, cfg: Config, data):
+    from resexp.checkpoint import Checkpoints
+    from resexp.train import Engine
+
+    engine = Engine(cfg, data)
+    ckpts = Checkpoints(run_dir / "checkpoints")
+    state, _ = ckpts.restore(max(ckpts.all_steps()), engine.abstract_state)
+    model = nnx.merge(engine.graphdef, state["params"], state["others"])
+    return reference(model, data.normalize(data.x_test[:256])), state["params"]
+
+
+def test_training_run_reports_diagnostics(tmp_path, digits):
+    """A real depth-20 ResNet run: 9 finite ratios in summary.json, equal to those recomputed by
+    hand from the final checkpoint, and the same numbers under diag/... in TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    raw = tiny_dict(model={"depth": 20}, train={"steps": 20, "log_every": 10, "eval_every": 10,
+                                                 "checkpoint_every": 20})
+    config = write_config(tmp_path / "d20.yaml", raw)
+    res = run_cli("train", config, "--out", tmp_path / "runs", "--no-progress")
+    assert res.returncode == 0, res.stdout + res.stderr
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    diag = summary["diagnostics"]
+    assert len(diag["residual_ratio"]) == 9 and all(math.isfinite(r) and r > 0 for r in diag["residual_ratio"])
+    assert len(diag["response_std"]) == 19 and all(math.isfinite(v) for v in diag["response_std"])
+    assert len([k for k in diag["weight_norm"] if k.endswith(("layer1", "layer2"))]) == 18
+    assert all(math.isfinite(v) for v in diag["grad_norm"].values())
+
+    cfg = Config.model_validate(raw)
+    want, params = _ratios_from_checkpoint(run_dir, cfg, digits)
+    np.testing.assert_allclose(diag["residual_ratio"], want["residual_ratio"], rtol=1e-4)
+    np.testing.assert_allclose(diag["response_std"], want["response_std"], rtol=1e-4)
+    kernel = np.asarray(params["stages"][2]["rest"]["layer2"]["kernel"][...])[1]  # stage3/block2
+    assert diag["weight_norm"]["stage3/block2/layer2"] == pytest.approx(float(np.linalg.norm(kernel)), rel=1e-5)
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {f"diag/residual_ratio/block_{i:02d}" for i in range(9)} <= tags
+    assert {"diag/residual_ratio_mean", "diag/response_std/layer_18", "diag/weight_norm/stage3/block2/layer2",
+            "diag/grad_norm/stage1/block0/layer1", "diag/weight_norm/stage1/block0/norm2/scale"} <= tags
+    events = acc.Scalars("diag/residual_ratio/block_08")
+    assert [e.step for e in events] == [10, 20]  # at eval cadence, every eval
+    assert events[-1].value == pytest.approx(diag["residual_ratio"][8], rel=1e-6)
