@@ -9,6 +9,8 @@ then always resume all its runs from one common step.
 from __future__ import annotations
 
 import logging
+import os
+import re
 from pathlib import Path
 
 import jax
@@ -16,7 +18,17 @@ import orbax.checkpoint as ocp
 
 from resexp.errors import RunError
 
-logging.getLogger("absl").setLevel(logging.ERROR)  # orbax logs every save at INFO
+# Orbax logs every save at INFO, and logs each failure (with a page of tensorstore spec) at
+# ERROR before raising it; we raise every failure ourselves, as one line where a user can fix it.
+logging.getLogger("absl").setLevel(logging.CRITICAL)
+
+
+def _io_problem(exc: BaseException) -> str | None:
+    """The OS error behind a failed write (full disk, read-only, permissions), or None for a bug."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    found = re.search(r"os_error_code='?(\d+)", str(exc))  # tensorstore wraps errno in a ValueError
+    return os.strerror(int(found.group(1))) if found else None
 
 
 class Checkpoints:
@@ -41,8 +53,22 @@ class Checkpoints:
             self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                             meta=ocp.args.JsonSave(meta)), force=True)
             self.manager.wait_until_finished()
-        except OSError as exc:
-            raise RunError(f"{self.directory}: cannot write checkpoint ({exc.strerror or exc})") from None
+        except Exception as exc:
+            problem = _io_problem(exc)
+            if problem is None:
+                raise
+            self.close()
+            raise RunError(f"{self.directory}: cannot write checkpoint ({problem}); free space or choose another "
+                           "--out, then re-run to resume") from None
+
+    def close(self) -> None:
+        """Stop orbax's helper threads (after a failure they would complain at interpreter exit)."""
+        if self._manager is not None:
+            try:
+                self._manager.close()
+            except Exception:
+                pass
+            self._manager = None
 
     def restore(self, step: int, abstract_state):
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -29,6 +30,17 @@ err_console = Console(stderr=True)
 ConfigArg = Annotated[Path, typer.Argument(help="YAML experiment config (see configs/).", show_default=False)]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: --set model.depth=56 (repeatable).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Where run directories go.")]
+
+
+def _thread_excepthook(args, _default=threading.excepthook) -> None:
+    # TensorBoard's event writer thread dies on a write error (a full disk) and the main thread
+    # re-raises that error on its next write, where it becomes one line: don't print it twice.
+    if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+        return
+    _default(args)
+
+
+threading.excepthook = _thread_excepthook
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -159,7 +171,7 @@ def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
         err_console.print(f"[red]{r['status']}[/]: {r['run_id']}" + (f": {r['error']}" if r.get("error") else ""))
     if elsewhere:
         err_console.print(f"{len(elsewhere)} run(s) are being trained by another process; re-run `resexp report {sweep_dir}` when it finishes")
-    out_console.print(f"\nResults: {sweep_dir}/results.csv, figure: {report.paths.get('loss_vs_depth', sweep_dir)}\n"
+    out_console.print(f"\nResults: {sweep_dir}/results.csv, figure: {report.paths.get('loss_vs_depth.png', sweep_dir / 'loss_vs_depth.png')}\n"
                       f"TensorBoard: tensorboard --logdir {sweep_dir}")
     raise typer.Exit(1 if failed else 0)
 

@@ -322,6 +322,9 @@ def identity_dict(cfg: Config) -> dict:
     """
     d = cfg.model_dump(mode="json", exclude={"name", "sweep"})
     d["train"].pop("vmap_seeds", None)
+    if not cfg.model.shortcut:  # a plain net has no shortcut to project, pad or gate
+        for key in ("projection", "zero_init_residual", "rezero"):
+            d["model"].pop(key)
     return d
 
 

@@ -156,11 +156,11 @@ def _block_modes(model) -> list[tuple[str, str]]:
     return out
 
 
-def _identity_arrays(graphdef, params, others, x):
+def _identity_arrays(graphdef, zero: bool, params, others, x):
     """Per block, with every branch's last layer zeroed: what came in, what came out."""
     from resexp.models import iter_blocks
 
-    model = nnx.merge(graphdef, _zero_last_layers(params), others)
+    model = nnx.merge(graphdef, _zero_last_layers(params) if zero else params, others)
     x = x.astype(model.dtype)
     if not model.conv:
         x = x.reshape(x.shape[0], -1)
@@ -182,7 +182,7 @@ def _identity_arrays(graphdef, params, others, x):
     return rows
 
 
-def identity_check(model, x: jax.Array) -> list[dict]:
+def identity_check(model, x: jax.Array, *, zero_branches: bool = True) -> list[dict]:
     """Zero every branch's last layer, then compare each block's output with its input.
 
     For a residual block with an identity shortcut, relu(0 + a) = a because `a` came out
@@ -195,9 +195,11 @@ def identity_check(model, x: jax.Array) -> list[dict]:
     block zeroed the same way outputs relu(0) = 0: the signal is gone.
 
     Runs as one jitted program (cached across invocations by the persistent XLA cache).
+    `zero_branches=False` runs the same comparison on the untouched net: a control.
     """
     graphdef, params, others = nnx.split(model, nnx.Param, ...)
-    arrays = jax.device_get(jax.jit(_identity_arrays, static_argnums=0)(graphdef, params, others, x))
+    arrays = jax.device_get(jax.jit(_identity_arrays, static_argnums=(0, 1))(graphdef, zero_branches, params,
+                                                                              others, x))
     rows = []
     for (name, mode), a in zip(_block_modes(model), arrays, strict=True):
         def get(key):

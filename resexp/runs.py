@@ -167,8 +167,12 @@ class RunLock:
                 continue
             except OSError as exc:
                 raise RunError(f"{self.path}: cannot create the lock ({exc.strerror or exc})") from None
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, fh)
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, fh)
+            except OSError as exc:  # e.g. a full disk: leave no empty lock behind
+                self.path.unlink(missing_ok=True)
+                raise RunError(f"{self.path}: cannot write the lock ({exc.strerror or exc})") from None
             self.held = True
             return True
         return False

@@ -280,7 +280,13 @@ def train_runs(cfgs: list[Config], out: Path, *, progress: bool = True, sweep_ke
         if claimed:
             records = [RunRecord(cfgs[i], out / run_id(cfgs[i]), sweep_keys=(sweep_keys[i] if sweep_keys else None))
                        for i in claimed]
-            for i, summary in zip(claimed, _train_group(records, progress=progress, console=console, data=data)):
+            try:
+                summaries = _train_group(records, progress=progress, console=console, data=data)
+            except OSError as exc:  # events or summary on a full/read-only disk: the environment, not a bug
+                where = exc.filename or records[0].dir
+                raise RunError(f"{where}: cannot write ({exc.strerror or exc}); free space or choose another --out, "
+                               "then re-run to resume") from None
+            for i, summary in zip(claimed, summaries):
                 outcomes[i] = Outcome(out / run_id(cfgs[i]), summary)
     finally:
         for lock in locks:

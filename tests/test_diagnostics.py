@@ -174,7 +174,9 @@ def test_measure_matches_hand_computation(case, digits):
         expect_w["stage2/block1/gate"] = abs(float(raw[("stages", "1", "rest", "gate")][0]))
     for name, value in expect_w.items():
         assert host["weight_norm"][name] == pytest.approx(float(value), rel=1e-5), name
-    layers = 2 + 2 * blocks + (2 if cfg.model.projection == "learned" and cfg.model.shortcut else 0)
+    projections = sum(1 for _, b in iter_blocks(model) if b.shortcut is not None and b.shortcut.mode == "learned")
+    assert projections == (2 if case.startswith("cnn-B") else 1 if case.startswith("mlp") else 0)
+    layers = 2 + 2 * blocks + projections  # stem, head, two per block, each Ws
     assert sum(1 for k in host["weight_norm"] if "/" not in k or k.endswith(("layer1", "layer2", "proj"))) == layers
 
     # Gradient norms: our own jax.grad of the training loss (train-mode BN) on the same batch.
