@@ -166,14 +166,21 @@ def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
     report = build_report(sweep_dir, console=out_console)
     bad = [r for r in results if r["status"] not in ("completed", "diverged")]
     elsewhere = [r for r in bad if r["status"] == "running"]
-    failed = [r for r in bad if r["status"] != "running"]
+    interrupted = [r for r in bad if r["status"] == "interrupted"]
+    failed = [r for r in bad if r["status"] not in ("running", "interrupted")]
+    from rich.markup import escape
+
     for r in failed:
-        err_console.print(f"[red]{r['status']}[/]: {r['run_id']}" + (f": {r['error']}" if r.get("error") else ""))
+        err_console.print(f"[red]{r['status']}[/]: {r['run_id']}" + (f": {escape(r['error'])}" if r.get("error") else ""),
+                          highlight=False)
+    if interrupted:
+        err_console.print(f"[yellow]interrupted[/]: {interrupted[0]['run_id']} saved a checkpoint; "
+                          "re-run the same command to resume the sweep")
     if elsewhere:
         err_console.print(f"{len(elsewhere)} run(s) are being trained by another process; re-run `resexp report {sweep_dir}` when it finishes")
     out_console.print(f"\nResults: {sweep_dir}/results.csv, figure: {report.paths.get('loss_vs_depth.png', sweep_dir / 'loss_vs_depth.png')}\n"
                       f"TensorBoard: tensorboard --logdir {sweep_dir}")
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(130 if interrupted else 1 if failed else 0)
 
 
 @app.command()

@@ -156,16 +156,25 @@ def run_sweep(groups: list[list[Cell]], sweep_dir: Path, *, jobs: int = 1, progr
                 label = ", ".join(f"{k}={v}" for k, v in group[0].keys.items() if k != "train.seed")
                 console.print(f"[bold]run {len(results) + 1}-{len(results) + len(group)}/{total}[/] {label}")
             results += _train_group(group, sweep_dir, progress)
+            if any(r["status"] == "interrupted" for r in results):
+                break  # Ctrl-C/SIGTERM stops the sweep, not just the run in flight; a re-run resumes
         return results
     ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         futures = [pool.submit(_worker, ([c.cfg.model_dump(mode="json") for c in g], [c.keys for c in g],
                                          str(sweep_dir))) for g in groups]
-        for fut in as_completed(futures):
-            done = fut.result()
-            results += done
-            if console is not None:
-                for r in done:
-                    console.print(f"[{len(results)}/{total}] {r['run_id']}: {r['status']}"
-                                  + (" (already done)" if r.get("skipped") else ""))
+        try:
+            for fut in as_completed(futures):
+                done = fut.result()
+                results += done
+                if console is not None:
+                    for r in done:
+                        console.print(f"[{len(results)}/{total}] {r['run_id']}: {r['status']}"
+                                      + (" (already done)" if r.get("skipped") else ""))
+                if any(r["status"] == "interrupted" for r in done):
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            # Start nothing new; workers in flight got the signal too and checkpoint their runs.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return results
