@@ -8,9 +8,10 @@ compared fairly:
   no bias) + BN + ReLU; three stages of n basic blocks at widths 16/32/64,
   stride 2 at the first block of stages 2 and 3; option-A shortcut (x[:, :,
   ::2, ::2] then zero-pad channels) where shapes change; global average pool;
-  linear head. ``--plain`` drops the shortcut. Init: convs kaiming normal,
-  mode="fan_out", relu gain (He et al. / torchvision); BN weight 1, bias 0;
-  linear head kaiming normal, mode="fan_in", bias 0.
+  linear head. ``--plain`` drops the shortcut. Init matches resexp.models:
+  convs He normal, mode="fan_in" (std sqrt(2/fan_in), untruncated); BN weight
+  1, bias 0; head LeCun normal fan_in truncated at 2 sigma (Flax's nnx.Linear
+  default), bias 0.
 * same step: SGD lr 0.1, momentum 0.9, weight decay 1e-4 (on every parameter),
   cross-entropy, 10 classes.
 * same data handling: one batch of random float32 32x32x3 images and random
@@ -85,12 +86,14 @@ class CifarResNet(nn.Module):
         self.head = nn.Linear(64, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                # Flax truncated_normal: std rescaled so the truncated draw has var 1/fan_in.
+                std = (1.0 / m.in_features) ** 0.5 / 0.87962566103423978
+                nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
