@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
 import jax
@@ -21,6 +22,7 @@ from resexp.errors import RunError
 # Orbax logs every save at INFO, and logs each failure (with a page of tensorstore spec) at
 # ERROR before raising it; we raise every failure ourselves, as one line where a user can fix it.
 logging.getLogger("absl").setLevel(logging.CRITICAL)
+MIN_FREE_BYTES = 1 << 20  # a checkpoint also writes a dozen small metadata files
 
 
 def _io_problem(exc: BaseException) -> str | None:
@@ -48,7 +50,23 @@ class Checkpoints:
             return []
         return list(self.manager.all_steps())
 
+    def _check_space(self, state) -> None:
+        """Refuse up front when the disk cannot hold the checkpoint: orbax's writers, once started
+        on a full disk, fail in many threads at once and cannot all be silenced."""
+        need = 2 * sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state)) + MIN_FREE_BYTES
+        where = self.directory
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        try:
+            free = shutil.disk_usage(where).free
+        except OSError:
+            return
+        if free < need:
+            raise RunError(f"{self.directory}: cannot write checkpoint (No space left on device: {free:,} bytes free, "
+                           f"about {need:,} needed); free space or choose another --out, then re-run to resume")
+
     def save(self, step: int, state, meta: dict) -> None:
+        self._check_space(state)
         try:
             self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                             meta=ocp.args.JsonSave(meta)), force=True)
@@ -58,6 +76,7 @@ class Checkpoints:
             if problem is None:
                 raise
             self.close()
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # its abandoned writers' "never retrieved"
             raise RunError(f"{self.directory}: cannot write checkpoint ({problem}); free space or choose another "
                            "--out, then re-run to resume") from None
 

@@ -172,7 +172,7 @@ def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
 
     for r in failed:
         err_console.print(f"[red]{r['status']}[/]: {r['run_id']}" + (f": {escape(r['error'])}" if r.get("error") else ""),
-                          highlight=False)
+                          highlight=False, soft_wrap=True)
     if interrupted:
         err_console.print(f"[yellow]interrupted[/]: {interrupted[0]['run_id']} saved a checkpoint; "
                           "re-run the same command to resume the sweep")
@@ -199,10 +199,10 @@ def report(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (ru
 def model(config: ConfigArg, set_: SetOpt = None,
           as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")] = False) -> None:
     """The architecture as a table: layers, output shapes, parameters, multiply-accumulates per example."""
+    cfg = _load(config, set_)  # before importing JAX: a bad config fails in a second
     from resexp.data import dataset_shape
     from resexp.models import layer_table
 
-    cfg = _load(config, set_)
     shape, classes = dataset_shape(cfg.data)
     rows = layer_table(cfg.model, shape, classes)
     m = cfg.model
@@ -229,32 +229,31 @@ def model(config: ConfigArg, set_: SetOpt = None,
 def identity(config: ConfigArg, set_: SetOpt = None,
              seed: Annotated[Optional[int], typer.Option(help="Initialisation seed (default: train.seed).")] = None,
              examples: Annotated[int, typer.Option(help="Test images pushed through the net.", min=1)] = 64) -> None:
-    """Zero every residual branch's last layer and check each block becomes the identity.
+    r"""Zero every residual branch's last layer and check each block becomes the identity.
 
-    A residual block computes a[l+2] = relu(W a[l+1] + b + a[l]). With W = 0 and b = 0
-    (and, with BN, its scale and shift) this is relu(a[l]) = a[l], because a[l] is itself
-    the output of a relu, so non-negative: the block is exactly the identity, and weight
-    decay, pulling W and b toward 0, pulls it there. Where the shape changes the block
-    is relu(Ws a[l]): option A subsamples and pads with zero channels (no parameters;
-    still a[l], reshaped), option B's Ws is a learned projection (1x1 conv + BN), which
-    is not the identity unless it learns to be; option C's learned Ws on every block
-    means no block is the identity. A plain block zeroed the same way outputs relu(0) = 0:
-    the signal is lost. Exit 0 when every residual block is the identity (relu(Ws a)
-    where the shape changes), 1 otherwise (plain nets, option C).
+    A residual block computes a\[l+2] = relu(W a\[l+1] + b + a\[l]). With W = 0 and b = 0
+    (with BN: its scale and shift) this is relu(a\[l]) = a\[l], because a\[l] is itself the
+    output of a relu, so non-negative: the block is exactly the identity, and weight
+    decay, pulling W and b toward 0, pulls it there. Where the shape changes the block is
+    relu(Ws a\[l]): option A subsamples and pads with zero channels (no parameters: still
+    a\[l], reshaped); option B's Ws is a learned projection (1x1 conv + BN) that is not the
+    identity unless it learns to be; option C puts a learned Ws on every block, so no block
+    is the identity. A plain block zeroed the same way outputs relu(0) = 0: the signal is
+    lost. Exit 0 when every residual block is the identity (relu(Ws a) where the shape
+    changes), 1 otherwise (plain nets, option C).
     """
     cfg = _load(config, set_)
     _setup()
     import jax.numpy as jnp
-    from flax import nnx
 
     from resexp.data import load_data
     from resexp.diagnostics import TOLERANCE, identity_check
-    from resexp.train import Engine
+    from resexp.models import build_model
 
     data = load_data(cfg.data, source=str(config))
-    engine = Engine(cfg, data)  # the very initialisation `resexp train` starts from (dtype included)
-    state = engine.init([cfg.train.seed if seed is None else seed])
-    net = nnx.merge(engine.graphdef, state["params"], state["others"])
+    # The initialisation `resexp train` starts from (jitted, compute dtype included).
+    net = build_model(cfg.model, data.image_shape, data.num_classes, seed=cfg.train.seed if seed is None else seed,
+                      dtype=cfg.train.dtype)
     x = data.normalize(data.x_test[: min(examples, data.x_test.shape[0])])
     rows = identity_check(net, jnp.asarray(x))
     m = cfg.model

@@ -9,7 +9,7 @@ a batch.
 from __future__ import annotations
 
 import gzip
-import importlib.resources
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,9 +62,13 @@ class Data:
 def digits() -> ArraySplits:
     """The real 8x8 handwritten digits shipped inside scikit-learn (UCI, 1,797 images).
 
-    Read straight from the package's CSV: importing sklearn itself would cost a second.
+    Read straight from the package's CSV: importing sklearn itself would cost seconds (and
+    `importlib.resources.files("sklearn.datasets")` imports it), so find the file via the spec.
     """
-    path = importlib.resources.files("sklearn.datasets") / "data" / "digits.csv.gz"
+    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the digits dataset ships with scikit-learn, which is not installed: pip install scikit-learn")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
     with path.open("rb") as fh, gzip.open(fh, "rt") as text:
         table = np.loadtxt(text, delimiter=",", dtype=np.int64)
     images = table[:, :-1].reshape(-1, 8, 8, 1).astype(np.uint8)  # intensities 0..16

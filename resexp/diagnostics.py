@@ -56,7 +56,8 @@ def measure(graphdef, params, others, x_eval, x_train, y_train) -> dict:
 
 
 def _flat_names(norms: dict) -> dict[str, float]:
-    """Expand stacked norms into readable names: stages.1.rest.layer2 -> stage2/block2/layer2."""
+    """Readable names, stacked norms expanded: stages/1/rest/layer2 -> stage2/block1/layer2, stage2/block2/...;
+    stages/1/first/norm2/scale -> stage2/block0/norm2/scale."""
     out = {}
     for name, value in norms.items():
         parts = name.split("/")
@@ -157,28 +158,30 @@ def _block_modes(model) -> list[tuple[str, str]]:
 
 
 def _identity_arrays(graphdef, zero: bool, params, others, x):
-    """Per block, with every branch's last layer zeroed: what came in, what came out."""
+    """Per block: its input `a` (from the unmodified net, so every block, however deep, sees
+    a real non-negative input), and what the block with its last layer zeroed makes of it."""
     from resexp.models import iter_blocks
 
-    model = nnx.merge(graphdef, _zero_last_layers(params) if zero else params, others)
-    x = x.astype(model.dtype)
-    if not model.conv:
+    net = nnx.merge(graphdef, params, others)
+    zeroed = nnx.merge(graphdef, _zero_last_layers(params) if zero else params, others)
+    x = x.astype(net.dtype)
+    if not net.conv:
         x = x.reshape(x.shape[0], -1)
-    h = jax.nn.relu(model.stem_norm(model.stem(x), False))
+    h = jax.nn.relu(net.stem_norm(net.stem(x), False))
     rows = []
-    for _, block in iter_blocks(model):
-        y, _ = block(h, False)
-        f, _ = block.branch(h, False)
+    for (_, block), (_, zblock) in zip(iter_blocks(net), iter_blocks(zeroed)):
+        y, _ = zblock(h, False)
+        f, _ = zblock.branch(h, False)
         row = {"input_min": jnp.min(h).astype(jnp.float32), "input_norm": _fro(h), "output_norm": _fro(y),
                "branch_max": jnp.max(jnp.abs(f)).astype(jnp.float32)}
         if y.shape == h.shape:
             row["diff_input"] = jnp.max(jnp.abs(y.astype(jnp.float32) - h.astype(jnp.float32)))
-        if block.shortcut is not None:
-            s = block.shortcut(h, False)
+        if zblock.shortcut is not None:
+            s = zblock.shortcut(h, False)
             row["diff_shortcut"] = jnp.max(jnp.abs(y.astype(jnp.float32) - jax.nn.relu(s).astype(jnp.float32)))
             row["shortcut_min"] = jnp.min(s).astype(jnp.float32)
         rows.append(row)
-        h = y
+        h, _ = block(h, False)
     return rows
 
 
@@ -194,6 +197,9 @@ def identity_check(model, x: jax.Array, *, zero_branches: bool = True) -> list[d
     shape does not change are relu(Ws a) != a: the check fails there, by design. A plain
     block zeroed the same way outputs relu(0) = 0: the signal is gone.
 
+    Each block is fed the activations the unmodified net has at that point, so the
+    comparison is made on a real, non-negative input at every depth (zeroing block 1 of a
+    plain net would otherwise hand block 2 an all-zero input, which it trivially "keeps").
     Runs as one jitted program (cached across invocations by the persistent XLA cache).
     `zero_branches=False` runs the same comparison on the untouched net: a control.
     """

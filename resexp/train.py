@@ -26,9 +26,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from resexp import __version__, diagnostics
+from resexp import __version__, diagnostics, parallel
 from resexp.checkpoint import Checkpoints
-from resexp.config import Config, run_id
+from resexp.config import Config, config_hash, run_id
 from resexp.data import Data, augment_batch, batch_indices, load_data
 from resexp.errors import RunError
 from resexp.models import Net, layer_table, net_builder
@@ -56,6 +56,7 @@ class Engine:
     cfg: Config
     data: Data
     seeds: int = 1
+    data_parallel: bool | None = None  # None: shard the batch over all devices when there are several
     compile_seconds: float = 0.0
     _compiled: dict = field(default_factory=dict)
 
@@ -64,10 +65,13 @@ class Engine:
         self.tx = make_optimizer(cfg.optim, cfg.train.steps)
         self.schedule = lr_schedule(cfg.optim, cfg.train.steps)
 
-        build = net_builder(cfg.model, self.data.image_shape, self.data.num_classes, dtype=cfg.train.dtype)
+        # Convs with a backward pass XLA:CPU can run fast inside the scanned stages (see parallel.py).
+        build = parallel.fast_conv_builder(
+            net_builder(cfg.model, self.data.image_shape, self.data.num_classes, dtype=cfg.train.dtype))
         self.graphdef = nnx.split(nnx.eval_shape(lambda: build(jnp.int32(0))), nnx.Param, ...)[0]
         init = lambda seed: _init_state(build, self.tx, seed)  # noqa: E731
-        self._init = jax.jit(jax.vmap(init) if self.seeds > 1 else init)
+        self.dp = parallel.data_parallel(cfg.data.batch_size, seeds=self.seeds, enabled=self.data_parallel)
+        self._init = self.dp.jit(init) if self.dp else jax.jit(jax.vmap(init) if self.seeds > 1 else init)
         self.abstract_state = jax.eval_shape(init, jnp.int32(0))
 
     # ---- the training chunk
@@ -79,6 +83,8 @@ class Engine:
         x, y = data.normalize(x_train[idx]), y_train[idx]
         if data.augment:
             x = augment_batch(jax.random.fold_in(jax.random.fold_in(key, 1), step), x)
+        if self.dp is not None:  # BN's batch statistics stay global: XLA all-reduces the sums
+            x, y = self.dp.shard_batch(x, y)
 
         def loss_fn(params, others):
             model = nnx.merge(graphdef, params, others, copy=True)
@@ -105,7 +111,7 @@ class Engine:
             fn = lambda st, seed, x, y: self._chunk(st, seed, x, y, length=length)  # noqa: E731
             if self.seeds > 1:
                 fn = jax.vmap(fn, in_axes=(0, 0, None, None))
-            jitted = jax.jit(fn, donate_argnums=(0,))
+            jitted = self.dp.jit(fn, donate_argnums=(0,)) if self.dp else jax.jit(fn, donate_argnums=(0,))
             seeds = jnp.zeros((self.seeds,), jnp.int32) if self.seeds > 1 else jnp.int32(0)
             self._compiled[key] = self._aot(jitted, self._state_spec(), seeds, self.data.x_train, self.data.y_train)
         return self._compiled[key]
@@ -123,6 +129,8 @@ class Engine:
         mask = (jnp.arange(nb * bs) < n).reshape(nb, bs)
         def one(batch):
             xb, yb, mb = batch
+            if self.dp is not None and self.dp.divides(bs):
+                xb, yb, mb = self.dp.shard_batch(xb, yb, mb)
             model = nnx.merge(self.graphdef, state["params"], state["others"], copy=True)
             logits = model(self.data.normalize(xb), train=False)
             losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
@@ -149,8 +157,8 @@ class Engine:
                 fn = jax.vmap(fn, in_axes=(0, 0, None, None, None, None))
             seeds = jnp.zeros((self.seeds,), jnp.int32) if self.seeds > 1 else jnp.int32(0)
             d = self.data
-            self._compiled["eval"] = self._aot(jax.jit(fn), self._state_spec(), seeds, d.x_train, d.y_train,
-                                               d.x_test, d.y_test)
+            self._compiled["eval"] = self._aot(self.dp.jit(fn) if self.dp else jax.jit(fn), self._state_spec(), seeds,
+                                               d.x_train, d.y_train, d.x_test, d.y_test)
         return self._compiled["eval"]
 
     # ---- helpers
@@ -162,14 +170,17 @@ class Engine:
 
     def _aot(self, jitted, *args):
         start = time.perf_counter()
-        compiled = jitted.lower(*args).compile()
+        if self.dp is not None:  # lower for replicated inputs; the returned callable places arguments
+            compiled = self.dp.wrap(jitted.lower(*self.dp.abstract(args)).compile())
+        else:
+            compiled = jitted.lower(*args).compile()
         self.compile_seconds += time.perf_counter() - start
         return compiled
 
     def init(self, seeds: list[int]):
         start = time.perf_counter()
         arg = jnp.asarray(seeds, jnp.int32) if self.seeds > 1 else jnp.int32(seeds[0])
-        state = self._init(arg)
+        state = self._init(self.dp.place(arg) if self.dp else arg)
         jax.block_until_ready(state)
         self.compile_seconds += time.perf_counter() - start  # dominated by compiling the init
         return state
@@ -318,6 +329,9 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
         restored = []
         for r, c in zip(records, ckpts):
             single, meta = c.restore(resume_step, engine.abstract_state)
+            if meta.get("config_hash", config_hash(r.cfg)) != config_hash(r.cfg):  # same shapes, other config
+                raise RunError(f"{c.directory / str(resume_step)}: checkpoint was written by another config "
+                               f"({meta['config_hash']}, this run is {config_hash(r.cfg)}); move it away to retrain")
             restored.append(single)
             r.history, r.wall_before = meta["history"], meta.get("wall_seconds", 0.0)
             r.last_eval, r.diagnostics = meta.get("last_eval", {}), meta.get("diagnostics")
@@ -337,6 +351,26 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
     interrupt = Interrupt()
     compile_before = engine.compile_seconds
     steady_time, steady_images = 0.0, 0
+    saved: set[int] = set()  # steps checkpointed in this session
+
+    def checkpoint(end: int, save: bool) -> None:
+        """Checkpoint the state at `end` (if `save`), mark an interrupted run, write the summaries."""
+        ips = steady_images / steady_time if steady_time else None
+        for i, (r, c) in enumerate(zip(records, ckpts)):
+            if r.status == "diverged":
+                continue
+            if save and end not in saved:
+                c.save(end, _slice(state, i if group > 1 else None), {
+                    "config_hash": config_hash(r.cfg),
+                    "history": r.history, "wall_seconds": r.wall_before + time.perf_counter() - wall_start,
+                    "last_eval": r.last_eval, "diagnostics": r.diagnostics})
+            if interrupt.requested is not None and end < total:
+                r.status = "interrupted"
+            _write_summary(r, engine, model_info, end, wall=r.wall_before + time.perf_counter() - wall_start,
+                           data=data, ips=ips, compile_s=engine.compile_seconds - compile_before)
+        if save:
+            saved.add(end)
+
     with interrupt.installed(), _progress(progress, console, records, total, start_step) as bar:
         step = start_step
         pending = None  # (end_step, losses, accs, t_dispatch): fetched while the next chunk runs
@@ -365,8 +399,11 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
                 if bar is not None:
                     bar(end, float(np.nanmean(losses[..., -1])), length * cfg.data.batch_size * group / max(elapsed, 1e-9))
             pending = launched
-            if pending is None:
-                break  # nothing in flight and nothing to launch: done, diverged or interrupted
+            if pending is None:  # nothing in flight and nothing to launch: done, diverged or interrupted
+                if interrupt.requested is not None and step < total:
+                    # The signal landed just after a chunk was settled: checkpoint that state, then stop.
+                    checkpoint(step, save=step > start_step)
+                break
             end = pending[0]
             at_eval = (t.eval_every and end % t.eval_every == 0) or end == total
             at_ckpt = (t.checkpoint_every and end % t.checkpoint_every == 0) or end == total
@@ -384,18 +421,7 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
                 pending = None
                 if at_eval and not all(r.status == "diverged" for r in records):
                     _record_eval(records, engine, state, seeds_arg, data, end)
-                ips = steady_images / steady_time if steady_time else None
-                for i, (r, c) in enumerate(zip(records, ckpts)):
-                    if r.status == "diverged":
-                        continue
-                    if at_ckpt or interrupt.requested is not None:
-                        c.save(end, _slice(state, i if group > 1 else None), {
-                            "history": r.history, "wall_seconds": r.wall_before + time.perf_counter() - wall_start,
-                            "last_eval": r.last_eval, "diagnostics": r.diagnostics})
-                    if interrupt.requested is not None and end < total:
-                        r.status = "interrupted"
-                    _write_summary(r, engine, model_info, end, wall=r.wall_before + time.perf_counter() - wall_start,
-                                   data=data, ips=ips, compile_s=engine.compile_seconds - compile_before)
+                checkpoint(end, save=bool(at_ckpt) or interrupt.requested is not None)
                 if interrupt.requested is not None:
                     break
         for r in records:
