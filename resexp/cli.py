@@ -158,6 +158,12 @@ def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
         from resexp.data import load_data
 
         load_data(cells[0].cfg.data, source=str(config))  # a missing dataset fails here, once, before any run
+    else:  # the workers load it (here it would hold device memory): only check that its files are there
+        from resexp.data import default_data_dir
+        from resexp.datasets import FILE_DATASETS, locate
+
+        for d in {(c.cfg.data.name, c.cfg.data.dir) for c in mine if c.cfg.data.name in FILE_DATASETS}:
+            locate(d[0], d[1] or default_data_dir())
     err_console.print(f"[bold]{cfg.name}[/]: {len(mine)} runs" + (f" (shard {index}/{count} of {len(cells)})" if count > 1 else "")
                       + f" -> {sweep_dir}")
     results = run_sweep(groups, sweep_dir, jobs=jobs, progress=progress and sys.stderr.isatty(), console=err_console)

@@ -996,7 +996,7 @@ def build_report(
             _atomic_write(path, figures[fname])
             report.paths[fname] = path
         elif path.exists():  # a figure this sweep no longer supports: don't leave a stale one
-            path.unlink()
+            path.unlink(missing_ok=True)
 
     if write_tensorboard:
         report.event_files = _write_tensorboard(report, figures)

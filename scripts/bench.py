@@ -1,15 +1,20 @@
-"""Benchmark: compile seconds and steady-state training images/s of the He et al. CIFAR nets.
+"""Compile time and training throughput of resexp's CIFAR ResNets, optionally against PyTorch.
 
-    python scripts/bench.py --depths 20,56,110 --batch-size 128 --json
-    python scripts/bench.py --depths 20 --seeds 8            # 8 vmapped seeds in one program
-    python scripts/bench.py --depths 20,56 --compare-torch   # PyTorch eager peer, same net and step
+For each depth: the seconds to compile (init program + one training chunk, through the
+Engine's AOT path, persistent compile cache off) and the steady-state training
+images/s (median over repeats, after a warm-up chunk) on the current JAX backend, on
+synthetic 32x32x3 data with the He et al. CIFAR widths 16/32/64.
 
-Measures the real engine (`resexp.train.Engine`): the jitted multi-step chunk on synthetic
-32x32x3 data resident on the device. The persistent compile cache is NOT used here, so
-compile seconds are real. Images/s is the median over repeats after a warm-up chunk.
-With --compare-torch, each depth runs resexp, then the peer (scripts/torch_reference.py,
-via .venv-bench/bin/python if present), alternating which goes first, so machine noise
-hits both; the ratio resexp/torch is reported per depth.
+    .venv/bin/python scripts/bench.py --depths 20,56,110 --steps 5 --repeats 3
+    .venv/bin/python scripts/bench.py --depths 20 --compare-torch --json
+    .venv/bin/python scripts/bench.py --depths 20 --seeds 8          # S seeds, one vmapped program
+    .venv/bin/python scripts/bench.py --depths 1202 --compile-only   # does it compile, and how fast?
+
+`--compare-torch` runs scripts/torch_reference.py's network and training step (PyTorch
+eager, the same SGD step) in a subprocess with `.venv-bench/bin/python` (or this python
+if it has torch), interleaving A/B repeats (ABBA order) with the JAX ones so machine
+noise hits both, and reports resexp/torch per depth: the ratio of the medians and the
+median of the per-repeat ratios. torch is never imported by resexp itself.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -24,92 +30,293 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
+# --------------------------------------------------------------------------- the torch peer
 
-def bench_resexp(depth: int, batch_size: int, dtype: str, seeds: int, steps: int, repeats: int,
-                 scan_unroll: int | bool = 1) -> dict:
-    import jax
-    import jax.numpy as jnp
+_TORCH_WORKER = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import torch, torch.nn.functional as F
+import torch_reference as tr
 
-    from resexp.config import Config
-    from resexp.data import load_data
-    from resexp.train import Engine
+if len(sys.argv) > 2 and sys.argv[2] != "none":
+    torch.set_num_threads(int(sys.argv[2]))
+state = {}
 
-    cfg = Config.model_validate({
-        "name": "bench",
-        "data": {"name": "synthetic", "batch_size": batch_size, "num_train": max(4 * batch_size, 512),
-                 "num_test": 64, "image_size": 32, "channels": 3, "num_classes": 10},
-        "model": {"depth": depth, "widths": [16, 32, 64], "scan_unroll": scan_unroll},
-        "train": {"steps": steps * (repeats + 1), "log_every": steps, "dtype": dtype, "diagnostics": False},
-    })
-    data = load_data(cfg.data)
-    engine = Engine(cfg, data, seeds=seeds)
-    state = engine.init(list(range(seeds)))
-    fn = engine.chunk_fn(steps)
-    compile_s = engine.compile_seconds
-    seed_arg = jnp.arange(seeds, dtype=jnp.int32) if seeds > 1 else jnp.int32(0)
-    times = []
-    for i in range(repeats + 1):  # the first chunk is warm-up
+def reply(obj):
+    sys.stdout.write(json.dumps(obj) + "\n"); sys.stdout.flush()
+
+reply({"ready": True, "version": torch.__version__, "threads": torch.get_num_threads()})
+for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd["op"] == "setup":  # scripts/torch_reference.py's net and step, kept alive between repeats
+        torch.manual_seed(0)
+        model = tr.CifarResNet(cmd["depth"]).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        x = torch.randn(cmd["batch_size"], 3, 32, 32)
+        y = torch.randint(0, 10, (cmd["batch_size"],))
+        amp = cmd["dtype"] == "bfloat16"
+
+        def step(model=model, opt=opt, x=x, y=y, amp=amp):
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        t0 = time.perf_counter(); step(); first = time.perf_counter() - t0
+        state = {"step": step, "batch_size": cmd["batch_size"]}
+        reply({"params": tr.count_params(model), "first_step_s": first})
+    elif cmd["op"] == "measure":
+        for _ in range(cmd["warmup"]):
+            state["step"]()
         t0 = time.perf_counter()
-        state, (losses, _) = fn(state, seed_arg, data.x_train, data.y_train)
-        jax.block_until_ready(losses)
-        if i:
-            times.append(time.perf_counter() - t0)
-    images = steps * batch_size * seeds
-    return {"depth": depth, "framework": "resexp", "compile_s": round(compile_s, 2),
-            "images_per_s": round(images / statistics.median(times), 1),
-            "repeats": [round(images / t, 1) for t in times], "seeds": seeds, "dtype": dtype,
-            "batch_size": batch_size, "params": int(sum(x.size for x in jax.tree.leaves(state["params"])) // seeds)}
+        for _ in range(cmd["steps"]):
+            loss = state["step"]()
+        dt = time.perf_counter() - t0
+        reply({"images_per_s": state["batch_size"] * cmd["steps"] / dt, "loss": float(loss.detach())})
+    elif cmd["op"] == "quit":
+        break
+"""
 
 
-def bench_torch(depth: int, batch_size: int, steps: int, repeats: int) -> dict | None:
-    python = ROOT / ".venv-bench" / "bin" / "python"
-    exe = str(python) if python.exists() else sys.executable
-    cmd = [exe, str(ROOT / "scripts" / "torch_reference.py"), "--depths", str(depth), "--batch-size",
-           str(batch_size), "--steps", str(steps), "--warmup", "2", "--repeats", str(repeats), "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"torch reference failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return None
-    return json.loads(proc.stdout)["results"][0]
+def torch_python(explicit: str | None) -> str | None:
+    """The interpreter that has torch: --torch-python, .venv-bench, or this one."""
+    if explicit:
+        return explicit
+    bench = ROOT / ".venv-bench" / "bin" / "python"
+    if bench.exists():
+        return str(bench)
+    import importlib.util
+
+    return sys.executable if importlib.util.find_spec("torch") else None
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--depths", default="20,56,110")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--steps", type=int, default=10, help="steps per timed chunk")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--scan-unroll", default="1", help="1 (scan), N, or 'true' (fully unrolled)")
-    p.add_argument("--compare-torch", action="store_true")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
-    os.environ.setdefault("RESEXP_COMPILE_CACHE", "off")
+class TorchPeer:
+    """scripts/torch_reference.py's network in a long-lived subprocess, driven step by step."""
+
+    def __init__(self, python: str, threads: int | None):
+        self.proc = subprocess.Popen([python, "-c", _TORCH_WORKER, str(ROOT / "scripts"), str(threads or "none")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the torch worker exited (code {self.proc.wait()})")
+        return json.loads(line)
+
+    def call(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.call(op="quit")
+            except (BrokenPipeError, RuntimeError, json.JSONDecodeError):
+                pass
+            self.proc.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- resexp
+
+
+def make_config(depth: int, batch_size: int, dtype: str, steps: int, scan_unroll):
+    from resexp.config import Config
+
+    return Config.model_validate({
+        "name": "bench",
+        "data": {"name": "synthetic", "batch_size": batch_size, "num_train": max(2048, 2 * batch_size),
+                 "num_test": 256, "image_size": 32, "channels": 3, "num_classes": 10},
+        "model": {"kind": "cnn", "depth": depth, "widths": [16, 32, 64], "shortcut": True,
+                  "scan_unroll": scan_unroll},
+        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
+        "train": {"steps": 100_000, "log_every": steps, "dtype": dtype, "diagnostics": True},
+    })
+
+
+class JaxRun:
+    """One depth: the Engine, its compiled chunk, and a training state to keep stepping."""
+
+    def __init__(self, depth: int, args, data_cache: dict):
+        import jax
+        import jax.numpy as jnp
+
+        from resexp.data import load_data
+        from resexp.models import layer_table
+        from resexp.train import Engine
+
+        self.jax = jax
+        self.cfg = make_config(depth, args.batch_size, args.dtype, args.steps, args.scan_unroll)
+        key = (args.batch_size,)
+        if key not in data_cache:
+            data_cache[key] = load_data(self.cfg.data)
+        self.data = data = data_cache[key]
+        self.steps, self.seeds, self.batch_size = args.steps, args.seeds, args.batch_size
+        rows = layer_table(self.cfg.model, data.image_shape, data.num_classes)
+        self.params, self.macs = sum(r.params for r in rows), sum(r.macs for r in rows)
+        self.engine = Engine(self.cfg, data, seeds=args.seeds)
+        t0 = time.perf_counter()
+        self.state = self.engine.init(list(range(args.seeds)))
+        self.init_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.fn = self.engine.chunk_fn(args.steps)
+        self.chunk_compile_s = time.perf_counter() - t0
+        self.eval_compile_s = None
+        if args.eval:
+            t0 = time.perf_counter()
+            self.engine.evaluate_fn()
+            self.eval_compile_s = time.perf_counter() - t0
+        self.seed_arg = jnp.arange(args.seeds, dtype=jnp.int32) if args.seeds > 1 else jnp.int32(0)
+        self.losses = None
+
+    @property
+    def compile_s(self) -> float:
+        return self.init_s + self.chunk_compile_s
+
+    def chunk(self) -> float:
+        """Run one chunk of `steps` training steps; images/s."""
+        t0 = time.perf_counter()
+        self.state, (losses, _) = self.fn(self.state, self.seed_arg, self.data.x_train, self.data.y_train)
+        self.jax.block_until_ready((self.state, losses))
+        dt = time.perf_counter() - t0
+        self.losses = losses
+        return self.steps * self.batch_size * self.seeds / dt
+
+    def final_loss(self) -> float | None:
+        import numpy as np
+
+        return None if self.losses is None else float(np.mean(np.asarray(self.losses)[..., -1]))
+
+
+def parse_unroll(text: str):
+    low = text.lower()
+    if low in ("true", "full"):
+        return True
+    if low == "false":
+        return False
+    return int(text)
+
+
+def run(args) -> dict:
+    if not args.cache:
+        os.environ["RESEXP_COMPILE_CACHE"] = "off"  # compile time is what we measure
+    from resexp.runtime import configure_jax
+
+    configure_jax()
     import jax
 
-    unroll = True if args.scan_unroll.lower() == "true" else int(args.scan_unroll)
-    results = []
-    for i, depth in enumerate(int(d) for d in args.depths.split(",")):
-        run_torch_first = args.compare_torch and i % 2 == 1
-        peer = bench_torch(depth, args.batch_size, args.steps, args.repeats) if run_torch_first else None
-        row = bench_resexp(depth, args.batch_size, args.dtype, args.seeds, args.steps, args.repeats, unroll)
-        if args.compare_torch and not run_torch_first:
-            peer = bench_torch(depth, args.batch_size, args.steps, args.repeats)
-        if peer:
-            row["torch_images_per_s"] = peer["images_per_s"]
-            row["ratio_vs_torch"] = round(row["images_per_s"] * 1.0 / args.seeds / peer["images_per_s"], 3)
-        results.append(row)
-        if not args.json:
-            extra = f", torch {peer['images_per_s']:.0f} img/s, ratio {row['ratio_vs_torch']:.2f}" if peer else ""
-            print(f"ResNet-{depth}: compile {row['compile_s']:.1f} s, {row['images_per_s']:.0f} img/s "
-                  f"({args.seeds} seed(s), {args.dtype}, batch {args.batch_size}){extra}", flush=True)
-    if args.json:
-        print(json.dumps({"results": results, "backend": jax.default_backend(),
-                          "device": jax.devices()[0].device_kind, "jax": jax.__version__}))
+    peer = None
+    if args.compare_torch and not args.compile_only:
+        python = torch_python(args.torch_python)
+        if python is None:
+            raise SystemExit("--compare-torch: no python with torch found (.venv-bench/bin/python or --torch-python)")
+        peer = TorchPeer(python, args.torch_threads)
+    depths = [int(d) for d in args.depths.split(",") if d.strip()]
+    results, data_cache = [], {}
+    load_before = os.getloadavg()[0]
+    try:
+        for depth in depths:
+            log(args, f"depth {depth}: compiling ...")
+            jr = JaxRun(depth, args, data_cache)
+            row = {"depth": depth, "params": jr.params, "macs_per_example": jr.macs, "batch_size": args.batch_size,
+                   "seeds": args.seeds, "dtype": args.dtype, "scan_unroll": args.scan_unroll,
+                   "compile_s": round(jr.compile_s, 3), "init_compile_s": round(jr.init_s, 3),
+                   "chunk_compile_s": round(jr.chunk_compile_s, 3), "steps_per_chunk": args.steps}
+            if jr.eval_compile_s is not None:
+                row["eval_compile_s"] = round(jr.eval_compile_s, 3)
+            log(args, f"depth {depth}: compile {jr.compile_s:.1f}s (init {jr.init_s:.1f}s + chunk "
+                      f"{jr.chunk_compile_s:.1f}s)" + (f", eval {jr.eval_compile_s:.1f}s" if args.eval else ""))
+            if not args.compile_only:
+                t0 = time.perf_counter()
+                jr.chunk()  # warm-up: first dispatch, allocation
+                row["first_chunk_s"] = round(time.perf_counter() - t0, 3)
+                if peer is not None:
+                    info = peer.call(op="setup", depth=depth, batch_size=args.batch_size, dtype=args.dtype)
+                    row["torch_first_step_s"] = round(info["first_step_s"], 3)
+                    peer.call(op="measure", warmup=0, steps=max(1, args.warmup))  # torch warm-up
+                ours, theirs = [], []
+                for r in range(args.repeats):
+                    order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")  # ABBA: drift hits both
+                    for who in order:
+                        if who == "jax":
+                            ours.append(jr.chunk())
+                        elif peer is not None:
+                            theirs.append(peer.call(op="measure", warmup=1, steps=args.steps)["images_per_s"])
+                    log(args, f"depth {depth}: repeat {r + 1}/{args.repeats}: {ours[-1]:.1f} images/s"
+                              + (f" vs torch {theirs[-1]:.1f}" if theirs else ""))
+                row["images_per_s"] = round(statistics.median(ours), 2)
+                row["repeats"] = [round(v, 2) for v in ours]
+                row["final_loss"] = jr.final_loss()
+                if theirs:
+                    row["torch_images_per_s"] = round(statistics.median(theirs), 2)
+                    row["torch_repeats"] = [round(v, 2) for v in theirs]
+                    row["ratio_vs_torch"] = round(statistics.median(ours) / statistics.median(theirs), 3)
+                    row["ratio_vs_torch_paired"] = round(statistics.median(a / b for a, b in zip(ours, theirs)), 3)
+            results.append(row)
+            del jr
+    finally:
+        if peer is not None:
+            peer.close()
+    dev = jax.devices()[0]
+    out = {"results": results, "backend": jax.default_backend(), "device": str(dev.device_kind),
+           "device_count": jax.device_count(), "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+           "cpu_count": os.cpu_count(), "machine": platform.machine(),
+           "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+    if peer is not None:
+        out["torch"] = {"version": peer.info["version"], "threads": peer.info["threads"], "mode": "eager"}
+    return out
+
+
+def log(args, msg: str) -> None:
+    if args.verbose or not args.json:
+        print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+
+def table(out: dict) -> str:
+    lines = [f"backend {out['backend']} ({out['device']}, {out['device_count']} device(s)), jax {out['jax']}, "
+             f"load avg {out['load_avg'][0]} -> {out['load_avg'][1]}"]
+    head = f"{'depth':>5} {'seeds':>5} {'dtype':>8} {'compile s':>9} {'images/s':>9}"
+    torch = any("torch_images_per_s" in r for r in out["results"])
+    if torch:
+        head += f" {'torch img/s':>11} {'resexp/torch':>12}"
+    lines.append(head)
+    for r in out["results"]:
+        ips = f"{r['images_per_s']:9.1f}" if "images_per_s" in r else f"{'-':>9}"
+        line = f"{r['depth']:>5} {r['seeds']:>5} {r['dtype']:>8} {r['compile_s']:9.2f} {ips}"
+        if torch and "torch_images_per_s" in r:
+            line += f" {r['torch_images_per_s']:11.1f} {r['ratio_vs_torch_paired']:12.2f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--depths", default="20,56,110", help="comma-separated 6n+2 depths")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--seeds", type=int, default=1, help="seeds trained as one vmapped program")
+    p.add_argument("--steps", type=int, default=5, help="training steps per timed chunk")
+    p.add_argument("--repeats", type=int, default=3, help="timed chunks (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed torch steps before the first repeat")
+    p.add_argument("--scan-unroll", type=parse_unroll, default=1, help="model.scan_unroll: N, or true")
+    p.add_argument("--eval", action="store_true", help="also compile (and time) the eval+diagnostics program")
+    p.add_argument("--compile-only", action="store_true", help="compile, do not train")
+    p.add_argument("--cache", action="store_true", help="keep the persistent compile cache on")
+    p.add_argument("--compare-torch", action="store_true", help="interleave scripts/torch_reference.py's peer")
+    p.add_argument("--torch-python", default=None, help="python with torch (default: .venv-bench/bin/python)")
+    p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--verbose", action="store_true", help="progress on stderr even with --json")
+    args = p.parse_args(argv)
+    out = run(args)
+    print(json.dumps(out) if args.json else table(out))
+    return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
-    main()
+    sys.exit(main())

@@ -50,7 +50,7 @@ def cmd(command: str, config: Callable[[Path], Path] | str, *extra: str) -> Call
     return setup
 
 
-def mnist_dir(broken: str) -> Callable[[Path], list[str]]:
+def mnist_dir(broken: str, *extra: str) -> Callable[[Path], list[str]]:
     """A file-backed dataset that is missing, incomplete or truncated, as `--set data.*` args."""
     def setup(d: Path) -> list[str]:
         data = d / "mnist-data"
@@ -62,8 +62,8 @@ def mnist_dir(broken: str) -> Callable[[Path], list[str]]:
             f = data / "train-images-idx3-ubyte"
             f.write_bytes(f.read_bytes()[:3000])
         path = write_config(d / "mnist.yaml", tiny_dict(data={"name": "mnist", "dir": str(data), "batch_size": 8}))
-        command = {"missing": "train", "incomplete": "sweep", "truncated": "data info"}[broken]
-        return [*command.split(), str(path)]
+        command = "sweep" if extra else {"missing": "train", "incomplete": "sweep", "truncated": "data info"}[broken]
+        return [*command.split(), str(path), *extra]
     return setup
 
 
@@ -140,6 +140,7 @@ CASES = [
     Case("batch-larger-than-data", cmd("train", T, "--set", "data.batch_size=5000"),
          ("tiny.yaml", "data.batch_size", "exceeds the 1500 training examples")),
     Case("dataset-missing", mnist_dir("missing"), ("MNIST", "does not exist", "resexp data download mnist --dir")),
+    Case("dataset-missing-parallel-sweep", mnist_dir("missing", "--jobs", "2"), ("MNIST", "resexp data download mnist")),
     Case("dataset-incomplete", mnist_dir("incomplete"), ("MNIST", "t10k-labels-idx1-ubyte", "resexp data download mnist")),
     Case("dataset-truncated", mnist_dir("truncated"), ("train-images-idx3-ubyte", "corrupt")),
     # ---- environment

@@ -322,6 +322,25 @@ def test_full_disk_is_one_clear_error_and_a_rerun_recovers(tiny_disk, reference)
     assert_same_result(summary(run_dir), ref)
 
 
+def test_read_only_output_dir_is_one_clear_error(tmp_path):
+    config = write_config(tmp_path / "r.yaml", R)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:
+        ro.chmod(0o555)
+    elif subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True).returncode:
+        pytest.skip("running as root, where chmod does not stop writes, and cannot mount a read-only tmpfs")
+    try:
+        proc = run_cli("train", config, "--out", ro / "runs")
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot create the run directory" in lines[0], proc.stderr
+    assert "Read-only file system" in lines[0] or "Permission denied" in lines[0], lines[0]
+
+
 def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     from resexp.errors import RunError
     from resexp.runs import write_atomic
