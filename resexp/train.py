@@ -71,7 +71,9 @@ class Engine:
         self.graphdef = nnx.split(nnx.eval_shape(lambda: build(jnp.int32(0))), nnx.Param, ...)[0]
         init = lambda seed: _init_state(build, self.tx, seed)  # noqa: E731
         self.dp = parallel.data_parallel(cfg.data.batch_size, seeds=self.seeds, enabled=self.data_parallel)
-        self._init = self.dp.jit(init) if self.dp else jax.jit(jax.vmap(init) if self.seeds > 1 else init)
+        # One seed's init program, called once per seed even for vmapped seeds: the parameter RNG
+        # ("rbg") is not vmap-invariant, so a vmapped init would start seed s elsewhere than a lone run.
+        self._init = self.dp.jit(init) if self.dp else jax.jit(init)
         self.abstract_state = jax.eval_shape(init, jnp.int32(0))
 
     # ---- the training chunk
@@ -179,8 +181,11 @@ class Engine:
 
     def init(self, seeds: list[int]):
         start = time.perf_counter()
-        arg = jnp.asarray(seeds, jnp.int32) if self.seeds > 1 else jnp.int32(seeds[0])
-        state = self._init(self.dp.place(arg) if self.dp else arg)
+        if self.seeds > 1:
+            state = _stack([self._init(jnp.int32(s)) for s in seeds])
+        else:
+            arg = jnp.int32(seeds[0])
+            state = self._init(self.dp.place(arg) if self.dp else arg)
         jax.block_until_ready(state)
         self.compile_seconds += time.perf_counter() - start  # dominated by compiling the init
         return state

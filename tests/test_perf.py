@@ -1,0 +1,236 @@
+"""Performance features stay correct: the CPU conv, vmapped seeds, bf16, data parallelism, bench.
+
+Tiny nets on the embedded digits (depth 14 so stages have scanned blocks), a handful of
+steps each; the data-parallel check runs in a subprocess with 4 forced host devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ROOT, tiny_dict
+from flax import nnx
+
+from resexp import parallel
+from resexp.config import Config
+from resexp.data import load_data
+
+STEPS = 10
+
+
+def tiny_cfg(**train) -> Config:
+    return Config.model_validate(tiny_dict(model={"depth": 14}, train={"steps": 100, "log_every": STEPS, **train}))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data(tiny_cfg().data)
+
+
+def losses_of(engine, seeds, data, chunks: int = 1):
+    """Per-step training losses of `chunks` chunks of STEPS steps, and the final state."""
+    state = engine.init(seeds)
+    seed_arg = jnp.asarray(seeds, jnp.int32) if engine.seeds > 1 else jnp.int32(seeds[0])
+    out = []
+    for _ in range(chunks):
+        state, (losses, _) = engine.chunk_fn(STEPS)(state, seed_arg, data.x_train, data.y_train)
+        out.append(np.asarray(losses))
+    return np.concatenate(out, axis=-1), state
+
+
+# --------------------------------------------------------------------------- the CPU conv
+
+
+@pytest.mark.parametrize("stride,padding,kernel,dtype", [
+    ((1, 1), ((1, 1), (1, 1)), (3, 3), "float32"), ((2, 2), ((1, 1), (1, 1)), (3, 3), "float32"),
+    ((2, 2), "VALID", (1, 1), "float32"), ((2, 2), "SAME", (3, 3), "float32"),
+    ((2, 1), ((2, 0), (1, 1)), (3, 2), "float32"), ((1, 1), ((1, 1), (1, 1)), (3, 3), "bfloat16"),
+    ((2, 2), ((1, 1), (1, 1)), (3, 3), "bfloat16")])
+def test_fast_conv_has_the_gradients_of_lax_conv(stride, padding, kernel, dtype):
+    dn = parallel._channels_last(2)
+    x = jax.random.normal(jax.random.key(0), (12, 9, 8, 5)).astype(dtype)  # 12: kernel grad in 2 groups of 6
+    w = jax.random.normal(jax.random.key(1), (*kernel, 5, 4)).astype(dtype)
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w, stride, padding, dimension_numbers=dn).astype(jnp.float32)))
+
+    ref = jax.grad(loss(jax.lax.conv_general_dilated), (0, 1))(x, w)
+    got = jax.grad(loss(parallel.conv_general_dilated), (0, 1))(x, w)
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    for r, g in zip(ref, got):
+        assert g.dtype == r.dtype and g.shape == r.shape
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32), rtol=tol, atol=tol)
+    # and the rewrite is really in use on CPU (else this test would compare lax with itself)
+    jaxpr = str(jax.make_jaxpr(loss(parallel.conv_general_dilated))(x, w))
+    assert ("custom_vjp" in jaxpr) == (jax.default_backend() == "cpu")
+
+
+def test_engine_convs_stay_canonical_inside_the_scanned_stages(digits):
+    """The fix for jax-ml/jax#12868: no conv of the training chunk falls off XLA:CPU's Eigen path.
+
+    Without the custom VJP the backward convs inside the scan keep non-canonical dimension
+    labels (`f01b_i01o->01bf`, `b01f_01oi->b01f`) and run 10-30x slower.
+    """
+    from resexp.train import Engine
+
+    # 16x16 inputs: on the 8x8 digits XLA rewrites the 2x2-pixel last stage's convs its own way
+    cfg = Config.model_validate(tiny_dict(
+        data={"name": "synthetic", "num_train": 256, "num_test": 64, "image_size": 16, "channels": 3},
+        model={"depth": 14}, train={"steps": 100, "log_every": STEPS}))
+    engine = Engine(cfg, load_data(cfg.data))
+    convs = [m for _, m in nnx.iter_modules(nnx.merge(engine.graphdef, *[jax.tree.map(
+        lambda a: jnp.zeros(a.shape, a.dtype), s) for s in (engine.abstract_state["params"],
+                                                            engine.abstract_state["others"])]))
+             if isinstance(m, nnx.Conv)]
+    assert convs and all(c.conv_general_dilated is parallel.conv_general_dilated for c in convs)
+    if jax.default_backend() != "cpu":
+        pytest.skip("the dimension-label check is about XLA:CPU")
+    hlo = engine.chunk_fn(STEPS).as_text()
+    labels = re.findall(r"convolution\(.*?dim_labels=([^,\s]+)", hlo)
+    assert len(labels) == 3 * 13 - 1  # forward, input and kernel grads of 13 convs (the stem has no input grad)
+    assert set(labels) == {"b01f_01io->b01f"}, sorted(set(labels))
+
+
+# --------------------------------------------------------------------------- vmapped seeds
+
+
+def test_vmapped_seeds_train_like_separate_runs(digits):
+    from resexp.train import Engine
+
+    cfg = tiny_cfg()
+    together, state2 = losses_of(Engine(cfg, digits, seeds=2), [3, 4], digits)
+    alone = Engine(cfg, digits)  # the seed is an argument: one compiled program serves both runs
+    apart = [losses_of(alone, [s], digits) for s in (3, 4)]
+    assert together.shape == (2, STEPS)
+    for i, (losses, state1) in enumerate(apart):
+        np.testing.assert_allclose(together[i], losses, rtol=2e-4, atol=2e-5)
+        for a, b in zip(jax.tree.leaves(state2["params"]), jax.tree.leaves(state1["params"])):
+            np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b), rtol=1e-3, atol=1e-4)
+    assert not np.allclose(together[0], together[1])  # two seeds, two different runs
+
+
+# --------------------------------------------------------------------------- mixed precision
+
+
+def test_bfloat16_computes_in_bf16_and_keeps_float32_state(digits):
+    from resexp.train import Engine
+
+    engine = Engine(tiny_cfg(dtype="bfloat16"), digits)
+    losses, state = losses_of(engine, [0], digits, chunks=2)
+    for part in ("params", "others", "opt"):
+        floats = [a for a in jax.tree.leaves(state[part]) if jnp.issubdtype(a.dtype, jnp.floating)]
+        assert floats and all(a.dtype == jnp.float32 for a in floats), part
+    stats = nnx.state(nnx.merge(engine.graphdef, state["params"], state["others"]), nnx.BatchStat)
+    assert jax.tree.leaves(stats) and all(a.dtype == jnp.float32 for a in jax.tree.leaves(stats))
+    assert np.all(np.isfinite(losses))
+    assert losses[-3:].mean() < 0.7 * losses[:3].mean()  # it learns
+    # the convolutions themselves are bf16 x bf16 (XLA:CPU may still upcast them internally)
+    spec = engine._state_spec()
+    jaxpr = jax.make_jaxpr(lambda st: engine._step(st, jnp.int32(0), jnp.int32(0), digits.x_train,
+                                                   digits.y_train))(spec)
+    convs = [e for e in _eqns(jaxpr.jaxpr) if e.primitive.name == "conv_general_dilated"]
+    assert convs and {str(v.aval.dtype) for e in convs for v in e.invars} == {"bfloat16"}
+
+
+def _eqns(jaxpr):
+    """Every equation of a jaxpr, recursing into scans, custom VJPs, ..."""
+    for e in jaxpr.eqns:
+        yield e
+        for p in e.params.values():
+            for j in (p if isinstance(p, (list, tuple)) else [p]):
+                inner = getattr(j, "jaxpr", j)  # ClosedJaxpr -> Jaxpr
+                if hasattr(inner, "eqns"):
+                    yield from _eqns(inner)
+
+
+# --------------------------------------------------------------------------- data parallelism
+
+_DP_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np, jax.numpy as jnp
+    sys.path.insert(0, sys.argv[1])
+    from tests.conftest import tiny_dict
+    from resexp.config import Config
+    from resexp.data import load_data
+    from resexp.train import Engine
+
+    # lr 0.01: at 0.05 the tiny net is chaotic enough to amplify summation-order noise within steps
+    cfg = Config.model_validate(tiny_dict(model={"depth": 14}, data={"batch_size": 64, "eval_batch_size": 100},
+                                          optim={"lr": 0.01}, train={"steps": 100, "log_every": 4,
+                                                                      "diagnostics": False}))
+    data = load_data(cfg.data)
+    out = {"devices": len(jax.devices())}
+    for name, dp in (("sharded", None), ("single", False)):
+        engine = Engine(cfg, data, data_parallel=dp)
+        out[name + "_size"] = engine.dp.size if engine.dp else 1
+        state = engine.init([0])
+        fn = engine.chunk_fn(4)
+        losses = []
+        for _ in range(2):
+            state, (l, _) = fn(state, jnp.int32(0), data.x_train, data.y_train)
+            losses += np.asarray(l).tolist()
+        out[name] = losses
+        out[name + "_stats"] = [float(np.asarray(a).sum()) for a in jax.tree.leaves(state["others"])]
+        out[name + "_param_sharding"] = str(jax.tree.leaves(state["params"])[0].sharding)
+        ev = engine.evaluate_fn()(state, jnp.int32(0), data.x_train, data.y_train, data.x_test, data.y_test)
+        out[name + "_eval"] = float(ev["eval_loss"])
+        if engine.dp:
+            text = fn.compiled.as_text()
+            out["all_reduce"] = "all-reduce" in text
+    print(json.dumps(out))
+""")
+
+
+def test_data_parallel_over_4_devices_matches_one_device():
+    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
+                                       " --xla_force_host_platform_device_count=4").strip(),
+           "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", _DP_SCRIPT, str(ROOT)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 4 and out["sharded_size"] == 4 and out["single_size"] == 1
+    assert out["all_reduce"]  # the batch really is split, and reductions cross devices
+    assert "NamedSharding" in out["sharded_param_sharding"]  # params replicated over the mesh
+    # Same per-step losses: BN's batch statistics are global. (Per-device statistics would move the
+    # very first loss by ~2e-3 relative on this net; summation order alone moves it by < 1e-6.)
+    np.testing.assert_allclose(out["sharded"], out["single"], rtol=2e-5)
+    np.testing.assert_allclose(out["sharded_stats"], out["single_stats"], rtol=1e-4, atol=1e-5)
+    # eval uses the running averages of a barely trained net, which amplify the ~1e-4 weight drift
+    np.testing.assert_allclose(out["sharded_eval"], out["single_eval"], rtol=1e-3)
+    assert out["single"][-1] < out["single"][0]
+
+
+def test_data_parallel_applies_only_when_it_can():
+    cpu = jax.devices()[0]
+    assert parallel.data_parallel(32, devices=[cpu]) is None
+    assert parallel.data_parallel(32, seeds=2, devices=[cpu, cpu]) is None
+    assert parallel.data_parallel(33, devices=[cpu, cpu]) is None
+    assert parallel.data_parallel(32, devices=[cpu, cpu], enabled=False) is None
+    with pytest.raises(ValueError, match="not a multiple"):
+        parallel.data_parallel(33, devices=[cpu, cpu], enabled=True)
+
+
+# --------------------------------------------------------------------------- the benchmark script
+
+
+def test_bench_json_smoke():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--depths", "8", "--batch-size", "8",
+                           "--steps", "2", "--repeats", "1", "--json"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["backend"] == jax.default_backend() and out["device"]
+    (row,) = out["results"]
+    assert row["depth"] == 8 and row["seeds"] == 1 and row["dtype"] == "float32"
+    assert row["compile_s"] > 0 and row["images_per_s"] > 0 and np.isfinite(row["final_loss"])
+    assert row["params"] == 75_290  # ResNet-8 at widths 16/32/64 (ResNet-20's 269,722 has 6 more blocks)
