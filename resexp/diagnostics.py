@@ -2,7 +2,7 @@
 
 * `measure` (jittable, runs at eval cadence inside the eval program): per-block residual
   ratio ||F(x)|| / ||Ws x||, the He et al. Fig. 7 layer response stds, per-layer weight
-  norms and gradient norms.
+  norms, and the gradient norms the last training step recorded (`layer_norms`).
 * `identity_check`: zero each residual branch's last layer and verify the block becomes
   exactly relu(Ws a) = a: the lecture's argument, executed.
 """
@@ -12,14 +12,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 
 _NORMED = {"kernel", "scale", "gate"}  # conv/dense weights, BN scales (gamma), rezero gates
 
 
-def _layer_norms(tree) -> dict:
+def layer_norms(tree) -> dict:
     """||W|| per weight layer, ||gamma|| per BN and |gate| per rezero gate; stacked
     (scanned) leaves give one norm per block.
 
@@ -41,18 +40,16 @@ def _layer_norms(tree) -> dict:
     return out
 
 
-def measure(graphdef, params, others, x_eval, x_train, y_train) -> dict:
-    """All live diagnostics in one traced function (so they cost one extra forward+backward)."""
+def measure(graphdef, params, others, x_eval, grad_norm: dict) -> dict:
+    """All live diagnostics in one traced function: one extra forward pass.
+
+    `grad_norm` is `layer_norms` of the last training step's gradients, which the training
+    step itself records (see `train.Engine._step`): differentiating again here would cost
+    a second backward program to compile for numbers the step already had.
+    """
     model = nnx.merge(graphdef, params, others, copy=True)
     _, stats = model.forward(x_eval, train=False, collect=True)
-
-    def loss_fn(p, o):
-        m = nnx.merge(graphdef, p, o, copy=True)
-        logits, _ = m.forward(x_train, train=True)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y_train).mean()
-
-    grads = jax.grad(loss_fn)(params, others)
-    return {**stats, "weight_norm": _layer_norms(params), "grad_norm": _layer_norms(grads)}
+    return {**stats, "weight_norm": layer_norms(params), "grad_norm": grad_norm}
 
 
 def _flat_names(norms: dict) -> dict[str, float]:

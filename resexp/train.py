@@ -43,10 +43,15 @@ EXIT_INTERRUPTED = 130
 # --------------------------------------------------------------------------- the compiled pieces
 
 
-def _init_state(graphdef_fn: Callable[[jax.Array], Net], tx: optax.GradientTransformation, seed: jax.Array):
+def _init_state(graphdef_fn: Callable[[jax.Array], Net], tx: optax.GradientTransformation, seed: jax.Array,
+                grad_norms: bool = False):
+    """params/others/opt/step, plus (with diagnostics on) the last step's per-layer gradient norms."""
     model = graphdef_fn(seed)
     _, params, others = nnx.split(model, nnx.Param, ...)
-    return {"params": params, "others": others, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    state = {"params": params, "others": others, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    if grad_norms:
+        state["grad_norm"] = jax.tree.map(jnp.zeros_like, diagnostics.layer_norms(params))
+    return state
 
 
 @dataclass
@@ -69,7 +74,7 @@ class Engine:
         build = parallel.fast_conv_builder(
             net_builder(cfg.model, self.data.image_shape, self.data.num_classes, dtype=cfg.train.dtype))
         self.graphdef = nnx.split(nnx.eval_shape(lambda: build(jnp.int32(0))), nnx.Param, ...)[0]
-        init = lambda seed: _init_state(build, self.tx, seed)  # noqa: E731
+        init = lambda seed: _init_state(build, self.tx, seed, grad_norms=cfg.train.diagnostics)  # noqa: E731
         self.dp = parallel.data_parallel(cfg.data.batch_size, seeds=self.seeds, enabled=self.data_parallel)
         # One seed's init program, called once per seed even for vmapped seeds: the parameter RNG
         # ("rbg") is not vmap-invariant, so a vmapped init would start seed s elsewhere than a lone run.
@@ -98,7 +103,12 @@ class Engine:
         (loss, (acc, others)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["others"])
         updates, opt = self.tx.update(grads, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        return {"params": params, "others": others, "opt": opt, "step": state["step"] + 1}, (loss, acc)
+        new = {"params": params, "others": others, "opt": opt, "step": state["step"] + 1}
+        if "grad_norm" in state:
+            # Measured here, on the gradients the update used, so the eval program need not
+            # differentiate: a second backward pass there doubled its compile time.
+            new["grad_norm"] = diagnostics.layer_norms(grads)
+        return new, (loss, acc)
 
     def _chunk(self, state: dict, seed: jax.Array, x_train: jax.Array, y_train: jax.Array, *, length: int):
         def body(s, _):
@@ -144,12 +154,9 @@ class Engine:
     def _evaluate(self, state, seed, x_train, y_train, x_test, y_test):
         out = self._eval(state, x_test, y_test)
         if self.cfg.train.diagnostics:
-            key = jax.random.key(seed)
-            idx = batch_indices(jax.random.fold_in(key, 0), state["step"], x_train.shape[0], self.cfg.data.batch_size)
-            xb = self.data.normalize(x_train[idx])
             xe = self.data.normalize(x_test[: min(256, x_test.shape[0])])
-            out["diagnostics"] = diagnostics.measure(self.graphdef, state["params"], state["others"], xe, xb,
-                                                     y_train[idx])
+            out["diagnostics"] = diagnostics.measure(self.graphdef, state["params"], state["others"], xe,
+                                                     state["grad_norm"])
         return out
 
     def evaluate_fn(self):

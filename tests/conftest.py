@@ -59,3 +59,14 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
     return subprocess.run([sys.executable, "-m", "resexp", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env, **popen)
+
+
+def all_eqns(jaxpr):
+    """Every equation of a jaxpr, recursing into scans, maps, custom VJPs, ..."""
+    for e in jaxpr.eqns:
+        yield e
+        for p in e.params.values():
+            for j in (p if isinstance(p, (list, tuple)) else [p]):
+                inner = getattr(j, "jaxpr", j)  # ClosedJaxpr -> Jaxpr
+                if hasattr(inner, "eqns"):
+                    yield from all_eqns(inner)

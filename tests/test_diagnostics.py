@@ -19,7 +19,7 @@ import optax
 import pytest
 from flax import nnx
 
-from conftest import ROOT, run_cli, tiny_dict, write_config
+from conftest import ROOT, all_eqns, run_cli, tiny_dict, write_config
 from resexp import diagnostics
 from resexp.config import Config
 from resexp.data import load_data
@@ -138,8 +138,14 @@ def test_measure_matches_hand_computation(case, digits):
     graphdef, params, others = _randomised(cfg, digits)
     x_eval = digits.normalize(digits.x_test[:40])
     x_train, y_train = digits.normalize(digits.x_train[:32]), digits.y_train[:32]
-    got = jax.device_get(jax.jit(diagnostics.measure, static_argnums=0)(graphdef, params, others, x_eval, x_train,
-                                                                        y_train))
+    # Gradient norms come from the training step (tested below); here, that they are named right.
+    def loss(prm):
+        logits = nnx.merge(graphdef, prm, others, copy=True)(x_train, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y_train).mean()
+
+    g = _flat(jax.grad(loss)(params))
+    grad_norm = diagnostics.layer_norms(jax.grad(loss)(params))
+    got = jax.device_get(jax.jit(diagnostics.measure, static_argnums=0)(graphdef, params, others, x_eval, grad_norm))
     host = diagnostics.to_host(graphdef, got)
     model = nnx.merge(graphdef, params, others)
     want = reference(model, x_eval)
@@ -177,12 +183,6 @@ def test_measure_matches_hand_computation(case, digits):
     layers = 2 + 2 * blocks + projections  # stem, head, two per block, each Ws
     assert sum(1 for k in host["weight_norm"] if "/" not in k or k.endswith(("layer1", "layer2", "proj"))) == layers
 
-    # Gradient norms: our own jax.grad of the training loss (train-mode BN) on the same batch.
-    def loss(prm):
-        logits = nnx.merge(graphdef, prm, others, copy=True)(x_train, train=True)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y_train).mean()
-
-    g = _flat(jax.grad(loss)(params))
     last = len(cfg.model.widths)
     for name, key, index in [("stem", ("stem", "kernel"), None), ("head", ("head", "kernel"), None),
                              ("stage1/block0/layer2", ("stages", "0", "first", "layer2", "kernel"), None),
@@ -197,18 +197,52 @@ def test_measure_matches_hand_computation(case, digits):
         assert tags["diag/residual_ratio_mean"] == pytest.approx(float(np.mean(want["residual_ratio"])), rel=2e-4)
 
 
+def test_training_step_records_the_gradient_norms_of_its_update(digits):
+    """grad_norm = norms of the gradient the step applied: our own jax.grad of the training loss
+    (train-mode BN) at the pre-step parameters, on the batch that step drew."""
+    from resexp.data import batch_indices
+    from resexp.train import Engine
+
+    cfg = Config.model_validate(tiny_dict(model={"depth": 14}, data={"augment": False}))
+    engine = Engine(cfg, digits)
+    state = engine.init([5])
+    before = jax.tree.map(jnp.copy, state)
+    after, _ = jax.jit(engine._step)(state, jnp.int32(3), jnp.int32(5), digits.x_train, digits.y_train)
+    idx = batch_indices(jax.random.fold_in(jax.random.key(5), 0), 3, digits.x_train.shape[0], cfg.data.batch_size)
+    x, y = digits.normalize(digits.x_train[idx]), digits.y_train[idx]
+
+    def loss(prm):
+        logits = nnx.merge(engine.graphdef, prm, before["others"], copy=True)(x, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    g = _flat(jax.grad(loss)(before["params"]))
+    host = diagnostics._flat_names(jax.device_get(after["grad_norm"]))
+    for name, key, index in [("stem", ("stem", "kernel"), None), ("head", ("head", "kernel"), None),
+                             ("stage2/block0/layer1", ("stages", "1", "first", "layer1", "kernel"), None),
+                             ("stage3/block1/layer2", ("stages", "2", "rest", "layer2", "kernel"), 0)]:
+        arr = g[key] if index is None else g[key][index]
+        assert host[name] == pytest.approx(float(np.linalg.norm(arr)), rel=1e-3, abs=1e-7), name
+    assert all(math.isfinite(v) and v > 0 for v in host.values())
+    assert not any("grad_norm" in k for k in Engine(Config.model_validate(tiny_dict(train={"diagnostics": False})),
+                                                    digits).abstract_state)
+
+
 def test_diagnostics_are_part_of_the_eval_program_and_can_be_turned_off(digits):
     """Traced, not run: `train.diagnostics` adds the outputs to the one eval program, or nothing."""
     from resexp.train import Engine
 
-    shapes = {}
+    shapes, convs = {}, {}
     for on in (True, False):
         cfg = Config.model_validate(tiny_dict(train={"diagnostics": on}))
         engine = Engine(cfg, digits)
         d = digits
         shapes[on] = jax.eval_shape(engine._evaluate, engine.abstract_state, jnp.int32(0), d.x_train, d.y_train,
                                     d.x_test, d.y_test)
+        jaxpr = jax.make_jaxpr(engine._evaluate)(engine.abstract_state, jnp.int32(0), d.x_train, d.y_train,
+                                                 d.x_test, d.y_test)
+        convs[on] = sum(e.primitive.name == "conv_general_dilated" for e in all_eqns(jaxpr.jaxpr))
     assert set(shapes[False]) == {"eval_loss", "eval_accuracy"}
+    assert convs[False] > 0 and convs[True] == 2 * convs[False]  # one more forward pass, no backward
     diag = shapes[True]["diagnostics"]
     assert diag["residual_ratio"].shape == (3,) and diag["response_std"].shape == (7,)
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_dict
+from conftest import ROOT, all_eqns, tiny_dict
 from flax import nnx
 
 from resexp import parallel
@@ -137,19 +137,8 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state(digits):
     spec = engine._state_spec()
     jaxpr = jax.make_jaxpr(lambda st: engine._step(st, jnp.int32(0), jnp.int32(0), digits.x_train,
                                                    digits.y_train))(spec)
-    convs = [e for e in _eqns(jaxpr.jaxpr) if e.primitive.name == "conv_general_dilated"]
+    convs = [e for e in all_eqns(jaxpr.jaxpr) if e.primitive.name == "conv_general_dilated"]
     assert convs and {str(v.aval.dtype) for e in convs for v in e.invars} == {"bfloat16"}
-
-
-def _eqns(jaxpr):
-    """Every equation of a jaxpr, recursing into scans, custom VJPs, ..."""
-    for e in jaxpr.eqns:
-        yield e
-        for p in e.params.values():
-            for j in (p if isinstance(p, (list, tuple)) else [p]):
-                inner = getattr(j, "jaxpr", j)  # ClosedJaxpr -> Jaxpr
-                if hasattr(inner, "eqns"):
-                    yield from _eqns(inner)
 
 
 # --------------------------------------------------------------------------- data parallelism
