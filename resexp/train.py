@@ -383,6 +383,28 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
         if save:
             saved.add(end)
 
+    last_settled = [0.0]
+
+    def settle(chunk) -> None:
+        """Wait for a launched chunk's losses, record them, and account its device time.
+
+        Chunks are pipelined (chunk N+1 is dispatched before chunk N's losses are read), so
+        a chunk's device time runs from the later of its dispatch and the previous settle.
+        """
+        nonlocal steady_time, steady_images
+        end, length, losses, accs, t0 = chunk
+        losses, accs = np.asarray(losses), np.asarray(accs)
+        now = time.perf_counter()
+        elapsed = now - max(t0, last_settled[0])
+        last_settled[0] = now
+        images = length * cfg.data.batch_size * group
+        if end - length > start_step:  # the first chunk after (re)start includes warm-up
+            steady_time += elapsed
+            steady_images += images
+        _record_chunk(records, engine, end, length, losses, accs, elapsed)
+        if bar is not None:
+            bar(end, float(np.nanmean(losses[..., -1])), images / max(elapsed, 1e-9))
+
     with interrupt.installed(), _progress(progress, console, records, total, start_step) as bar:
         step = start_step
         pending = None  # (end_step, losses, accs, t_dispatch): fetched while the next chunk runs
@@ -401,15 +423,7 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
                 # last chunk below, with its checkpoint, instead of spinning on `step < total`.
                 launched, stalled = pending, True
             elif pending is not None:
-                end, length, losses, accs, t0 = pending
-                losses, accs = np.asarray(losses), np.asarray(accs)
-                elapsed = time.perf_counter() - t0
-                if end - length > start_step:  # the first chunk after (re)start includes warm-up
-                    steady_time += elapsed
-                    steady_images += length * cfg.data.batch_size * group
-                _record_chunk(records, engine, end, length, losses, accs, elapsed)
-                if bar is not None:
-                    bar(end, float(np.nanmean(losses[..., -1])), length * cfg.data.batch_size * group / max(elapsed, 1e-9))
+                settle(pending)
             pending = launched
             if pending is None:  # nothing in flight and nothing to launch: done, diverged or interrupted
                 if interrupt.requested is not None and step < total:
@@ -420,16 +434,7 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
             at_eval = (t.eval_every and end % t.eval_every == 0) or end == total
             at_ckpt = (t.checkpoint_every and end % t.checkpoint_every == 0) or end == total
             if at_eval or at_ckpt or stalled or interrupt.requested is not None:
-                # Settle the chunk just launched before saving or evaluating its state.
-                end, length, losses, accs, t0 = pending
-                losses, accs = np.asarray(losses), np.asarray(accs)
-                elapsed = time.perf_counter() - t0
-                if end - length > start_step:
-                    steady_time += elapsed
-                    steady_images += length * cfg.data.batch_size * group
-                _record_chunk(records, engine, end, length, losses, accs, elapsed)
-                if bar is not None:
-                    bar(end, float(np.nanmean(losses[..., -1])), length * cfg.data.batch_size * group / max(elapsed, 1e-9))
+                settle(pending)  # the chunk just launched, before saving or evaluating its state
                 pending = None
                 if at_eval and not all(r.status == "diverged" for r in records):
                     _record_eval(records, engine, state, seeds_arg, data, end)

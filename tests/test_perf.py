@@ -223,3 +223,48 @@ def test_bench_json_smoke():
     assert row["depth"] == 8 and row["seeds"] == 1 and row["dtype"] == "float32"
     assert row["compile_s"] > 0 and row["images_per_s"] > 0 and np.isfinite(row["final_loss"])
     assert row["params"] == 75_290  # ResNet-8 at widths 16/32/64 (ResNet-20's 269,722 has 6 more blocks)
+
+
+# --------------------------------------------------------------------------- XLA:CPU defaults
+
+_FLAGS_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, sys.argv[1])
+    from resexp.runtime import configure_jax
+    configure_jax()
+    import jax, jax.numpy as jnp
+    x, w = jnp.ones((128, 16, 16, 32)), jnp.ones((3, 3, 32, 32))
+    conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    hlo = conv.lower(x, w).compile().as_text()
+    print(json.dumps({"xla_flags": os.environ.get("XLA_FLAGS", ""), "ynn_conv": "__ynn_fusion" in hlo}))
+""")
+
+
+def _flags_run(**env) -> dict:
+    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "RESEXP_XLA_CPU_FLAGS")}
+    proc = subprocess.run([sys.executable, "-c", _FLAGS_SCRIPT, str(ROOT)], capture_output=True, text=True,
+                          env={**base, "JAX_PLATFORMS": "cpu", "RESEXP_COMPILE_CACHE": "off", **env}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_cpu_xla_flags_are_applied_unless_set_or_turned_off(monkeypatch):
+    """The measured CPU defaults reach XLA (the CIFAR conv leaves YNNPACK for Eigen), a user's
+    own XLA_FLAGS value wins, and RESEXP_XLA_CPU_FLAGS=off restores XLA's defaults."""
+    default = _flags_run()
+    assert "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution" in default["xla_flags"]
+    assert "--xla_backend_optimization_level=2" in default["xla_flags"]
+    assert default["ynn_conv"] is False
+
+    off = _flags_run(RESEXP_XLA_CPU_FLAGS="off")
+    assert off["xla_flags"] == "" and off["ynn_conv"] is True  # so the flag is what moved the conv
+
+    mine = _flags_run(XLA_FLAGS="--xla_backend_optimization_level=3")
+    assert mine["xla_flags"].count("xla_backend_optimization_level") == 1
+    assert "--xla_backend_optimization_level=3" in mine["xla_flags"] and mine["ynn_conv"] is False
+
+    from resexp import runtime
+
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    assert runtime.cpu_xla_flags() == []  # never on an accelerator backend
