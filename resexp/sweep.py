@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
+import signal
+import threading
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -145,6 +148,32 @@ def _worker(payload: tuple[list[dict], list[dict], str]) -> list[dict]:
     return _train_group(cells, Path(sweep_dir), progress=False)
 
 
+class _forward_sigterm:
+    """SIGTERM to the parent of a `--jobs K` sweep (a scheduler's stop, `kill PID`) reaches its
+    workers too: each checkpoints its run and exits as on Ctrl-C, and the parent stops like
+    Ctrl-C. Without it the parent would die at once and leave its workers training orphaned."""
+
+    def __init__(self, pool: ProcessPoolExecutor):
+        self.pool, self.previous = pool, None
+
+    def _handler(self, signum, _frame) -> None:
+        for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, OSError):
+                pass
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
 def run_sweep(groups: list[list[Cell]], sweep_dir: Path, *, jobs: int = 1, progress: bool = True,
               console=None) -> list[dict]:
     """Train every group (skipping finished runs), `jobs` at a time; returns one result per run."""
@@ -160,7 +189,7 @@ def run_sweep(groups: list[list[Cell]], sweep_dir: Path, *, jobs: int = 1, progr
                 break  # Ctrl-C/SIGTERM stops the sweep, not just the run in flight; a re-run resumes
         return results
     ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool, _forward_sigterm(pool):
         futures = [pool.submit(_worker, ([c.cfg.model_dump(mode="json") for c in g], [c.keys for c in g],
                                          str(sweep_dir))) for g in groups]
         try:

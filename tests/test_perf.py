@@ -103,11 +103,21 @@ def test_engine_convs_stay_canonical_inside_the_scanned_stages(digits):
 # --------------------------------------------------------------------------- vmapped seeds
 
 
-def test_vmapped_seeds_train_like_separate_runs(digits):
+@pytest.mark.parametrize("seed_loop", ["vmap", "map"])
+def test_vmapped_seeds_train_like_separate_runs(digits, seed_loop):
+    """S seeds in one program (vmapped on accelerators, looped in-program on CPU) = S runs."""
     from resexp.train import Engine
 
     cfg = tiny_cfg()
-    together, state2 = losses_of(Engine(cfg, digits, seeds=2), [3, 4], digits)
+    engine = Engine(cfg, digits, seeds=2, seed_loop=seed_loop)
+    together, state2 = losses_of(engine, [3, 4], digits)
+    assert engine.seed_loop == seed_loop
+    convs = [e for e in all_eqns(jax.make_jaxpr(engine._over_seeds(
+        lambda st, seed, x, y: engine._chunk(st, seed, x, y, length=1), 2))(
+        engine._state_spec(), jnp.zeros((2,), jnp.int32), digits.x_train, digits.y_train).jaxpr)
+        if e.primitive.name == "conv_general_dilated"]
+    # vmap batches the two seeds' convs into grouped convs; map keeps one seed's convs
+    assert convs and {e.params["feature_group_count"] for e in convs} == ({2} if seed_loop == "vmap" else {1})
     alone = Engine(cfg, digits)  # the seed is an argument: one compiled program serves both runs
     apart = [losses_of(alone, [s], digits) for s in (3, 4)]
     assert together.shape == (2, STEPS)

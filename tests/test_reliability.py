@@ -267,6 +267,48 @@ def test_two_sweeps_on_one_directory_train_every_run_exactly_once(tmp_path, refe
     assert not list((out / "shared").rglob("*.tmp"))
 
 
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return {int(x) for x in out.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_to_a_parallel_sweep_stops_its_workers_and_a_rerun_finishes(tmp_path, reference):
+    """`kill PID` on a `--jobs 2` sweep: its workers checkpoint and stop too (no orphans left
+    training), the sweep exits 130, and running it again completes every run."""
+    grid = {**R, "name": "term", "sweep": {"train.seed": [0, 1, 2, 3]}}
+    config = write_config(tmp_path / "term.yaml", grid)
+    out, log = tmp_path / "runs", tmp_path / "log.txt"
+    proc = start_cli("sweep", config, "--out", out, "--jobs", "2", log=log)
+    sweep_dir = out / "term"
+    wait_for(lambda: sweep_dir.exists() and any(committed_steps(p) for p in sweep_dir.iterdir() if p.is_dir()),
+             proc, log)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2, workers  # two pool workers (plus multiprocessing's helper)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130, log.read_text()
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "workers kept running after the sweep was stopped"
+    statuses = [summary(p)["status"] for p in sweep_dir.iterdir() if (p / "summary.json").exists()]
+    assert "interrupted" in statuses and "running" not in statuses, statuses
+    assert not list(sweep_dir.glob("*/.lock"))
+
+    again = run_cli("sweep", config, "--out", out, "--jobs", "2")
+    assert again.returncode == 0, again.stderr
+    for p in (p for p in sweep_dir.iterdir() if p.is_dir()):
+        s = summary(p)
+        assert s["status"] == "completed" and s["steps"] == STEPS, p.name
+
+
 def test_run_lock_takes_over_only_dead_owners(tmp_path):
     from resexp.runs import RunLock
 
