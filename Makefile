@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= runs
 
-.PHONY: install demo test bench tensorboard clean
+.PHONY: install demo test bench bench-torch tensorboard clean
 
 $(STAMP): pyproject.toml
 	@$(BIN)/python -c 'import sys' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
@@ -26,6 +26,10 @@ test: $(STAMP)  ## the whole test suite (pytest exit 5, 'no tests collected', is
 
 bench: $(STAMP)  ## compile time and images/s for ResNet-20/56/110 on this machine (JSON)
 	$(BIN)/python scripts/bench.py --depths 20,56,110 --json
+
+bench-torch: $(STAMP)  ## the same, side by side with PyTorch eager (torch goes into .venv-bench, never .venv)
+	@.venv-bench/bin/python -c 'import torch' 2>/dev/null || { $(PYTHON) -m venv .venv-bench && .venv-bench/bin/python -m pip install -q torch numpy; }
+	$(BIN)/python scripts/bench.py --depths 20,56,110 --steps 5 --repeats 3 --compare-torch --json
 
 tensorboard: $(STAMP)  ## dashboards for everything under runs/
 	$(BIN)/tensorboard --logdir $(OUT) --host 127.0.0.1
