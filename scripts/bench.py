@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 _TORCH_WORKER = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-import torch, torch.nn.functional as F
+import torch
 import torch_reference as tr
 
 if len(sys.argv) > 2 and sys.argv[2] != "none":
@@ -51,30 +51,21 @@ reply({"ready": True, "version": torch.__version__, "threads": torch.get_num_thr
 for line in sys.stdin:
     cmd = json.loads(line)
     if cmd["op"] == "setup":  # scripts/torch_reference.py's net and step, kept alive between repeats
-        torch.manual_seed(0)
-        model = tr.CifarResNet(cmd["depth"]).train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-        x = torch.randn(cmd["batch_size"], 3, 32, 32)
-        y = torch.randint(0, 10, (cmd["batch_size"],))
-        amp = cmd["dtype"] == "bfloat16"
-
-        def step(model=model, opt=opt, x=x, y=y, amp=amp):
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
-
-        t0 = time.perf_counter(); step(); first = time.perf_counter() - t0
-        state = {"step": step, "batch_size": cmd["batch_size"]}
-        reply({"params": tr.count_params(model), "first_step_s": first})
+        step, params, device = tr.make_step(cmd["depth"], cmd["batch_size"], cmd["dtype"],
+                                            compile=cmd.get("compile", False),
+                                            channels_last=cmd.get("channels_last", False))
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        t0 = time.perf_counter(); step(); sync(); first = time.perf_counter() - t0
+        state = {"step": step, "batch_size": cmd["batch_size"], "sync": sync}
+        reply({"params": params, "first_step_s": first, "device": str(device)})
     elif cmd["op"] == "measure":
         for _ in range(cmd["warmup"]):
             state["step"]()
+        state["sync"]()
         t0 = time.perf_counter()
         for _ in range(cmd["steps"]):
             loss = state["step"]()
+        state["sync"]()
         dt = time.perf_counter() - t0
         reply({"images_per_s": state["batch_size"] * cmd["steps"] / dt, "loss": float(loss.detach())})
     elif cmd["op"] == "quit":
@@ -236,7 +227,8 @@ def run(args) -> dict:
                 jr.chunk()  # warm-up: first dispatch, allocation
                 row["first_chunk_s"] = round(time.perf_counter() - t0, 3)
                 if peer is not None:
-                    info = peer.call(op="setup", depth=depth, batch_size=args.batch_size, dtype=args.dtype)
+                    info = peer.call(op="setup", depth=depth, batch_size=args.batch_size, dtype=args.dtype,
+                                     compile=args.torch_compile, channels_last=args.torch_channels_last)
                     row["torch_first_step_s"] = round(info["first_step_s"], 3)
                     peer.call(op="measure", warmup=0, steps=max(1, args.warmup))  # torch warm-up
                 ours, theirs = [], []
@@ -268,7 +260,9 @@ def run(args) -> dict:
            "cpu_count": os.cpu_count(), "machine": platform.machine(),
            "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     if peer is not None:
-        out["torch"] = {"version": peer.info["version"], "threads": peer.info["threads"], "mode": "eager"}
+        out["torch"] = {"version": peer.info["version"], "threads": peer.info["threads"],
+                        "mode": "compile" if args.torch_compile else "eager",
+                        "channels_last": args.torch_channels_last}
     return out
 
 
@@ -310,6 +304,8 @@ def main(argv=None) -> int:
     p.add_argument("--compare-torch", action="store_true", help="interleave scripts/torch_reference.py's peer")
     p.add_argument("--torch-python", default=None, help="python with torch (default: .venv-bench/bin/python)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--torch-compile", action="store_true", help="torch.compile the peer (default: eager)")
+    p.add_argument("--torch-channels-last", action="store_true", help="channels-last peer (the fast layout on GPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--verbose", action="store_true", help="progress on stderr even with --json")
     args = p.parse_args(argv)

@@ -110,8 +110,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _bench_depth(depth, batch_size, steps, warmup, repeats, dtype, compile,
-                 channels_last, device, plain=False):
+def make_step(depth, batch_size, dtype="float32", compile=False, channels_last=False, device=None,
+              plain=False):
+    """The training step being timed, on one fixed batch made on the device (loading is not
+    what we measure); returns (step, params, device). Shared with scripts/bench.py's peer."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     model = CifarResNet(depth, residual=not plain)
     params = count_params(model)
@@ -122,7 +127,6 @@ def _bench_depth(depth, batch_size, steps, warmup, repeats, dtype, compile,
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
                           weight_decay=1e-4)
     fwd = torch.compile(model) if compile else model
-    # Data generated once on the device: loading is not what we measure.
     x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch_size,), device=device)
     amp = dtype == "bfloat16"
@@ -133,6 +137,14 @@ def _bench_depth(depth, batch_size, steps, warmup, repeats, dtype, compile,
             loss = F.cross_entropy(fwd(x), y)
         loss.backward()
         opt.step()
+        return loss
+
+    return step, params, device
+
+
+def _bench_depth(depth, batch_size, steps, warmup, repeats, dtype, compile,
+                 channels_last, device, plain=False):
+    step, params, device = make_step(depth, batch_size, dtype, compile, channels_last, device, plain)
 
     t0 = time.perf_counter()
     step()  # first step: allocation, cuDNN/oneDNN autotune, compilation
@@ -163,8 +175,6 @@ def run_benchmark(depths, batch_size, steps, warmup, repeats, dtype="float32",
     if threads is not None:
         torch.set_num_threads(int(threads))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     results = [_bench_depth(int(d), batch_size, steps, warmup, repeats, dtype,
                             compile, channels_last, dev, plain) for d in depths]

@@ -94,9 +94,9 @@ def test_he_init_and_seed_determinism():
     a = build_model(ModelConfig(depth=8, widths=[16, 16, 16]), (8, 8, 16), 10, seed=0)
     b = build_model(ModelConfig(depth=8, widths=[16, 16, 16]), (8, 8, 16), 10, seed=0)
     c = build_model(ModelConfig(depth=8, widths=[16, 16, 16]), (8, 8, 16), 10, seed=1)
-    k = a.stages[0].first.layer1.kernel.value
-    assert jnp.array_equal(k, b.stages[0].first.layer1.kernel.value)
-    assert not jnp.array_equal(k, c.stages[0].first.layer1.kernel.value)
+    k = a.stages[0].first.layer1.kernel[...]
+    assert jnp.array_equal(k, b.stages[0].first.layer1.kernel[...])
+    assert not jnp.array_equal(k, c.stages[0].first.layer1.kernel[...])
     fan_in = 3 * 3 * 16
     assert abs(float(jnp.std(k)) - (2 / fan_in) ** 0.5) < 0.15 * (2 / fan_in) ** 0.5  # He: std = sqrt(2 / fan_in)
 
@@ -108,7 +108,7 @@ def test_lecture_mlp_blocks_and_width_change():
     assert modes == [("stage1/block0", "identity"), ("stage1/block1", "identity"),
                      ("stage2/block0", "learned"), ("stage2/block1", "identity")]
     ws = dict(iter_blocks(model))["stage2/block0"].shortcut.proj
-    assert ws.kernel.value.shape == (128, 256)  # Ws: 128 -> 256
+    assert ws.kernel[...].shape == (128, 256)  # Ws: 128 -> 256
     assert model(jnp.ones((2, 8, 8, 1))).shape == (2, 10)
     assert count_params(model) == sum(r.params for r in layer_table(cfg, (8, 8, 1), 10))
 

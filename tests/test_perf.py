@@ -103,8 +103,17 @@ def test_engine_convs_stay_canonical_inside_the_scanned_stages(digits):
 # --------------------------------------------------------------------------- vmapped seeds
 
 
+@pytest.fixture(scope="module")
+def separate_runs(digits):
+    """Seeds 3 and 4 trained alone: (losses, state) each, shared by both seed-loop modes."""
+    from resexp.train import Engine
+
+    alone = Engine(tiny_cfg(), digits)  # the seed is an argument: one compiled program serves both runs
+    return [losses_of(alone, [s], digits) for s in (3, 4)]
+
+
 @pytest.mark.parametrize("seed_loop", ["vmap", "map"])
-def test_vmapped_seeds_train_like_separate_runs(digits, seed_loop):
+def test_vmapped_seeds_train_like_separate_runs(digits, seed_loop, separate_runs):
     """S seeds in one program (vmapped on accelerators, looped in-program on CPU) = S runs."""
     from resexp.train import Engine
 
@@ -118,8 +127,7 @@ def test_vmapped_seeds_train_like_separate_runs(digits, seed_loop):
         if e.primitive.name == "conv_general_dilated"]
     # vmap batches the two seeds' convs into grouped convs; map keeps one seed's convs
     assert convs and {e.params["feature_group_count"] for e in convs} == ({2} if seed_loop == "vmap" else {1})
-    alone = Engine(cfg, digits)  # the seed is an argument: one compiled program serves both runs
-    apart = [losses_of(alone, [s], digits) for s in (3, 4)]
+    apart = separate_runs
     assert together.shape == (2, STEPS)
     for i, (losses, state1) in enumerate(apart):
         np.testing.assert_allclose(together[i], losses, rtol=2e-4, atol=2e-5)

@@ -169,13 +169,15 @@ def test_second_signal_exits_at_once(monkeypatch):
 
     exits: list[int] = []
     monkeypatch.setattr(os, "_exit", exits.append)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)  # SIG_IGN in a background job
     interrupt = Interrupt()
     with interrupt.installed():
+        assert signal.getsignal(signal.SIGINT) not in before
         os.kill(os.getpid(), signal.SIGTERM)
         assert interrupt.requested == signal.SIGTERM and exits == []
         os.kill(os.getpid(), signal.SIGINT)
         assert exits == [128 + signal.SIGINT]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers restored
 
 
 def test_sigkill_at_any_moment_then_rerun_gives_the_same_result(tmp_path, reference):
