@@ -4,7 +4,8 @@
 
 Everything inside a chunk happens on the device (batches are drawn and augmented there),
 so Python only wakes up once per chunk, and fetches the previous chunk's losses while
-the next one runs. `train.vmap_seeds: S` trains S seeds as one program via `vmap`.
+the next one runs. `train.vmap_seeds: S` trains S seeds as one program (`vmap` on
+accelerators, an in-program loop on CPU: see `Engine.seed_loop`).
 
 A group of runs (S seeds of one config) goes through `train_runs`; each run still gets
 its own directory, summary, events and checkpoints, exactly as if trained alone.
@@ -157,7 +158,7 @@ class Engine:
         loss_sum, correct = jax.lax.map(one, (x, y, mask))
         return {"eval_loss": jnp.sum(loss_sum) / n, "eval_accuracy": jnp.sum(correct) / n}
 
-    def _evaluate(self, state, seed, x_train, y_train, x_test, y_test):
+    def _evaluate(self, state, x_test, y_test):
         out = self._eval(state, x_test, y_test)
         if self.cfg.train.diagnostics:
             xe = self.data.normalize(x_test[: min(256, x_test.shape[0])])
@@ -167,13 +168,9 @@ class Engine:
 
     def evaluate_fn(self):
         if "eval" not in self._compiled:
-            fn = self._evaluate
-            if self.seeds > 1:
-                fn = self._over_seeds(fn, 2)
-            seeds = jnp.zeros((self.seeds,), jnp.int32) if self.seeds > 1 else jnp.int32(0)
-            d = self.data
-            self._compiled["eval"] = self._aot(self.dp.jit(fn) if self.dp else jax.jit(fn), self._state_spec(), seeds,
-                                               d.x_train, d.y_train, d.x_test, d.y_test)
+            fn = self._over_seeds(self._evaluate, 1) if self.seeds > 1 else self._evaluate
+            self._compiled["eval"] = self._aot(self.dp.jit(fn) if self.dp else jax.jit(fn), self._state_spec(),
+                                               self.data.x_test, self.data.y_test)
         return self._compiled["eval"]
 
     # ---- helpers
@@ -282,7 +279,7 @@ def _stack(trees: list):
 
 def train_runs(cfgs: list[Config], out: Path, *, progress: bool = True, sweep_keys: list[dict] | None = None,
                console=None, data: Data | None = None, source: str = "config") -> list[Outcome]:
-    """Train runs that differ only in `train.seed`, as one vmapped program when there are several.
+    """Train runs that differ only in `train.seed`, as one program when there are several.
 
     Completed or diverged runs are left alone; interrupted ones resume from their last
     complete checkpoint. Returns one Outcome per config, in order.
@@ -398,7 +395,7 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
         if save:
             saved.add(end)
 
-    last_settled = [0.0]
+    last_settled = 0.0
 
     def settle(chunk) -> None:
         """Wait for a launched chunk's losses, record them, and account its device time.
@@ -406,12 +403,12 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
         Chunks are pipelined (chunk N+1 is dispatched before chunk N's losses are read), so
         a chunk's device time runs from the later of its dispatch and the previous settle.
         """
-        nonlocal steady_time, steady_images
+        nonlocal steady_time, steady_images, last_settled
         end, length, losses, accs, t0 = chunk
         losses, accs = np.asarray(losses), np.asarray(accs)
         now = time.perf_counter()
-        elapsed = now - max(t0, last_settled[0])
-        last_settled[0] = now
+        elapsed = now - max(t0, last_settled)
+        last_settled = now
         images = length * cfg.data.batch_size * group
         if end - length > start_step:  # the first chunk after (re)start includes warm-up
             steady_time += elapsed
@@ -422,7 +419,7 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
 
     with interrupt.installed(), _progress(progress, console, records, total, start_step) as bar:
         step = start_step
-        pending = None  # (end_step, losses, accs, t_dispatch): fetched while the next chunk runs
+        pending = None  # (end_step, length, losses, accs, t_dispatch): fetched while the next chunk runs
         while step < total or pending is not None:
             launched = None
             if step < total and not all(r.status == "diverged" for r in records) and interrupt.requested is None:
@@ -452,7 +449,7 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
                 settle(pending)  # the chunk just launched, before saving or evaluating its state
                 pending = None
                 if at_eval and not all(r.status == "diverged" for r in records):
-                    _record_eval(records, engine, state, seeds_arg, data, end)
+                    _record_eval(records, engine, state, data, end)
                 checkpoint(end, save=bool(at_ckpt) or interrupt.requested is not None)
                 if interrupt.requested is not None:
                     break
@@ -494,8 +491,8 @@ def _record_chunk(records, engine: Engine, end: int, length: int, losses, accs, 
                                "perf/images_per_second": ips})
 
 
-def _record_eval(records, engine: Engine, state, seeds_arg, data: Data, end: int) -> None:
-    out = jax.device_get(engine.evaluate_fn()(state, seeds_arg, data.x_train, data.y_train, data.x_test, data.y_test))
+def _record_eval(records, engine: Engine, state, data: Data, end: int) -> None:
+    out = jax.device_get(engine.evaluate_fn()(state, data.x_test, data.y_test))
     group = len(records)
     for i, r in enumerate(records):
         if r.status == "diverged":
@@ -537,7 +534,7 @@ def _write_summary(r: RunRecord, engine: Engine, info: dict, steps: int | None, 
         "images_per_second": round(ips, 1) if ips else None,
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
-        "vmapped_seeds": len(engine.abstract_state and [1]) * engine.seeds,
+        "vmapped_seeds": engine.seeds,
         "resexp_version": __version__,
         "config": r.cfg.model_dump(mode="json"),
         "sweep": {"name": r.cfg.name, "keys": r.sweep_keys} if r.sweep_keys is not None else None,

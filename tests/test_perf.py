@@ -188,7 +188,7 @@ _DP_SCRIPT = textwrap.dedent("""
         out[name] = losses
         out[name + "_stats"] = [float(np.asarray(a).sum()) for a in jax.tree.leaves(state["others"])]
         out[name + "_param_sharding"] = str(jax.tree.leaves(state["params"])[0].sharding)
-        ev = engine.evaluate_fn()(state, jnp.int32(0), data.x_train, data.y_train, data.x_test, data.y_test)
+        ev = engine.evaluate_fn()(state, data.x_test, data.y_test)
         out[name + "_eval"] = float(ev["eval_loss"])
         if engine.dp:
             text = fn.compiled.as_text()
