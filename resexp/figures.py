@@ -1,0 +1,362 @@
+"""Every figure of a sweep report: how a number is *drawn*, apart from how it is computed.
+
+`resexp.report` aggregates runs into cells and groups (the numbers); each `plot_*` here
+takes that `Report` and returns PNG bytes (or None when the sweep has nothing to show),
+so a figure can be rebuilt, written to disk or sent to TensorBoard alike. matplotlib is
+imported only here, and only when a figure is drawn.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from resexp.report import (
+    DEPTH_KEY,
+    SEED_KEY,
+    SHORTCUT_KEY,
+    WD_KEY,
+    Cell,
+    Report,
+    RunRecord,
+    _finite,
+    _fmt_num,
+    _fmt_value,
+    _group_runs,
+    _groups,
+    _is_plain,
+    _net_name,
+    _num,
+    _qualifiers,
+    _sort_key,
+    group_label,
+    mean_std,
+)
+
+_PLAIN_COLORS = ["#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#bcbd22"]
+_RES_COLORS = ["#1f77b4", "#2ca02c", "#17becf", "#9467bd", "#7f7f7f"]
+
+
+_TAB10 = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+
+
+def _linestyle(runs: Sequence[RunRecord], group: Mapping[str, Any]) -> str:
+    name = _net_name(runs, group)
+    return "--" if name.startswith("plain") else ":" if name == "net" else "-"
+
+
+def _group_styles(groups: Mapping[tuple, list[Cell]], group_keys: Sequence[str]) -> dict[tuple, dict[str, Any]]:
+    """Line style by net (plain dashed, ResNet solid, as in He et al.); colour by
+    the other swept keys (e.g. one colour per weight decay), or red plain vs blue
+    ResNet when nothing else is swept."""
+    others = [k for k in group_keys if k != SHORTCUT_KEY]
+    other_values = sorted(
+        {tuple(dict(zip(group_keys, g, strict=True))[k] for k in others) for g in groups},
+        key=lambda t: tuple(_sort_key(v) for v in t),
+    )
+    styles: dict[tuple, dict[str, Any]] = {}
+    n_plain = n_res = 0
+    for gkey, cells in groups.items():
+        group = dict(zip(group_keys, gkey, strict=True))
+        ls = _linestyle(_group_runs(cells), group)
+        if others:
+            color = _TAB10[other_values.index(tuple(group[k] for k in others)) % len(_TAB10)]
+        elif ls == "--":
+            color, n_plain = _PLAIN_COLORS[n_plain % len(_PLAIN_COLORS)], n_plain + 1
+        else:
+            color, n_res = _RES_COLORS[n_res % len(_RES_COLORS)], n_res + 1
+        styles[gkey] = {"color": color, "linestyle": ls}
+    return styles
+
+
+def _slice(cells: Sequence[Cell], report: Report) -> tuple[list[Cell], str]:
+    """The cells for per-depth line plots: when keys other than depth/shortcut/seed
+    are swept (weight decay, projection...), one slice of them (the middle value
+    combination), so the plot stays readable; returns a description of the slice."""
+    others = [k for k in report.group_keys if k != SHORTCUT_KEY]
+    if not others:
+        return list(cells), ""
+    combos = sorted({tuple(c.key.get(k) for k in others) for c in cells}, key=lambda t: tuple(_sort_key(v) for v in t))
+    pick = combos[len(combos) // 2]
+    chosen = [c for c in cells if tuple(c.key.get(k) for k in others) == pick]
+    return chosen, ", ".join(_qualifiers(dict(zip(others, pick, strict=True))))
+
+
+def _new_figure(width: float, height: float, ncols: int = 1):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    for ax in axes:
+        ax.grid(True, which="major", alpha=0.3)
+        ax.grid(True, which="minor", alpha=0.1)
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig, axes
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _maybe_log(ax, values: Iterable[float]) -> bool:
+    """Log y when the positive values span more than a decade; plain-number tick
+    labels (0.03, 0.2, 1) instead of 3x10^-2."""
+    pos = [v for v in _finite(values) if v > 0]
+    if not (pos and max(pos) / min(pos) > 10):
+        return False
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    few_decades = max(pos) / min(pos) < 300
+
+    def minor(y: float, _: int) -> str:
+        mant = y / 10 ** math.floor(math.log10(y) + 1e-9)
+        return f"{y:g}" if few_decades and round(mant) in (2, 3, 5) and abs(mant - round(mant)) < 1e-6 else ""
+
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+    return True
+
+
+def _mean_curve(runs: Sequence[RunRecord], key: str = "train_loss") -> tuple[list[float], list[float]]:
+    """Mean over runs of a history series, aligned on step (completed runs if any)."""
+    use = [r for r in runs if r.status == "completed"] or list(runs)
+    by_step: dict[float, list[float]] = {}
+    for r in use:
+        hist = r.summary.get("history") or {}
+        steps, values = hist.get("step") or [], hist.get(key) or []
+        for s, v in zip(steps, values, strict=False):
+            v = _num(v)
+            if math.isfinite(v):
+                by_step.setdefault(float(s), []).append(v)
+    steps = sorted(by_step)
+    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
+def _depth_colors(depths: Sequence[Any]) -> dict[Any, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    uniq = sorted(set(depths), key=_sort_key)
+    if len(uniq) == 1:
+        return {uniq[0]: cmap(0.35)}
+    return {d: cmap(0.85 * i / (len(uniq) - 1)) for i, d in enumerate(uniq)}
+
+
+def plot_loss_vs_depth(report: Report, title: str) -> bytes:
+    """Panel 1: final training loss vs depth per group (mean ± std over seeds,
+    diverged cells as x at the top). Panel 2: training-loss curves per depth."""
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import blended_transform_factory
+
+    gkeys = report.group_keys
+    groups = _groups(report.cells, gkeys)
+    styles = _group_styles(groups, gkeys)
+    fig, (ax, ax2) = _new_figure(13.0, 5.2, ncols=2)
+
+    all_values: list[float] = []
+    depths_seen: set = set()
+    any_diverged = False
+    top = blended_transform_factory(ax.transData, ax.transAxes)
+    for gkey, cells in groups.items():
+        group = dict(zip(gkeys, gkey, strict=True))
+        st = styles[gkey]
+        label = group_label(group, _group_runs(cells))
+        xs = [float(c.key[DEPTH_KEY]) for c in cells]
+        depths_seen.update(xs)
+        means = [c.mean["final_train_loss"] for c in cells]
+        stds = [c.std["final_train_loss"] for c in cells]
+        ok = [i for i, m in enumerate(means) if math.isfinite(m)]
+        x_ok = [xs[i] for i in ok]
+        m_ok = [means[i] for i in ok]
+        lo = [max(means[i] - stds[i], means[i] * 0.05) if means[i] > 0 else means[i] - stds[i] for i in ok]
+        hi = [means[i] + stds[i] for i in ok]
+        all_values += m_ok + lo + hi
+        ax.plot(x_ok, m_ok, marker="o", ms=5, lw=2, label=label, **st)
+        if len(x_ok) > 1:
+            ax.fill_between(x_ok, lo, hi, color=st["color"], alpha=0.18, lw=0)
+        else:
+            ax.errorbar(x_ok, m_ok, yerr=[[m - lo_ for m, lo_ in zip(m_ok, lo)], [h - m for m, h in zip(m_ok, hi)]],
+                        color=st["color"], capsize=3, lw=1)  # fmt: skip
+        for c, x in zip(cells, xs, strict=True):
+            if c.n_diverged:
+                any_diverged = True
+                ax.plot([x], [0.96], marker="x", ms=9, mew=2.5, color=st["color"], transform=top, clip_on=False)
+                ax.annotate(f"{c.n_diverged}/{c.n}", (x, 0.96), xycoords=top, xytext=(6, -3),
+                            textcoords="offset points", fontsize=8, color=st["color"])  # fmt: skip
+    is_log = _maybe_log(ax, all_values)
+    if any_diverged:  # headroom so the diverged marks sit above every data point
+        lo_, hi_ = ax.get_ylim()
+        ax.set_ylim(lo_, hi_ * (hi_ / lo_) ** 0.12 if is_log and lo_ > 0 else hi_ + 0.12 * (hi_ - lo_))
+    depths = sorted(depths_seen)
+    ax.set_xticks(depths)
+    ax.set_xticklabels([_fmt_num(d) for d in depths])
+    if depths:
+        pad = (depths[-1] - depths[0]) * 0.06 or 1.0
+        ax.set_xlim(depths[0] - pad, depths[-1] + pad * 1.8)
+    ax.set_xlabel("depth (weighted layers)")
+    ax.set_ylabel("final training loss")
+    spread = "mean ± std over seeds" if SEED_KEY in report.swept_keys else "one run per point"
+    ax.set_title(f"Final training loss vs depth ({spread})", fontsize=11)
+    handles, labels = ax.get_legend_handles_labels()
+    if any_diverged:
+        handles.append(Line2D([], [], ls="", marker="x", mew=2.5, ms=8, color="0.3"))
+        labels.append("diverged (k/n seeds)")
+    ax.legend(handles, labels, frameon=False, loc="upper left", bbox_to_anchor=(0.0, 0.92), fontsize=9)
+
+    # Panel 2: He et al. Fig. 6 view.
+    colors = _depth_colors([c.key[DEPTH_KEY] for c in report.cells])
+    curve_values: list[float] = []
+    lines = []
+    shown_cells, slice_desc = _slice(report.cells, report)
+    shown = {id(c) for c in shown_cells}
+    for gkey, cells in groups.items():
+        group = dict(zip(gkeys, gkey, strict=True))
+        for c in cells:
+            if id(c) not in shown:
+                continue
+            steps, loss = _mean_curve(c.runs)
+            if not steps:
+                continue
+            curve_values += loss
+            net = {k: v for k, v in group.items() if k == SHORTCUT_KEY}  # the rest is the slice (title)
+            label = group_label(net, c.runs, depth=c.key[DEPTH_KEY])
+            if c.all_diverged:
+                label += " (diverged)"
+            lines.append((label, steps, loss, colors[c.key[DEPTH_KEY]], styles[gkey]["linestyle"]))
+    for label, steps, loss, color, ls in lines:
+        ax2.plot(steps, loss, color=color, ls=ls, lw=1.6, label=label)
+    _maybe_log(ax2, curve_values)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("training loss")
+    where = f" ({slice_desc})" if slice_desc else ""
+    ax2.set_title(f"Training loss during training{where}, mean over seeds", fontsize=11)
+    if lines:
+        if len(lines) <= 14:
+            ax2.legend(frameon=False, fontsize=8, ncols=2 if len(lines) > 6 else 1)
+        else:  # too many to list: one legend for colour (depth), one for line style (group)
+            depth_handles = [Line2D([], [], color=col, lw=2) for col in colors.values()]
+            leg = ax2.legend(depth_handles, [f"depth {_fmt_value(d)}" for d in colors], frameon=False,
+                             fontsize=8, loc="upper right")  # fmt: skip
+            ax2.add_artist(leg)
+            style_handles = [Line2D([], [], color="0.3", ls=styles[g]["linestyle"]) for g in groups]
+            style_labels = [group_label(dict(zip(gkeys, g, strict=True)), _group_runs(cs)) for g, cs in groups.items()]
+            ax2.legend(style_handles, style_labels, frameon=False, fontsize=8, loc="lower left")
+    else:
+        ax2.text(0.5, 0.5, "no training history in the summaries", ha="center", va="center", transform=ax2.transAxes)
+    fig.suptitle(title, fontsize=13, fontweight="bold")
+    return _png(fig)
+
+
+def _diag(run: RunRecord) -> dict[str, Any]:
+    d = run.summary.get("diagnostics")
+    return d if isinstance(d, dict) else {}
+
+
+def _mean_vector(runs: Sequence[RunRecord], name: str) -> list[float]:
+    """Elementwise mean of a per-layer diagnostic over runs (shortest length)."""
+    vectors = [[_num(v) for v in _diag(r).get(name) or []] for r in runs]
+    vectors = [v for v in vectors if v]
+    if not vectors:
+        return []
+    n = min(len(v) for v in vectors)
+    out = []
+    for i in range(n):
+        vals = _finite(v[i] for v in vectors)
+        out.append(sum(vals) / len(vals) if vals else math.nan)
+    return out
+
+
+def plot_response_std(report: Report, title: str) -> bytes | None:
+    """He et al. Fig. 7: std of 3x3-layer responses (after BN, before add/ReLU)
+    by layer index (top) and sorted in descending order (bottom)."""
+    lines = []
+    cells, slice_desc = _slice(report.cells, report)
+    for c in cells:
+        runs = c.completed or c.runs
+        vec = _mean_vector(runs, "response_std")
+        if not vec:
+            continue
+        group = {k: v for k, v in c.key.items() if k == SHORTCUT_KEY}
+        depth = c.key.get(DEPTH_KEY, runs[0].config(DEPTH_KEY))
+        lines.append((group_label(group, runs, depth=depth), depth, _is_plain(runs, group), vec))
+    if not lines:
+        return None
+    lines.sort(key=lambda line: (not line[2], _sort_key(line[1])))  # plain first, then by depth
+    colors = _depth_colors([d for _, d, _, _ in lines])
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.0, 7.5), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(2, 1)
+    for label, depth, plain, vec in lines:
+        ls = "--" if plain else "-"
+        xs = list(range(1, len(vec) + 1))
+        ax1.plot(xs, vec, ls=ls, color=colors[depth], lw=1.5, label=label)
+        ax2.plot(xs, sorted(_finite(vec), reverse=True), ls=ls, color=colors[depth], lw=1.5, label=label)
+    for ax in (ax1, ax2):
+        ax.grid(True, alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.set_ylabel("std of response")
+    ax1.set_xlabel("layer index (original order, stem first)")
+    ax2.set_xlabel("layer index (sorted by magnitude)")
+    where = f" [{slice_desc}]" if slice_desc else ""
+    ax1.set_title(f"Std of 3×3 layer responses (after BN, before add/ReLU){where}; plain dashed, ResNet solid",
+                  fontsize=10)  # fmt: skip
+    ax1.legend(frameon=False, fontsize=8, ncols=2 if len(lines) > 6 else 1)
+    fig.suptitle(title, fontsize=13, fontweight="bold")
+    return _png(fig)
+
+
+def plot_residual_ratio_vs_wd(report: Report, title: str) -> bytes | None:
+    """Mean residual ratio (over blocks, then over seeds) vs weight decay."""
+    if WD_KEY not in report.cell_keys:
+        return None
+    other = [k for k in report.cell_keys if k != WD_KEY]
+    series: dict[tuple, list[tuple[float, float, float]]] = {}
+    labels: dict[tuple, str] = {}
+    for c in report.cells:
+        runs = c.completed or c.runs
+        per_run = []
+        for r in runs:
+            vals = _finite(_num(v) for v in _diag(r).get("residual_ratio") or [])
+            if vals:
+                per_run.append(sum(vals) / len(vals))
+        if not per_run:
+            continue
+        mean, std = mean_std(per_run)
+        okey = tuple(c.key.get(k) for k in other)
+        group = dict(zip(other, okey, strict=True))
+        depth = group.pop(DEPTH_KEY, None)
+        labels[okey] = group_label(group, runs, depth=depth)
+        series.setdefault(okey, []).append((float(c.key[WD_KEY]), mean, std))
+    if not series:
+        return None
+    fig, (ax,) = _new_figure(7.5, 5.0)
+    depth_pos = other.index(DEPTH_KEY) if DEPTH_KEY in other else None
+    colors = _depth_colors([k[depth_pos] for k in series]) if depth_pos is not None else {}
+    wds = sorted({p[0] for pts in series.values() for p in pts})
+    for i, (okey, pts) in enumerate(sorted(series.items(), key=lambda kv: tuple(_sort_key(v) for v in kv[0]))):
+        pts.sort()
+        xs, ms, ss = zip(*pts, strict=True)
+        color = colors.get(okey[depth_pos]) if depth_pos is not None else f"C{i}"
+        ax.errorbar(xs, ms, yerr=ss, marker="o", ms=5, lw=1.8, capsize=3, color=color, label=labels[okey])
+    positive = [w for w in wds if w > 0]
+    ax.set_xscale("symlog", linthresh=min(positive) if positive else 1e-5)
+    ax.set_xticks(wds)
+    ax.set_xticklabels([_fmt_num(w) for w in wds])
+    ax.set_xlabel("weight decay (symlog)")
+    ax.set_ylabel("mean residual ratio ‖F(x)‖ / ‖x‖")
+    ax.set_title("Residual ratio vs weight decay (mean over blocks; ± std over seeds)", fontsize=10)
+    ax.legend(frameon=False, fontsize=9)
+    fig.suptitle(title, fontsize=13, fontweight="bold")
+    return _png(fig)
+
+
