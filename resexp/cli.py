@@ -106,8 +106,9 @@ def _fmt(v, spec: str = ".4f") -> str:
 def _print_run(run_dir: Path, s: dict) -> None:
     status = s.get("status")
     if status == "diverged":
-        out_console.print(f"[bold red]diverged[/] at step {s.get('diverged_at_step')}: non-finite loss. "
-                          f"Lower optim.lr or add warmup. Run: {run_dir}")
+        out_console.print(f"[bold red]diverged[/] at step {s.get('diverged_at_step')}: "
+                          f"{s.get('diverged_reason') or 'non-finite loss'}. Lower optim.lr or add warmup. Run: {run_dir}",
+                          highlight=False)
         return
     if status == "interrupted":
         out_console.print(f"[yellow]interrupted[/] at step {s.get('steps')}/{s.get('total_steps')}; "

@@ -109,6 +109,10 @@ class TrainConfig(_Section):
     diagnostics: bool = True  # residual ratios, response std, weight/grad norms at eval
     vmap_seeds: int = Field(1, ge=1)  # train seeds seed..seed+S-1 in one program
     eval_examples: int | None = Field(None, gt=0)  # cap on test examples per eval
+    # A finite loss can explode too (lr 1e4: loss 6671, accuracy at chance): a logging window whose
+    # mean loss exceeds this many times the first step's loss (the untrained net's, ~ln classes)
+    # marks the run diverged, like a NaN does. None: only non-finite losses count.
+    max_loss_factor: float | None = Field(100.0, gt=1)
 
     @model_validator(mode="after")
     def _cadences_align(self) -> "TrainConfig":

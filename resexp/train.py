@@ -13,7 +13,6 @@ its own directory, summary, events and checkpoints, exactly as if trained alone.
 
 from __future__ import annotations
 
-import math
 import signal
 import time
 from contextlib import contextmanager
@@ -91,7 +90,7 @@ class Engine:
     # ---- the training chunk
 
     def _step(self, state: dict, step: jax.Array, seed: jax.Array, x_train: jax.Array, y_train: jax.Array):
-        cfg, data, graphdef = self.cfg, self.data, self.graphdef
+        cfg, data = self.cfg, self.data
         key = jax.random.key(seed)
         idx = batch_indices(jax.random.fold_in(key, 0), step, x_train.shape[0], cfg.data.batch_size)
         x, y = data.normalize(x_train[idx]), y_train[idx]
@@ -100,14 +99,8 @@ class Engine:
         if self.dp is not None:  # BN's batch statistics stay global: XLA all-reduces the sums
             x, y = self.dp.shard_batch(x, y)
 
-        def loss_fn(params, others):
-            model = nnx.merge(graphdef, params, others, copy=True)
-            logits, _ = model.forward(x, train=True)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            acc = jnp.mean(jnp.argmax(logits, -1) == y)
-            return loss, (acc, nnx.split(model, nnx.Param, ...)[2])
-
-        (loss, (acc, others)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["others"])
+        (loss, (acc, others)), grads = jax.value_and_grad(self._loss, has_aux=True)(
+            state["params"], state["others"], x, y)
         updates, opt = self.tx.update(grads, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         new = {"params": params, "others": others, "opt": opt, "step": state["step"] + 1}
@@ -116,6 +109,14 @@ class Engine:
             # differentiate: a second backward pass there doubled its compile time.
             new["grad_norm"] = diagnostics.layer_norms(grads)
         return new, (loss, acc)
+
+    def _loss(self, params, others, x: jax.Array, y: jax.Array):
+        """Mean cross-entropy of one training batch, its accuracy, and the updated BN statistics."""
+        model = nnx.merge(self.graphdef, params, others, copy=True)
+        logits, _ = model.forward(x, train=True)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        acc = jnp.mean(jnp.argmax(logits, -1) == y)
+        return loss, (acc, nnx.split(model, nnx.Param, ...)[2])
 
     def _chunk(self, state: dict, seed: jax.Array, x_train: jax.Array, y_train: jax.Array, *, length: int):
         def body(s, _):
@@ -224,6 +225,8 @@ class RunRecord:
         "step", "train_loss", "train_accuracy", "eval_step", "eval_loss", "eval_accuracy")})
     status: str = "running"
     diverged_at_step: int | None = None
+    diverged_reason: str | None = None
+    initial_loss: float | None = None  # the first step's loss: the scale of "exploded" (train.max_loss_factor)
     last_eval: dict = field(default_factory=dict)
     diagnostics: dict | None = None
     wall_before: float = 0.0  # wall seconds spent in earlier (interrupted) sessions
@@ -359,6 +362,7 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
             restored.append(single)
             r.history, r.wall_before = meta["history"], meta.get("wall_seconds", 0.0)
             r.last_eval, r.diagnostics = meta.get("last_eval", {}), meta.get("diagnostics")
+            r.initial_loss = meta.get("initial_loss")
         state = _stack(restored)
     start_step = resume_step or 0
     for r in records:
@@ -387,7 +391,7 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
                 c.save(end, _slice(state, i if group > 1 else None), {
                     "config_hash": config_hash(r.cfg),
                     "history": r.history, "wall_seconds": r.wall_before + time.perf_counter() - wall_start,
-                    "last_eval": r.last_eval, "diagnostics": r.diagnostics})
+                    "last_eval": r.last_eval, "diagnostics": r.diagnostics, "initial_loss": r.initial_loss})
             if interrupt.requested is not None and end < total:
                 r.status = "interrupted"
             _write_summary(r, engine, model_info, end, wall=r.wall_before + time.perf_counter() - wall_start,
@@ -479,16 +483,29 @@ def _record_chunk(records, engine: Engine, end: int, length: int, losses, accs, 
         ai = accs[i] if group > 1 else accs
         bad = np.flatnonzero(~np.isfinite(li))
         if bad.size:
-            r.status = "diverged"
-            r.diverged_at_step = end - length + int(bad[0]) + 1
-            r.events.scalars(r.diverged_at_step, {"train/diverged": 1.0})
+            _mark_diverged(r, end - length + int(bad[0]) + 1, f"non-finite loss ({float(li[bad[0]])})")
             continue
+        if r.initial_loss is None and end == length:  # this chunk holds step 1
+            r.initial_loss = float(li[0])
         loss, acc = float(np.mean(li)), float(np.mean(ai))
+        factor = r.cfg.train.max_loss_factor
+        if factor is not None and r.initial_loss is not None and loss > factor * r.initial_loss:
+            # Treated as a NaN is: the run stops at the first step over the line, which is not recorded.
+            over = np.flatnonzero(li > factor * r.initial_loss)
+            step = end - length + int(over[0]) + 1 if over.size else end
+            _mark_diverged(r, step, f"loss exploded: window mean {loss:.4g} > {factor:g} x the first step's "
+                                    f"{r.initial_loss:.4g} (train.max_loss_factor)")
+            continue
         r.history["step"].append(end)
         r.history["train_loss"].append(loss)
         r.history["train_accuracy"].append(acc)
         r.events.scalars(end, {"train/loss": loss, "train/accuracy": acc, "train/learning_rate": lr,
                                "perf/images_per_second": ips})
+
+
+def _mark_diverged(r: RunRecord, step: int, reason: str) -> None:
+    r.status, r.diverged_at_step, r.diverged_reason = "diverged", step, reason
+    r.events.scalars(step, {"train/diverged": 1.0})
 
 
 def _record_eval(records, engine: Engine, state, data: Data, end: int) -> None:
@@ -523,7 +540,9 @@ def _write_summary(r: RunRecord, engine: Engine, info: dict, steps: int | None, 
         "steps": steps,
         "total_steps": r.cfg.train.steps,
         "diverged_at_step": r.diverged_at_step,
-        "final_train_loss": window[-1] if window and r.status != "diverged" else (None if r.status == "diverged" else None),
+        "diverged_reason": r.diverged_reason,
+        "initial_train_loss": r.initial_loss,
+        "final_train_loss": window[-1] if window and r.status != "diverged" else None,
         "final_train_accuracy": r.history["train_accuracy"][-1] if window and r.status != "diverged" else None,
         "eval_loss": r.last_eval.get("eval_loss") if r.status != "diverged" else None,
         "eval_accuracy": r.last_eval.get("eval_accuracy") if r.status != "diverged" else None,

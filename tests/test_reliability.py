@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, tiny_dict, write_config
+from conftest import ROOT, run_cli, tiny_dict, write_config
 
 STEPS = 150
 R = tiny_dict(train={"steps": STEPS, "log_every": 5, "checkpoint_every": 25, "eval_every": 0, "diagnostics": False})
-DIVERGE = ["--set", "optim.lr=10000"]  # the same ResNet-8 at lr 1e4: a non-finite loss within a few steps
+# the same ResNet-8 at lr 1e4: a non-finite loss within a few steps (the exploded-loss rule off, to see it)
+DIVERGE = ["--set", "optim.lr=10000", "--set", "train.max_loss_factor=null"]
 
 
 def summary(run_dir: Path) -> dict:
@@ -109,6 +110,26 @@ def test_divergence_stops_the_run_with_exit_3(tmp_path, reference):
     # Final: re-running does not retrain it.
     again = run_cli("train", config, *DIVERGE, "--out", tmp_path)
     assert again.returncode == 3 and "already diverged" in again.stderr
+
+
+def test_an_exploded_finite_loss_is_divergence_too(tmp_path):
+    """The issue's command: lr 1e4 on the demo's ResNet-8 stays finite but explodes (~1e16): diverged, exit 3.
+    With the rule off (`train.max_loss_factor: null`) the same run 'completes' at chance accuracy."""
+    demo = ROOT / "configs" / "demo.yaml"
+    args = ["--set", "model.depth=8", "--set", "optim.lr=10000", "--set", "optim.warmup_steps=0",
+            "--set", "train.steps=60", "--out", tmp_path]
+    proc = run_cli("train", demo, *args)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "loss exploded" in proc.stdout
+    s = summary(only_run(tmp_path))
+    assert s["status"] == "diverged" and s["final_train_loss"] is None
+    assert 1 <= s["diverged_at_step"] <= 25 and s["history"]["step"] == []  # the first window already exploded
+    assert s["initial_train_loss"] == pytest.approx(2.3, abs=0.5)  # ~ln(10): the untrained net
+    off = run_cli("train", demo, *args, "--set", "train.max_loss_factor=null")
+    assert off.returncode == 0, off.stdout + off.stderr
+    s_off = summary(next(p for p in tmp_path.iterdir() if p.is_dir() and p.name != s["run_id"]))
+    assert s_off["status"] == "completed" and s_off["final_train_loss"] > 100 * s["initial_train_loss"]
+    assert s_off["final_train_accuracy"] < 0.3  # what the rule exists for: a 'completed' run at chance
 
 
 def test_sweep_survives_divergence_and_an_incompatible_checkpoint(tmp_path, reference):
