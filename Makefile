@@ -18,7 +18,6 @@ install: $(STAMP)  ## set up .venv with resexp and the test tools
 
 demo: $(STAMP)  ## the embedded depth sweep: plain vs residual, depth 8..56, on 2 CPU cores
 	$(BIN)/resexp sweep configs/demo.yaml --out $(OUT) --jobs 2
-	@echo "Figure: $(OUT)/demo/loss_vs_depth.png   Dashboards: make tensorboard"
 
 test: $(STAMP)  ## the whole test suite (pytest exit 5, 'no tests collected', is a failure)
 	@$(BIN)/python -m pytest -q; rc=$$?; \

@@ -7,6 +7,7 @@ run exits 3, an interrupted one 130. Bugs keep their tracebacks.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from functools import wraps
@@ -17,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from resexp.errors import UserError
+from resexp.errors import ConfigError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure why residual networks can be made deep: train, sweep depth, look.")
@@ -27,9 +28,10 @@ app.add_typer(data_app, name="data")
 out_console = Console()
 err_console = Console(stderr=True)
 
-ConfigArg = Annotated[Path, typer.Argument(help="YAML experiment config (see configs/).", show_default=False)]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: --set model.depth=56 (repeatable).")]
-OutOpt = Annotated[Path, typer.Option("--out", help="Where run directories go.")]
+ConfigArg = Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML experiment config (see configs/).", show_default=False)]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a key: --set model.depth=56 (repeatable).")]
+GridOpt = Annotated[Optional[list[str]], typer.Option("--grid", metavar="KEY=V1,V2,...", help="Add or replace an axis: --grid model.depth=8,20,56 (repeatable).")]
+OutOpt = Annotated[Path, typer.Option("--out", metavar="DIR", help="Where run directories go.")]
 
 
 def _thread_excepthook(args, _default=threading.excepthook) -> None:
@@ -61,9 +63,23 @@ def user_errors(fn: Callable) -> Callable:
 
 
 def _load(config: Path, overrides: list[str] | None):
+    """The config with its `--set` overrides, then those in $RESEXP_SET (smoke tests, CI)."""
     from resexp.config import load_config
 
-    return load_config(config, overrides or [])
+    return load_config(config, [*(overrides or []), *_env_overrides()])
+
+
+def _env_overrides() -> list[str]:
+    """`RESEXP_SET="train.steps=20 train.log_every=10"`: extra `--set`s for every command, announced
+    on stderr. They change the resolved config, hence the run ids: never a real run's results."""
+    import os
+    import shlex
+
+    text = os.environ.get("RESEXP_SET", "").strip()
+    if not text:
+        return []
+    err_console.print(f"RESEXP_SET: applying --set {' --set '.join(shlex.split(text))}", highlight=False)
+    return shlex.split(text)
 
 
 def _setup() -> None:
@@ -76,7 +92,10 @@ def _setup() -> None:
 @user_errors
 def train(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
           progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True) -> None:
-    """Train one model (or `train.vmap_seeds` seeds of it). Re-running resumes; a finished run is not retrained."""
+    """Train one model (or `train.vmap_seeds` seeds of it). Re-running resumes; a finished run is not retrained.
+
+    Example: resexp train configs/demo.yaml --set model.depth=8 --set train.steps=60
+    """
     from resexp.runs import exit_code, finished_runs
 
     cfg = _load(config, set_)
@@ -125,20 +144,26 @@ def _print_run(run_dir: Path, s: dict) -> None:
 @app.command()
 @user_errors
 def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
-          grid: Annotated[Optional[list[str]], typer.Option("--grid", help="Add or replace an axis: --grid model.depth=8,20,56 (repeatable).")] = None,
+          grid: GridOpt = None,
+          name: Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="The sweep directory, <out>/NAME (default: the config's name).")] = None,
           jobs: Annotated[int, typer.Option(help="Runs trained at once on this machine.", min=1)] = 1,
-          shard: Annotated[Optional[str], typer.Option(help="I/N: train only every N-th run from I (share one directory across N machines).")] = None,
+          shard: Annotated[Optional[str], typer.Option(metavar="I/N", help="Train only every N-th run from I (share one directory across N machines).")] = None,
           dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs; train nothing.")] = False,
           progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True) -> None:
-    """Train a grid (depth x shortcut x projection x weight decay x seed); write loss-vs-depth results."""
-    from resexp.sweep import expand_grid, group_seeds, parse_grid, parse_shard, run_sweep, shard_cells
+    """Train a grid (depth x shortcut x projection x weight decay x seed); write loss-vs-depth results.
+
+    Example: resexp sweep configs/demo.yaml --grid optim.weight_decay=0,1e-4 --jobs 2
+    """
+    from resexp.sweep import expand_grid, grid_axes, group_seeds, parse_grid, parse_shard, record_grid, run_sweep, shard_cells
 
     cfg = _load(config, set_)
     axes = parse_grid(grid or [], source=f"{config} (--grid)")
     index, count = parse_shard(shard)
     cells = expand_grid(cfg, axes, source=str(config))
     mine = shard_cells(cells, index, count)
-    sweep_dir = out / cfg.name
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (".", ".."):
+        raise ConfigError("--name", None, f"{name!r}: use letters, digits, '_', '.' and '-' (a directory name)")
+    sweep_dir = out / (name or cfg.name)
     groups = group_seeds(mine, cfg.train.vmap_seeds)
     if dry_run:
         table = Table(title=f"{cfg.name}: {len(mine)} of {len(cells)} runs" + (f" (shard {index}/{count})" if count > 1 else ""))
@@ -165,12 +190,18 @@ def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
 
         for d in {(c.cfg.data.name, c.cfg.data.dir) for c in mine if c.cfg.data.name in FILE_DATASETS}:
             locate(d[0], d[1] or default_data_dir())
-    err_console.print(f"[bold]{cfg.name}[/]: {len(mine)} runs" + (f" (shard {index}/{count} of {len(cells)})" if count > 1 else "")
-                      + f" -> {sweep_dir}")
+    try:
+        manifest = record_grid(sweep_dir, name or cfg.name, grid_axes(cfg, axes), axes, cells)
+    except OSError as exc:
+        from resexp.errors import RunError
+
+        raise RunError(f"{sweep_dir}: cannot write the sweep manifest ({exc.strerror or exc})") from None
+    err_console.print(f"[bold]{manifest.name}[/]: {len(mine)} runs" + (f" (shard {index}/{count} of {len(cells)})" if count > 1 else "")
+                      + f" -> {sweep_dir}", highlight=False)
     results = run_sweep(groups, sweep_dir, jobs=jobs, progress=progress and sys.stderr.isatty(), console=err_console)
     from resexp.report import build_report
 
-    report = build_report(sweep_dir, console=out_console)
+    report = build_report(sweep_dir, console=out_console, grid_dir=manifest.report_dir)
     bad = [r for r in results if r["status"] not in ("completed", "diverged")]
     elsewhere = [r for r in bad if r["status"] == "running"]
     interrupted = [r for r in bad if r["status"] == "interrupted"]
@@ -185,27 +216,33 @@ def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
                           "re-run the same command to resume the sweep")
     if elsewhere:
         err_console.print(f"{len(elsewhere)} run(s) are being trained by another process; re-run `resexp report {sweep_dir}` when it finishes")
-    out_console.print(f"\nResults: {sweep_dir}/results.csv, figure: {report.paths.get('loss_vs_depth.png', sweep_dir / 'loss_vs_depth.png')}\n"
-                      f"TensorBoard: tensorboard --logdir {sweep_dir}")
+    figure = report.paths.get("loss_vs_depth.png") or next((p for n, p in report.paths.items() if n.endswith(".png")), None)
+    out_console.print(f"\nResults: {report.report_dir / 'results.csv'}" + (f", figure: {figure}" if figure else "")
+                      + f"\nTensorBoard: tensorboard --logdir {sweep_dir}", highlight=False)
     raise typer.Exit(130 if interrupted else 1 if failed else 0)
 
 
 @app.command()
 @user_errors
-def report(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (runs/<name>).")]) -> None:
-    """Rebuild results.csv/json, figures and TensorBoard aggregates from the runs' summaries."""
-    from resexp.report import build_report
+def report(sweep_dir: Annotated[Path, typer.Argument(metavar="SWEEP_DIR", help="A sweep directory (runs/<name>).", show_default=False)]) -> None:
+    """Rebuild results.csv/json, figures and TensorBoard aggregates of every grid swept into SWEEP_DIR.
 
-    rep = build_report(sweep_dir, console=out_console)
-    for name, path in rep.paths.items():
-        out_console.print(f"{name}: {path}", highlight=False)
+    Example: resexp report runs/demo
+    """
+    from resexp.report import build_reports
+
+    build_reports(sweep_dir, console=out_console)
+    out_console.print(f"TensorBoard: tensorboard --logdir {sweep_dir}", highlight=False)
 
 
 @app.command()
 @user_errors
 def model(config: ConfigArg, set_: SetOpt = None,
           as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")] = False) -> None:
-    """The architecture as a table: layers, output shapes, parameters, multiply-accumulates per example."""
+    """The architecture as a table: layers, output shapes, parameters, multiply-accumulates per example.
+
+    Example: resexp model configs/cifar10.yaml --set model.depth=110
+    """
     cfg = _load(config, set_)  # before importing JAX: a bad config fails in a second
     from resexp.data import dataset_shape
     from resexp.models import layer_table
@@ -248,6 +285,8 @@ def identity(config: ConfigArg, set_: SetOpt = None,
     is the identity. A plain block zeroed the same way outputs relu(0) = 0: the signal is
     lost. Exit 0 when every residual block is the identity (relu(Ws a) where the shape
     changes), 1 otherwise (plain nets, option C).
+
+    Example: resexp identity configs/demo.yaml --set model.depth=20
     """
     cfg = _load(config, set_)
     _setup()
@@ -297,11 +336,14 @@ def identity(config: ConfigArg, set_: SetOpt = None,
 
 @data_app.command("download")
 @user_errors
-def data_download(name: Annotated[str, typer.Argument(help="cifar10, cifar100, mnist or fashion_mnist")],
-                  dir: Annotated[Optional[Path], typer.Option("--dir", help="Target directory (default: the data cache).")] = None,
-                  base_url: Annotated[Optional[str], typer.Option(help="A mirror serving the same file names.")] = None,
-                  manifest: Annotated[Optional[Path], typer.Option(help="JSON {filename: sha256} for mirrors that repack files.")] = None) -> None:
-    """Download a dataset's official files, verifying each checksum (a bad file is deleted)."""
+def data_download(name: Annotated[str, typer.Argument(metavar="NAME", help="cifar10, cifar100, mnist or fashion_mnist", show_default=False)],
+                  dir: Annotated[Optional[Path], typer.Option("--dir", metavar="DIR", help="Target directory (default: the data cache).")] = None,
+                  base_url: Annotated[Optional[str], typer.Option(metavar="URL", help="A mirror serving the same file names.")] = None,
+                  manifest: Annotated[Optional[Path], typer.Option(metavar="FILE", help="JSON {filename: sha256} for mirrors that repack files.")] = None) -> None:
+    """Download a dataset's official files, verifying each checksum (a bad file is deleted).
+
+    Example: resexp data download cifar10 --dir ~/data
+    """
     from resexp.data import default_data_dir
     from resexp.download import DOWNLOADS, download, load_manifest
     from resexp.errors import DataError
@@ -316,7 +358,10 @@ def data_download(name: Annotated[str, typer.Argument(help="cifar10, cifar100, m
 @data_app.command("info")
 @user_errors
 def data_info(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Load the configured dataset and print its sizes and shapes."""
+    """Load the configured dataset and print its sizes and shapes.
+
+    Example: resexp data info configs/cifar10.yaml
+    """
     from resexp.data import load_data
 
     cfg = _load(config, set_)

@@ -238,6 +238,7 @@ def download(
     base = (base_url or default_url).rstrip("/") + "/"
     dest = Path(dest).expanduser()
     target = dest / name
+    created = [d for d in (dest, target) if not d.exists()]  # removed again if nothing lands in them
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -263,13 +264,17 @@ def download(
             actual, size = _fetch(url, part, algorithm, progress, remote.filename)
         except (OSError, http.client.HTTPException, ValueError, KeyboardInterrupt) as e:
             # OSError covers URLError/HTTPError, timeouts, resets and disk errors.
+            partial = part.exists()
             part.unlink(missing_ok=True)
+            for d in reversed(created):  # a folder this call made and nothing was saved in
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
             if isinstance(e, urllib.error.HTTPError):
                 e.close()  # it holds the open response
+            removed = "the partial file was removed" if partial else "nothing was downloaded"
             raise DataError(
-                f"downloading {remote.filename} from {url} failed ({_network_problem(e)}); the "
-                f"partial file was removed: check the network or --base-url, then run "
-                f"`{_command(name, dest)}` again"
+                f"downloading {remote.filename} from {url} failed ({_network_problem(e)}); {removed}: "
+                f"check the network or --base-url, then run `{_command(name, dest)}` again"
             ) from None
         if actual != expected:
             part.unlink(missing_ok=True)

@@ -1,20 +1,27 @@
-"""Rebuild every aggregate of a sweep from its runs' ``summary.json`` files.
+"""Rebuild every aggregate of a sweep directory from its runs' ``summary.json`` files.
 
-``build_report(SWEEP)`` reads ``SWEEP/<run-id>/summary.json`` and (re)writes:
+A sweep directory holds runs (one directory each) and the grids swept into it. Each
+``resexp sweep`` records its grid in a manifest: the first grid of a directory in
+``SWEEP/sweep.json``, any other grid later swept into the same directory in
+``SWEEP/grids/<name>/sweep.json`` (runs are shared: a cell of both grids is trained once).
+Every grid's report is written beside its manifest and shows exactly that grid's cells:
 
 * ``results.csv`` / ``results.json``: one row per run (swept keys as dotted columns);
 * ``aggregate.csv``: one row per cell (the swept keys except ``train.seed``) with
   mean and SAMPLE standard deviation (ddof=1; 0 when n=1) over the cell's
   completed runs, the number of runs and of diverged runs;
-* ``loss_vs_depth.png`` (final training loss vs depth + training curves),
-  ``response_std.png`` and ``residual_ratio_vs_wd.png`` when diagnostics allow;
-* TensorBoard aggregates, in event files ending with `REPORT_SUFFIX` (deleted and
-  rewritten each time, nothing else is touched): ``SWEEP/vs_depth/<group>/``
-  scalar series with step = depth, the figures as images in ``SWEEP/vs_depth/``,
-  and the HParams dashboard (experiment config at ``SWEEP/``, one session per run
-  in ``SWEEP/<run-id>/``).
+* figures (``resexp.figures``): ``loss_vs_depth.png``, ``response_std.png`` and
+  ``residual_ratio_vs_wd.png`` when the grid allows;
+* TensorBoard: ``vs_depth/<group>/`` scalar series with step = depth and the figures as
+  images, beside the manifest; and, for the whole directory, the HParams dashboard
+  (experiment at ``SWEEP/``, one session per run in ``SWEEP/<run-id>/``).
 
-Everything is derived from the summaries, so re-running replaces, never duplicates.
+A run's swept values are always read from its own resolved config (``summary.json`` →
+``config``), never from what happened to be swept when it was launched, so runs reused by
+a later grid aggregate correctly. A directory without manifests (runs from ``resexp
+train``, or an older resexp) is reported as one grid. Report event files end with
+`REPORT_SUFFIX` and are deleted and rewritten each time: re-running replaces, never
+duplicates.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +49,7 @@ __all__ = [
     "Report",
     "RunRecord",
     "build_report",
+    "build_reports",
     "group_label",
     "group_dirname",
 ]
@@ -50,6 +58,7 @@ REPORT_SUFFIX = ".resexp-report"
 """Suffix of every event file the report writes (and deletes before rewriting)."""
 
 VS_DEPTH_DIR = "vs_depth"
+GRIDS_DIR = "grids"  # later grids of a sweep directory report in grids/<name>/
 SEED_KEY = "train.seed"
 DEPTH_KEY = "model.depth"
 SHORTCUT_KEY = "model.shortcut"
@@ -177,6 +186,11 @@ class Report:
     notes: list[str] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)  # name -> file written
     event_files: list[Path] = field(default_factory=list)  # TensorBoard files written
+    report_dir: Path | None = None  # where this grid's files go (its manifest's directory); None: sweep_dir
+
+    def __post_init__(self) -> None:
+        if self.report_dir is None:
+            self.report_dir = self.sweep_dir
 
     @property
     def cell_keys(self) -> list[str]:
@@ -365,7 +379,7 @@ def load_runs(sweep_dir: Path, notes: list[str]) -> list[RunRecord]:
     """Every ``<run-id>/summary.json`` under `sweep_dir`; problems become notes."""
     runs = []
     for child in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
-        if child.name.startswith(".") or child.name == VS_DEPTH_DIR:
+        if child.name.startswith(".") or child.name in (VS_DEPTH_DIR, GRIDS_DIR):
             continue
         summary_path = child / "summary.json"
         if not summary_path.is_file():
@@ -378,10 +392,8 @@ def load_runs(sweep_dir: Path, notes: list[str]) -> list[RunRecord]:
         except (OSError, ValueError) as exc:
             notes.append(f"{child.name}: unreadable summary.json ({exc}) - skipped")
             continue
-        sweep = summary.get("sweep") or {}
-        keys = dict(sweep.get("keys") or {})
         status = str(summary.get("status") or "unknown")
-        runs.append(RunRecord(child.name, child, status, keys, summary))
+        runs.append(RunRecord(child.name, child, status, {}, summary))
     return runs
 
 
@@ -394,31 +406,57 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {k.rstrip("."): v for k, v in out.items()}
 
 
-def _infer_keys(runs: Sequence[RunRecord], notes: list[str]) -> None:
-    """Runs without ``sweep.keys`` (started one by one): the grid is the config
-    keys whose values differ between runs."""
-    if any(r.keys for r in runs) or len(runs) < 2:
-        return
+def _inferred_axes(runs: Sequence[RunRecord], notes: list[str]) -> list[str]:
+    """The axes of a directory without a manifest: the keys its runs say were swept
+    (``summary.json`` → ``sweep.keys``), or else the config keys whose values differ."""
+    named: list[str] = []
+    for r in runs:
+        for k in (r.summary.get("sweep") or {}).get("keys") or {}:
+            if k not in named:
+                named.append(k)
+    if named or len(runs) < 2:
+        return named
     flat = [_flatten(r.summary.get("config") or {}) for r in runs]
-    names = sorted({k for f in flat for k in f})
     varying = []
-    for k in names:
+    for k in sorted({k for f in flat for k in f}):
         values = [f.get(k) for f in flat]
         if all(v is None or isinstance(v, (bool, int, float, str)) for v in values) and len(set(values)) > 1:
             varying.append(k)
-    for r, f in zip(runs, flat, strict=True):
-        r.keys = {k: f.get(k) for k in varying}
     if varying:
         notes.append(f"no sweep.keys in the summaries - grid inferred from config differences: {', '.join(varying)}")
+    return varying
 
 
-def _swept_keys(runs: Sequence[RunRecord]) -> list[str]:
-    keys: list[str] = []
-    for r in runs:
-        for k in r.keys:
-            if k not in keys:
-                keys.append(k)
-    return keys
+@dataclass
+class Grid:
+    """One grid swept into a directory: its axes, its runs, and where its report goes."""
+
+    report_dir: Path
+    name: str
+    axes: list[str]  # swept dotted keys, seed included
+    run_ids: list[str] | None  # None: every run of the directory (no manifest)
+
+
+def read_grids(sweep_dir: Path) -> list[Grid]:
+    """The grids recorded in `sweep_dir`'s manifests: the root one first, then ``grids/*``."""
+    from resexp.sweep import read_manifests
+
+    return [Grid(m.report_dir, m.name, list(m.axes), list(m.run_ids)) for m in read_manifests(sweep_dir)]
+
+
+def _grid_runs(grid: Grid, runs: Mapping[str, RunRecord], notes: list[str]) -> list[RunRecord]:
+    """The grid's runs, each a copy keyed by the grid's axes read from the run's resolved config."""
+    ids = list(runs) if grid.run_ids is None else grid.run_ids
+    missing = [rid for rid in ids if rid not in runs]
+    if missing:
+        notes.append(f"{len(missing)} of this grid's {len(ids)} runs have no summary yet (not started): "
+                     f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
+    out = []
+    for rid in ids:
+        if rid in runs:
+            r = runs[rid]
+            out.append(replace(r, keys={k: r.config(k) for k in grid.axes}))
+    return out
 
 
 def _aggregate(runs: Sequence[RunRecord], cell_keys: Sequence[str]) -> list[Cell]:
@@ -510,29 +548,27 @@ def render_table(report: Report) -> Table:
 
 
 def _clear_report_events(sweep_dir: Path) -> None:
-    """Delete every event file a previous report wrote (and only those)."""
+    """Delete every event file a previous report of this directory wrote (and only those)."""
     stale = event_files(sweep_dir, REPORT_SUFFIX)
     for child in sweep_dir.iterdir():
         if child.is_dir():
-            stale += event_files(child, REPORT_SUFFIX, recursive=child.name == VS_DEPTH_DIR)
+            stale += event_files(child, REPORT_SUFFIX, recursive=child.name in (VS_DEPTH_DIR, GRIDS_DIR))
     for path in stale:
         path.unlink(missing_ok=True)
-    vs = sweep_dir / VS_DEPTH_DIR
-    if vs.is_dir():  # drop group dirs left empty (a group may have disappeared)
-        for d in sorted((p for p in vs.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-            if not any(d.iterdir()):
-                d.rmdir()
+    for vs in [sweep_dir / VS_DEPTH_DIR, *(sweep_dir / GRIDS_DIR).glob(f"*/{VS_DEPTH_DIR}")]:
+        if vs.is_dir():  # drop group dirs left empty (a group may have disappeared)
+            for d in sorted((p for p in vs.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                if not any(d.iterdir()):
+                    d.rmdir()
 
 
-def _write_tensorboard(report: Report, figures: Mapping[str, bytes]) -> list[Path]:
-    sweep_dir = report.sweep_dir
-    _clear_report_events(sweep_dir)
-    written: list[Path] = []
-
-    # HParams: one experiment at the root, one session per run in its own directory.
-    domains = hparam_domains(r.keys for r in report.runs)
+def _write_hparams(sweep_dir: Path, runs: Sequence[RunRecord]) -> list[Path]:
+    """HParams for the whole directory: one experiment at its root, one session per run in the
+    run's own directory, the hparams being every axis any grid of the directory swept."""
+    domains = hparam_domains(r.keys for r in runs)
     metrics = {metric_tag(m): _METRIC_NAMES[m] for m in (*AGGREGATE_METRICS, "diverged")}
-    times = {r.run_id: r.times for r in report.runs}
+    times = {r.run_id: r.times for r in runs}
+    written = []
     with EventWriter(sweep_dir, REPORT_SUFFIX) as w:
         # Every report file outside run dirs opens with a START at step 0: a live
         # TensorBoard then drops what it read from the previous report's files
@@ -540,7 +576,7 @@ def _write_tensorboard(report: Report, figures: Mapping[str, bytes]) -> list[Pat
         w.session_start(0)
         w.hparams_experiment(domains, metrics, time_created_secs=min(t[0] for t in times.values()))
         written.append(w.path)
-    for r in report.runs:
+    for r in runs:
         start, end = times[r.run_id]
         with EventWriter(r.path, REPORT_SUFFIX) as w:
             w.hparams_session_start(r.keys, domains=domains, start_time_secs=start)
@@ -552,13 +588,19 @@ def _write_tensorboard(report: Report, figures: Mapping[str, bytes]) -> list[Pat
                 values["diverged"] = 1.0 if r.diverged else 0.0
                 w.hparams_metrics(step, values)
             written.append(w.path)
+    return written
 
-    # Scalars vs depth: one run per group, step = depth.
+
+def _write_vs_depth(report: Report, figures: Mapping[str, bytes]) -> list[Path]:
+    """Scalars vs depth (one TensorBoard run per group, step = depth) and the figures as images,
+    in ``vs_depth/`` beside the grid's manifest."""
+    out_dir = report.report_dir / VS_DEPTH_DIR
+    written: list[Path] = []
     if DEPTH_KEY in report.cell_keys:
         gkeys = report.group_keys
         for gkey, cells in _groups(report.cells, gkeys).items():
             name = group_dirname(dict(zip(gkeys, gkey, strict=True)))
-            with EventWriter(sweep_dir / VS_DEPTH_DIR / name, REPORT_SUFFIX) as w:
+            with EventWriter(out_dir / name, REPORT_SUFFIX) as w:
                 w.session_start(0)
                 for c in cells:
                     depth = _num(c.key[DEPTH_KEY])
@@ -575,7 +617,7 @@ def _write_tensorboard(report: Report, figures: Mapping[str, bytes]) -> list[Pat
                     w.scalars(int(depth), values)
                 written.append(w.path)
     if figures:
-        with EventWriter(sweep_dir / VS_DEPTH_DIR, REPORT_SUFFIX) as w:
+        with EventWriter(out_dir, REPORT_SUFFIX) as w:
             w.session_start(0)
             for fname, png in figures.items():
                 w.image(f"figures/{fname.removesuffix('.png')}", png, step=0)
@@ -583,40 +625,40 @@ def _write_tensorboard(report: Report, figures: Mapping[str, bytes]) -> list[Pat
     return written
 
 
-# ----------------------------------------------------------------------------- entry point
+# ----------------------------------------------------------------------------- entry points
 
 
-def build_report(
-    sweep_dir: Path | str, *, console: Console | None = None, write_tensorboard: bool = True
-) -> Report:
-    """Rebuild results/aggregate tables, figures and TensorBoard aggregates of a sweep.
-
-    Idempotent: every output is replaced, the runs' own files are never touched
-    (the only files written inside a run directory are this report's event files,
-    which are deleted and rewritten). Raises `UserError` if `sweep_dir` is not a
-    directory or holds no readable run summary.
-    """
-    sweep_dir = Path(sweep_dir)
+def _check_sweep_dir(sweep_dir: Path) -> None:
+    """A clear one-line refusal for the directories people pass by mistake."""
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir}: not a sweep directory")
-    console = console if console is not None else Console()
-    notes: list[str] = []
-    runs = load_runs(sweep_dir, notes)
-    if not runs:
-        raise UserError(f"{sweep_dir}: no run with a summary.json to report on")
+    if (sweep_dir / "summary.json").is_file():
+        raise UserError(f"{sweep_dir}: this is a run directory; pass its sweep directory "
+                        f"(resexp report {sweep_dir.parent})")
+    from resexp.sweep import MANIFEST
 
-    _infer_keys(runs, notes)
-    swept = _swept_keys(runs)
-    names = [(r.summary.get("sweep") or {}).get("name") for r in runs]
-    sweep_name = next((n for n in names if n), sweep_dir.name)
-    for r in runs:
+    sweeps = sorted(c.name for c in sweep_dir.iterdir() if c.is_dir() and not c.name.startswith(".")
+                    and c.name not in (VS_DEPTH_DIR, GRIDS_DIR) and not (c / "summary.json").exists()
+                    and ((c / MANIFEST).is_file() or any(c.glob("*/summary.json"))))
+    if sweeps:
+        raise UserError(f"{sweep_dir}: holds sweep directories ({', '.join(sweeps)}), not runs; pass one of them "
+                        f"(e.g. resexp report {sweep_dir / sweeps[0]})")
+
+
+def _build_grid(sweep_dir: Path, grid: Grid, runs: Mapping[str, RunRecord], notes: list[str],
+                write_tensorboard: bool) -> Report:
+    """Aggregate, tabulate and draw one grid, writing its files beside its manifest."""
+    out_dir = grid.report_dir
+    grid_runs = _grid_runs(grid, runs, notes)
+    swept = list(grid.axes)
+    for r in grid_runs:
         if not r.finished:
             notes.append(f"{r.run_id}: status {r.status!r} - listed in results, left out of aggregates")
     cell_keys = [k for k in swept if k != SEED_KEY]
-    cells = _aggregate(runs, cell_keys)
+    cells = _aggregate(grid_runs, cell_keys)
 
     rows = []
-    for r in runs:
+    for r in grid_runs:
         row: dict[str, Any] = {"run_id": r.run_id}
         row.update({k: r.keys.get(k) for k in swept})
         row["status"] = r.status
@@ -626,7 +668,7 @@ def build_report(
         rows.append(row)
     rows.sort(key=lambda row: (tuple(_sort_key(row[k]) for k in swept), row["run_id"]))
 
-    report = Report(sweep_dir, sweep_name, swept, rows, cells, runs, notes)
+    report = Report(sweep_dir, grid.name, swept, rows, cells, grid_runs, notes, report_dir=out_dir)
 
     # Figures first (their notes go into results.json too).
     from resexp.figures import plot_loss_vs_depth, plot_residual_ratio_vs_wd, plot_response_std
@@ -637,50 +679,96 @@ def build_report(
     elif DEPTH_KEY not in cell_keys:
         notes.append(f"{DEPTH_KEY} is not swept - loss_vs_depth.png and the vs_depth scalars skipped")
     else:
-        figures["loss_vs_depth.png"] = plot_loss_vs_depth(report, f"{sweep_name}: training loss vs depth")
+        figures["loss_vs_depth.png"] = plot_loss_vs_depth(report, f"{grid.name}: training loss vs depth")
     if cells:
-        png = plot_response_std(report, f"{sweep_name}: layer response std")
+        png = plot_response_std(report, f"{grid.name}: layer response std")
         if png is not None:
             figures["response_std.png"] = png
-        png = plot_residual_ratio_vs_wd(report, f"{sweep_name}: residual ratio vs weight decay")
+        png = plot_residual_ratio_vs_wd(report, f"{grid.name}: residual ratio vs weight decay")
         if png is not None:
             figures["residual_ratio_vs_wd.png"] = png
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     row_cols = ["run_id", *swept, "status", *ROW_METRICS]
-    _write_csv(sweep_dir / "results.csv", rows, row_cols)
-    report.paths["results.csv"] = sweep_dir / "results.csv"
+    _write_csv(out_dir / "results.csv", rows, row_cols)
+    report.paths["results.csv"] = out_dir / "results.csv"
     agg_rows = [c.as_row() for c in cells]
     agg_cols = [*cell_keys, "n_runs", "n_diverged"]
     agg_cols += [f"{m}_{s}" for m in AGGREGATE_METRICS for s in ("mean", "std")]
     agg_cols += ["params", "wall_seconds_mean", "run_ids"]
-    _write_csv(sweep_dir / "aggregate.csv", agg_rows, agg_cols)
-    report.paths["aggregate.csv"] = sweep_dir / "aggregate.csv"
+    _write_csv(out_dir / "aggregate.csv", agg_rows, agg_cols)
+    report.paths["aggregate.csv"] = out_dir / "aggregate.csv"
     doc = {
-        "sweep": sweep_name,
+        "sweep": grid.name,
         "swept_keys": swept,
         "std": "sample standard deviation (ddof=1) over the completed runs of a cell; 0 when n=1",
         "runs": rows,
         "aggregate": agg_rows,
         "notes": notes,
     }
-    _atomic_write(sweep_dir / "results.json", (json.dumps(_json_clean(doc), indent=2) + "\n").encode())
-    report.paths["results.json"] = sweep_dir / "results.json"
+    _atomic_write(out_dir / "results.json", (json.dumps(_json_clean(doc), indent=2) + "\n").encode())
+    report.paths["results.json"] = out_dir / "results.json"
     for fname in FIGURES:
-        path = sweep_dir / fname
+        path = out_dir / fname
         if fname in figures:
             _atomic_write(path, figures[fname])
             report.paths[fname] = path
-        elif path.exists():  # a figure this sweep no longer supports: don't leave a stale one
+        elif path.exists():  # a figure this grid no longer supports: don't leave a stale one
             path.unlink(missing_ok=True)
-
     if write_tensorboard:
-        report.event_files = _write_tensorboard(report, figures)
-
-    console.print(render_table(report))
-    for note in notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
-    for path in report.paths.values():
-        console.print(f"[dim]wrote {path}[/]", highlight=False)
-    if write_tensorboard:
-        console.print(f"[dim]TensorBoard: tensorboard --logdir {sweep_dir}[/]", highlight=False)
+        report.event_files = _write_vs_depth(report, figures)
     return report
+
+
+def build_reports(sweep_dir: Path | str, *, console: Console | None = None, write_tensorboard: bool = True,
+                  show: Path | None = None) -> list[Report]:
+    """Rebuild the report of every grid swept into `sweep_dir` (and its HParams dashboard).
+
+    Idempotent: every output is replaced, the runs' own files are never touched (the only
+    files written inside a run directory are the report's event files, deleted and
+    rewritten). Prints each grid's table, notes and files, or only the grid whose report
+    directory is `show`. Raises `UserError` for a path that is not a sweep directory (a
+    run directory, a directory of sweeps) or holds no readable run summary.
+    """
+    sweep_dir = Path(sweep_dir)
+    _check_sweep_dir(sweep_dir)
+    console = console if console is not None else Console()
+    load_notes: list[str] = []
+    runs = {r.run_id: r for r in load_runs(sweep_dir, load_notes)}
+    if not runs:
+        raise UserError(f"{sweep_dir}: no run with a summary.json to report on")
+    grids = read_grids(sweep_dir)
+    if not grids:  # runs of `resexp train`, or an older resexp: the directory is one grid
+        names = [(r.summary.get("sweep") or {}).get("name") for r in runs.values()]
+        grids = [Grid(sweep_dir, next((n for n in names if n), sweep_dir.name),
+                      _inferred_axes(list(runs.values()), load_notes), None)]
+    if write_tensorboard:
+        _clear_report_events(sweep_dir)
+    reports = []
+    for grid in grids:
+        notes = list(load_notes) if grid.run_ids is None else []
+        reports.append(_build_grid(sweep_dir, grid, runs, notes, write_tensorboard))
+    if write_tensorboard:
+        axes = [k for g in grids for k in g.axes]
+        every = [replace(r, keys={k: r.config(k) for k in dict.fromkeys(axes)}) for r in runs.values()]
+        hparams = _write_hparams(sweep_dir, every)
+        reports[0].event_files += hparams
+    for report in reports:
+        if show is not None and report.report_dir != show:
+            continue
+        console.print(render_table(report))
+        for note in report.notes:
+            console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[dim]wrote {', '.join(p.name for p in report.paths.values())} in {report.report_dir}[/]",
+                      highlight=False)
+    return reports
+
+
+def build_report(sweep_dir: Path | str, *, console: Console | None = None, write_tensorboard: bool = True,
+                 grid_dir: Path | None = None) -> Report:
+    """`build_reports`, printing and returning one grid's report: the one whose report directory
+    is `grid_dir` (a sweep's own grid), by default the directory's first grid."""
+    sweep_dir = Path(sweep_dir)
+    reports = build_reports(sweep_dir, console=console, write_tensorboard=write_tensorboard,
+                            show=grid_dir or sweep_dir)
+    return next((r for r in reports if r.report_dir == (grid_dir or sweep_dir)), reports[0])

@@ -1,7 +1,12 @@
 """A sweep is a grid of ordinary runs under one directory, plus aggregates rebuilt from them.
 
-    <out>/<name>/<run-id>/...     one run per grid cell (same layout as `resexp train`)
-    <out>/<name>/results.csv ...  rebuilt by `resexp report` at any time
+    <out>/<name>/<run-id>/...            one run per grid cell (same layout as `resexp train`)
+    <out>/<name>/sweep.json              the manifest of the first grid swept into the directory
+    <out>/<name>/results.csv ...         its report, rebuilt by `resexp report` at any time
+    <out>/<name>/grids/<grid>/sweep.json another grid swept into the same directory, and its report
+
+Runs are shared: a cell that two grids have in common is trained once. A manifest is what
+makes a grid's report show exactly its own cells.
 
 Re-running a sweep skips completed runs and resumes interrupted ones; several processes
 (`--jobs`, `--shard I/N`, two terminals) can share one directory because each run is
@@ -10,9 +15,13 @@ claimed with an atomic lock before it is trained.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import multiprocessing
 import os
+import re
+import sys
+import time
 import signal
 import threading
 import traceback
@@ -24,6 +33,9 @@ from typing import Any
 from resexp.config import Config, ConfigError, check_key, parse_value, run_id, with_updates
 from resexp.errors import UserError
 from resexp.runs import read_summary, write_json
+
+MANIFEST = "sweep.json"
+GRIDS_DIR = "grids"
 
 
 @dataclass(frozen=True)
@@ -59,8 +71,7 @@ def parse_grid(texts: list[str], source: str = "--grid") -> dict[str, list[Any]]
 
 def expand_grid(cfg: Config, extra_axes: dict[str, list[Any]] | None = None, source: str = "sweep") -> list[Cell]:
     """The cartesian product of the sweep axes, each cell validated before anything runs."""
-    axes = dict(cfg.sweep)
-    axes.update(extra_axes or {})
+    axes = grid_axes(cfg, extra_axes)
     base = cfg.model_copy(update={"sweep": {}})
     if not axes:
         return [Cell(base, {})]
@@ -77,6 +88,69 @@ def expand_grid(cfg: Config, extra_axes: dict[str, list[Any]] | None = None, sou
             seen.add(rid)
             cells.append(Cell(cell_cfg, updates))
     return cells
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What one `resexp sweep` asked for: its axes and the run ids of its cells."""
+
+    path: Path
+    name: str
+    axes: dict[str, list[Any]]
+    run_ids: list[str]
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path.parent
+
+
+def _manifest_at(path: Path) -> Manifest | None:
+    import json
+
+    try:
+        doc = json.loads(path.read_text())
+        return Manifest(path, str(doc["name"]), dict(doc["axes"]), [str(r) for r in doc["run_ids"]])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def read_manifests(sweep_dir: Path) -> list[Manifest]:
+    """The directory's grids: the first one (``sweep.json``), then ``grids/*/sweep.json`` by name."""
+    paths = [sweep_dir / MANIFEST, *sorted((sweep_dir / GRIDS_DIR).glob(f"*/{MANIFEST}"))]
+    return [m for m in map(_manifest_at, paths) if m is not None]
+
+
+def _grid_slug(extra_axes: dict[str, list[Any]], run_ids: list[str]) -> str:
+    """`weight_decay=0,0.0001,0.001-3fa2b1`: the --grid axes, readable, plus a hash of the cells."""
+    digest = hashlib.sha256(",".join(run_ids).encode()).hexdigest()[:6]
+    parts = [f"{k.rsplit('.', 1)[-1]}={','.join(str(v) for v in vs)}" for k, vs in extra_axes.items()]
+    text = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", "_".join(parts))[:80]
+    return f"{text}-{digest}" if text else f"grid-{digest}"
+
+
+def record_grid(sweep_dir: Path, name: str, axes: dict[str, list[Any]], extra_axes: dict[str, list[Any]],
+                cells: list[Cell]) -> Manifest:
+    """The manifest of this grid in `sweep_dir`: an existing one with the same cells, else a new one
+    (the directory's first grid at its top, any other in ``grids/<slug>/``)."""
+    run_ids = sorted(c.run_id for c in cells)
+    for m in read_manifests(sweep_dir):
+        if sorted(m.run_ids) == run_ids:
+            return m
+    path = sweep_dir / MANIFEST
+    if path.exists():
+        path = sweep_dir / GRIDS_DIR / _grid_slug(extra_axes, run_ids) / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"name": name, "axes": axes, "run_ids": [c.run_id for c in cells],
+           "command": " ".join(["resexp", *sys.argv[1:]]), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json(path, doc)
+    return Manifest(path, name, axes, doc["run_ids"])
+
+
+def grid_axes(cfg: Config, extra_axes: dict[str, list[Any]] | None = None) -> dict[str, list[Any]]:
+    """The axes `expand_grid` sweeps: the config's `sweep:` section, then `--grid` on top."""
+    axes = dict(cfg.sweep)
+    axes.update(extra_axes or {})
+    return axes
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -179,13 +253,20 @@ def run_sweep(groups: list[list[Cell]], sweep_dir: Path, *, jobs: int = 1, progr
     """Train every group (skipping finished runs), `jobs` at a time; returns one result per run."""
     results: list[dict] = []
     total = sum(len(g) for g in groups)
-    if jobs <= 1:
-        for n, group in enumerate(groups, start=1):
+
+    def report(done: list[dict]) -> None:
+        """One line per finished run, the same for sequential and `--jobs` sweeps."""
+        for r in done:
+            results.append(r)
             if console is not None:
-                label = ", ".join(f"{k}={v}" for k, v in group[0].keys.items() if k != "train.seed")
-                console.print(f"[bold]run {len(results) + 1}-{len(results) + len(group)}/{total}[/] {label}")
-            results += _train_group(group, sweep_dir, progress)
-            if any(r["status"] == "interrupted" for r in results):
+                console.print(f"[{len(results)}/{total}] {r['run_id']}: {r['status']}"
+                              + (" (already done)" if r.get("skipped") else ""), highlight=False)
+
+    if jobs <= 1:
+        for group in groups:
+            done = _train_group(group, sweep_dir, progress)
+            report(done)
+            if any(r["status"] == "interrupted" for r in done):
                 break  # Ctrl-C/SIGTERM stops the sweep, not just the run in flight; a re-run resumes
         return results
     ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
@@ -195,11 +276,7 @@ def run_sweep(groups: list[list[Cell]], sweep_dir: Path, *, jobs: int = 1, progr
         try:
             for fut in as_completed(futures):
                 done = fut.result()
-                results += done
-                if console is not None:
-                    for r in done:
-                        console.print(f"[{len(results)}/{total}] {r['run_id']}: {r['status']}"
-                                      + (" (already done)" if r.get("skipped") else ""))
+                report(done)
                 if any(r["status"] == "interrupted" for r in done):
                     raise KeyboardInterrupt
         except KeyboardInterrupt:

@@ -14,6 +14,7 @@ its own directory, summary, events and checkpoints, exactly as if trained alone.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -363,6 +364,7 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
             r.history, r.wall_before = meta["history"], meta.get("wall_seconds", 0.0)
             r.last_eval, r.diagnostics = meta.get("last_eval", {}), meta.get("diagnostics")
             r.initial_loss = meta.get("initial_loss")
+            _say(console, f"{r.dir.name}: resuming from step {resume_step} (checkpoint {c.directory / str(resume_step)})")
         state = _stack(restored)
     start_step = resume_step or 0
     for r in records:
@@ -470,6 +472,14 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
         r.events.close()
         summaries.append(s)
     return summaries
+
+
+def _say(console, text: str) -> None:
+    """A one-line notice on stderr (the CLI's console when there is one: sweep workers have none)."""
+    if console is not None:
+        console.print(text, highlight=False, soft_wrap=True)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 def _record_chunk(records, engine: Engine, end: int, length: int, losses, accs, elapsed: float) -> None:

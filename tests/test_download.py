@@ -182,9 +182,13 @@ def test_stalled_server_times_out(tmp_path, mirror, monkeypatch):
 
 
 def test_unreachable_host(tmp_path):
+    """Offline: says nothing was downloaded (no 'partial file') and leaves no empty folder behind."""
+    dest = tmp_path / "data"
     with pytest.raises(DataError) as e:
-        download("mnist", tmp_path, base_url="http://127.0.0.1:9", progress=False, log=lambda m: None)
+        download("mnist", dest, base_url="http://127.0.0.1:9", progress=False, log=lambda m: None)
     assert "train-images-idx3-ubyte.gz" in str(e.value) and "failed" in str(e.value)
+    assert "nothing was downloaded" in str(e.value) and "partial" not in str(e.value)
+    assert not dest.exists()
 
 
 def test_progress_bar_and_default_log(tmp_path, mirror, capsys):

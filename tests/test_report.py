@@ -391,3 +391,81 @@ def test_runs_without_sweep_keys_get_an_inferred_grid(tmp_path):
     assert report.swept_keys == ["model.depth", "model.shortcut"]  # the config keys that differ
     assert len(report.cells) == 4 and all(c.n == 1 for c in report.cells)
     assert (sweep / "loss_vs_depth.png").is_file()
+
+
+# --------------------------------------------------------------------------- grids sharing a directory
+
+AXIS_VALUES = {"model.depth": [8, 14, 20], "model.shortcut": [False, True], "optim.weight_decay": [0.0, 1e-4, 1e-3],
+               "train.seed": [0, 1, 2]}
+
+
+def fabricated_run(sweep: Path, cfg) -> None:
+    """A finished run of `cfg` (a real Config, so a real run id) with numbers that are a function of it."""
+    from resexp.config import run_id
+
+    m, wd, seed = cfg.model, cfg.optim.weight_decay, cfg.train.seed
+    diverged = (m.depth, m.shortcut, seed) == (20, False, 2)
+    loss = (0.1 * m.depth / 8 if not m.shortcut else 0.05) * (1 + 0.07 * seed) + 10 * wd
+    rid = run_id(cfg)
+    summary = {"run_id": rid, "status": "diverged" if diverged else "completed", "steps": 100,
+               "diverged_at_step": 50 if diverged else None, "final_train_loss": None if diverged else loss,
+               "final_train_accuracy": None if diverged else 1 - loss, "eval_loss": None if diverged else 2 * loss,
+               "eval_accuracy": None if diverged else 0.9 - loss, "params": 1000 * m.depth, "wall_seconds": 1.0,
+               "config": cfg.model_dump(mode="json"),
+               # what the launching sweep happened to sweep: deliberately partial, the report must not use it
+               "sweep": {"name": cfg.name, "keys": {"model.depth": m.depth}},
+               "history": {"step": [50, 100], "train_loss": [1.0, loss], "train_accuracy": [0.5, 0.6]},
+               "diagnostics": {"residual_ratio": [0.5] if m.shortcut else [], "response_std": [1.0, 0.5],
+                               "weight_norm": {}, "grad_norm": {}}}
+    write_summary(sweep / rid, summary)
+
+
+@pytest.mark.parametrize("trial", range(8))
+def test_reports_over_random_mixtures_of_grids(tmp_path, trial):
+    """Property: however grids overlap in one directory, each report shows exactly its own grid,
+    every swept value comes from the run's resolved config (never None), and each cell's
+    statistics are those of the runs that match it."""
+    import random
+
+    from conftest import tiny_dict
+
+    from resexp.config import Config
+    from resexp.report import build_reports
+    from resexp.sweep import expand_grid, grid_axes, record_grid
+
+    rng = random.Random(trial)
+    sweep = tmp_path / "mixed"
+    base = Config.model_validate(tiny_dict(name="mixed"))
+    asked = []
+    for _ in range(rng.randint(1, 4)):
+        keys = rng.sample(sorted(AXIS_VALUES), rng.randint(1, len(AXIS_VALUES)))
+        axes = {k: sorted(rng.sample(AXIS_VALUES[k], rng.randint(1, len(AXIS_VALUES[k])))) for k in keys}
+        cells = expand_grid(base, axes)
+        for c in cells:
+            fabricated_run(sweep, c.cfg)
+        manifest = record_grid(sweep, "mixed", grid_axes(base, axes), axes, cells)
+        asked.append((manifest.report_dir, axes, {c.run_id: c.cfg for c in cells}))
+
+    reports = {r.report_dir: r for r in build_reports(sweep, console=Console(file=io.StringIO()), write_tensorboard=False)}
+    distinct = {d for d, _, _ in asked}
+    assert set(reports) == distinct
+    for report_dir, axes, cfgs in asked:
+        report = reports[report_dir]
+        _, rows = read_csv(report_dir / "results.csv")
+        assert sorted(row["run_id"] for row in rows) == sorted(cfgs)  # exactly its own runs, reused ones included
+        for row in rows:
+            for key in axes:
+                assert row[key] != "", (key, row)  # never None
+                want = cfgs[row["run_id"]].model_dump(mode="json")
+                for part in key.split("."):
+                    want = want[part]
+                assert str(row[key]).lower() == str(want).lower() or float(row[key]) == float(want), (key, row)
+        for cell in report.cells:
+            members = [c for rid, c in cfgs.items()
+                       if all(c.model_dump(mode="json")[k.split(".")[0]][k.split(".")[1]] == v for k, v in cell.key.items())]
+            assert cell.n == len(members)
+            losses = [(0.1 * c.model.depth / 8 if not c.model.shortcut else 0.05) * (1 + 0.07 * c.train.seed)
+                      + 10 * c.optim.weight_decay for c in members
+                      if (c.model.depth, c.model.shortcut, c.train.seed) != (20, False, 2)]
+            if losses:
+                assert cell.mean["final_train_loss"] == pytest.approx(statistics.mean(losses), rel=1e-12)
