@@ -79,7 +79,9 @@ def train(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
     """Train one model (or `train.vmap_seeds` seeds of it). Re-running resumes; a finished run is not retrained."""
     from resexp.runs import exit_code, finished_runs
 
-    cfg = _load(config, set_)
+    from resexp.config import apply_overrides
+
+    cfg = apply_overrides(*[_load(config, set_)] * 2, str(config))  # sweep_overrides matching this config
     finished = finished_runs(cfg, out)  # a finished run is answered at once, without starting JAX
     if finished is None:
         _setup()

@@ -398,14 +398,18 @@ def check_sweep_overrides(cfg: Config, source: str) -> None:
                                   f"{get_dotted(base, key)!r} in every cell)")
 
 
-def cell_overrides(cfg: Config, cell: Config) -> dict[str, Any]:
-    """The `set` updates of every override whose `when` matches `cell` (later ones win)."""
+def apply_overrides(cfg: Config, cell: Config, source: str = "config") -> Config:
+    """`cell` with the `set` of every override of `cfg` whose `when` it matches (in file order)."""
     values = cell.model_dump()
-    updates: dict[str, Any] = {}
-    for override in cfg.sweep_overrides:
-        if all(same_value(get_dotted(values, k), v) for k, v in override.when.items()):
-            updates.update(override.set)
-    return updates
+    out = cell.model_copy(update={"sweep_overrides": []})
+    for i, override in enumerate(cfg.sweep_overrides):
+        if not all(same_value(get_dotted(values, k), v) for k, v in override.when.items()):
+            continue
+        try:
+            out = with_updates(out, override.set, source=source)
+        except ConfigError as exc:
+            raise ConfigError(source, f"sweep_overrides[{i}].set.{exc.key}", exc.message) from None
+    return out if cfg.sweep_overrides else cell
 
 
 def with_updates(cfg: Config, updates: dict[str, Any], source: str = "sweep") -> Config:

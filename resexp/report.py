@@ -59,7 +59,7 @@ WD_KEY = "optim.weight_decay"
 AGGREGATE_METRICS = ("final_train_loss", "final_train_accuracy", "eval_loss", "eval_accuracy")
 ROW_METRICS = (*AGGREGATE_METRICS, "params", "wall_seconds", "diverged_at_step")
 FINISHED = ("completed", "diverged")
-FIGURES = ("loss_vs_depth.png", "response_std.png", "residual_ratio_vs_wd.png")
+FIGURES = ("loss_vs_depth.png", "response_std.png", "residual_ratio_vs_wd.png", "test_error_vs_paper.png")
 
 _METRIC_NAMES = {
     "final_train_loss": "final train loss",
@@ -645,6 +645,15 @@ def build_report(
         png = plot_residual_ratio_vs_wd(report, f"{sweep_name}: residual ratio vs weight decay")
         if png is not None:
             figures["residual_ratio_vs_wd.png"] = png
+    # The paper beside the numbers, when the sweep's config names one (report.reference).
+    from resexp.references import compare
+
+    comparison = compare(report) if cells else None
+    if comparison is not None:
+        from resexp.figures import plot_test_error_vs_paper
+
+        figures["test_error_vs_paper.png"] = plot_test_error_vs_paper(
+            report, comparison, f"{sweep_name}: test error vs {comparison.reference.name}")
 
     row_cols = ["run_id", *swept, "status", *ROW_METRICS]
     _write_csv(sweep_dir / "results.csv", rows, row_cols)
@@ -653,6 +662,10 @@ def build_report(
     agg_cols = [*cell_keys, "n_runs", "n_diverged"]
     agg_cols += [f"{m}_{s}" for m in AGGREGATE_METRICS for s in ("mean", "std")]
     agg_cols += ["params", "wall_seconds_mean", "run_ids"]
+    if comparison is not None:
+        for row, extra in zip(agg_rows, comparison.csv_columns(), strict=True):
+            row.update(extra)
+        agg_cols += list(comparison.columns)
     _write_csv(sweep_dir / "aggregate.csv", agg_rows, agg_cols)
     report.paths["aggregate.csv"] = sweep_dir / "aggregate.csv"
     doc = {
@@ -663,6 +676,8 @@ def build_report(
         "aggregate": agg_rows,
         "notes": notes,
     }
+    if comparison is not None:
+        doc["reference"] = comparison.as_json()
     _atomic_write(sweep_dir / "results.json", (json.dumps(_json_clean(doc), indent=2) + "\n").encode())
     report.paths["results.json"] = sweep_dir / "results.json"
     for fname in FIGURES:
@@ -677,6 +692,8 @@ def build_report(
         report.event_files = _write_tensorboard(report, figures)
 
     console.print(render_table(report))
+    if comparison is not None:
+        comparison.print(console)
     for note in notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     for path in report.paths.values():
