@@ -77,11 +77,11 @@ def _setup() -> None:
 def train(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
           progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True) -> None:
     """Train one model (or `train.vmap_seeds` seeds of it). Re-running resumes; a finished run is not retrained."""
+    from resexp.config import apply_overrides
     from resexp.runs import exit_code, finished_runs
 
-    from resexp.config import apply_overrides
-
-    cfg = apply_overrides(*[_load(config, set_)] * 2, str(config))  # sweep_overrides matching this config
+    cfg = _load(config, set_)
+    cfg = apply_overrides(cfg, cfg, str(config))  # a sweep_overrides entry this config matches applies here too
     finished = finished_runs(cfg, out)  # a finished run is answered at once, without starting JAX
     if finished is None:
         _setup()

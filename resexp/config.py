@@ -315,9 +315,10 @@ def _validate(raw: dict, source: str, origins: dict[str, str]) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
-        key = ".".join(loc) or None
+        errors = exc.errors()  # a misspelt key is the cause of the "missing" error beside it: name it first
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        loc = [p for p in err["loc"] if not str(p).startswith("function-after")]
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or None
         msg = err["msg"].removeprefix("Value error, ")
         section = _sections().get(key or "")
         if section is not None:  # a cross-field check: point at the field it names first

@@ -77,10 +77,11 @@ def test_resume_across_the_switch_is_exact(switched, tmp_path):
     assert _scalars(run, "train/warmup_end_step") == [(30, 30.0)]  # logged once, by the resumed session
 
 
-def test_the_step_cap_ends_the_warmup_when_the_error_never_drops(tmp_path):
-    cfg = _cfg(steps=20, until_train_error=None)
+def test_the_step_cap_ends_the_warmup_when_the_error_has_not_dropped_yet(tmp_path):
+    cfg = _cfg(steps=20)  # the error rule would end it at 30; same chunk program as above, only E starts lower
     (outcome,) = train_runs([cfg], tmp_path, progress=False)
     assert outcome.summary["warmup"]["end_step"] == 20 and outcome.summary["warmup"]["ended_by"] == "steps"
+    assert _scalars(tmp_path / run_id(cfg), "train/warmup_end_step") == [(20, 20.0)]
     lrs = [v for _, v in _scalars(tmp_path / run_id(cfg), "train/learning_rate")]
     np.testing.assert_array_equal(lrs, np.float32([WARM, WARM, BASE, BASE]))
 
@@ -99,6 +100,13 @@ def test_the_update_uses_the_held_lr_before_the_switch_and_is_untouched_after():
     assert jax.numpy.array_equal(after["w"], updates["w"])  # factor exactly 1
     assert optim.learning_rate(o, schedule, 9, 10) == np.float32(WARM)
     assert optim.learning_rate(o, schedule, 10, 10) == np.float32(BASE)
+    # The window rule: a window ending before E with error below the threshold moves E to its end.
+    accs = jnp.float32([0.3, 0.3])  # error 0.7 < 0.75
+    assert int(optim.next_warmup_end(o, jnp.int32(1000), jnp.int32(20), accs)) == 20
+    assert int(optim.next_warmup_end(o, jnp.int32(1000), jnp.int32(20), accs * 0)) == 1000  # error 1.0
+    assert int(optim.next_warmup_end(o, jnp.int32(10), jnp.int32(20), accs)) == 10  # already ended
+    steps_only = _cfg(until_train_error=None).optim
+    assert int(optim.next_warmup_end(steps_only, jnp.int32(1000), jnp.int32(20), accs)) == 1000
 
 
 @pytest.mark.parametrize("optim_section, message", [
