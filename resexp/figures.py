@@ -383,7 +383,7 @@ def plot_test_error_vs_paper(report: Report, comparison, title: str) -> bytes:
     rows = [r for r in comparison.reference.rows if r.depth in depths]
     if rows:
         ax.plot([r.depth for r in rows], [r.error for r in rows], ls="", marker="*", ms=13, color="black",
-                label="He et al. 2016, Table 6")
+                label="He et al. 2016, Table 6" + (" (110: best of 5)" if any(r.mean is not None for r in rows) else ""))
         for r in rows:
             if r.mean is not None:
                 ax.errorbar([r.depth * 1.03], [r.mean], yerr=[r.std], marker="_", ms=12, color="black", capsize=4,
