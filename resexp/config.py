@@ -261,7 +261,8 @@ def _sections() -> dict[str, type[BaseModel]]:
 
 def valid_keys() -> list[str]:
     """Every dotted key a user may set, e.g. `model.depth`."""
-    keys = [name for name in Config.model_fields if name not in _sections() and name not in ("sweep", "sweep_overrides")]
+    keys = [name for name in Config.model_fields
+            if name not in _sections() and name not in ("sweep", "sweep_overrides")]
     for section, model in _sections().items():
         keys += [f"{section}.{field}" for field in model.model_fields]
     return keys
@@ -410,7 +411,7 @@ def apply_overrides(cfg: Config, cell: Config, source: str = "config") -> Config
             out = with_updates(out, override.set, source=source)
         except ConfigError as exc:
             raise ConfigError(source, f"sweep_overrides[{i}].set.{exc.key}", exc.message) from None
-    return out if cfg.sweep_overrides else cell
+    return out
 
 
 def with_updates(cfg: Config, updates: dict[str, Any], source: str = "sweep") -> Config:

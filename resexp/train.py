@@ -27,13 +27,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from resexp import __version__, diagnostics, parallel
+from resexp import __version__, diagnostics, optim, parallel
 from resexp.checkpoint import Checkpoints
 from resexp.config import Config, config_hash, run_id
 from resexp.data import Data, augmented_batch, batch_indices, load_data
 from resexp.errors import RunError
 from resexp.models import Net, layer_table, net_builder
-from resexp import optim
 from resexp.optim import lr_schedule, make_optimizer
 from resexp.runs import FINAL, RunLock, exit_code, prepare_run_dir, read_summary, seed_configs, write_json
 from resexp.tblog import EventWriter
