@@ -146,7 +146,7 @@ class Comparison:
         console.print(self.table())
         for claim, verdict in self.verdicts:
             color = "green" if verdict == "holds" else "red" if verdict.startswith("violated") else "dim"
-            console.print(f"  [{color}]{verdict}[/]: {claim.text} ({claim.source})", highlight=False)
+            console.print(f"  {claim.text} ({claim.source}): [{color}]{verdict}[/]", highlight=False)
 
     def csv_columns(self) -> list[dict[str, Any]]:
         return [{k: v for k, v in extra.items() if not k.startswith("_")} for extra in self.per_cell]

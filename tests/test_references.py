@@ -91,8 +91,9 @@ def test_aggregate_gets_paper_yours_difference_and_within(reported):
 def test_terminal_and_json_say_it(reported):
     sweep, _, text = reported
     assert "6.43 (best; 6.61±0.16)" in text and "6.60±0.10" in text and "+0.73" in text
-    assert "holds (on depths 20, 56): plain nets: test error rises with depth" in text
-    assert "holds (on depths 20, 56, 110): ResNets: test error falls" in text
+    assert "plain nets: test error rises with depth (20 < 32 < 44 < 56) (Fig. 6 left): holds (on depths 20, 56)" \
+        in text
+    assert "(Fig. 6 middle, Table 6): holds (on depths 20, 56, 110)" in text
     assert "not testable" in text and "1202" in text
     doc = json.loads((sweep / "results.json").read_text())
     verdicts = {c["source"]: c["verdict"] for c in doc["reference"]["claims"]}
