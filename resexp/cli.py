@@ -96,9 +96,11 @@ def train(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
 
     Example: resexp train configs/demo.yaml --set model.depth=8 --set train.steps=60
     """
+    from resexp.config import apply_overrides
     from resexp.runs import exit_code, finished_runs
 
     cfg = _load(config, set_)
+    cfg = apply_overrides(cfg, cfg, str(config))  # a sweep_overrides entry this config matches applies here too
     finished = finished_runs(cfg, out)  # a finished run is answered at once, without starting JAX
     if finished is None:
         _setup()

@@ -34,6 +34,9 @@ class DataConfig(_Section):
     batch_size: int = Field(128, gt=0)
     eval_batch_size: int = Field(500, gt=0)
     augment: bool | None = None  # pad-4 random crop + flip; None = on for CIFAR only
+    # What the 4-pixel border of an augmented crop holds: `mean` pads after normalising (the border
+    # is the mean colour, as fb.resnet.torch), `zero` pads raw black pixels before (akamaster).
+    pad_value: Literal["mean", "zero"] = "mean"
     # `synthetic` only: a deterministic procedural classification set of any size/shape.
     num_train: int = Field(2048, gt=0)
     num_test: int = Field(512, gt=0)
@@ -79,6 +82,30 @@ class ModelConfig(_Section):
         return (self.depth - 2) // (2 * len(self.widths))
 
 
+class WarmupConfig(_Section):
+    """How the first steps' learning rate departs from the schedule (see `resexp.optim`).
+
+    linear:   lr ramps from lr/steps to lr over `steps` (same as `optim.warmup_steps`).
+    constant: lr is held at `warmup.lr` until step `steps`, or until a logging window's
+              training error (1 - mean train accuracy of the window) falls below
+              `until_train_error`, whichever comes first (He et al. 2016, ResNet-110).
+    """
+
+    kind: Literal["linear", "constant"] = "linear"
+    steps: int = Field(gt=0)
+    lr: float | None = Field(None, gt=0)
+    until_train_error: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> "WarmupConfig":
+        if self.kind == "constant" and self.lr is None:
+            raise ValueError("lr is required for kind: constant (the held learning rate, e.g. 0.01)")
+        if self.kind == "linear" and (self.lr is not None or self.until_train_error is not None):
+            raise ValueError("lr and until_train_error apply to kind: constant only "
+                             "(a linear warm-up ramps to optim.lr over `steps`)")
+        return self
+
+
 class OptimConfig(_Section):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)
@@ -87,7 +114,8 @@ class OptimConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     decay_biases_and_norms: bool = True  # the lecture's argument decays W *and* b
     schedule: Literal["constant", "step", "cosine"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0)  # shorthand for warmup: {kind: linear, steps: N}
+    warmup: WarmupConfig | None = None
     boundaries: list[int] = Field(default_factory=list)  # `step`: lr *= decay_factor at each
     decay_factor: float = Field(0.1, gt=0, le=1)
 
@@ -97,6 +125,24 @@ class OptimConfig(_Section):
         if any(x <= 0 for x in b) or b != sorted(set(b)):
             raise ValueError("boundaries must be strictly increasing positive steps")
         return b
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> "OptimConfig":
+        if self.warmup is not None and self.warmup_steps:
+            raise ValueError("warmup_steps and warmup are two spellings of one setting: give one "
+                             "(warmup_steps: N is warmup: {kind: linear, steps: N})")
+        return self
+
+    @property
+    def linear_warmup_steps(self) -> int:
+        """Steps of the linear ramp, whichever spelling set it (0: none)."""
+        if self.warmup is not None:
+            return self.warmup.steps if self.warmup.kind == "linear" else 0
+        return self.warmup_steps
+
+    @property
+    def constant_warmup(self) -> "WarmupConfig | None":
+        return self.warmup if self.warmup is not None and self.warmup.kind == "constant" else None
 
 
 class TrainConfig(_Section):
@@ -125,6 +171,19 @@ class TrainConfig(_Section):
         return self
 
 
+class ReportConfig(_Section):
+    """What `resexp report` sets beside a sweep's numbers (it changes no run)."""
+
+    reference: Literal["he2016_table6"] | None = None  # published numbers: see resexp.references
+
+
+class SweepOverride(_Section):
+    """Per-cell settings: every sweep cell whose config matches `when` gets `set` applied."""
+
+    when: dict[str, Any] = Field(min_length=1)  # dotted key -> value, e.g. {model.depth: 110}
+    set: dict[str, Any] = Field(min_length=1)  # dotted key -> value, e.g. {optim.warmup: {...}}
+
+
 class Config(_Section):
     name: str = Field("experiment", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -132,6 +191,8 @@ class Config(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     sweep: dict[str, list[Any]] = Field(default_factory=dict)  # dotted key -> values (a grid axis)
+    sweep_overrides: list[SweepOverride] = Field(default_factory=list)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
 
 # --------------------------------------------------------------------------- YAML
@@ -204,7 +265,8 @@ def _sections() -> dict[str, type[BaseModel]]:
 
 def valid_keys() -> list[str]:
     """Every dotted key a user may set, e.g. `model.depth`."""
-    keys = [name for name in Config.model_fields if name not in _sections() and name != "sweep"]
+    keys = [name for name in Config.model_fields
+            if name not in _sections() and name not in ("sweep", "sweep_overrides")]
     for section, model in _sections().items():
         keys += [f"{section}.{field}" for field in model.model_fields]
     return keys
@@ -258,9 +320,10 @@ def _validate(raw: dict, source: str, origins: dict[str, str]) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
-        key = ".".join(loc) or None
+        errors = exc.errors()  # a misspelt key is the cause of the "missing" error beside it: name it first
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        loc = [p for p in err["loc"] if not str(p).startswith("function-after")]
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or None
         msg = err["msg"].removeprefix("Value error, ")
         section = _sections().get(key or "")
         if section is not None:  # a cross-field check: point at the field it names first
@@ -304,6 +367,55 @@ def check_sweep(cfg: Config, source: str) -> None:
             raise ConfigError(source, "sweep.name", "cannot sweep the experiment name")
         if not values:
             raise ConfigError(source, f"sweep.{key}", "empty sweep axis (give at least one value)")
+    check_sweep_overrides(cfg, source)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Config equality that keeps `true` apart from 1 (YAML gives both)."""
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
+def check_sweep_overrides(cfg: Config, source: str) -> None:
+    """Each override names real keys, changes no sweep axis, and matches a cell of the file's grid.
+
+    A cell matches when every `when` key has its value there; the grid is a cartesian product,
+    so that holds for some cell iff each value is on its axis (or, unswept, in the base config).
+    """
+    base = cfg.model_dump()
+    for i, override in enumerate(cfg.sweep_overrides):
+        where = f"sweep_overrides[{i}]"
+        for part in ("when", "set"):
+            for key in getattr(override, part):
+                if key not in valid_keys():
+                    raise ConfigError(source, f"{where}.{part}.{key}", f"unknown key{_suggest(key)}")
+        for key in override.set:
+            if key == "name" or key in cfg.sweep:
+                raise ConfigError(source, f"{where}.set.{key}",
+                                  "is a sweep axis; an override may not change it" if key != "name"
+                                  else "cannot override the experiment name")
+        for key, value in override.when.items():
+            axis = cfg.sweep.get(key)
+            if axis is not None and not any(same_value(v, value) for v in axis):
+                raise ConfigError(source, f"{where}.when.{key}",
+                                  f"{value!r} matches no sweep cell ({key} is swept over {axis})")
+            if axis is None and not same_value(get_dotted(base, key), value):
+                raise ConfigError(source, f"{where}.when.{key}",
+                                  f"{value!r} matches no sweep cell ({key} is not swept and is "
+                                  f"{get_dotted(base, key)!r} in every cell)")
+
+
+def apply_overrides(cfg: Config, cell: Config, source: str = "config") -> Config:
+    """`cell` with the `set` of every override of `cfg` whose `when` it matches (in file order)."""
+    values = cell.model_dump()
+    out = cell.model_copy(update={"sweep_overrides": []})
+    for i, override in enumerate(cfg.sweep_overrides):
+        if not all(same_value(get_dotted(values, k), v) for k, v in override.when.items()):
+            continue
+        try:
+            out = with_updates(out, override.set, source=source)
+        except ConfigError as exc:
+            raise ConfigError(source, f"sweep_overrides[{i}].set.{exc.key}", exc.message) from None
+    return out
 
 
 def with_updates(cfg: Config, updates: dict[str, Any], source: str = "sweep") -> Config:
@@ -321,11 +433,18 @@ def with_updates(cfg: Config, updates: dict[str, Any], source: str = "sweep") ->
 def identity_dict(cfg: Config) -> dict:
     """What determines a run's numbers: everything except bookkeeping that does not.
 
-    `name` and `sweep` say where a run came from, and `vmap_seeds` how it was batched
-    with others; none changes what one seed's run computes.
+    `name`, `sweep`, `sweep_overrides` and `report` say where a run came from and how it is
+    reported, and `vmap_seeds` how it was batched with others; none changes what one seed's
+    run computes. Settings added later are left out at their default (which is what runs
+    before them computed), so existing run ids stay valid.
     """
-    d = cfg.model_dump(mode="json", exclude={"name", "sweep"})
+    d = cfg.model_dump(mode="json", exclude={"name", "sweep", "sweep_overrides", "report"})
     d["train"].pop("vmap_seeds", None)
+    if d["optim"]["warmup"] is None:
+        d["optim"].pop("warmup")
+    augmented = cfg.data.augment if cfg.data.augment is not None else cfg.data.name in ("cifar10", "cifar100")
+    if d["data"]["pad_value"] == "mean" or not augmented:  # no crop, no border
+        d["data"].pop("pad_value")
     if not cfg.model.shortcut:  # a plain net has no shortcut to project, pad or gate
         for key in ("projection", "zero_init_residual", "rezero"):
             d["model"].pop(key)

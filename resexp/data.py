@@ -152,6 +152,22 @@ def augment_batch(key: jax.Array, x: jax.Array, pad: int = 4) -> jax.Array:
     return jnp.where(flip[:, None, None, None], crops[:, :, ::-1, :], crops)
 
 
+def augmented_batch(key: jax.Array, x_raw: jax.Array, normalize, pad_value: str = "mean") -> jax.Array:
+    """Normalised, augmented training batch; `pad_value` decides what the crop's border holds.
+
+    mean: normalise, then pad with zeros, so the border is the mean colour. This is what
+          facebook/fb.resnet.torch's CIFAR-10 loader does (ColorNormalize, then RandomCrop(32, 4)
+          zero-pads), and resexp's default.
+    zero: pad the raw image with black pixels, then normalise (torchvision's
+          RandomCrop(32, padding=4) before Normalize, as in akamaster/pytorch_resnet_cifar10).
+    Normalisation is per element, so inside the crop both give bit-identical values; only the
+    border differs (0 vs -mean/std). The effect on test error is expected to be <~0.1 pt.
+    """
+    if pad_value == "zero":
+        return normalize(augment_batch(key, x_raw.astype(jnp.float32)))
+    return augment_batch(key, normalize(x_raw))
+
+
 def dataset_shape(cfg: DataConfig) -> tuple[tuple[int, int, int], int]:
     """(image shape, classes) without loading anything: for `resexp model`."""
     if cfg.name == "digits":

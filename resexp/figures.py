@@ -360,3 +360,42 @@ def plot_residual_ratio_vs_wd(report: Report, title: str) -> bytes | None:
     return _png(fig)
 
 
+
+
+def plot_test_error_vs_paper(report: Report, comparison, title: str) -> bytes:
+    """Test error (%) vs depth per group (mean ± std over seeds), the paper's points on top:
+    black stars for its published numbers, a black bar for its mean ± std where it has one."""
+    gkeys = report.group_keys
+    groups = _groups(report.cells, gkeys)
+    styles = _group_styles(groups, gkeys)
+    extra = {id(c): e for c, e in zip(report.cells, comparison.per_cell, strict=True)}
+    fig, (ax,) = _new_figure(7.5, 5.0)
+    depths: set[float] = set()
+    for gkey, cells in groups.items():
+        pts = [(float(c.key[DEPTH_KEY]), extra[id(c)]["test_error_mean"], extra[id(c)]["test_error_std"])
+               for c in cells if DEPTH_KEY in c.key and math.isfinite(extra[id(c)]["test_error_mean"])]
+        if not pts:
+            continue
+        xs, ms, ss = zip(*pts, strict=True)
+        depths.update(xs)
+        label = group_label(dict(zip(gkeys, gkey, strict=True)), _group_runs(cells)) + " (yours)"
+        ax.errorbar(xs, ms, yerr=ss, marker="o", ms=5, lw=1.8, capsize=3, label=label, **styles[gkey])
+    rows = [r for r in comparison.reference.rows if r.depth in depths]
+    if rows:
+        ax.plot([r.depth for r in rows], [r.error for r in rows], ls="", marker="*", ms=13, color="black",
+                label="He et al. 2016, Table 6" + (" (110: best of 5)" if any(r.mean is not None for r in rows) else ""))
+        for r in rows:
+            if r.mean is not None:
+                ax.errorbar([r.depth * 1.03], [r.mean], yerr=[r.std], marker="_", ms=12, color="black", capsize=4,
+                            lw=1.2, label=f"paper mean ± std ({r.runs} runs)")
+    xs = sorted(depths)
+    if xs and xs[-1] / max(xs[0], 1) > 20:
+        ax.set_xscale("log")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([_fmt_num(d) for d in xs])
+    ax.set_xlabel("depth (weighted layers)")
+    ax.set_ylabel("test error (%)")
+    ax.set_title("Test error vs depth: yours (mean ± std over seeds) and the paper's", fontsize=10)
+    ax.legend(frameon=False, fontsize=9)
+    fig.suptitle(title, fontsize=13, fontweight="bold")
+    return _png(fig)

@@ -68,7 +68,7 @@ WD_KEY = "optim.weight_decay"
 AGGREGATE_METRICS = ("final_train_loss", "final_train_accuracy", "eval_loss", "eval_accuracy")
 ROW_METRICS = (*AGGREGATE_METRICS, "params", "wall_seconds", "diverged_at_step")
 FINISHED = ("completed", "diverged")
-FIGURES = ("loss_vs_depth.png", "response_std.png", "residual_ratio_vs_wd.png")
+FIGURES = ("loss_vs_depth.png", "response_std.png", "residual_ratio_vs_wd.png", "test_error_vs_paper.png")
 
 _METRIC_NAMES = {
     "final_train_loss": "final train loss",
@@ -187,6 +187,7 @@ class Report:
     paths: dict[str, Path] = field(default_factory=dict)  # name -> file written
     event_files: list[Path] = field(default_factory=list)  # TensorBoard files written
     report_dir: Path | None = None  # where this grid's files go (its manifest's directory); None: sweep_dir
+    comparison: Any = None  # resexp.references.Comparison when the config names a paper to compare with
 
     def __post_init__(self) -> None:
         if self.report_dir is None:
@@ -687,6 +688,15 @@ def _build_grid(sweep_dir: Path, grid: Grid, runs: Mapping[str, RunRecord], note
         png = plot_residual_ratio_vs_wd(report, f"{grid.name}: residual ratio vs weight decay")
         if png is not None:
             figures["residual_ratio_vs_wd.png"] = png
+    # The paper beside the numbers, when the sweep's config names one (report.reference).
+    from resexp.references import compare
+
+    comparison = compare(report) if cells else None
+    if comparison is not None:
+        from resexp.figures import plot_test_error_vs_paper
+
+        figures["test_error_vs_paper.png"] = plot_test_error_vs_paper(
+            report, comparison, f"{grid.name}: test error vs {comparison.reference.name}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     row_cols = ["run_id", *swept, "status", *ROW_METRICS]
@@ -696,6 +706,10 @@ def _build_grid(sweep_dir: Path, grid: Grid, runs: Mapping[str, RunRecord], note
     agg_cols = [*cell_keys, "n_runs", "n_diverged"]
     agg_cols += [f"{m}_{s}" for m in AGGREGATE_METRICS for s in ("mean", "std")]
     agg_cols += ["params", "wall_seconds_mean", "run_ids"]
+    if comparison is not None:
+        for row, extra in zip(agg_rows, comparison.csv_columns(), strict=True):
+            row.update(extra)
+        agg_cols += list(comparison.columns)
     _write_csv(out_dir / "aggregate.csv", agg_rows, agg_cols)
     report.paths["aggregate.csv"] = out_dir / "aggregate.csv"
     doc = {
@@ -706,6 +720,8 @@ def _build_grid(sweep_dir: Path, grid: Grid, runs: Mapping[str, RunRecord], note
         "aggregate": agg_rows,
         "notes": notes,
     }
+    if comparison is not None:
+        doc["reference"] = comparison.as_json()
     _atomic_write(out_dir / "results.json", (json.dumps(_json_clean(doc), indent=2) + "\n").encode())
     report.paths["results.json"] = out_dir / "results.json"
     for fname in FIGURES:
@@ -717,6 +733,7 @@ def _build_grid(sweep_dir: Path, grid: Grid, runs: Mapping[str, RunRecord], note
             path.unlink(missing_ok=True)
     if write_tensorboard:
         report.event_files = _write_vs_depth(report, figures)
+    report.comparison = comparison
     return report
 
 
@@ -757,6 +774,8 @@ def build_reports(sweep_dir: Path | str, *, console: Console | None = None, writ
         if show is not None and report.report_dir != show:
             continue
         console.print(render_table(report))
+        if report.comparison is not None:
+            report.comparison.print(console)
         for note in report.notes:
             console.print(f"[yellow]note:[/] {note}", highlight=False)
         console.print(f"[dim]wrote {', '.join(p.name for p in report.paths.values())} in {report.report_dir}[/]",

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resexp.config import Config, ConfigError, check_key, parse_value, run_id, with_updates
+from resexp.config import Config, ConfigError, apply_overrides, check_key, parse_value, run_id, with_updates
 from resexp.errors import UserError
 from resexp.runs import read_summary, write_json
 
@@ -70,17 +70,19 @@ def parse_grid(texts: list[str], source: str = "--grid") -> dict[str, list[Any]]
 
 
 def expand_grid(cfg: Config, extra_axes: dict[str, list[Any]] | None = None, source: str = "sweep") -> list[Cell]:
-    """The cartesian product of the sweep axes, each cell validated before anything runs."""
+    """The cartesian product of the sweep axes, each cell validated before anything runs.
+
+    `sweep_overrides` then adjust the cells they match (e.g. ResNet-110's warm-up)."""
     axes = grid_axes(cfg, extra_axes)
-    base = cfg.model_copy(update={"sweep": {}})
+    base = cfg.model_copy(update={"sweep": {}, "sweep_overrides": []})
     if not axes:
-        return [Cell(base, {})]
+        return [Cell(apply_overrides(cfg, base, source), {})]
     keys = list(axes)
     cells, seen = [], set()
     for values in itertools.product(*(axes[k] for k in keys)):
         updates = dict(zip(keys, values))
         try:
-            cell_cfg = with_updates(base, updates, source=source)
+            cell_cfg = apply_overrides(cfg, with_updates(base, updates, source=source), source)
         except ConfigError as exc:
             raise ConfigError(source, exc.key, f"{exc.message} (in sweep cell {updates})") from None
         rid = run_id(cell_cfg)

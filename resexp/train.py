@@ -27,10 +27,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from resexp import __version__, diagnostics, parallel
+from resexp import __version__, diagnostics, optim, parallel
 from resexp.checkpoint import Checkpoints
 from resexp.config import Config, config_hash, run_id
-from resexp.data import Data, augment_batch, batch_indices, load_data
+from resexp.data import Data, augmented_batch, batch_indices, load_data
 from resexp.errors import RunError
 from resexp.models import Net, layer_table, net_builder
 from resexp.optim import lr_schedule, make_optimizer
@@ -45,11 +45,14 @@ EXIT_INTERRUPTED = 130
 
 
 def _init_state(graphdef_fn: Callable[[jax.Array], Net], tx: optax.GradientTransformation, seed: jax.Array,
-                grad_norms: bool = False):
-    """params/others/opt/step, plus (with diagnostics on) the last step's per-layer gradient norms."""
+                grad_norms: bool = False, warmup_end: int | None = None):
+    """params/others/opt/step, plus (with diagnostics on) the last step's per-layer gradient norms
+    and (with a constant warm-up) the step it ends at, decided during training (see optim.py)."""
     model = graphdef_fn(seed)
     _, params, others = nnx.split(model, nnx.Param, ...)
     state = {"params": params, "others": others, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    if warmup_end is not None:
+        state["warmup_end"] = jnp.int32(warmup_end)
     if grad_norms:
         state["grad_norm"] = jax.tree.map(jnp.zeros_like, diagnostics.layer_norms(params))
     return state
@@ -81,7 +84,9 @@ class Engine:
         build = parallel.fast_conv_builder(
             net_builder(cfg.model, self.data.image_shape, self.data.num_classes, dtype=cfg.train.dtype))
         self.graphdef = nnx.split(nnx.eval_shape(lambda: build(jnp.int32(0))), nnx.Param, ...)[0]
-        init = lambda seed: _init_state(build, self.tx, seed, grad_norms=cfg.train.diagnostics)  # noqa: E731
+        warmup_end = optim.warmup_end_init(cfg.optim) if cfg.optim.constant_warmup else None
+        init = lambda seed: _init_state(build, self.tx, seed, grad_norms=cfg.train.diagnostics,  # noqa: E731
+                                        warmup_end=warmup_end)
         self.dp = parallel.data_parallel(cfg.data.batch_size, seeds=self.seeds, enabled=self.data_parallel)
         # One seed's init program, called once per seed even for vmapped seeds: the parameter RNG
         # ("rbg") is not vmap-invariant, so a vmapped init would start seed s elsewhere than a lone run.
@@ -94,17 +99,24 @@ class Engine:
         cfg, data = self.cfg, self.data
         key = jax.random.key(seed)
         idx = batch_indices(jax.random.fold_in(key, 0), step, x_train.shape[0], cfg.data.batch_size)
-        x, y = data.normalize(x_train[idx]), y_train[idx]
+        y = y_train[idx]
         if data.augment:
-            x = augment_batch(jax.random.fold_in(jax.random.fold_in(key, 1), step), x)
+            x = augmented_batch(jax.random.fold_in(jax.random.fold_in(key, 1), step), x_train[idx], data.normalize,
+                                cfg.data.pad_value)
+        else:
+            x = data.normalize(x_train[idx])
         if self.dp is not None:  # BN's batch statistics stay global: XLA all-reduces the sums
             x, y = self.dp.shard_batch(x, y)
 
         (loss, (acc, others)), grads = jax.value_and_grad(self._loss, has_aux=True)(
             state["params"], state["others"], x, y)
         updates, opt = self.tx.update(grads, state["opt"], state["params"])
+        if "warmup_end" in state:
+            updates = optim.hold_warmup_lr(updates, cfg.optim, self.schedule, step, state["warmup_end"])
         params = optax.apply_updates(state["params"], updates)
         new = {"params": params, "others": others, "opt": opt, "step": state["step"] + 1}
+        if "warmup_end" in state:
+            new["warmup_end"] = state["warmup_end"]
         if "grad_norm" in state:
             # Measured here, on the gradients the update used, so the eval program need not
             # differentiate: a second backward pass there doubled its compile time.
@@ -123,7 +135,11 @@ class Engine:
         def body(s, _):
             return self._step(s, s["step"], seed, x_train, y_train)
 
-        return jax.lax.scan(body, state, None, length=length)
+        state, (losses, accs) = jax.lax.scan(body, state, None, length=length)
+        if "warmup_end" not in state:
+            return state, (losses, accs)
+        state["warmup_end"] = optim.next_warmup_end(self.cfg.optim, state["warmup_end"], state["step"], accs)
+        return state, (losses, accs, state["warmup_end"])
 
     def chunk_fn(self, length: int):
         """AOT-compiled chunk of `length` steps; compile time is measured, not guessed."""
@@ -232,6 +248,7 @@ class RunRecord:
     diagnostics: dict | None = None
     wall_before: float = 0.0  # wall seconds spent in earlier (interrupted) sessions
     sweep_keys: dict | None = None
+    warmup_end: int | None = None  # constant warm-up: the step the base schedule takes over
 
 
 class Interrupt:
@@ -367,6 +384,10 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
             _say(console, f"{r.dir.name}: resuming from step {resume_step} (checkpoint {c.directory / str(resume_step)})")
         state = _stack(restored)
     start_step = resume_step or 0
+    if "warmup_end" in state:
+        ends = np.asarray(state["warmup_end"]).reshape(-1)
+        for r, end in zip(records, ends):
+            r.warmup_end = int(end)
     for r in records:
         r.events = EventWriter(r.dir)
         r.events.session_start(start_step)  # TensorBoard purges events a resume rewrites
@@ -410,8 +431,9 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
         a chunk's device time runs from the later of its dispatch and the previous settle.
         """
         nonlocal steady_time, steady_images, last_settled
-        end, length, losses, accs, t0 = chunk
+        end, length, losses, accs, t0, extra = chunk
         losses, accs = np.asarray(losses), np.asarray(accs)
+        warmup_ends = np.asarray(extra[0]).reshape(-1) if extra else None
         now = time.perf_counter()
         elapsed = now - max(t0, last_settled)
         last_settled = now
@@ -419,7 +441,7 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
         if end - length > start_step:  # the first chunk after (re)start includes warm-up
             steady_time += elapsed
             steady_images += images
-        _record_chunk(records, engine, end, length, losses, accs, elapsed)
+        _record_chunk(records, engine, end, length, losses, accs, elapsed, warmup_ends)
         if bar is not None:
             bar(end, float(np.nanmean(losses[..., -1])), images / max(elapsed, 1e-9))
 
@@ -432,9 +454,9 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
                 length = min(k, total - step)
                 fn = engine.chunk_fn(length)
                 t0 = time.perf_counter()
-                state, (losses, accs) = fn(state, seeds_arg, data.x_train, data.y_train)
+                state, (losses, accs, *extra) = fn(state, seeds_arg, data.x_train, data.y_train)
                 step += length
-                launched = (step, length, losses, accs, t0)
+                launched = (step, length, losses, accs, t0, extra)
             stalled = False
             if pending is not None and launched is None:
                 # Nothing new in flight (diverged, or a signal landed between chunks): settle the
@@ -482,7 +504,8 @@ def _say(console, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _record_chunk(records, engine: Engine, end: int, length: int, losses, accs, elapsed: float) -> None:
+def _record_chunk(records, engine: Engine, end: int, length: int, losses, accs, elapsed: float,
+                  warmup_ends=None) -> None:
     group = len(records)
     lr = float(engine.schedule(end - 1))
     ips = length * engine.cfg.data.batch_size * group / max(elapsed, 1e-9)
@@ -509,6 +532,11 @@ def _record_chunk(records, engine: Engine, end: int, length: int, losses, accs, 
         r.history["step"].append(end)
         r.history["train_loss"].append(loss)
         r.history["train_accuracy"].append(acc)
+        if warmup_ends is not None:  # constant warm-up: the lr of the window's last step
+            before, r.warmup_end = r.warmup_end, int(warmup_ends[i])
+            lr = optim.learning_rate(engine.cfg.optim, engine.schedule, end - 1, r.warmup_end)
+            if r.warmup_end <= end and (before is None or before > end - length):  # switched in this window
+                r.events.scalars(r.warmup_end, {"train/warmup_end_step": float(r.warmup_end)})
         r.events.scalars(end, {"train/loss": loss, "train/accuracy": acc, "train/learning_rate": lr,
                                "perf/images_per_second": ips})
 
@@ -567,11 +595,24 @@ def _write_summary(r: RunRecord, engine: Engine, info: dict, steps: int | None, 
         "resexp_version": __version__,
         "config": r.cfg.model_dump(mode="json"),
         "sweep": {"name": r.cfg.name, "keys": r.sweep_keys} if r.sweep_keys is not None else None,
+        "warmup": _warmup_summary(r, steps),
         "history": r.history,
         "diagnostics": r.diagnostics,
     }
     write_json(r.dir / "summary.json", summary)
     return summary
+
+
+def _warmup_summary(r: RunRecord, steps: int | None) -> dict | None:
+    """Which warm-up ran and when the base schedule took over (`end_step` None: not yet)."""
+    o = r.cfg.optim
+    if o.constant_warmup is None:
+        return {"kind": "linear", "end_step": o.linear_warmup_steps, "ended_by": "steps"} if o.linear_warmup_steps \
+            else None
+    w = o.constant_warmup
+    end = r.warmup_end if r.warmup_end is not None and steps is not None and r.warmup_end <= steps else None
+    return {"kind": "constant", "lr": w.lr, "until_train_error": w.until_train_error, "max_steps": w.steps,
+            "end_step": end, "ended_by": None if end is None else "train_error" if end < w.steps else "steps"}
 
 
 @contextmanager
