@@ -440,6 +440,8 @@ def identity_dict(cfg: Config) -> dict:
     """
     d = cfg.model_dump(mode="json", exclude={"name", "sweep", "sweep_overrides", "report"})
     d["train"].pop("vmap_seeds", None)
+    if d["train"]["max_loss_factor"] == TrainConfig.model_fields["max_loss_factor"].default:
+        d["train"].pop("max_loss_factor")
     if d["optim"]["warmup"] is None:
         d["optim"].pop("warmup")
     augmented = cfg.data.augment if cfg.data.augment is not None else cfg.data.name in ("cifar10", "cifar100")
