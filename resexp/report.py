@@ -33,7 +33,17 @@ from rich.console import Console
 from rich.table import Table
 
 from resexp.errors import UserError
-from resexp.tblog import EventWriter, event_files, hparam_domains, metric_tag
+from resexp.tblog import (
+    COUNTS_PREFIX,
+    EventWriter,
+    by_depth_tag,
+    by_layer_tag,
+    event_files,
+    hparam_domains,
+    metric_tag,
+    sweep_layout,
+    vs_depth_tag,
+)
 
 __all__ = [
     "AGGREGATE_METRICS",
@@ -524,22 +534,38 @@ def _clear_report_events(sweep_dir: Path) -> None:
                 d.rmdir()
 
 
+def _mean_series(runs: Sequence[RunRecord], get: Any) -> list[tuple[int, float]]:
+    """(x, mean over `runs` of the finite values at x): `get(run)` gives (xs, values).
+    Seeds of one cell share their x; a diverged seed drops out where it went NaN."""
+    pooled: dict[int, list[float]] = {}
+    for r in runs:
+        xs, values = get(r)
+        for x, v in zip(xs or [], values or [], strict=False):
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                pooled.setdefault(int(x), []).append(float(v))
+    return [(x, sum(vs) / len(vs)) for x, vs in sorted(pooled.items())]
+
+
+def _train_curve(r: RunRecord) -> tuple[list, list]:
+    history = r.summary.get("history") or {}
+    return history.get("step") or [], history.get("train_loss") or []
+
+
+def _profile(name: str) -> Any:
+    def get(r: RunRecord) -> tuple[list, list]:
+        values = (r.summary.get("diagnostics") or {}).get(name) or []
+        return list(range(len(values))), values
+    return get
+
+
 def _write_tensorboard(report: Report, figures: Mapping[str, bytes]) -> list[Path]:
     sweep_dir = report.sweep_dir
     _clear_report_events(sweep_dir)
     written: list[Path] = []
 
-    # HParams: one experiment at the root, one session per run in its own directory.
+    # HParams sessions: one per run, in the run's own directory.
     domains = hparam_domains(r.keys for r in report.runs)
-    metrics = {metric_tag(m): _METRIC_NAMES[m] for m in (*AGGREGATE_METRICS, "diverged")}
     times = {r.run_id: r.times for r in report.runs}
-    with EventWriter(sweep_dir, REPORT_SUFFIX) as w:
-        # Every report file outside run dirs opens with a START at step 0: a live
-        # TensorBoard then drops what it read from the previous report's files
-        # (the first START of a run is ignored, so a fresh TensorBoard loses nothing).
-        w.session_start(0)
-        w.hparams_experiment(domains, metrics, time_created_secs=min(t[0] for t in times.values()))
-        written.append(w.path)
     for r in report.runs:
         start, end = times[r.run_id]
         with EventWriter(r.path, REPORT_SUFFIX) as w:
@@ -553,33 +579,60 @@ def _write_tensorboard(report: Report, figures: Mapping[str, bytes]) -> list[Pat
                 w.hparams_metrics(step, values)
             written.append(w.path)
 
-    # Scalars vs depth: one run per group, step = depth.
+    # Per group (all swept keys but depth and seed) one run `vs_depth/<group>`: the metrics
+    # with step = depth, and per depth the seed-mean training curve and layer profiles under
+    # tags that name the depth, so Custom Scalars overlays plain-N and ResNet-N on one chart.
+    shown: dict[str, set] = {"vs_depth": set(), "depths": set(), "diagnostics": set()}
     if DEPTH_KEY in report.cell_keys:
         gkeys = report.group_keys
         for gkey, cells in _groups(report.cells, gkeys).items():
             name = group_dirname(dict(zip(gkeys, gkey, strict=True)))
             with EventWriter(sweep_dir / VS_DEPTH_DIR / name, REPORT_SUFFIX) as w:
                 w.session_start(0)
-                for c in cells:
-                    depth = _num(c.key[DEPTH_KEY])
-                    if not math.isfinite(depth):
-                        continue
+                depths = [(int(_num(c.key[DEPTH_KEY])), c) for c in cells if math.isfinite(_num(c.key[DEPTH_KEY]))]
+                for depth, c in depths:
                     values: dict[str, float | None] = {
-                        "runs_vs_depth/count": float(c.n),
-                        "diverged_runs_vs_depth/count": float(c.n_diverged),
+                        COUNTS_PREFIX + "runs": float(c.n),
+                        COUNTS_PREFIX + "diverged_runs": float(c.n_diverged),
                     }
                     for m in AGGREGATE_METRICS:
                         if math.isfinite(c.mean[m]):
-                            values[f"{m}_vs_depth/mean"] = c.mean[m]
-                            values[f"{m}_vs_depth/std"] = c.std[m]
-                    w.scalars(int(depth), values)
+                            values[vs_depth_tag(m)] = c.mean[m]
+                            values[vs_depth_tag(m, "std")] = c.std[m]
+                            shown["vs_depth"].add(m)
+                    w.scalars(depth, values)
+                for depth, c in depths:
+                    for step, v in _mean_series(c.runs, _train_curve):
+                        w.scalars(step, {by_depth_tag(depth): v})
+                        shown["depths"].add(depth)
+                    for diag in ("residual_ratio", "response_std"):
+                        for index, v in _mean_series(c.runs, _profile(diag)):
+                            w.scalars(index, {by_layer_tag(diag, depth): v})
+                            shown["diagnostics"].add(diag)
                 written.append(w.path)
+    if any((r.summary.get("diagnostics") or {}).get("residual_ratio") for r in report.runs):
+        shown["diagnostics"].add("residual_ratio_mean")  # training wrote diag/residual_ratio_mean
     if figures:
         with EventWriter(sweep_dir / VS_DEPTH_DIR, REPORT_SUFFIX) as w:
             w.session_start(0)
             for fname, png in figures.items():
                 w.image(f"figures/{fname.removesuffix('.png')}", png, step=0)
             written.append(w.path)
+
+    # The sweep root: the HParams experiment and the Custom Scalars layout. Every report file
+    # outside run dirs opens with a START at step 0: a live TensorBoard then drops what it read
+    # from the previous report's files (the first START of a run is ignored, so a fresh one loses nothing).
+    # "Why" analyses: a run's summary.json `analysis` block names them; their tags are analysis/<name>/...
+    analyses = {name for r in report.runs for name in (r.summary.get("analysis") or {})}
+    layout = sweep_layout(vs_depth=shown["vs_depth"], depths=shown["depths"], diagnostics=shown["diagnostics"],
+                          analyses=analyses)  # fmt: skip
+    metrics = {metric_tag(m): _METRIC_NAMES[m] for m in (*AGGREGATE_METRICS, "diverged")}
+    with EventWriter(sweep_dir, REPORT_SUFFIX) as w:
+        w.session_start(0)
+        w.hparams_experiment(domains, metrics, time_created_secs=min(t[0] for t in times.values()))
+        if layout.category:
+            w.custom_scalars_layout(layout)
+        written.insert(0, w.path)
     return written
 
 
