@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -129,21 +130,20 @@ class Chromium:
     def __init__(self, binary: str, width: int = 1400, height: int = 1000):
         self.width, self.height = width, height
         self.profile = tempfile.mkdtemp(prefix="resexp-chromium-")  # a fresh --user-data-dir
+        # Chromium reads commands on fd 3 and writes replies on fd 4. The pipe ends go to fds >= 10
+        # first, so bash's `3<&R 4>&W` never overwrites one with the other (dash cannot redirect
+        # fds above 9). A shell, not preexec_fn: no fork-with-threads hazard when JAX is loaded.
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
-
-        def wire_fds() -> None:  # the child reads commands on fd 3, writes replies on fd 4
-            read_end, write_end = os.dup(to_chrome_r), os.dup(from_chrome_w)  # neither is 3 or 4 now
-            os.dup2(read_end, 3)
-            os.dup2(write_end, 4)
-            os.set_inheritable(3, True)
-            os.set_inheritable(4, True)
-
-        cmd = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     close_fds=False, preexec_fn=wire_fds)  # fmt: skip
+        r, w = fcntl.fcntl(to_chrome_r, fcntl.F_DUPFD, 10), fcntl.fcntl(from_chrome_w, fcntl.F_DUPFD, 10)
         os.close(to_chrome_r)
         os.close(from_chrome_w)
+        args = [*CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}"]
+        wire = f'exec "$0" "$@" 3<&{r} 4>&{w} {r}<&- {w}>&-'
+        self.proc = subprocess.Popen(["bash", "-c", wire, binary, *args], pass_fds=(r, w),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        os.close(r)
+        os.close(w)
         self._buffer = b""
         self._next_id = 0
         self.session = ""

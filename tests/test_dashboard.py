@@ -1,0 +1,104 @@
+"""The dashboard a user opens: the Custom Scalars layout `resexp report` writes, read back
+through a real TensorBoard's HTTP API, and (when Chromium is installed) the rendered page."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, tiny_dict
+from tb_server import TensorBoardServer
+
+from resexp.config import Config
+from resexp.report import build_report
+from resexp.sweep import expand_grid, run_sweep
+from resexp.tblog import LAYOUT_CATEGORIES, by_depth_tag, sweep_layout, vs_depth_tag
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import dashboard_screenshots  # noqa: E402
+
+DEPTHS = (8, 14)
+# The same tiny grid as test_sweep (one seed), so the compile cache is shared.
+SWEEP = tiny_dict(
+    name="dash",
+    sweep={"model.depth": list(DEPTHS), "model.shortcut": [False, True]},
+    train={"steps": 20, "log_every": 10, "checkpoint_every": 10},
+)
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    """A real tiny sweep (training writes its own event files), reported twice."""
+    out = tmp_path_factory.mktemp("dash") / "dash"
+    results = run_sweep([[c] for c in expand_grid(Config.model_validate(SWEEP))], out, progress=False)
+    assert [r["status"] for r in results] == ["completed"] * 4
+    build_report(out, console=None)  # the sweep's own report ...
+    build_report(out, console=None)  # ... rewritten: still one layout, no duplicate points
+    return out
+
+
+@pytest.fixture(scope="module")
+def tb(sweep_dir):
+    with TensorBoardServer(sweep_dir) as server:
+        server.wait_for(lambda: server.get_json("/data/plugin/custom_scalars/layout").get("category"))
+        server.wait_for(lambda: "vs_depth/shortcut=true" in server.runs())
+        yield server
+
+
+def test_layout_through_the_http_api(tb):
+    layout = tb.get_json("/data/plugin/custom_scalars/layout")
+    titles = [c["title"] for c in layout["category"]]
+    assert titles == ["Loss vs depth", "Training curves by depth", "Identity diagnostics"]  # no analyses yet
+    regexes = {c["title"]: [r for chart in c["chart"] for r in chart["multiline"]["tag"]] for c in layout["category"]}
+    assert regexes["Loss vs depth"][:3] == [
+        "^final_train_loss_vs_depth/mean$",
+        "^eval_loss_vs_depth/mean$",
+        "^eval_accuracy_vs_depth/mean$",
+    ]
+    assert regexes["Training curves by depth"] == [f"^{re.escape(by_depth_tag(d))}$" for d in DEPTHS]
+    assert "^diag/residual_ratio_mean$" in regexes["Identity diagnostics"]
+
+    # Every regex selects tags that exist; each depth chart overlays the plain and the ResNet curve.
+    tags = tb.scalar_tags()
+    for title, patterns in regexes.items():
+        for pattern in patterns:
+            runs = {run for run, run_tags in tags.items() if any(re.match(pattern, t) for t in run_tags)}
+            assert runs, f"{title}: {pattern} matches no tag"
+            if title != "Identity diagnostics":
+                assert runs == {"vs_depth/shortcut=false", "vs_depth/shortcut=true"}, (pattern, runs)
+    assert "^diag/residual_ratio_mean$" not in tags["vs_depth/shortcut=true"]  # it is the runs' own tag
+
+
+def test_curves_by_depth_are_the_runs_training_curves(tb, sweep_dir):
+    """The depth-8 chart's plain line is the plain-8 run's train/loss (one seed: the mean is the run)."""
+    (plain8,) = [p.name for p in sweep_dir.iterdir() if p.name.startswith("plain8-")]
+    own = tb.scalars(plain8, "train/loss")
+    assert len(own) == 2  # steps 10 and 20; the rewritten report added no duplicates below
+    assert tb.scalars("vs_depth/shortcut=false", by_depth_tag(8)) == own  # the same float32, written twice
+    points = tb.scalars("vs_depth/shortcut=true", vs_depth_tag("final_train_loss"))
+    assert [step for step, _ in points] == list(DEPTHS)  # step = depth
+    # the run counts sort after the answer, in a section of their own
+    assert "vs_depth_counts/diverged_runs" in tb.scalar_tags()["vs_depth/shortcut=false"]
+
+
+def test_analysis_hook():
+    """Analyses named by the report get one chart each in a last category, matching analysis/<name>/..."""
+    layout = sweep_layout(vs_depth={"final_train_loss"}, depths=[20], analyses=["gradient_flow"])
+    assert [c.title for c in layout.category] == ["Loss vs depth", "Training curves by depth", LAYOUT_CATEGORIES[3]]
+    (chart,) = layout.category[-1].chart
+    (pattern,) = chart.multiline.tag
+    assert re.match(pattern, "analysis/gradient_flow/block_03") and not re.match(pattern, "analysis/gradient_flows")
+
+
+def test_custom_scalars_page_in_chromium(tb):
+    """The page a user opens shows the categories (read from the live DOM, shadow roots included)."""
+    binary = dashboard_screenshots.find_chromium()
+    if binary is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium); .ci/run installs it when it can")
+    with dashboard_screenshots.Chromium(binary, 1200, 900) as browser:
+        text = browser.open(tb.url + "/#custom_scalars&_smoothingWeight=0", expect="Loss vs depth")
+    for title in ("Loss vs depth", "Training curves by depth", "Identity diagnostics"):
+        assert title in text
+    assert "train loss at depth 14: one line per net (mean over seeds)" in text
