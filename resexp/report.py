@@ -555,6 +555,7 @@ def _profile(name: str) -> Any:
     def get(r: RunRecord) -> tuple[list, list]:
         values = (r.summary.get("diagnostics") or {}).get(name) or []
         return list(range(len(values))), values
+
     return get
 
 
@@ -591,16 +592,16 @@ def _write_tensorboard(report: Report, figures: Mapping[str, bytes]) -> list[Pat
                 w.session_start(0)
                 depths = [(int(_num(c.key[DEPTH_KEY])), c) for c in cells if math.isfinite(_num(c.key[DEPTH_KEY]))]
                 for depth, c in depths:
-                    values: dict[str, float | None] = {
+                    point: dict[str, float | None] = {
                         COUNTS_PREFIX + "runs": float(c.n),
                         COUNTS_PREFIX + "diverged_runs": float(c.n_diverged),
                     }
                     for m in AGGREGATE_METRICS:
                         if math.isfinite(c.mean[m]):
-                            values[vs_depth_tag(m)] = c.mean[m]
-                            values[vs_depth_tag(m, "std")] = c.std[m]
+                            point[vs_depth_tag(m)] = c.mean[m]
+                            point[vs_depth_tag(m, "std")] = c.std[m]
                             shown["vs_depth"].add(m)
-                    w.scalars(depth, values)
+                    w.scalars(depth, point)
                 for depth, c in depths:
                     for step, v in _mean_series(c.runs, _train_curve):
                         w.scalars(step, {by_depth_tag(depth): v})

@@ -31,6 +31,7 @@ in the sweep root (run ``.``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import struct
@@ -42,7 +43,8 @@ from types import TracebackType
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as cs_metadata
-from tensorboard.plugins.hparams import api_pb2, metadata as hp_metadata, plugin_data_pb2
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+from tensorboard.plugins.hparams import metadata as hp_metadata
 from tensorboard.plugins.hparams import summary_v2 as hp
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -51,10 +53,10 @@ __all__ = [
     "BY_LAYER_PREFIX",
     "COUNTS_PREFIX",
     "DIAG_SERIES",
-    "EventWriter",
-    "HParamScalar",
     "LAYOUT_CATEGORIES",
     "METRIC_PREFIX",
+    "EventWriter",
+    "HParamScalar",
     "by_depth_tag",
     "by_layer_tag",
     "coerce_hparams",
@@ -129,10 +131,8 @@ def png_size(png_bytes: bytes) -> tuple[int, int, int]:
 
 def _as_hparam_scalar(value: object) -> HParamScalar:
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy / jax scalars
-        try:
-            value = value.item()  # type: ignore[union-attr]
-        except (TypeError, ValueError):
-            pass
+        with contextlib.suppress(TypeError, ValueError):
+            value = value.item()
     if isinstance(value, bool):
         return value
     if isinstance(value, (int, float)):
@@ -222,9 +222,18 @@ _VS_DEPTH_TITLES = {
 
 DIAG_SERIES = {
     # name -> (regex, chart title); the report says which exist for a sweep
-    "residual_ratio_mean": (r"^diag/residual_ratio_mean$", "residual ratio ||F(x)|| / ||shortcut(x)||, mean over blocks, during training"),
-    "residual_ratio": (rf"^{BY_LAYER_PREFIX}residual_ratio/", "residual ratio per block at the end (x = block index; smoothing 0)"),
-    "response_std": (rf"^{BY_LAYER_PREFIX}response_std/", "layer response std at the end (x = layer index; He et al. Fig. 7; smoothing 0)"),
+    "residual_ratio_mean": (
+        r"^diag/residual_ratio_mean$",
+        "residual ratio ||F(x)|| / ||shortcut(x)||, mean over blocks, during training",
+    ),
+    "residual_ratio": (
+        rf"^{BY_LAYER_PREFIX}residual_ratio/",
+        "residual ratio per block at the end (x = block index; smoothing 0)",
+    ),
+    "response_std": (
+        rf"^{BY_LAYER_PREFIX}response_std/",
+        "layer response std at the end (x = layer index; He et al. Fig. 7; smoothing 0)",
+    ),
 }
 
 
@@ -305,7 +314,7 @@ class EventWriter:
     @property
     def path(self) -> Path:
         """The event file being written."""
-        return Path(self._writer._file_name)  # noqa: SLF001 - no public accessor
+        return Path(self._writer._file_name)  # no public accessor
 
     # -- low level ------------------------------------------------------------
     def add_summary(self, summary: summary_pb2.Summary, step: int, wall_time: float | None = None) -> None:
@@ -377,8 +386,7 @@ class EventWriter:
             infos.append(info)
         items = metrics.items() if isinstance(metrics, Mapping) else ((m, None) for m in metrics)
         metric_infos = [
-            hp.Metric(tag, display_name=display, description=descriptions.get(tag)).as_proto()
-            for tag, display in items
+            hp.Metric(tag, display_name=display, description=descriptions.get(tag)).as_proto() for tag, display in items
         ]
         experiment = api_pb2.Experiment(
             hparam_infos=infos,
@@ -427,11 +435,7 @@ class EventWriter:
     def hparams_metrics(self, step: int, values: Mapping[str, float | None]) -> None:
         """HParams metric scalars (tags get the ``hparams/`` prefix); ``None`` and
         NaN are skipped (a diverged run simply has no value)."""
-        clean = {
-            metric_tag(k): float(v)
-            for k, v in values.items()
-            if v is not None and not math.isnan(float(v))
-        }
+        clean = {metric_tag(k): float(v) for k, v in values.items() if v is not None and not math.isnan(float(v))}
         self.scalars(step, clean)
 
     def custom_scalars_layout(self, layout: layout_pb2.Layout, step: int = 0) -> None:

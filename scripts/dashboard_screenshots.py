@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -53,7 +54,10 @@ PAGE_TEXT_JS = """(() => {
   const visit = (root) => {
     const walker = document.createTreeWalker(root, NodeFilter.SHOW_ELEMENT | NodeFilter.SHOW_TEXT);
     for (let n = walker.currentNode; n; n = walker.nextNode()) {
-      if (n.nodeType === Node.TEXT_NODE) { if (n.data.trim()) out.push(n.data.trim()); }
+      if (n.nodeType === Node.TEXT_NODE) {
+        const tag = n.parentNode && n.parentNode.nodeName;
+        if (tag !== "STYLE" && tag !== "SCRIPT" && n.data.trim()) out.push(n.data.trim());
+      }
       else if (n.shadowRoot) visit(n.shadowRoot);
     }
   };
@@ -108,7 +112,9 @@ class TensorBoard:
                 pass
             time.sleep(0.3)
         self.__exit__()
-        raise RuntimeError(f"{self.logdir}: no Custom Scalars layout within {self.timeout}s (run `resexp report` first)")
+        raise RuntimeError(
+            f"{self.logdir}: no Custom Scalars layout within {self.timeout}s (run `resexp report` first)"
+        )
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -184,20 +190,16 @@ class Chromium:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
             self.call("Browser.close", timeout=5)
-        except (OSError, RuntimeError, TimeoutError):
-            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
         for fd in (self._to_chrome, self._from_chrome):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         shutil.rmtree(self.profile, ignore_errors=True)
 
     def open(self, url: str, expect: str = "", timeout: float = 60.0, settle: float = 2.0) -> str:

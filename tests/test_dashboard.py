@@ -17,7 +17,7 @@ from resexp.sweep import expand_grid, run_sweep
 from resexp.tblog import LAYOUT_CATEGORIES, by_depth_tag, sweep_layout, vs_depth_tag
 
 sys.path.insert(0, str(ROOT / "scripts"))
-import dashboard_screenshots  # noqa: E402
+import dashboard_screenshots
 
 DEPTHS = (8, 14)
 # The same tiny grid as test_sweep (one seed), so the compile cache is shared.
