@@ -46,7 +46,8 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         reqs, report = Path(tmp) / "pins.txt", Path(tmp) / "report.json"
         reqs.write_text("\n".join(pins) + "\n")
-        pip("install", "--dry-run", "--ignore-installed", "--no-deps", "--quiet", "--report", str(report), "-r", str(reqs))
+        dry_run = ["--dry-run", "--ignore-installed", "--no-deps", "--quiet"]
+        pip("install", *dry_run, "--report", str(report), "-r", str(reqs))
         items = json.loads(report.read_text())["install"]
     hashes: dict[str, str] = {}
     for item in items:

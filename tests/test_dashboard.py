@@ -3,6 +3,8 @@ through a real TensorBoard's HTTP API, and (when Chromium is installed) the rend
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 import sys
 from pathlib import Path
@@ -102,3 +104,40 @@ def test_custom_scalars_page_in_chromium(tb):
     for title in ("Loss vs depth", "Training curves by depth", "Identity diagnostics"):
         assert title in text
     assert "train loss at depth 14: one line per net (mean over seeds)" in text
+
+
+# ----------------------------------------------------------------------------- provenance and the lock
+
+
+def test_summaries_record_software_and_machine(sweep_dir):
+    """Every run's summary.json names the JAX stack's versions and the CPU it ran on."""
+    import json
+    from importlib import metadata
+
+    for summary_path in sweep_dir.glob("*/summary.json"):
+        summary = json.loads(summary_path.read_text())
+        assert summary["software"] == {
+            **{p: metadata.version(p) for p in ("jax", "jaxlib", "flax", "optax")},
+            "python": platform.python_version(),
+        }
+        machine = summary["machine"]
+        assert machine["cpu"] and machine["cores"] == os.cpu_count()
+
+
+def test_lock_pins_every_dependency_within_pyproject_ranges():
+    """requirements/ci.lock (what `make install` uses) has one sha256 per pin, and each pinned
+    version satisfies the range pyproject.toml declares, so `pip install .` can pick it too."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    text = (ROOT / "requirements" / "ci.lock").read_text()
+    entries = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\\n    --hash=sha256:([0-9a-f]{64})$", text, re.M)
+    pins = {name.lower().replace("_", "-"): version for name, version, _ in entries}
+    assert len(entries) == text.count("=="), "every pin carries a hash"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
+        req = Requirement(spec)
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not in the lock"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} outside {req.specifier}"
