@@ -52,6 +52,7 @@ bench-torch: $(STAMP)  ## the same, side by side with PyTorch eager (torch goes 
 	$(BIN)/python scripts/bench.py --depths 20,56,110 --steps 5 --repeats 3 --compare-torch --json
 
 tensorboard: $(STAMP)  ## dashboards for everything under runs/
+	@echo 'Open http://127.0.0.1:6006/#custom_scalars&_smoothingWeight=0 (the answer first, smoothing off)'
 	$(BIN)/tensorboard --logdir $(OUT) --host 127.0.0.1
 
 clean:
