@@ -624,7 +624,7 @@ def _write_tensorboard(report: Report, figures: Mapping[str, bytes]) -> list[Pat
     # outside run dirs opens with a START at step 0: a live TensorBoard then drops what it read
     # from the previous report's files (the first START of a run is ignored, so a fresh one loses nothing).
     # "Why" analyses: a run's summary.json `analysis` block names them; their tags are analysis/<name>/...
-    analyses = {name for r in report.runs for name in (r.summary.get("analysis") or {})}
+    analyses = {name for r in report.runs for name in (r.summary.get("analysis") or {}) if isinstance(name, str)}
     layout = sweep_layout(vs_depth=shown["vs_depth"], depths=shown["depths"], diagnostics=shown["diagnostics"],
                           analyses=analyses)  # fmt: skip
     metrics = {metric_tag(m): _METRIC_NAMES[m] for m in (*AGGREGATE_METRICS, "diverged")}

@@ -94,6 +94,35 @@ def test_analysis_hook():
     assert re.match(pattern, "analysis/gradient_flow/block_03") and not re.match(pattern, "analysis/gradient_flows")
 
 
+def test_report_charts_the_analyses_its_runs_name(tmp_path):
+    """A run whose summary.json has an `analysis` block gets that analysis charted (layout read
+    back from the report's event file in the sweep root)."""
+    import io
+    import json
+
+    from rich.console import Console
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    from resexp.report import REPORT_SUFFIX
+    from resexp.tblog import event_files
+
+    for depth in DEPTHS:
+        run = tmp_path / f"plain{depth}"
+        run.mkdir()
+        summary = {"status": "completed", "steps": 10, "final_train_loss": 0.5, "sweep": {"name": "a",
+                   "keys": {"model.depth": depth}}, "history": {"step": [10], "train_loss": [0.5]},
+                   "analysis": {"gradient_flow": {"note": "tags under analysis/gradient_flow/"}}}  # fmt: skip
+        (run / "summary.json").write_text(json.dumps(summary))
+    build_report(tmp_path, console=Console(file=io.StringIO()))
+    (root_file,) = event_files(tmp_path, REPORT_SUFFIX)
+    (content,) = [v.tensor.string_val[0] for e in EventFileLoader(str(root_file)).Load() for v in e.summary.value
+                  if v.tag == "custom_scalars__config__"]  # fmt: skip
+    layout = layout_pb2.Layout.FromString(content)
+    assert [c.title for c in layout.category] == ["Loss vs depth", "Training curves by depth", "Why: analyses"]
+    assert [ch.multiline.tag[0] for ch in layout.category[-1].chart] == [r"^analysis/gradient_flow(/|$)"]
+
+
 def test_custom_scalars_page_in_chromium(tb):
     """The page a user opens shows the categories (read from the live DOM, shadow roots included)."""
     binary = dashboard_screenshots.find_chromium()
