@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sweep_dir.is_dir():
         print(f"error: {args.sweep_dir}: not a directory", file=sys.stderr)
         return 2
+    if not any(args.sweep_dir.glob("events.out.tfevents.*.resexp-report")):
+        print(f"error: {args.sweep_dir}: no report yet (run `resexp report {args.sweep_dir}` first)", file=sys.stderr)
+        return 2
     try:
         paths = take_screenshots(args.sweep_dir, args.out_dir, width=args.width, height=args.height,
                                  chromium=args.chromium)  # fmt: skip
