@@ -6,15 +6,35 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= runs
 
-.PHONY: install demo test bench bench-torch tensorboard clean
+LOCK   ?= requirements/ci.lock
+LINTED := resexp scripts tests
 
-$(STAMP): pyproject.toml
+.PHONY: install demo test lint fmt lock bench bench-torch tensorboard clean
+
+# The lock (exact versions + sha256, what CI tested) first, then resexp itself; `make install LOCK=`
+# skips the lock (another platform), `pip install .` alone keeps pyproject's ranges.
+$(STAMP): pyproject.toml $(LOCK)
 	@$(BIN)/python -c 'import sys' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(if $(LOCK),$(BIN)/python -m pip install -q --require-hashes -r $(LOCK))
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP)  ## set up .venv with resexp and the test tools
+install: $(STAMP)  ## set up .venv with resexp and the test tools (versions from requirements/ci.lock)
+
+lint: $(STAMP)  ## ruff check, ruff format --check and mypy on resexp/ scripts/ tests/ (all three run; any finding fails)
+	@rc=0; \
+	  $(BIN)/ruff check $(LINTED) || rc=1; \
+	  $(BIN)/ruff format --check $(LINTED) || rc=1; \
+	  $(BIN)/mypy $(LINTED) || rc=1; \
+	  exit $$rc
+
+fmt: $(STAMP)  ## apply ruff's safe fixes and its formatter; then `make lint` lists what is left to fix by hand
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
+
+lock: $(STAMP)  ## rewrite requirements/ci.lock from .venv (after the tests pass in it)
+	$(BIN)/python scripts/lock.py $(LOCK)
 
 demo: $(STAMP)  ## the embedded depth sweep: plain vs residual, depth 8..56, on 2 CPU cores
 	$(BIN)/resexp sweep configs/demo.yaml --out $(OUT) --jobs 2
@@ -31,6 +51,7 @@ bench-torch: $(STAMP)  ## the same, side by side with PyTorch eager (torch goes 
 	$(BIN)/python scripts/bench.py --depths 20,56,110 --steps 5 --repeats 3 --compare-torch --json
 
 tensorboard: $(STAMP)  ## dashboards for everything under runs/
+	@echo 'Open http://127.0.0.1:6006/#custom_scalars&_smoothingWeight=0 (the answer first, smoothing off)'
 	$(BIN)/tensorboard --logdir $(OUT) --host 127.0.0.1
 
 clean:

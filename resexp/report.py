@@ -40,7 +40,17 @@ from rich.console import Console
 from rich.table import Table
 
 from resexp.errors import UserError
-from resexp.tblog import EventWriter, event_files, hparam_domains, metric_tag
+from resexp.tblog import (
+    COUNTS_PREFIX,
+    EventWriter,
+    by_depth_tag,
+    by_layer_tag,
+    event_files,
+    hparam_domains,
+    metric_tag,
+    sweep_layout,
+    vs_depth_tag,
+)
 
 __all__ = [
     "AGGREGATE_METRICS",
@@ -563,20 +573,38 @@ def _clear_report_events(sweep_dir: Path) -> None:
                     d.rmdir()
 
 
-def _write_hparams(sweep_dir: Path, runs: Sequence[RunRecord]) -> list[Path]:
-    """HParams for the whole directory: one experiment at its root, one session per run in the
-    run's own directory, the hparams being every axis any grid of the directory swept."""
+def _mean_series(runs: Sequence[RunRecord], get: Any) -> list[tuple[int, float]]:
+    """(x, mean over `runs` of the finite values at x): `get(run)` gives (xs, values).
+    Seeds of one cell share their x; a diverged seed drops out where it went NaN."""
+    pooled: dict[int, list[float]] = {}
+    for r in runs:
+        xs, values = get(r)
+        for x, v in zip(xs or [], values or [], strict=False):
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                pooled.setdefault(int(x), []).append(float(v))
+    return [(x, sum(vs) / len(vs)) for x, vs in sorted(pooled.items())]
+
+
+def _train_curve(r: RunRecord) -> tuple[list, list]:
+    history = r.summary.get("history") or {}
+    return history.get("step") or [], history.get("train_loss") or []
+
+
+def _profile(name: str) -> Any:
+    def get(r: RunRecord) -> tuple[list, list]:
+        values = (r.summary.get("diagnostics") or {}).get(name) or []
+        return list(range(len(values))), values
+
+    return get
+
+
+def _write_hparams(sweep_dir: Path, runs: Sequence[RunRecord], shown: Mapping[str, set]) -> list[Path]:
+    """The directory-wide TensorBoard files: one HParams session per run in the run's own
+    directory (the hparams being every axis any grid of the directory swept), and at the root
+    the HParams experiment and the Custom Scalars layout of everything the grids charted."""
     domains = hparam_domains(r.keys for r in runs)
-    metrics = {metric_tag(m): _METRIC_NAMES[m] for m in (*AGGREGATE_METRICS, "diverged")}
     times = {r.run_id: r.times for r in runs}
     written = []
-    with EventWriter(sweep_dir, REPORT_SUFFIX) as w:
-        # Every report file outside run dirs opens with a START at step 0: a live
-        # TensorBoard then drops what it read from the previous report's files
-        # (the first START of a run is ignored, so a fresh TensorBoard loses nothing).
-        w.session_start(0)
-        w.hparams_experiment(domains, metrics, time_created_secs=min(t[0] for t in times.values()))
-        written.append(w.path)
     for r in runs:
         start, end = times[r.run_id]
         with EventWriter(r.path, REPORT_SUFFIX) as w:
@@ -589,12 +617,28 @@ def _write_hparams(sweep_dir: Path, runs: Sequence[RunRecord]) -> list[Path]:
                 values["diverged"] = 1.0 if r.diverged else 0.0
                 w.hparams_metrics(step, values)
             written.append(w.path)
+    # "Why" analyses: a run's summary.json `analysis` block names them; their tags are analysis/<name>/...
+    analyses = {name for r in runs for name in (r.summary.get("analysis") or {}) if isinstance(name, str)}
+    layout = sweep_layout(vs_depth=shown["vs_depth"], depths=shown["depths"], diagnostics=shown["diagnostics"],
+                          analyses=analyses)  # fmt: skip
+    metrics = {metric_tag(m): _METRIC_NAMES[m] for m in (*AGGREGATE_METRICS, "diverged")}
+    # Every report file outside run dirs opens with a START at step 0: a live TensorBoard then drops
+    # what it read from the previous report's files (the first START of a run is ignored, so a fresh
+    # one loses nothing).
+    with EventWriter(sweep_dir, REPORT_SUFFIX) as w:
+        w.session_start(0)
+        w.hparams_experiment(domains, metrics, time_created_secs=min(t[0] for t in times.values()))
+        if layout.category:
+            w.custom_scalars_layout(layout)
+        written.insert(0, w.path)
     return written
 
 
-def _write_vs_depth(report: Report, figures: Mapping[str, bytes]) -> list[Path]:
-    """Scalars vs depth (one TensorBoard run per group, step = depth) and the figures as images,
-    in ``vs_depth/`` beside the grid's manifest."""
+def _write_vs_depth(report: Report, figures: Mapping[str, bytes], shown: dict[str, set]) -> list[Path]:
+    """Beside the grid's manifest, in ``vs_depth/``: per group (all swept keys but depth and seed)
+    one run `vs_depth/<group>` with the metrics at step = depth, and per depth the seed-mean
+    training curve and layer profiles under tags that name the depth, so Custom Scalars overlays
+    plain-N and ResNet-N on one chart; and the figures as images. Adds what it charted to `shown`."""
     out_dir = report.report_dir / VS_DEPTH_DIR
     written: list[Path] = []
     if DEPTH_KEY in report.cell_keys:
@@ -603,20 +647,29 @@ def _write_vs_depth(report: Report, figures: Mapping[str, bytes]) -> list[Path]:
             name = group_dirname(dict(zip(gkeys, gkey, strict=True)))
             with EventWriter(out_dir / name, REPORT_SUFFIX) as w:
                 w.session_start(0)
-                for c in cells:
-                    depth = _num(c.key[DEPTH_KEY])
-                    if not math.isfinite(depth):
-                        continue
-                    values: dict[str, float | None] = {
-                        "runs_vs_depth/count": float(c.n),
-                        "diverged_runs_vs_depth/count": float(c.n_diverged),
+                depths = [(int(_num(c.key[DEPTH_KEY])), c) for c in cells if math.isfinite(_num(c.key[DEPTH_KEY]))]
+                for depth, c in depths:
+                    point: dict[str, float | None] = {
+                        COUNTS_PREFIX + "runs": float(c.n),
+                        COUNTS_PREFIX + "diverged_runs": float(c.n_diverged),
                     }
                     for m in AGGREGATE_METRICS:
                         if math.isfinite(c.mean[m]):
-                            values[f"{m}_vs_depth/mean"] = c.mean[m]
-                            values[f"{m}_vs_depth/std"] = c.std[m]
-                    w.scalars(int(depth), values)
+                            point[vs_depth_tag(m)] = c.mean[m]
+                            point[vs_depth_tag(m, "std")] = c.std[m]
+                            shown["vs_depth"].add(m)
+                    w.scalars(depth, point)
+                for depth, c in depths:
+                    for step, v in _mean_series(c.runs, _train_curve):
+                        w.scalars(step, {by_depth_tag(depth): v})
+                        shown["depths"].add(depth)
+                    for diag in ("residual_ratio", "response_std"):
+                        for index, v in _mean_series(c.runs, _profile(diag)):
+                            w.scalars(index, {by_layer_tag(diag, depth): v})
+                            shown["diagnostics"].add(diag)
                 written.append(w.path)
+    if any((r.summary.get("diagnostics") or {}).get("residual_ratio") for r in report.runs):
+        shown["diagnostics"].add("residual_ratio_mean")  # training wrote diag/residual_ratio_mean
     if figures:
         with EventWriter(out_dir, REPORT_SUFFIX) as w:
             w.session_start(0)
@@ -647,7 +700,7 @@ def _check_sweep_dir(sweep_dir: Path) -> None:
 
 
 def _build_grid(sweep_dir: Path, grid: Grid, runs: Mapping[str, RunRecord], notes: list[str],
-                write_tensorboard: bool) -> Report:
+                write_tensorboard: bool, shown: dict[str, set]) -> Report:
     """Aggregate, tabulate and draw one grid, writing its files beside its manifest."""
     out_dir = grid.report_dir
     grid_runs = _grid_runs(grid, runs, notes)
@@ -732,7 +785,7 @@ def _build_grid(sweep_dir: Path, grid: Grid, runs: Mapping[str, RunRecord], note
         elif path.exists():  # a figure this grid no longer supports: don't leave a stale one
             path.unlink(missing_ok=True)
     if write_tensorboard:
-        report.event_files = _write_vs_depth(report, figures)
+        report.event_files = _write_vs_depth(report, figures, shown)
     report.comparison = comparison
     return report
 
@@ -762,14 +815,14 @@ def build_reports(sweep_dir: Path | str, *, console: Console | None = None, writ
     if write_tensorboard:
         _clear_report_events(sweep_dir)
     reports = []
+    shown: dict[str, set] = {"vs_depth": set(), "depths": set(), "diagnostics": set()}  # what the grids charted
     for grid in grids:
         notes = list(load_notes) if grid.run_ids is None else []
-        reports.append(_build_grid(sweep_dir, grid, runs, notes, write_tensorboard))
+        reports.append(_build_grid(sweep_dir, grid, runs, notes, write_tensorboard, shown))
     if write_tensorboard:
         axes = [k for g in grids for k in g.axes]
         every = [replace(r, keys={k: r.config(k) for k in dict.fromkeys(axes)}) for r in runs.values()]
-        hparams = _write_hparams(sweep_dir, every)
-        reports[0].event_files += hparams
+        reports[0].event_files = _write_hparams(sweep_dir, every, shown) + reports[0].event_files
     for report in reports:
         if show is not None and report.report_dir != show:
             continue

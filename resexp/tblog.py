@@ -20,32 +20,53 @@ Layout the HParams dashboard expects (and the pitfalls it hides):
 Training-curve pitfall: write `EventWriter.session_start` at EVERY start of
 training in a run directory, the first one included; TensorBoard ignores a run's
 first ``SessionLog.START`` and only treats later ones as restarts.
+
+Custom Scalars (`sweep_layout`, `EventWriter.custom_scalars_layout`): the layout's
+regexes select TAGS, and a multiline chart draws every selected run's matching
+tags. So a chart can only overlay plain-56 and ResNet-56 if both runs carry a tag
+that names depth 56: the report writes `by_depth_tag` series for that reason.
+TensorBoard merges the layouts of every run that has one; write ONE per sweep,
+in the sweep root (run ``.``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 import struct
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.plugins.hparams import api_pb2, metadata as hp_metadata, plugin_data_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar import metadata as cs_metadata
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+from tensorboard.plugins.hparams import metadata as hp_metadata
 from tensorboard.plugins.hparams import summary_v2 as hp
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 __all__ = [
+    "ANALYSIS_PREFIX",
+    "BY_LAYER_PREFIX",
+    "COUNTS_PREFIX",
+    "DIAG_SERIES",
+    "LAYOUT_CATEGORIES",
+    "METRIC_PREFIX",
     "EventWriter",
     "HParamScalar",
-    "METRIC_PREFIX",
+    "by_depth_tag",
+    "by_layer_tag",
     "coerce_hparams",
     "event_files",
     "hparam_domains",
     "metric_tag",
     "png_size",
     "session_status",
+    "sweep_layout",
+    "vs_depth_tag",
 ]
 
 HParamScalar = bool | float | str
@@ -110,10 +131,8 @@ def png_size(png_bytes: bytes) -> tuple[int, int, int]:
 
 def _as_hparam_scalar(value: object) -> HParamScalar:
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy / jax scalars
-        try:
-            value = value.item()  # type: ignore[union-attr]
-        except (TypeError, ValueError):
-            pass
+        with contextlib.suppress(TypeError, ValueError):
+            value = value.item()
     if isinstance(value, bool):
         return value
     if isinstance(value, (int, float)):
@@ -180,6 +199,99 @@ def _hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summa
     return summary
 
 
+# ----------------------------------------------------------------------------- Custom Scalars layout
+
+COUNTS_PREFIX = "vs_depth_counts/"
+"""Runs / diverged runs per depth: sorts after the answer in the Scalars tab."""
+
+BY_LAYER_PREFIX = "by_layer/"
+"""Per-run series whose step is a layer (or block) index: ``by_layer/response_std``."""
+
+ANALYSIS_PREFIX = "analysis/"
+"""Tags of the "why" analyses (``analysis/<name>/...``); `sweep_layout(analyses=...)` charts them."""
+
+LAYOUT_CATEGORIES = ("Loss vs depth", "Training curves by depth", "Identity diagnostics", "Why: analyses")
+"""Custom Scalars categories, in the order the dashboard shows them (empty ones are left out)."""
+
+_VS_DEPTH_TITLES = {
+    "final_train_loss": "final train loss vs depth (x = depth; set smoothing to 0)",
+    "eval_loss": "eval loss vs depth (x = depth; set smoothing to 0)",
+    "eval_accuracy": "eval accuracy vs depth (x = depth; set smoothing to 0)",
+    "final_train_accuracy": "final train accuracy vs depth (x = depth; set smoothing to 0)",
+}
+
+DIAG_SERIES = {
+    # name -> (regex, chart title); the report says which exist for a sweep
+    "residual_ratio_mean": (
+        r"^diag/residual_ratio_mean$",
+        "residual ratio ||F(x)|| / ||shortcut(x)||, mean over blocks, during training",
+    ),
+    "residual_ratio": (
+        rf"^{BY_LAYER_PREFIX}residual_ratio/",
+        "residual ratio per block at the end (x = block index; smoothing 0)",
+    ),
+    "response_std": (
+        rf"^{BY_LAYER_PREFIX}response_std/",
+        "layer response std at the end (x = layer index; He et al. Fig. 7; smoothing 0)",
+    ),
+}
+
+
+def by_layer_tag(name: str, depth: int) -> str:
+    """Tag of a diagnostic profile over layers (step = layer or block index) at one depth."""
+    return f"{BY_LAYER_PREFIX}{name}/depth_{int(depth):03d}"
+
+
+def vs_depth_tag(metric: str, stat: str = "mean") -> str:
+    """Tag of a metric's per-depth aggregate in the ``vs_depth/<group>`` runs (step = depth)."""
+    return f"{metric}_vs_depth/{stat}"
+
+
+def by_depth_tag(depth: int, series: str = "train_loss") -> str:
+    """Tag of a run's curve that names its depth, so one chart can overlay every run of that depth."""
+    return f"by_depth/depth_{int(depth):03d}/{series}"
+
+
+def _multiline(title: str, *regexes: str) -> layout_pb2.Chart:
+    return layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=list(regexes)))
+
+
+def sweep_layout(
+    *,
+    vs_depth: Collection[str] = (),
+    depths: Iterable[int] = (),
+    diagnostics: Collection[str] = (),
+    analyses: Iterable[str] = (),
+) -> layout_pb2.Layout:
+    """The Custom Scalars layout of one sweep, from what its report wrote.
+
+    `vs_depth`: metrics with a `vs_depth_tag` mean series (charted in the order of
+    ``final_train_loss, eval_loss, eval_accuracy, final_train_accuracy``); `depths`:
+    depths with `by_depth_tag` train-loss curves; `diagnostics`: keys of `DIAG_SERIES`
+    that exist; `analyses`: names of "why" analyses whose tags live under
+    ``analysis/<name>/`` (one chart each). Charts whose tags do not exist are left
+    out, so every regex of the layout matches something.
+    """
+    categories: list[layout_pb2.Category] = []
+    charts = [_multiline(title, f"^{re.escape(vs_depth_tag(m))}$") for m, title in _VS_DEPTH_TITLES.items()
+              if m in vs_depth]  # fmt: skip
+    if charts:
+        categories.append(layout_pb2.Category(title=LAYOUT_CATEGORIES[0], chart=charts))
+    charts = [
+        _multiline(f"train loss at depth {d}: one line per net (mean over seeds)", f"^{re.escape(by_depth_tag(d))}$")
+        for d in sorted(set(depths))
+    ]
+    if charts:
+        categories.append(layout_pb2.Category(title=LAYOUT_CATEGORIES[1], chart=charts))
+    charts = [_multiline(title, regex) for name, (regex, title) in DIAG_SERIES.items() if name in diagnostics]
+    if charts:
+        categories.append(layout_pb2.Category(title=LAYOUT_CATEGORIES[2], chart=charts))
+    charts = [_multiline(name, f"^{re.escape(ANALYSIS_PREFIX + name)}(/|$)") for name in sorted(set(analyses))]
+    if charts:
+        categories.append(layout_pb2.Category(title=LAYOUT_CATEGORIES[3], chart=charts))
+    return layout_pb2.Layout(category=categories)
+
+
 # ----------------------------------------------------------------------------- writer
 
 
@@ -202,7 +314,7 @@ class EventWriter:
     @property
     def path(self) -> Path:
         """The event file being written."""
-        return Path(self._writer._file_name)  # noqa: SLF001 - no public accessor
+        return Path(self._writer._file_name)  # no public accessor
 
     # -- low level ------------------------------------------------------------
     def add_summary(self, summary: summary_pb2.Summary, step: int, wall_time: float | None = None) -> None:
@@ -274,8 +386,7 @@ class EventWriter:
             infos.append(info)
         items = metrics.items() if isinstance(metrics, Mapping) else ((m, None) for m in metrics)
         metric_infos = [
-            hp.Metric(tag, display_name=display, description=descriptions.get(tag)).as_proto()
-            for tag, display in items
+            hp.Metric(tag, display_name=display, description=descriptions.get(tag)).as_proto() for tag, display in items
         ]
         experiment = api_pb2.Experiment(
             hparam_infos=infos,
@@ -324,12 +435,22 @@ class EventWriter:
     def hparams_metrics(self, step: int, values: Mapping[str, float | None]) -> None:
         """HParams metric scalars (tags get the ``hparams/`` prefix); ``None`` and
         NaN are skipped (a diverged run simply has no value)."""
-        clean = {
-            metric_tag(k): float(v)
-            for k, v in values.items()
-            if v is not None and not math.isnan(float(v))
-        }
+        clean = {metric_tag(k): float(v) for k, v in values.items() if v is not None and not math.isnan(float(v))}
         self.scalars(step, clean)
+
+    def custom_scalars_layout(self, layout: layout_pb2.Layout, step: int = 0) -> None:
+        """The Custom Scalars dashboard's layout (a string tensor under the plugin's
+        config tag), built here without TensorFlow. Write it once per sweep, at the root."""
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING,
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+            string_val=[layout.SerializeToString()],
+        )
+        summary = summary_pb2.Summary()
+        summary.value.add(
+            tag=cs_metadata.CONFIG_SUMMARY_TAG, metadata=cs_metadata.create_summary_metadata(), tensor=tensor
+        )
+        self.add_summary(summary, step)
 
     # -- lifecycle ------------------------------------------------------------
     def flush(self) -> None:

@@ -34,6 +34,7 @@ from resexp.data import Data, augmented_batch, batch_indices, load_data
 from resexp.errors import RunError
 from resexp.models import Net, layer_table, net_builder
 from resexp.optim import lr_schedule, make_optimizer
+from resexp.provenance import provenance
 from resexp.runs import FINAL, RunLock, exit_code, prepare_run_dir, read_summary, seed_configs, write_json
 from resexp.tblog import EventWriter
 
@@ -593,6 +594,7 @@ def _write_summary(r: RunRecord, engine: Engine, info: dict, steps: int | None, 
         "device": str(jax.devices()[0].device_kind),
         "vmapped_seeds": engine.seeds,
         "resexp_version": __version__,
+        **provenance(),  # software (jax, jaxlib, flax, optax) and machine (CPU model)
         "config": r.cfg.model_dump(mode="json"),
         "sweep": {"name": r.cfg.name, "keys": r.sweep_keys} if r.sweep_keys is not None else None,
         "warmup": _warmup_summary(r, steps),

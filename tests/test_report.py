@@ -297,7 +297,7 @@ def test_tensorboard_vs_depth_scalars(tb):
         assert [s for s, _ in points] == list(DEPTHS)  # step = depth, no duplicates after the rebuild
         for depth, value in points:
             assert value == pytest.approx(expected[(depth, shortcut)]["loss_mean"], rel=1e-6)
-    diverged = tb.scalars("vs_depth/shortcut=false", "diverged_runs_vs_depth/count")
+    diverged = tb.scalars("vs_depth/shortcut=false", "vs_depth_counts/diverged_runs")
     assert diverged == [(8, 0.0), (14, 0.0), (20, 1.0)]
 
 

@@ -172,7 +172,7 @@ def test_live_tensorboard_serves_runs_depth_curves_and_hparams(swept):
         groups = [r for r in runs if r.startswith("vs_depth/")]
         assert any("shortcut=false" in g.lower() for g in groups) and any("shortcut=true" in g.lower() for g in groups)
         tags = tb.scalar_tags()
-        depth_tags = [t for g in groups for t in tags.get(g, {}) if "depth" in t]
+        depth_tags = [t for g in groups for t in tags.get(g, {}) if t.endswith("_vs_depth/mean")]
         assert depth_tags
         steps = [s for s, _ in tb.scalars(groups[0], depth_tags[0])]
         assert sorted(steps) == [8, 14]  # the step axis is the depth
