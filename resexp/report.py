@@ -462,12 +462,17 @@ def _grid_runs(grid: Grid, runs: Mapping[str, RunRecord], notes: list[str]) -> l
     if missing:
         notes.append(f"{len(missing)} of this grid's {len(ids)} runs have no summary yet (not started): "
                      f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
-    out = []
-    for rid in ids:
-        if rid in runs:
-            r = runs[rid]
-            out.append(replace(r, keys={k: r.config(k) for k in grid.axes}))
-    return out
+    return [replace(runs[rid], keys={k: _swept_value(runs[rid], k) for k in grid.axes}) for rid in ids if rid in runs]
+
+
+_ABSENT = object()
+
+
+def _swept_value(run: RunRecord, key: str) -> Any:
+    """`key`'s value in the run's resolved config; only a summary without that key at all (written
+    by hand, or by a resexp older than the key) falls back to what its sweep recorded."""
+    value = run.config(key, _ABSENT)
+    return ((run.summary.get("sweep") or {}).get("keys") or {}).get(key) if value is _ABSENT else value
 
 
 def _aggregate(runs: Sequence[RunRecord], cell_keys: Sequence[str]) -> list[Cell]:
@@ -821,7 +826,7 @@ def build_reports(sweep_dir: Path | str, *, console: Console | None = None, writ
         reports.append(_build_grid(sweep_dir, grid, runs, notes, write_tensorboard, shown))
     if write_tensorboard:
         axes = [k for g in grids for k in g.axes]
-        every = [replace(r, keys={k: r.config(k) for k in dict.fromkeys(axes)}) for r in runs.values()]
+        every = [replace(r, keys={k: _swept_value(r, k) for k in dict.fromkeys(axes)}) for r in runs.values()]
         reports[0].event_files = _write_hparams(sweep_dir, every, shown) + reports[0].event_files
     for report in reports:
         if show is not None and report.report_dir != show:
