@@ -9,10 +9,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from resexp.models import split_params
 
 
 _NORMED = {"kernel", "scale", "gate"}  # conv/dense weights, BN scales (gamma), rezero gates
@@ -90,7 +94,7 @@ def _layer_order(name: str):
 
 def to_host(graphdef, device_diag: dict) -> dict:
     """JSON-ready diagnostics for summary.json."""
-    out = {}
+    out: dict[str, Any] = {}
     for key in ("residual_ratio", "response_std"):
         if key in device_diag:
             out[key] = [float(v) for v in np.asarray(device_diag[key]).reshape(-1)]
@@ -200,7 +204,7 @@ def identity_check(model, x: jax.Array, *, zero_branches: bool = True) -> list[d
     Runs as one jitted program (cached across invocations by the persistent XLA cache).
     `zero_branches=False` runs the same comparison on the untouched net: a control.
     """
-    graphdef, params, others = nnx.split(model, nnx.Param, ...)
+    graphdef, params, others = split_params(model)
     arrays = jax.device_get(jax.jit(_identity_arrays, static_argnums=(0, 1))(graphdef, zero_branches, params,
                                                                               others, x))
     rows = []

@@ -388,11 +388,11 @@ def plot_test_error_vs_paper(report: Report, comparison, title: str) -> bytes:
             if r.mean is not None:
                 ax.errorbar([r.depth * 1.03], [r.mean], yerr=[r.std], marker="_", ms=12, color="black", capsize=4,
                             lw=1.2, label=f"paper mean ± std ({r.runs} runs)")
-    xs = sorted(depths)
-    if xs and xs[-1] / max(xs[0], 1) > 20:
+    ticks = sorted(depths)
+    if ticks and ticks[-1] / max(ticks[0], 1) > 20:
         ax.set_xscale("log")
-    ax.set_xticks(xs)
-    ax.set_xticklabels([_fmt_num(d) for d in xs])
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([_fmt_num(d) for d in ticks])
     ax.set_xlabel("depth (weighted layers)")
     ax.set_ylabel("test error (%)")
     ax.set_title("Test error vs depth: yours (mean ± std over seeds) and the paper's", fontsize=10)

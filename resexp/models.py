@@ -15,7 +15,7 @@ under `nnx.scan`; compile time is then flat in depth (ResNet-110 compiles like R
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
 import jax
 import jax.numpy as jnp
@@ -59,8 +59,8 @@ class Shortcut(nnx.Module):
         self.mode = "learned" if learned else ("zero_pad" if shape_changes else "identity")
         self.stride, self.pad = stride, cout - cin
         bias = cfg.norm == "none"
-        self.proj = nnx.data(None)
-        self.proj_norm = nnx.data(None)
+        self.proj: nnx.Conv | nnx.Linear | None = nnx.data(None)
+        self.proj_norm: Norm | None = nnx.data(None)
         if learned:
             self.proj = (
                 nnx.Conv(cin, cout, (1, 1), strides=stride, padding="VALID", use_bias=bias, kernel_init=HE_INIT,
@@ -71,6 +71,7 @@ class Shortcut(nnx.Module):
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.mode == "learned":
+            assert self.proj is not None and self.proj_norm is not None
             return self.proj_norm(self.proj(x), train)
         if self.mode == "zero_pad":
             if x.ndim == 4 and self.stride > 1:
@@ -110,11 +111,11 @@ class Block(nnx.Module):
     def __call__(self, x: jax.Array, train: bool, collect: bool = False):
         f, r1 = self.branch(x, train)
         stats = {"response_std": jnp.stack([_std(r1), _std(f)])} if collect else None
-        if not self.residual:
+        if self.shortcut is None:
             return jax.nn.relu(f), stats
         gated = f * self.gate[...].astype(f.dtype) if self.gate is not None else f
         s = self.shortcut(x, train)
-        if collect:  # how far this block is from the identity: ||F(x)|| / ||Ws x||
+        if stats is not None:  # how far this block is from the identity: ||F(x)|| / ||Ws x||
             stats["residual_ratio"] = _fro(gated) / (_fro(s) + 1e-12)
         return jax.nn.relu(gated + s), stats
 
@@ -169,7 +170,7 @@ class Net(nnx.Module):
         bias = cfg.norm == "none"
         if self.conv:
             cin = input_shape[-1]
-            self.stem = nnx.Conv(cin, w0, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias, kernel_init=HE_INIT,
+            self.stem: nnx.Conv | nnx.Linear = nnx.Conv(cin, w0, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias, kernel_init=HE_INIT,
                                  dtype=dt, rngs=rngs)
         else:
             cin = 1
@@ -321,3 +322,9 @@ def layer_table(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     rows.append(LayerRow("pool + dense head" if conv else "dense head", (num_classes,),
                          prev * num_classes + num_classes, prev * num_classes))
     return rows
+
+
+def split_params(model: nnx.Module) -> tuple[Any, Any, Any]:
+    """(graphdef, parameters, everything else: BN statistics, RNG state), the three parts the
+    engine keeps apart (nnx.split's own signature is variadic)."""
+    return cast(tuple[Any, Any, Any], nnx.split(model, nnx.Param, ...))

@@ -63,6 +63,7 @@ def hold_warmup_lr(updates, cfg: OptimConfig, schedule: optax.Schedule, step: ja
     update by warmup.lr / schedule(step) is the same as running them at warmup.lr (to
     float32 rounding); from E on the factor is exactly 1 and the update is untouched.
     """
+    assert cfg.constant_warmup is not None
     held = jnp.float32(cfg.constant_warmup.lr)
     factor = jnp.where(step < warmup_end, held / jnp.asarray(schedule(step), jnp.float32), jnp.float32(1))
     return jax.tree.map(lambda u: u * factor.astype(u.dtype), updates)
@@ -70,6 +71,7 @@ def hold_warmup_lr(updates, cfg: OptimConfig, schedule: optax.Schedule, step: ja
 
 def next_warmup_end(cfg: OptimConfig, warmup_end: jax.Array, window_end: jax.Array, window_accuracy: jax.Array):
     """E after a window ending at `window_end` (exclusive) with these per-step train accuracies."""
+    assert cfg.constant_warmup is not None
     threshold = cfg.constant_warmup.until_train_error
     if threshold is None:
         return warmup_end

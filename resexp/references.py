@@ -154,8 +154,7 @@ class Comparison:
 
 def reference_name(runs) -> tuple[str | None, list[str]]:
     """The `report.reference` the runs' configs name (one, or None), and notes on disagreement."""
-    names = {((r.summary.get("config") or {}).get("report") or {}).get("reference") for r in runs}
-    names.discard(None)
+    names = {str(n) for r in runs if (n := ((r.summary.get("config") or {}).get("report") or {}).get("reference"))}
     if len(names) > 1:
         return None, [f"runs name different references ({', '.join(sorted(names))}) - none shown"]
     return (next(iter(names)) if names else None), []

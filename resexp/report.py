@@ -167,8 +167,8 @@ class Cell:
 
     @property
     def params(self) -> int | None:
-        values = [r.summary.get("params") for r in self.runs if r.summary.get("params") is not None]
-        return int(values[0]) if values else None
+        values = [int(r.summary["params"]) for r in self.runs if r.summary.get("params") is not None]
+        return values[0] if values else None
 
     def as_row(self) -> dict[str, Any]:
         row: dict[str, Any] = dict(self.key)
@@ -196,11 +196,11 @@ class Report:
     notes: list[str] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)  # name -> file written
     event_files: list[Path] = field(default_factory=list)  # TensorBoard files written
-    report_dir: Path | None = None  # where this grid's files go (its manifest's directory); None: sweep_dir
+    report_dir: Path = Path()  # where this grid's files go (its manifest's directory); the default: sweep_dir
     comparison: Any = None  # resexp.references.Comparison when the config names a paper to compare with
 
     def __post_init__(self) -> None:
-        if self.report_dir is None:
+        if self.report_dir == Path():
             self.report_dir = self.sweep_dir
 
     @property
@@ -770,7 +770,7 @@ def _build_grid(sweep_dir: Path, grid: Grid, runs: Mapping[str, RunRecord], note
         agg_cols += list(comparison.columns)
     _write_csv(out_dir / "aggregate.csv", agg_rows, agg_cols)
     report.paths["aggregate.csv"] = out_dir / "aggregate.csv"
-    doc = {
+    doc: dict[str, Any] = {
         "sweep": grid.name,
         "swept_keys": swept,
         "std": "sample standard deviation (ddof=1) over the completed runs of a cell; 0 when n=1",

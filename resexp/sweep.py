@@ -142,10 +142,10 @@ def record_grid(sweep_dir: Path, name: str, axes: dict[str, list[Any]], extra_ax
     if path.exists():
         path = sweep_dir / GRIDS_DIR / _grid_slug(extra_axes, run_ids) / MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"name": name, "axes": axes, "run_ids": [c.run_id for c in cells],
-           "command": " ".join(["resexp", *sys.argv[1:]]), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json(path, doc)
-    return Manifest(path, name, axes, doc["run_ids"])
+    ids = [c.run_id for c in cells]
+    write_json(path, {"name": name, "axes": axes, "run_ids": ids, "command": " ".join(["resexp", *sys.argv[1:]]),
+                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return Manifest(path, name, axes, ids)
 
 
 def grid_axes(cfg: Config, extra_axes: dict[str, list[Any]] | None = None) -> dict[str, list[Any]]:

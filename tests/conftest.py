@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -34,7 +35,7 @@ TINY = {
 
 def tiny_dict(**sections) -> dict:
     """TINY with some sections updated: tiny_dict(model={"depth": 14}, train={"steps": 20})."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY.items()}
+    out: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY.items()}
     for key, value in sections.items():
         if isinstance(value, dict):
             out.setdefault(key, {}).update(value)
@@ -53,7 +54,7 @@ def tiny_config(tmp_path: Path) -> Path:
     return write_config(tmp_path / "tiny.yaml", TINY)
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None,
+def run_cli(*args: str | Path, cwd: Path | None = None, timeout: float = 300, env: dict | None = None,
             **popen) -> subprocess.CompletedProcess:
     """`resexp ARGS` as a user runs it: a real subprocess, captured output."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}

@@ -14,6 +14,8 @@ where each value lands after CHW -> HWC conversion: see `cifar_pixel`, `mnist_pi
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import gzip
 import hashlib
 import io
@@ -37,15 +39,17 @@ IDX_FILES = (
 class Py2Pickler(pickle._Pickler):  # the pure-python pickler lets us swap opcode writers
     """Pickle like Python 2 cPickle: bytes and str as (SHORT_)BINSTRING, numpy.core globals."""
 
-    dispatch = pickle._Pickler.dispatch.copy()
+    # The pure-python pickler's internals (dispatch, write, memoize) are not in typeshed's stubs.
+    dispatch: ClassVar[dict[type, Any]] = pickle._Pickler.dispatch.copy()
 
     def _save_py2_string(self, obj: bytes | str) -> None:
         data = obj.encode("latin1") if isinstance(obj, str) else bytes(obj)
+        me: Any = self
         if len(data) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+            me.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
         else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
-        self.memoize(obj)
+            me.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        me.memoize(obj)
 
     dispatch[bytes] = _save_py2_string
     dispatch[str] = _save_py2_string
@@ -53,8 +57,9 @@ class Py2Pickler(pickle._Pickler):  # the pure-python pickler lets us swap opcod
     def save_global(self, obj, name=None):  # noqa: D102 - spell numpy's module as numpy 1 did
         module = getattr(obj, "__module__", None)
         if module == "numpy._core.multiarray":
-            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n" + obj.__name__.encode() + b"\n")
-            self.memoize(obj)
+            me: Any = self
+            me.write(pickle.GLOBAL + b"numpy.core.multiarray\n" + obj.__name__.encode() + b"\n")
+            me.memoize(obj)
             return
         super().save_global(obj, name)
 

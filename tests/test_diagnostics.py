@@ -24,7 +24,7 @@ from tolerance import assert_within_noise, exact_in_float64, spread
 from resexp import diagnostics
 from resexp.config import Config
 from resexp.data import load_data
-from resexp.models import Net, build_model, iter_blocks
+from resexp.models import Net, build_model, iter_blocks, split_params
 
 EPS = 1e-5  # Norm's BatchNorm epsilon
 
@@ -37,7 +37,8 @@ def _randomised(cfg: Config, data, seed: int = 0):
     """A net whose BN statistics/scales and rezero gates are far from their init values,
     so eval-mode BN and the gates really enter the numbers."""
     model = build_model(cfg.model, data.image_shape, data.num_classes, seed=seed)  # jitted init: fast
-    graphdef, params, others = nnx.split(model, nnx.Param, ...)
+    graphdef, params, others = split_params(model)
+
     def names(path):
         return [str(getattr(k, "key", getattr(k, "idx", k))) for k in path if str(getattr(k, "key", k)) != ".value"]
 
