@@ -89,7 +89,8 @@ def _contour(ax, result: dict, title: str) -> None:
     s = np.asarray(result["surface"], dtype=float)
     span = result["span"]
     coords = np.linspace(-span, span, s.shape[0])
-    levels = np.linspace(np.nanmin(s), min(np.nanmax(s), np.nanmin(s) + 5.0), 16)
+    lo = np.nanmin(s)
+    levels = np.linspace(lo, max(min(np.nanmax(s), lo + 5.0), lo + 1e-6), 16)
     ax.contour(coords, coords, s.T, levels=levels, cmap="viridis", linewidths=0.8)
     ax.plot([0], [0], "k+")
     ax.set_aspect("equal")
