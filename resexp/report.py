@@ -624,6 +624,13 @@ def build_report(
             v = r.summary.get(m)
             row[m] = v if v is None or isinstance(v, (int, str)) and not isinstance(v, bool) else _num(v)
         rows.append(row)
+    # Headline numbers of the "why" analyses (`resexp analyze`), where their cached results exist.
+    from resexp.analysis import HEADLINE, headline_metrics
+
+    analysis = {r.run_id: headline_metrics(r.path) for r in runs}
+    analysis_cols = [c for c in HEADLINE if any(c in a for a in analysis.values())]
+    for row in rows:
+        row.update({c: analysis[row["run_id"]].get(c, math.nan) for c in analysis_cols})
     rows.sort(key=lambda row: (tuple(_sort_key(row[k]) for k in swept), row["run_id"]))
 
     report = Report(sweep_dir, sweep_name, swept, rows, cells, runs, notes)
@@ -646,12 +653,15 @@ def build_report(
         if png is not None:
             figures["residual_ratio_vs_wd.png"] = png
 
-    row_cols = ["run_id", *swept, "status", *ROW_METRICS]
+    row_cols = ["run_id", *swept, "status", *ROW_METRICS, *analysis_cols]
     _write_csv(sweep_dir / "results.csv", rows, row_cols)
     report.paths["results.csv"] = sweep_dir / "results.csv"
     agg_rows = [c.as_row() for c in cells]
+    for c, row in zip(cells, agg_rows, strict=True):  # analysis columns: mean and std over completed seeds
+        for col in analysis_cols:
+            row[f"{col}_mean"], row[f"{col}_std"] = mean_std([analysis[r.run_id].get(col, math.nan) for r in c.completed])
     agg_cols = [*cell_keys, "n_runs", "n_diverged"]
-    agg_cols += [f"{m}_{s}" for m in AGGREGATE_METRICS for s in ("mean", "std")]
+    agg_cols += [f"{m}_{s}" for m in (*AGGREGATE_METRICS, *analysis_cols) for s in ("mean", "std")]
     agg_cols += ["params", "wall_seconds_mean", "run_ids"]
     _write_csv(sweep_dir / "aggregate.csv", agg_rows, agg_cols)
     report.paths["aggregate.csv"] = sweep_dir / "aggregate.csv"

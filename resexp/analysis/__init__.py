@@ -107,3 +107,31 @@ def headline_metrics(run_dir: Path) -> dict[str, float]:
         for col, value in analysis_module(name).headline(doc).items():
             out[col] = math.nan if value is None else float(value)
     return out
+
+
+def describe(name: str, doc: dict) -> str:
+    """One or two human lines about a result, for the terminal."""
+    def f(v, spec=".3f"):
+        return "-" if v is None else format(v, spec)
+
+    if name == "lesion":
+        ks = ", ".join(f"k={d['k']}: {f(d['mean'])}" for d in doc["delete_k"] if d["mean"] is not None)
+        return (f"lesion: accuracy {f(doc['base_accuracy'])} intact; one block deleted: median "
+                f"{f(doc['median_single_accuracy'])} (worst {f(doc['min_single_accuracy'])}); k random deleted: "
+                f"{ks or '-'}; {doc['swap_k']['k']} swaps: {f(doc['swap_k']['mean'])}"
+                + (" [BN recalibrated]" if doc["recalibrated"] else ""))
+    if name == "gradients":
+        return (f"gradients ({'at init' if doc['at_init'] else 'trained'}, BN recalibrated): lag-1 correlation "
+                f"{f(doc['grad_corr_lag1'])}, neighbour cosine {f(doc['grad_cos_neighbors'])}, "
+                f"Jacobian log10 cond {f(doc['jacobian_log_condition'], '.2f')}")
+    if name == "paths":
+        return (f"paths: {doc['n_blocks']} blocks; 90 % of the gradient from paths through {doc['k90'][0]}.."
+                f"{doc['k90'][1]} branches (mean {f(doc['mean_path_length'], '.1f')}, typical path "
+                f"{f(doc['typical_path_length'], '.1f')}); x{f(doc['decay_per_branch'], '.2f')} per extra branch")
+    if name == "landscape":
+        return (f"landscape ({doc['dims']}-D, {doc['grid']} points per axis, span {doc['span']:g}, "
+                f"{doc['examples']} examples): centre loss {f(doc['center_loss'], '.4f')}, "
+                f"{doc['local_minima']} local minima, non-convex fraction {f(doc['nonconvex_fraction'], '.2f')}")
+    lim = doc.get("sgd_stability_limit")
+    return (f"hessian: lambda_max {f(doc['lambda_max'], '.4g')}"
+            + (f" vs SGD stability limit 2(1+beta)/eta = {lim:.3g} (x{doc['ratio_to_limit']:.2g})" if lim else ""))
