@@ -240,7 +240,7 @@ def test_analyze_sweep_columns_figures_and_diverged(sweep, tmp_path):
     out = analyze_sweep(root, ["lesion", "paths"], jobs=1)
     assert out.diverged == ["resnet8-diverged"] and len(out.analysed) == 2
     assert any("paths: not applicable" in n for n in out.notes)
-    assert set(out.figures) == {"lesion_vs_depth.png"}
+    assert "lesion_vs_depth.png" in out.figures and (root / "lesion_vs_depth.png").stat().st_size > 1000
     rows = {r["run_id"]: r for r in csv.DictReader((root / "results.csv").open())}
     res_row = rows[sweep["res"].name]
     assert float(res_row["lesion_median_accuracy"]) == headline_metrics(root / sweep["res"].name)["lesion_median_accuracy"]
