@@ -11,6 +11,7 @@ path-S term (the relu derivatives are those of the real forward pass), and the 2
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -65,7 +66,7 @@ def path_gradient_fn(graphdef):
 
 
 def full_gradient_fn(graphdef):
-    """dL/dh0 of the unmodified net (the reference the paths must sum to)."""
+    """Jitted `(params, others, x, y) -> dL/dh0` of the unmodified net: what the paths must sum to."""
     import jax
     import optax
     from flax import nnx
@@ -73,17 +74,15 @@ def full_gradient_fn(graphdef):
     from resexp.analysis.common import stem
 
     def grad(params, others, x, y):
-        net = nnx.merge(graphdef, params, others, copy=True)
-        h0 = stem(net, x)
-
         def loss(h):
-            m = nnx.merge(graphdef, params, others, copy=True)
-            from resexp.analysis.common import blocks_to_logits
+            net = nnx.merge(graphdef, params, others, copy=True)
+            for stage in net.stages:
+                h, _ = stage(h, False, False)
+            if net.conv:
+                h = h.mean(axis=(1, 2))
+            return optax.softmax_cross_entropy_with_integer_labels(net.head(h).astype("float32"), y).sum()
 
-            logits, _ = blocks_to_logits(m, h, lambda b, hh, v, t: (b(hh, t)[0], {}), jax.numpy.zeros(n_blocks(m)))
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
-
-        return jax.grad(loss)(h0)
+        return jax.grad(loss)(stem(nnx.merge(graphdef, params, others, copy=True), x))
 
     return jax.jit(grad)
 
@@ -100,8 +99,6 @@ def sample_masks(n: int, samples: int, seed: int) -> tuple[np.ndarray, np.ndarra
     masks, lengths = [], []
     for k in range(n + 1):
         if math.comb(n, k) <= samples:
-            import itertools
-
             chosen = [list(c) for c in itertools.combinations(range(n), k)]
         else:
             chosen = [rng.choice(n, size=k, replace=False) for _ in range(samples)]
