@@ -54,6 +54,7 @@ def test_lesion_invariants(sweep):
 
     from resexp.analysis.common import blocks_to_logits, stem
     from resexp.analysis.lesion import accuracy_program, lesion_step
+    from resexp.diagnostics import _zero_last_layers
 
     run = load_run(inspect_run(sweep["res"]))
     n = 3
@@ -67,13 +68,13 @@ def test_lesion_invariants(sweep):
         net = nnx.merge(run.graphdef, params, run.others, copy=True)
         return blocks_to_logits(net, stem(net, x), lesion_step, keep)[0]
 
+    all_zeroed = _zero_last_layers(run.params)  # the identity check's own zeroing (every branch)
     for stage in range(3):  # each block is its stage's first; stage 2 and 3 change shape (option A)
-        def zero(path, leaf, stage=stage):
+        def pick(path, leaf, zeroed_leaf, stage=stage):  # that zeroing, on this one block only
             keys = [str(getattr(p, "key", p)) for p in path]
-            hit = keys[:3] == ["stages", str(stage), "first"] and keys[3] in ("layer2", "norm2")
-            return jnp.zeros_like(leaf) if hit else leaf
+            return zeroed_leaf if keys[:3] == ["stages", str(stage), "first"] else leaf
 
-        zeroed = jax.tree_util.tree_map_with_path(zero, run.params)
+        zeroed = jax.tree_util.tree_map_with_path(pick, run.params, all_zeroed)
         keep = jnp.ones(n, bool).at[stage].set(False)
         a = np.asarray(logits(zeroed, jnp.ones(n, bool)))
         b = np.asarray(logits(run.params, keep))
