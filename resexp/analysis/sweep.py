@@ -163,6 +163,7 @@ def write_sweep_outputs(sweep_dir: Path, run_dirs: list[Path]) -> dict[str, Path
         groups.setdefault(group_dirname(p["group"]), []).append(p)
     for gname, members in groups.items():
         with EventWriter(vs / gname, EVENT_SUFFIX) as w:
+            w.session_start(0)  # a live TensorBoard drops what it read from the replaced file (see tblog)
             for depth in sorted({p["depth"] for p in members}):
                 at = [p for p in members if p["depth"] == depth]
                 values = {}
@@ -173,6 +174,7 @@ def write_sweep_outputs(sweep_dir: Path, run_dirs: list[Path]) -> dict[str, Path
                 w.scalars(int(depth), values)
     if written:
         with EventWriter(vs, EVENT_SUFFIX) as w:
+            w.session_start(0)
             for fname in written:
                 w.image(f"analysis/{fname.removesuffix('.png')}", pngs[fname], step=0)
     from rich.console import Console
