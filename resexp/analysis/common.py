@@ -214,18 +214,13 @@ def init_run(cfg, data=None) -> LoadedRun:
     return LoadedRun(cfg, data, graphdef_for(cfg, data), params, others)
 
 
-def recalibrate_bn(run: LoadedRun, images, step: Callable | None = None, per_block=None):
+def recalibrate_bn(run: LoadedRun, images):
     """`others` with every BN's running statistics set to the batch statistics of `images`
-    (normalised), computed by one train-mode forward; `step`/`per_block` route it through
-    `blocks_to_logits` (a lesioned net gets the statistics of its own activations)."""
+    (normalised), by one train-mode forward of a copy whose BN momentum is 0. Traceable."""
     from flax import nnx
 
-    gd = graphdef_for(run.cfg, run.data, bn_momentum=0.0)
-    net = nnx.merge(gd, run.params, run.others, copy=True)
-    if step is None:
-        net(images, train=True)
-    else:
-        blocks_to_logits(net, stem(net, images, True), step, per_block, train=True)
+    net = nnx.merge(graphdef_for(run.cfg, run.data, bn_momentum=0.0), run.params, run.others, copy=True)
+    net(images, train=True)
     return nnx.split(net, nnx.Param, ...)[2]
 
 
