@@ -75,6 +75,8 @@ def analyze_sweep(sweep_dir: Path, names: list[str], *, jobs: int = 1, console=N
     if not work:
         raise AnalysisError(f"{sweep_dir}: no completed run to analyse"
                             + (f" ({len(out.diverged)} diverged)" if out.diverged else ""))
+    # Deepest first: the costliest runs start at once, so K workers finish together.
+    work.sort(key=lambda w: -inspect_run(w[0]).summary["config"]["model"]["depth"])
     results: list[dict[str, bool]] = []
     if jobs > 1 and len(work) > 1:
         import multiprocessing as mp
