@@ -374,3 +374,113 @@ def data_info(config: ConfigArg, set_: SetOpt = None) -> None:
 
 def main() -> None:  # pragma: no cover
     app()
+
+
+# --------------------------------------------------------------------------- the "why" lab (resexp.analysis)
+
+RunArg = Annotated[Path, typer.Argument(help="A trained run directory (runs/<sweep>/<run-id>).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def _analysis(name: str, run_dir: Path, as_json: bool, **options) -> None:
+    from resexp.analysis import describe, run_analyses
+
+    doc, cached = run_analyses(run_dir, {name: options})[name]
+    if as_json:
+        print(json.dumps(doc))
+        return
+    out_console.print(describe(name, doc), highlight=False, soft_wrap=True)
+    out_console.print(f"[dim]{'cached' if cached else 'wrote'} {run_dir / 'analysis' / (name + '.json')}"
+                      + (f" and {run_dir / doc['figure']}" if doc.get("figure") else "") + "[/]", highlight=False)
+
+
+def _int_list(text: str | None, flag: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text}: expected comma-separated integers, e.g. 1,4,10") from None
+
+
+@app.command()
+@user_errors
+def lesion(run_dir: RunArg,
+           delete: Annotated[Optional[str], typer.Option(help="k values for k random deleted blocks.")] = "1,4,10",
+           swaps: Annotated[int, typer.Option(help="Random swaps of same-shape blocks per draw.")] = 6,
+           recalibrate_bn: Annotated[bool, typer.Option("--recalibrate-bn", help="Re-estimate BN statistics of each lesioned net on training images.")] = False,
+           as_json: JsonOpt = False) -> None:
+    """Delete or reorder blocks of a trained net at test time (Veit et al. 2016, section 4)."""
+    _analysis("lesion", run_dir, as_json, delete=_int_list(delete, "--delete"), swaps=swaps,
+              recalibrate_bn=recalibrate_bn)
+
+
+@app.command()
+@user_errors
+def gradients(target: Annotated[Path, typer.Argument(help="A YAML config (at initialisation) or a run directory.", show_default=False)],
+              set_: SetOpt = None,
+              at_init: Annotated[bool, typer.Option("--at-init", help="For a run: its initialisation, not its trained weights.")] = False,
+              as_json: JsonOpt = False) -> None:
+    """Shattered gradients, Jacobian conditioning and signal propagation (Balduzzi et al. 2017; Brock et al. 2021)."""
+    if target.is_dir():
+        _analysis("gradients", target, as_json, at_init=at_init)
+        return
+    cfg = _load(target, set_)
+    _setup()
+    from resexp.analysis import describe
+    from resexp.analysis.common import init_run, timed
+    from resexp.analysis.gradients import compute, prepare
+
+    doc = timed(lambda: compute(init_run(cfg), prepare(None, at_init=True)))
+    print(json.dumps(doc)) if as_json else out_console.print(describe("gradients", doc), highlight=False)
+
+
+@app.command()
+@user_errors
+def paths(run_dir: RunArg, as_json: JsonOpt = False) -> None:
+    """Gradient carried by paths of each length through a ResNet (Veit et al. 2016, section 5)."""
+    _analysis("paths", run_dir, as_json)
+
+
+@app.command()
+@user_errors
+def landscape(run_dir: RunArg,
+              grid: Annotated[int, typer.Option(help="Points per axis (odd, >= 3).")] = 15,
+              span: Annotated[float, typer.Option(help="Grid half-width, in units of the filter-normalised direction.")] = 1.0,
+              examples: Annotated[Optional[int], typer.Option(help="Test examples (default 512, at most the test set).")] = None,
+              dims: Annotated[int, typer.Option(help="1: a slice; 2: a contour plot.")] = 2,
+              as_json: JsonOpt = False) -> None:
+    """Filter-normalised loss surface around the trained weights (Li et al. 2018)."""
+    _analysis("landscape", run_dir, as_json, grid=grid, span=span, examples=examples, dims=dims)
+
+
+@app.command()
+@user_errors
+def hessian(run_dir: RunArg,
+            iters: Annotated[int, typer.Option(help="Power iterations.")] = 20,
+            examples: Annotated[Optional[int], typer.Option(help="Test examples (default 512, at most the test set).")] = None,
+            as_json: JsonOpt = False) -> None:
+    """Largest Hessian eigenvalue (power iteration on Hessian-vector products) vs the SGD stability limit."""
+    _analysis("hessian", run_dir, as_json, iters=iters, examples=examples)
+
+
+@app.command()
+@user_errors
+def analyze(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (runs/<name>).", show_default=False)],
+            only: Annotated[Optional[str], typer.Option(help="Comma-separated subset of lesion,gradients,paths,landscape,hessian.")] = None,
+            jobs: Annotated[int, typer.Option(help="Runs analysed at once.", min=1)] = 1) -> None:
+    """Every analysis on every run of a sweep; figures vs depth, TensorBoard, and results.csv columns."""
+    import time
+
+    from resexp.analysis import parse_only
+    from resexp.analysis.sweep import analyze_sweep
+
+    names = parse_only(only)
+    start = time.perf_counter()
+    res = analyze_sweep(sweep_dir, names, jobs=jobs, console=err_console)
+    for note in res.notes:
+        out_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    out_console.print(f"{len(res.analysed)} runs analysed ({res.computed} computed, {res.cached} cached), "
+                      f"{len(res.diverged)} diverged skipped, in {time.perf_counter() - start:.1f} s", highlight=False)
+    for name, path in res.figures.items():
+        out_console.print(f"{name}: {path}", highlight=False)

@@ -68,6 +68,8 @@ REPORT_SUFFIX = ".resexp-report"
 """Suffix of every event file the report writes (and deletes before rewriting)."""
 
 VS_DEPTH_DIR = "vs_depth"
+ANALYSIS_VS_DEPTH_DIR = "vs_depth_analysis"  # `resexp analyze`'s own vs-depth series (resexp.analysis.sweep)
+ANALYSIS_DIR = "analysis"  # a run's cached "why" analyses (resexp.analysis.common)
 GRIDS_DIR = "grids"  # later grids of a sweep directory report in grids/<name>/
 SEED_KEY = "train.seed"
 DEPTH_KEY = "model.depth"
@@ -390,7 +392,7 @@ def load_runs(sweep_dir: Path, notes: list[str]) -> list[RunRecord]:
     """Every ``<run-id>/summary.json`` under `sweep_dir`; problems become notes."""
     runs = []
     for child in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
-        if child.name.startswith(".") or child.name in (VS_DEPTH_DIR, GRIDS_DIR):
+        if child.name.startswith(".") or child.name in (VS_DEPTH_DIR, GRIDS_DIR, ANALYSIS_VS_DEPTH_DIR):
             continue
         summary_path = child / "summary.json"
         if not summary_path.is_file():
@@ -622,8 +624,10 @@ def _write_hparams(sweep_dir: Path, runs: Sequence[RunRecord], shown: Mapping[st
                 values["diverged"] = 1.0 if r.diverged else 0.0
                 w.hparams_metrics(step, values)
             written.append(w.path)
-    # "Why" analyses: a run's summary.json `analysis` block names them; their tags are analysis/<name>/...
-    analyses = {name for r in runs for name in (r.summary.get("analysis") or {}) if isinstance(name, str)}
+    # "Why" analyses (`resexp analyze`): each cached result is RUN/analysis/<name>.json, its scalars are
+    # tagged analysis/<name>/... (a summary.json `analysis` block may name more)
+    analyses = {p.stem for r in runs for p in (r.path / ANALYSIS_DIR).glob("*.json")}
+    analyses |= {name for r in runs for name in (r.summary.get("analysis") or {}) if isinstance(name, str)}
     layout = sweep_layout(vs_depth=shown["vs_depth"], depths=shown["depths"], diagnostics=shown["diagnostics"],
                           analyses=analyses)  # fmt: skip
     metrics = {metric_tag(m): _METRIC_NAMES[m] for m in (*AGGREGATE_METRICS, "diverged")}
@@ -697,7 +701,8 @@ def _check_sweep_dir(sweep_dir: Path) -> None:
     from resexp.sweep import MANIFEST
 
     sweeps = sorted(c.name for c in sweep_dir.iterdir() if c.is_dir() and not c.name.startswith(".")
-                    and c.name not in (VS_DEPTH_DIR, GRIDS_DIR) and not (c / "summary.json").exists()
+                    and c.name not in (VS_DEPTH_DIR, GRIDS_DIR, ANALYSIS_VS_DEPTH_DIR)
+                    and not (c / "summary.json").exists()
                     and ((c / MANIFEST).is_file() or any(c.glob("*/summary.json"))))
     if sweeps:
         raise UserError(f"{sweep_dir}: holds sweep directories ({', '.join(sweeps)}), not runs; pass one of them "
@@ -725,6 +730,13 @@ def _build_grid(sweep_dir: Path, grid: Grid, runs: Mapping[str, RunRecord], note
             v = r.summary.get(m)
             row[m] = v if v is None or isinstance(v, (int, str)) and not isinstance(v, bool) else _num(v)
         rows.append(row)
+    # Headline numbers of the "why" analyses (`resexp analyze`), where their cached results exist.
+    from resexp.analysis import HEADLINE, headline_metrics
+
+    analysis = {r.run_id: headline_metrics(r.path) for r in grid_runs}
+    analysis_cols = [c for c in HEADLINE if any(c in a for a in analysis.values())]
+    for row in rows:
+        row.update({c: analysis[row["run_id"]].get(c, math.nan) for c in analysis_cols})
     rows.sort(key=lambda row: (tuple(_sort_key(row[k]) for k in swept), row["run_id"]))
 
     report = Report(sweep_dir, grid.name, swept, rows, cells, grid_runs, notes, report_dir=out_dir)
@@ -757,12 +769,15 @@ def _build_grid(sweep_dir: Path, grid: Grid, runs: Mapping[str, RunRecord], note
             report, comparison, f"{grid.name}: test error vs {comparison.reference.name}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    row_cols = ["run_id", *swept, "status", *ROW_METRICS]
+    row_cols = ["run_id", *swept, "status", *ROW_METRICS, *analysis_cols]
     _write_csv(out_dir / "results.csv", rows, row_cols)
     report.paths["results.csv"] = out_dir / "results.csv"
     agg_rows = [c.as_row() for c in cells]
+    for c, row in zip(cells, agg_rows, strict=True):  # analysis columns: mean and std over completed seeds
+        for col in analysis_cols:
+            row[f"{col}_mean"], row[f"{col}_std"] = mean_std([analysis[r.run_id].get(col, math.nan) for r in c.completed])
     agg_cols = [*cell_keys, "n_runs", "n_diverged"]
-    agg_cols += [f"{m}_{s}" for m in AGGREGATE_METRICS for s in ("mean", "std")]
+    agg_cols += [f"{m}_{s}" for m in (*AGGREGATE_METRICS, *analysis_cols) for s in ("mean", "std")]
     agg_cols += ["params", "wall_seconds_mean", "run_ids"]
     if comparison is not None:
         for row, extra in zip(agg_rows, comparison.csv_columns(), strict=True):

@@ -1,0 +1,272 @@
+"""The "why" lab (resexp.analysis): exact invariants on tiny trained nets, bad input, the sweep.
+
+One module-scoped pair of tiny trained runs (plain and ResNet, depth 8 = 3 blocks) serves every
+test; analyses are called in-process where a subprocess would only add JAX's import time, and the
+CLI's one-line errors run through the real typer app.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tiny_dict
+from resexp.analysis import headline_metrics, run_analyses
+from resexp.analysis.common import inspect_run, load_run, normalized_test
+from resexp.cli import app
+from resexp.config import Config
+from resexp.train import train_runs
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> dict[str, Path]:
+    """runs/<sweep>/{plain8, resnet8} trained like `resexp sweep` would (sweep keys in the summaries)."""
+    out = tmp_path_factory.mktemp("why")
+    runs = {}
+    for shortcut in (False, True):
+        cfg = Config.model_validate(tiny_dict(name="why", model={"shortcut": shortcut}))
+        [outcome] = train_runs([cfg], out / "why", progress=False,
+                               sweep_keys=[{"model.depth": 8, "model.shortcut": shortcut}])
+        runs["res" if shortcut else "plain"] = outcome.run_dir
+    return runs
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+# --------------------------------------------------------------------------- lesion
+
+
+def test_lesion_invariants(sweep):
+    """Empty mask == summary eval_accuracy; an option-A deleted block == its branch zeroed (bit-equal,
+    one program); the identity order == the base accuracy."""
+    from flax import nnx
+
+    from resexp.analysis.common import blocks_to_logits, stem
+    from resexp.analysis.lesion import accuracy_program, lesion_step
+    from resexp.diagnostics import _zero_last_layers
+
+    run = load_run(inspect_run(sweep["res"]))
+    n = 3
+    acc = np.asarray(accuracy_program(run, False)(jnp.ones((2, n), bool), jnp.tile(jnp.arange(n), (2, 1))))
+    assert acc[0] == acc[1] == pytest.approx(run.info.summary["eval_accuracy"], abs=0)
+
+    x, _ = normalized_test(run.data)
+
+    @jax.jit
+    def logits(params, keep):
+        net = nnx.merge(run.graphdef, params, run.others, copy=True)
+        return blocks_to_logits(net, stem(net, x), lesion_step, keep)[0]
+
+    all_zeroed = _zero_last_layers(run.params)  # the identity check's own zeroing (every branch)
+    for stage in range(3):  # each block is its stage's first; stage 2 and 3 change shape (option A)
+        def pick(path, leaf, zeroed_leaf, stage=stage):  # that zeroing, on this one block only
+            keys = [str(getattr(p, "key", p)) for p in path]
+            return zeroed_leaf if keys[:3] == ["stages", str(stage), "first"] else leaf
+
+        zeroed = jax.tree_util.tree_map_with_path(pick, run.params, all_zeroed)
+        keep = jnp.ones(n, bool).at[stage].set(False)
+        a = np.asarray(logits(zeroed, jnp.ones(n, bool)))
+        b = np.asarray(logits(run.params, keep))
+        assert np.array_equal(a, b), stage
+        assert not np.array_equal(b, np.asarray(logits(run.params, jnp.ones(n, bool))))
+
+
+def test_lesion_cli_cached_and_plain_contrast(sweep):
+    start = time.perf_counter()
+    res = cli("lesion", sweep["res"], "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["base_accuracy"] == doc["eval_accuracy"]
+    assert (sweep["res"] / "analysis" / "lesion.png").stat().st_size > 1000
+    first = time.perf_counter() - start
+    mtime = (sweep["res"] / "analysis" / "lesion.json").stat().st_mtime_ns
+    start = time.perf_counter()
+    again = cli("lesion", sweep["res"], "--json")
+    assert json.loads(again.output) == doc
+    assert (sweep["res"] / "analysis" / "lesion.json").stat().st_mtime_ns == mtime  # answered from the cache
+    assert time.perf_counter() - start < first / 3
+    # The plain net: only stage1/block0 keeps its shape, so only it is deletable, and deleting it hurts.
+    plain = run_analyses(sweep["plain"], {"lesion": {}})["lesion"][0]
+    assert [r["deletable"] for r in plain["single"]] == [True, False, False]
+    assert plain["median_single_accuracy"] < plain["base_accuracy"] - 0.3
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def test_paths_sum_to_the_gradient(sweep):
+    """3 blocks, 8 paths: the path terms of dL/dh0 add up to jax.grad of the unmodified net."""
+    from resexp.analysis.paths import full_gradient_fn, path_gradient_fn, sample_masks
+
+    run = load_run(inspect_run(sweep["res"]))
+    x, y = normalized_test(run.data, 64)
+    masks, lengths = sample_masks(3, samples=8, seed=0)
+    assert len(masks) == 8 and sorted(lengths.tolist()) == [0, 1, 1, 1, 2, 2, 2, 3]
+    terms = np.asarray(path_gradient_fn(run.graphdef)(run.params, run.others, x, y, jnp.asarray(masks)))
+    full_fn = full_gradient_fn(run.graphdef)
+    full = np.asarray(full_fn(run.params, run.others, x, y))
+    # Noise scale: the same gradient with the examples reversed (another summation order, same math).
+    rev = np.asarray(full_fn(run.params, run.others, x[::-1], y[::-1]))[::-1]
+    noise = np.abs(rev - full).max()
+    err = np.abs(terms.sum(0) - full).max()
+    assert err <= 50 * noise + 1e-6 * np.abs(full).max(), (err, noise)
+    assert np.abs(terms[0]).max() > 1e-3 * np.abs(full).max()  # each term is a real share, not ~0
+
+
+# --------------------------------------------------------------------------- landscape
+
+
+def test_landscape_directions_and_centre(sweep):
+    from resexp.analysis.landscape import filter_axes, filter_normalized_direction
+
+    run = load_run(inspect_run(sweep["res"]))
+    d = filter_normalized_direction(run.params, jax.random.key(0))
+    kernels = 0
+    for (path, w), (_, u) in zip(jax.tree_util.tree_flatten_with_path(run.params)[0],
+                                 jax.tree_util.tree_flatten_with_path(d)[0]):
+        keys = [str(getattr(p, "key", p)) for p in path]
+        if "kernel" in keys:
+            kernels += 1
+            axes = filter_axes(path, w)
+            wn, un = (np.sqrt(np.sum(np.square(np.asarray(a)), axis=axes)) for a in (w, u))
+            np.testing.assert_allclose(un, wn, rtol=1e-5)  # float32 rounding of a <= 600-term norm
+        else:  # BN scale/shift, biases: no direction
+            assert not np.any(np.asarray(u)), keys
+    assert kernels >= 8
+    res = cli("landscape", sweep["res"], "--grid", 3, "--examples", 297, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    # The eval program batches and pads differently: allow a few float32 ulps of the mean loss.
+    assert doc["center_loss"] == pytest.approx(doc["eval_loss"], rel=1e-5)
+    assert np.asarray(doc["surface"]).shape == (3, 3) and doc["local_minima"] >= 1
+
+
+# --------------------------------------------------------------------------- hessian
+
+
+def test_power_iteration_matches_eigvalsh():
+    from flax import nnx
+    from jax.flatten_util import ravel_pytree
+
+    from resexp.analysis.hessian import lambda_trace
+    from resexp.models import build_model
+
+    cfg = Config.model_validate(tiny_dict(model={"kind": "mlp", "depth": 4, "widths": [3], "norm": "none"}))
+    net = build_model(cfg.model, (2, 3, 1), 3, seed=0)
+    graphdef, params, others = nnx.split(net, nnx.Param, ...)
+    x = jax.random.normal(jax.random.key(1), (16, 2, 3, 1))
+    y = jnp.arange(16) % 3
+    flat, unravel = ravel_pytree(params)
+
+    def loss(v):
+        import optax
+
+        logits = nnx.merge(graphdef, unravel(v), others, copy=True)(x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    eig = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(flat), np.float64))
+    top = eig[np.argmax(np.abs(eig))]
+    lams = np.asarray(jax.jit(lambda_trace, static_argnums=(0, 5, 6))(graphdef, params, others, x, y, 400, 0))
+    noise = abs(lams[-1] - lams[-100])  # what 100 more iterations still change: the convergence error
+    assert lams[-1] == pytest.approx(top, abs=10 * noise + 1e-4 * abs(top))
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _fake_run(root: Path, source: Path, **summary) -> Path:
+    run = root / summary.pop("name")
+    shutil.copytree(source, run, ignore=shutil.ignore_patterns("checkpoints", "analysis", "events*"))
+    s = json.loads((run / "summary.json").read_text())
+    s.update(summary)
+    (run / "summary.json").write_text(json.dumps(s))
+    return run
+
+
+def test_bad_input_one_line_exit_2_nothing_written(sweep, tmp_path):
+    res_dir = sweep["res"]
+    mlp_cfg = Config.model_validate(tiny_dict(model={"kind": "mlp", "depth": 4, "widths": [8]})).model_dump(mode="json")
+    no_ckpt = _fake_run(tmp_path, res_dir, name="nockpt")
+    incomplete = _fake_run(tmp_path, res_dir, name="incomplete", status="interrupted", steps=20)
+    diverged = _fake_run(tmp_path, res_dir, name="diverged", status="diverged", diverged_at_step=7)
+    mlp = _fake_run(tmp_path, res_dir, name="mlp", config=mlp_cfg)
+    (mlp / "checkpoints" / "40").mkdir(parents=True)
+    cases = [
+        (("lesion", no_ckpt), "no checkpoint"),
+        (("hessian", incomplete), "incomplete run"),
+        (("paths", diverged), "diverged"),
+        (("lesion", mlp), "single block"),
+        (("paths", sweep["plain"]), "plain net"),
+        (("landscape", res_dir, "--grid", 4), "--grid 4"),
+        (("landscape", res_dir, "--grid", 1), "--grid 1"),
+        (("landscape", res_dir, "--span", 0), "--span 0"),
+        (("landscape", res_dir, "--examples", 10000), "more than the 297 test examples"),
+        (("hessian", res_dir, "--examples", 298), "more than the 297 test examples"),
+        (("analyze", res_dir.parent, "--only", "lesion,shattering"), "unknown analysis shattering"),
+    ]
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    plain_files = sorted(sweep["plain"].rglob("*.json"))
+    for args, message in cases:
+        res = cli(*args)
+        assert res.exit_code == 2, (args, res.output)
+        assert message in res.output and "Traceback" not in res.output, (args, res.output)
+        assert len(res.output.strip().splitlines()) == 1 or len(" ".join(res.output.split())) < 400, res.output
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    assert sorted(sweep["plain"].rglob("*.json")) == plain_files
+    assert not (no_ckpt / "analysis").exists() and not (res_dir / "analysis" / "hessian.json").exists()
+
+
+# --------------------------------------------------------------------------- a sweep
+
+
+def test_analyze_sweep_columns_figures_and_diverged(sweep, tmp_path):
+    """`analyze` on a sweep with a diverged run: skipped and counted; report columns; figures; TB.
+    (Cached lesion results of the tests above are reused: the cache is part of what is tested.)"""
+    from resexp.analysis.sweep import analyze_sweep
+
+    root = tmp_path / "why"
+    shutil.copytree(sweep["res"].parent, root)
+    _fake_run(root, sweep["res"], name="resnet8-diverged", status="diverged", diverged_at_step=3)
+    out = analyze_sweep(root, ["lesion", "paths"], jobs=1)
+    assert out.diverged == ["resnet8-diverged"] and len(out.analysed) == 2
+    assert any("paths: not applicable" in n for n in out.notes)
+    assert "lesion_vs_depth.png" in out.figures and (root / "lesion_vs_depth.png").stat().st_size > 1000
+    rows = {r["run_id"]: r for r in csv.DictReader((root / "results.csv").open())}
+    res_row = rows[sweep["res"].name]
+    assert float(res_row["lesion_median_accuracy"]) == headline_metrics(root / sweep["res"].name)["lesion_median_accuracy"]
+    assert res_row["paths_k90_max"] != "" and rows[sweep["plain"].name]["paths_k90_max"] == ""
+    agg = list(csv.DictReader((root / "aggregate.csv").open()))
+    assert "lesion_median_accuracy_mean" in agg[0] and "paths_k90_max_std" in agg[0]
+    assert list((root / "vs_depth_analysis").rglob("*.resexp-analysis"))
+    # The report keeps the columns when it rebuilds on its own.
+    assert cli("report", root).exit_code == 0
+    assert "paths_k90_max" in (root / "results.csv").read_text().splitlines()[0]
+
+
+# --------------------------------------------------------------------------- gradients at init
+
+
+def test_gradients_shatter_in_plain_nets_not_resnets():
+    """Balduzzi et al.: at depth 32 (15 blocks) a plain net's input gradient is nearly white noise
+    along a line, a ResNet's stays correlated; the plain Jacobian is worse conditioned."""
+    from resexp.analysis.common import init_run
+    from resexp.analysis.gradients import compute, prepare
+
+    out = {}
+    for shortcut in (False, True):
+        cfg = Config.model_validate(tiny_dict(model={"depth": 32, "shortcut": shortcut}))
+        out[shortcut] = compute(init_run(cfg), prepare(None, at_init=True))
+    assert out[False]["grad_corr_lag1"] < 0.5 < out[True]["grad_corr_lag1"], out
+    assert out[False]["jacobian_log_condition"] > out[True]["jacobian_log_condition"]
+    assert len(out[True]["signal"]["channel_var"]) == 15 and out[False]["signal"]["branch_var"][0] is None
