@@ -36,7 +36,8 @@ SKIPPED = [
     ("resexp data download", "needs the network"),
     ("resexp sweep configs/cifar10", "needs the CIFAR-10 files (and a GPU for the full recipe)"),
     ("resexp train configs/cifar10", "needs the CIFAR-10 files (and a GPU for the full recipe)"),
-    ("--distributed", "needs several processes; tests cover it"),
+    ("--distributed", "needs several processes; tests/test_distributed.py runs two"),
+    ("runs/cifar10_table6", "reports the Table 6 sweep, whose runs need CIFAR-10"),
 ]
 SYNOPSIS = re.compile(r"\[--|\b(CONFIG|SWEEP_DIR|RUN_DIR|NAME|DIR|FILE|URL|KEY|CONFIG_OR_RUN)\b|<\w")
 
