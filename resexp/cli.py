@@ -125,13 +125,28 @@ def _print_run(run_dir: Path, s: dict) -> None:
 @user_errors
 def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
           grid: Annotated[Optional[list[str]], typer.Option("--grid", help="Add or replace an axis: --grid model.depth=8,20,56 (repeatable).")] = None,
-          jobs: Annotated[int, typer.Option(help="Runs trained at once on this machine.", min=1)] = 1,
+          jobs: Annotated[Optional[int], typer.Option(help="Runs trained at once on this machine [default: 1].", min=1)] = None,
           shard: Annotated[Optional[str], typer.Option(help="I/N: train only every N-th run from I (share one directory across N machines).")] = None,
           dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs; train nothing.")] = False,
-          progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True) -> None:
+          progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+          launcher: Annotated[Optional[str], typer.Option(help="Run the cells as jobs through submitit: slurm (one sbatch array) or local.", rich_help_panel="Cluster")] = None,
+          partition: Annotated[Optional[str], typer.Option(help="SLURM partition.", rich_help_panel="Cluster")] = None,
+          gpus_per_run: Annotated[int, typer.Option(help="GPUs per cell (--gres=gpu:G).", min=0, rich_help_panel="Cluster")] = 0,
+          cpus_per_run: Annotated[Optional[int], typer.Option(help="CPUs per cell.", min=1, rich_help_panel="Cluster")] = None,
+          mem: Annotated[Optional[str], typer.Option(help="Memory per cell, as sbatch --mem (e.g. 16G).", rich_help_panel="Cluster")] = None,
+          time_limit: Annotated[Optional[str], typer.Option("--time", help="Time limit per cell, HH:MM:SS (a cell past it checkpoints and requeues).", rich_help_panel="Cluster")] = None,
+          max_parallel: Annotated[Optional[int], typer.Option(help="Cells running at once (the array's %K; local: default 1).", min=1, rich_help_panel="Cluster")] = None,
+          account: Annotated[Optional[str], typer.Option(help="SLURM account.", rich_help_panel="Cluster")] = None,
+          qos: Annotated[Optional[str], typer.Option(help="SLURM QOS.", rich_help_panel="Cluster")] = None,
+          slurm_arg: Annotated[Optional[list[str]], typer.Option("--slurm-arg", help="Any other sbatch option: --slurm-arg constraint=a100 (repeatable).", rich_help_panel="Cluster")] = None,
+          wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait and report; or submit the cells plus a report job and exit.", rich_help_panel="Cluster")] = True) -> None:
     """Train a grid (depth x shortcut x projection x weight decay x seed); write loss-vs-depth results."""
     from resexp.sweep import expand_grid, group_seeds, parse_grid, parse_shard, run_sweep, shard_cells
 
+    launch_opts = _launch_options(launcher, shard, jobs, partition=partition, gpus_per_run=gpus_per_run,
+                                  cpus_per_run=cpus_per_run, mem=mem, time=time_limit, max_parallel=max_parallel,
+                                  account=account, qos=qos, slurm_args=slurm_arg, wait=wait)
+    jobs = jobs or 1
     cfg = _load(config, set_)
     axes = parse_grid(grid or [], source=f"{config} (--grid)")
     index, count = parse_shard(shard)
@@ -139,6 +154,11 @@ def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
     mine = shard_cells(cells, index, count)
     sweep_dir = out / cfg.name
     groups = group_seeds(mine, cfg.train.vmap_seeds)
+    if launcher is not None:
+        from resexp.launch import launch_sweep
+
+        raise typer.Exit(launch_sweep(groups, sweep_dir, cfg.name, launcher=launcher, opts=launch_opts, wait=wait,
+                                      dry_run=dry_run, console=out_console, err_console=err_console))
     if dry_run:
         table = Table(title=f"{cfg.name}: {len(mine)} of {len(cells)} runs" + (f" (shard {index}/{count})" if count > 1 else ""))
         table.add_column("run id")
@@ -187,6 +207,32 @@ def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
     out_console.print(f"\nResults: {sweep_dir}/results.csv, figure: {report.paths.get('loss_vs_depth.png', sweep_dir / 'loss_vs_depth.png')}\n"
                       f"TensorBoard: tensorboard --logdir {sweep_dir}")
     raise typer.Exit(130 if interrupted else 1 if failed else 0)
+
+
+def _launch_options(launcher, shard, jobs, *, wait, **flags):
+    """The cluster flags, checked before anything else: one line and exit 2 for a bad combination."""
+    from resexp.launch import LAUNCHERS, LaunchError, SlurmOptions
+
+    if launcher is None:
+        given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v not in (None, 0, [])] + ([] if wait else ["--no-wait"])
+        if given:
+            raise LaunchError(f"{given[0]} needs --launcher slurm (or --launcher local)")
+        return None
+    if launcher not in LAUNCHERS:
+        raise LaunchError(f"--launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
+    for flag, value in (("--shard", shard), ("--jobs", jobs)):
+        if value is not None:
+            raise LaunchError(f"--launcher cannot be combined with {flag} (the launcher runs every cell as its own job)")
+    return SlurmOptions.from_flags(**flags)
+
+
+@app.command()
+@user_errors
+def status(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (runs/<name>).")]) -> None:
+    """One line per run: status, step reached, SLURM job id (and state), restarts."""
+    from resexp.launch import print_status
+
+    print_status(sweep_dir, out_console)
 
 
 @app.command()

@@ -228,10 +228,19 @@ class RunRecord:
     diagnostics: dict | None = None
     wall_before: float = 0.0  # wall seconds spent in earlier (interrupted) sessions
     sweep_keys: dict | None = None
+    extra: dict | None = None  # launcher fields for summary.json (slurm_job_id, restarts)
 
 
 class Interrupt:
-    """SIGINT/SIGTERM: finish the chunk in flight, checkpoint, exit; a second signal exits at once."""
+    """SIGINT/SIGTERM (and SIGUSR1/SIGUSR2, a scheduler's "time is nearly up" or "preempted"):
+    finish the chunk in flight, checkpoint, exit; a second signal exits at once.
+
+    A signal that an outer `Interrupt`-like handler (anything with a `requested` attribute,
+    e.g. a launcher's, installed before JAX was imported) caught before training started
+    counts as requested here too.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self) -> None:
         self.requested: int | None = None
@@ -250,7 +259,11 @@ class Interrupt:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        for h in old.values():
+            outer = getattr(getattr(h, "__self__", None), "requested", None)
+            if outer is not None and self.requested is None:
+                self.requested = outer
         try:
             yield self
         finally:
@@ -278,7 +291,8 @@ def _stack(trees: list):
 
 
 def train_runs(cfgs: list[Config], out: Path, *, progress: bool = True, sweep_keys: list[dict] | None = None,
-               console=None, data: Data | None = None, source: str = "config") -> list[Outcome]:
+               console=None, data: Data | None = None, source: str = "config",
+               extra_summary: dict | None = None) -> list[Outcome]:
     """Train runs that differ only in `train.seed`, as one program when there are several.
 
     Completed or diverged runs are left alone; interrupted ones resume from their last
@@ -313,8 +327,8 @@ def train_runs(cfgs: list[Config], out: Path, *, progress: bool = True, sweep_ke
                 outcomes[i] = Outcome(run_dir, read_summary(run_dir) or {"status": "running", "run_id": run_id(cfgs[i])},
                                       skipped=True)
         if claimed:
-            records = [RunRecord(cfgs[i], out / run_id(cfgs[i]), sweep_keys=(sweep_keys[i] if sweep_keys else None))
-                       for i in claimed]
+            records = [RunRecord(cfgs[i], out / run_id(cfgs[i]), sweep_keys=(sweep_keys[i] if sweep_keys else None),
+                                 extra=extra_summary) for i in claimed]
             try:
                 summaries = _train_group(records, progress=progress, console=console, data=data)
             except OSError as exc:  # events or summary on a full/read-only disk: the environment, not a bug
@@ -540,6 +554,7 @@ def _write_summary(r: RunRecord, engine: Engine, info: dict, steps: int | None, 
         "sweep": {"name": r.cfg.name, "keys": r.sweep_keys} if r.sweep_keys is not None else None,
         "history": r.history,
         "diagnostics": r.diagnostics,
+        **(r.extra or {}),
     }
     write_json(r.dir / "summary.json", summary)
     return summary
