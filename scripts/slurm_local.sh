@@ -6,7 +6,7 @@
 # mariadb-server for `sacct`); `up` installs what is missing with apt-get. No systemd, no cgroups:
 # proctrack/linuxproc + task/none. The node is this host with its CPUs and two fake GPUs (char
 # devices), so `--gres=gpu:1` schedules and sets CUDA_VISIBLE_DEVICES. Partitions:
-#   debug   default, no time limit
+#   debug   default, no time limit, never preempted
 #   gpu     MaxTime 4 h, GraceTime 20 s, preempted (requeued) by `urgent`
 #   urgent  a higher priority tier: a job there preempts `gpu` jobs (how the tests preempt)
 # EnforcePartLimits=ALL makes SLURM refuse over-limit jobs at submit time (resexp relies on
@@ -40,7 +40,11 @@ install_packages() {
 
 write_config() {
   local host cpus mem acct
-  host=$(hostname -s); cpus=$(nproc)
+  host=$(hostname -s)
+  # At least 8 schedulable CPUs even on a 2-core machine (config_overrides: slurmd believes the
+  # config): GPUs, not cores, are what the tests contend for, and an `urgent` job must preempt a
+  # GPU job only, never a CPU-only one that merely holds a core.
+  cpus=$(( $(nproc) > 8 ? $(nproc) : 8 ))
   mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 3 / 4 ))  # MiB offered to jobs
   mkdir -p $CONF /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /run/mysqld
   chown slurm:slurm /var/spool/slurmctld /var/log/slurm
@@ -84,6 +88,7 @@ SchedulerParameters=batch_sched_delay=0,sched_interval=1,bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
+SlurmdParameters=config_overrides
 SlurmctldParameters=preempt_send_user_signal
 EnforcePartLimits=ALL
 $acct
@@ -92,7 +97,7 @@ PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 GresTypes=gpu
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE PreemptMode=OFF State=UP
 PartitionName=gpu Nodes=$host MaxTime=04:00:00 PriorityTier=1 GraceTime=20 State=UP
 PartitionName=urgent Nodes=$host MaxTime=04:00:00 PriorityTier=2 PreemptMode=OFF State=UP
 EOF
@@ -140,7 +145,7 @@ up() {
   if ! wait_for 30 node_idle; then
     sinfo -R; tail -20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log; exit 1
   fi
-  log "up: $(sinfo -h -o '%P(%l)' | tr '\n' ' ')on $(hostname -s), $(nproc) CPUs, 2 fake GPUs"
+  log "up: $(sinfo -h -o '%P(%l)' | tr '\n' ' ')on $(hostname -s), $(sinfo -h -o %c -p debug) CPUs, 2 fake GPUs"
 }
 
 stop() {  # stop PIDFILE: TERM, then wait up to 10 s
