@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= runs
 
-.PHONY: install demo test bench bench-torch tensorboard clean
+.PHONY: install demo test bench bench-torch tensorboard clean slurm-up slurm-down
 
 $(STAMP): pyproject.toml
 	@$(BIN)/python -c 'import sys' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
@@ -33,6 +33,12 @@ bench-torch: $(STAMP)  ## the same, side by side with PyTorch eager (torch goes 
 
 tensorboard: $(STAMP)  ## dashboards for everything under runs/
 	$(BIN)/tensorboard --logdir $(OUT) --host 127.0.0.1
+
+slurm-up:  ## a real single-node SLURM on this machine (root, Debian/Ubuntu; installs its packages): tests/test_slurm.py
+	bash scripts/slurm_local.sh up
+
+slurm-down:  ## stop it (cancels every job first)
+	bash scripts/slurm_local.sh down
 
 clean:
 	rm -rf $(VENV) .pytest_cache

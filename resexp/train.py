@@ -237,7 +237,7 @@ class Interrupt:
 
     A signal that an outer `Interrupt`-like handler (anything with a `requested` attribute,
     e.g. a launcher's, installed before JAX was imported) caught before training started
-    counts as requested here too.
+    counts as requested here too, and one caught here is passed back to it.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -260,15 +260,18 @@ class Interrupt:
             yield self
             return
         old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
-        for h in old.values():
-            outer = getattr(getattr(h, "__self__", None), "requested", None)
-            if outer is not None and self.requested is None:
-                self.requested = outer
+        outers = {id(o): o for o in (getattr(h, "__self__", None) for h in old.values()) if hasattr(o, "requested")}
+        for outer in outers.values():
+            if outer.requested is not None and self.requested is None:
+                self.requested = outer.requested
         try:
             yield self
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+            for outer in outers.values():  # and the outer handler learns what stopped training
+                if outer.requested is None:
+                    outer.requested = self.requested
 
 
 @dataclass
