@@ -244,7 +244,8 @@ class CellJob:
                     os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
             outcomes = self._train(sweep_dir, job_id, restarts)
         statuses = {o.run_dir.name: o.summary.get("status") for o in outcomes}
-        if any(s == "interrupted" for s in statuses.values()):
+        if any(s == "interrupted" for s in statuses.values()) or \
+                (signals.requested is not None and any(s not in FINAL for s in statuses.values())):
             return self._stop(signals.requested or signal.SIGTERM, job_id)
         return statuses
 

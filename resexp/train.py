@@ -473,6 +473,8 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
         for r in records:
             if r.status == "running" and step >= total:
                 r.status = "completed"
+            elif r.status == "running" and interrupt.requested is not None:
+                r.status = "interrupted"  # the signal landed after the last check in the loop
 
     ips = steady_images / steady_time if steady_time else None
     summaries = []
