@@ -75,14 +75,24 @@ def _setup() -> None:
 @app.command()
 @user_errors
 def train(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
-          progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True) -> None:
+          progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+          distributed: Annotated[Optional[bool], typer.Option("--distributed/--no-distributed", help="One run over several processes (jax.distributed); default: on under srun with several tasks.", rich_help_panel="Multi-host")] = None,
+          coordinator: Annotated[Optional[str], typer.Option(help="HOST:PORT of process 0 (not needed under srun).", rich_help_panel="Multi-host")] = None,
+          num_processes: Annotated[Optional[int], typer.Option(help="Processes in the run (not needed under srun).", min=1, rich_help_panel="Multi-host")] = None,
+          process_id: Annotated[Optional[int], typer.Option(help="This process's index (not needed under srun).", min=0, rich_help_panel="Multi-host")] = None) -> None:
     """Train one model (or `train.vmap_seeds` seeds of it). Re-running resumes; a finished run is not retrained."""
+    from resexp.distributed import under_srun
     from resexp.runs import exit_code, finished_runs
 
     cfg = _load(config, set_)
-    finished = finished_runs(cfg, out)  # a finished run is answered at once, without starting JAX
+    multi = distributed if distributed is not None else under_srun()
+    finished = None if multi else finished_runs(cfg, out)  # a finished run is answered at once, without starting JAX
     if finished is None:
         _setup()
+        if multi:
+            from resexp.distributed import initialize
+
+            initialize(coordinator, num_processes, process_id)
         from resexp.train import train as train_fn
 
         outcomes = [(o.run_dir, o.summary, o.skipped) for o in

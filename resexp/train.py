@@ -319,6 +319,9 @@ def train_runs(cfgs: list[Config], out: Path, *, progress: bool = True, sweep_ke
             run_dir = out / run_id(cfgs[i])
             prepare_run_dir(run_dir, cfgs[i])
             lock = RunLock(run_dir)
+            if jax.process_index() > 0:  # one run over several processes: process 0 holds the lock
+                claimed.append(i)
+                continue
             if lock.acquire():
                 locks.append(lock)
                 summary = read_summary(run_dir)  # finished by another process since we looked?
@@ -379,7 +382,7 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
         state = _stack(restored)
     start_step = resume_step or 0
     for r in records:
-        r.events = EventWriter(r.dir)
+        r.events = EventWriter(r.dir) if jax.process_index() == 0 else _NoEvents()
         r.events.session_start(start_step)  # TensorBoard purges events a resume rewrites
     model_info = _model_info(cfg, data)
     seeds_arg = jnp.asarray([r.cfg.train.seed for r in records], jnp.int32) if group > 1 \
@@ -487,6 +490,13 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
     return summaries
 
 
+class _NoEvents:
+    """The event writer of processes other than 0 in a multi-process run: process 0 writes them."""
+
+    def __getattr__(self, _name):
+        return lambda *args, **kwargs: None
+
+
 def _record_chunk(records, engine: Engine, end: int, length: int, losses, accs, elapsed: float) -> None:
     group = len(records)
     lr = float(engine.schedule(end - 1))
@@ -561,7 +571,8 @@ def _write_summary(r: RunRecord, engine: Engine, info: dict, steps: int | None, 
         "diagnostics": r.diagnostics,
         **(r.extra or {}),
     }
-    write_json(r.dir / "summary.json", summary)
+    if jax.process_index() == 0:  # several processes train one run: one writes its summary
+        write_json(r.dir / "summary.json", summary)
     return summary
 
 
