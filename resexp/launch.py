@@ -459,6 +459,13 @@ def launch_sweep(groups: list, sweep_dir: Path, name: str, *, launcher: str, opt
         return 0
     if launcher == "slurm":
         check_slurm(opts, len(todo), name)
+    file_data = {(c.cfg.data.name, c.cfg.data.dir) for g in todo for c in g}
+    from resexp.datasets import FILE_DATASETS, locate
+
+    for data_name, data_dir in sorted((n, d) for n, d in file_data if n in FILE_DATASETS):
+        from resexp.data import default_data_dir  # (imports JAX: only for file datasets)
+
+        locate(data_name, data_dir or default_data_dir())  # a missing dataset fails here, not in every job
     if not todo:
         err_console.print(f"{name}: nothing to submit: {len(groups) - len(busy)} cell(s) final"
                           + (f", {len(busy)} still queued or running" if busy else ""), highlight=False)

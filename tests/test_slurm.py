@@ -339,8 +339,16 @@ def test_6_no_wait_submits_the_array_and_a_report_job(cluster, tmp_path):
 
 
 def test_7_local_launcher_grid_rerun_and_no_wait(grid_reference, tmp_path):
+    # --no-wait first: its cell and report job run while the grid below is swept
+    one = write_config(tmp_path / "one.yaml", ONE)
+    t0 = time.time()
+    r = run_cli("sweep", one, "--out", tmp_path / "runs", "--launcher", "local", "--no-wait")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"submitted: cells [\d ]+, report \d+", r.stdout), r.stdout
+    assert time.time() - t0 < 30  # it did not wait for the cell
+
     path = write_config(tmp_path / "grid.yaml", GRID)
-    r = run_cli("sweep", path, "--out", tmp_path / "runs", "--launcher", "local", "--max-parallel", "4", timeout=240)
+    r = run_cli("sweep", path, "--out", tmp_path / "runs", "--launcher", "local", "--max-parallel", "2", timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
     sweep_dir = tmp_path / "runs" / GRID["name"]
     assert _rows(sweep_dir / "results.csv") == grid_reference
@@ -349,16 +357,10 @@ def test_7_local_launcher_grid_rerun_and_no_wait(grid_reference, tmp_path):
     assert again.returncode == 0 and "nothing to submit" in again.stderr, again.stderr
     assert sorted(p.name for p in (sweep_dir / ".submitit").iterdir()) == before
 
-    one = write_config(tmp_path / "one.yaml", ONE)
-    t0 = time.time()
-    r = run_cli("sweep", one, "--out", tmp_path / "runs", "--launcher", "local", "--no-wait")
-    assert r.returncode == 0, r.stderr
-    assert re.search(r"submitted: cells [\d ]+, report \d+", r.stdout), r.stdout
     results = tmp_path / "runs" / ONE["name"] / "results.csv"
     _wait_until(results.exists, 90, "the local report job's results.csv", interval=0.5)
     assert [row["status"] for row in _rows(results).values()] == ["completed"]
     _wait_until(lambda: not _procs_mentioning(str(tmp_path / "runs")), 20, "the local jobs to end")
-    assert time.time() - t0 < 90
 
 
 # --------------------------------------------------------------------------- 4: time limit (started first, checked last)
