@@ -223,13 +223,19 @@ def _launch_options(launcher, shard, jobs, *, wait, **flags):
     """The cluster flags, checked before anything else: one line and exit 2 for a bad combination."""
     from resexp.launch import LAUNCHERS, LaunchError, SlurmOptions
 
+    given = [("--slurm-arg" if k == "slurm_args" else f"--{k.replace('_', '-')}")
+             for k, v in flags.items() if v not in (None, 0, [])]
     if launcher is None:
-        given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v not in (None, 0, [])] + ([] if wait else ["--no-wait"])
+        given += [] if wait else ["--no-wait"]
         if given:
-            raise LaunchError(f"{given[0]} needs --launcher slurm (or --launcher local)")
+            either = given[0] in ("--max-parallel", "--no-wait")
+            raise LaunchError(f"{given[0]} needs --launcher slurm" + (" (or --launcher local)" if either else ""))
         return None
     if launcher not in LAUNCHERS:
         raise LaunchError(f"--launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
+    slurm_only = [g for g in given if g != "--max-parallel"]
+    if launcher == "local" and slurm_only:
+        raise LaunchError(f"{slurm_only[0]} is a SLURM option: it needs --launcher slurm")
     for flag, value in (("--shard", shard), ("--jobs", jobs)):
         if value is not None:
             raise LaunchError(f"--launcher cannot be combined with {flag} (the launcher runs every cell as its own job)")

@@ -685,5 +685,5 @@ def print_status(sweep_dir: Path, console) -> None:
         job = r["job_id"] or "-"
         if r["job_state"]:
             job += f" ({r['job_state']})"
-        console.print(f"{r['run_id']:<{width}}  {r['status']:<11}  step {step:<11}  job {job:<24}  "
-                      f"restarts {r['restarts'] if r['restarts'] is not None else '-'}", highlight=False)
+        console.print(f"{r['run_id']:<{width}}  {r['status']:<11}  step {step:<11}  job {job:<22}  "
+                      f"restarts {r['restarts'] if r['restarts'] is not None else '-'}", highlight=False, soft_wrap=True)

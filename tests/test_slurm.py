@@ -12,7 +12,6 @@ import csv
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +25,6 @@ from resexp.config import Config
 from resexp.report import build_report
 from resexp.runs import read_summary
 from resexp.sweep import expand_grid, group_seeds, run_sweep
-from resexp.train import train_runs
 
 GRID = tiny_dict(name="slurmtest-grid", sweep={"model.depth": [8, 14], "model.shortcut": [False, True]},
                  train={"steps": 40, "log_every": 10, "checkpoint_every": 40})
@@ -53,7 +51,7 @@ def _cluster_problem() -> str | None:
     missing = [p for p in ("debug", "gpu", "urgent") if p not in states]
     if missing:
         return f"partition(s) {', '.join(missing)} missing: `make slurm-down slurm-up`"
-    if any(s.rstrip("*") not in ("idle", "mixed", "allocated") for s in states.values()):
+    if any(s.endswith("*") or s.startswith(("down", "drain", "fail", "inval", "unk")) for s in states.values()):
         return f"node not usable: {states}"
     return None
 
@@ -149,11 +147,27 @@ def grid_reference(tmp_path_factory):
     return _rows(out / "results.csv")
 
 
+class LongReference:
+    """The long cell trained uninterrupted by `resexp train` in a subprocess, started early
+    (beside the grid test) and read by the preemption and time-limit tests."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        path = write_config(root / "long.yaml", {**LONG, "sweep": {}})
+        self.proc = _start_cli(root / "train.log", "train", path, "--out", root / "runs", "--no-progress")
+
+    def summary(self) -> dict:
+        rc = self.proc.wait(timeout=240)
+        assert rc == 0, (self.root / "train.log").read_text()
+        return read_summary(_single_run_dir(self.root / "runs"))
+
+
 @pytest.fixture(scope="module")
 def long_reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("long-reference")
-    [outcome] = train_runs([Config.model_validate({**LONG, "sweep": {}})], out, progress=False)
-    return outcome.summary
+    ref = LongReference(tmp_path_factory.mktemp("long-reference"))
+    yield ref
+    if ref.proc.poll() is None:
+        ref.proc.kill()
 
 
 # --------------------------------------------------------------------------- the time-limit run, in the background
@@ -210,7 +224,7 @@ def time_limit_run(cluster, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def slurm_grid(cluster, time_limit_run, grid_reference, tmp_path_factory):
+def slurm_grid(cluster, time_limit_run, long_reference, no_wait_run, grid_reference, tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm-grid")
     path = write_config(root / "grid.yaml", GRID)
     r = run_cli("sweep", path, "--out", root / "runs", "--launcher", "slurm", "--partition", "gpu",
@@ -283,8 +297,9 @@ def test_3_preempted_cell_is_requeued_resumes_and_matches_an_uninterrupted_run(c
     assert resumed and resumed[0] > 0, job_log
     # SLURM sends the job's --signal (USR1) at preemption (SlurmctldParameters=preempt_send_user_signal)
     assert re.search(r"SIGUSR1: checkpointed; scontrol requeue \S+: ok", job_log), job_log
-    assert s["final_train_loss"] == long_reference["final_train_loss"]  # bit for bit: same program, same machine
-    assert s["eval_loss"] == long_reference["eval_loss"]
+    ref = long_reference.summary()
+    assert s["final_train_loss"] == ref["final_train_loss"]  # bit for bit: same program, same machine
+    assert s["eval_loss"] == ref["eval_loss"]
     states = [state for _, state, _ in _sacct(s["slurm_job_id"].split("_")[0], duplicates=True)]
     assert "COMPLETED" in states and any(st in ("REQUEUED", "PREEMPTED") for st in states), states
 
@@ -321,18 +336,28 @@ def test_5_scancel_of_the_array_ends_a_waiting_sweep_with_130(cluster, tmp_path)
 # --------------------------------------------------------------------------- 6: --no-wait
 
 
-def test_6_no_wait_submits_the_array_and_a_report_job(cluster, tmp_path):
-    path = write_config(tmp_path / "one.yaml", ONE)
-    r = run_cli("sweep", path, "--out", tmp_path / "runs", "--launcher", "slurm", "--partition", "debug", "--no-wait")
+@pytest.fixture(scope="module")
+def no_wait_run(cluster, tmp_path_factory):
+    """Submitted early (it returns at once); test 6 looks at what its jobs did."""
+    root = tmp_path_factory.mktemp("no-wait")
+    path = write_config(root / "one.yaml", ONE)
+    t0 = time.time()
+    r = run_cli("sweep", path, "--out", root / "runs", "--launcher", "slurm", "--partition", "debug", "--no-wait")
+    return root, r, time.time() - t0
+
+
+def test_6_no_wait_submits_the_array_and_a_report_job(no_wait_run):
+    root, r, seconds = no_wait_run
     assert r.returncode == 0, r.stderr
+    assert seconds < 30  # submitted, not waited for
     ids = re.search(r"submitted: cells (\d+), report (\d+)", r.stdout)
     assert ids, r.stdout
-    results = tmp_path / "runs" / ONE["name"] / "results.csv"
+    results = root / "runs" / ONE["name"] / "results.csv"
     _wait_until(results.exists, 90, "the report job's results.csv", interval=0.5)
-    rows = _rows(results)
-    assert [row["status"] for row in rows.values()] == ["completed"]
-    _wait_until(lambda: all(st == "COMPLETED" for _, st, _ in _sacct(ids.group(2))) and _sacct(ids.group(2)), 30,
+    assert [row["status"] for row in _rows(results).values()] == ["completed"]
+    _wait_until(lambda: _sacct(ids.group(2)) and all(st == "COMPLETED" for _, st, _ in _sacct(ids.group(2))), 30,
                 "the report job to be COMPLETED")
+    assert [st for _, st, _ in _sacct(ids.group(1))] == ["COMPLETED"]
 
 
 # --------------------------------------------------------------------------- 7: the same through LocalExecutor
@@ -379,7 +404,7 @@ def test_4_time_limit_requeues_resumes_and_completes(time_limit_run, long_refere
     assert s["status"] == "completed" and s["restarts"] >= 1, s
     job_log = (sweep_dir / ".submitit" / f"{s['slurm_job_id']}_0_log.out").read_text()
     assert "SIGUSR1: checkpointed; scontrol requeue" in job_log, job_log
-    assert s["final_train_loss"] == long_reference["final_train_loss"]  # resumed: still bit for bit
+    assert s["final_train_loss"] == long_reference.summary()["final_train_loss"]  # resumed: still bit for bit
 
 
 # --------------------------------------------------------------------------- bad input: one line, exit 2, nothing submitted
