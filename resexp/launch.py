@@ -180,6 +180,7 @@ class _Signals:
     def install(self) -> "_Signals":
         for s in self.SIGNALS:
             signal.signal(s, self._handler)
+        signal.signal(signal.SIGCONT, signal.SIG_DFL)  # submitit logs each SIGCONT SLURM sends with a signal
         return self
 
 
