@@ -28,9 +28,9 @@ from resexp.sweep import expand_grid, group_seeds, run_sweep
 
 GRID = tiny_dict(name="slurmtest-grid", sweep={"model.depth": [8, 14], "model.shortcut": [False, True]},
                  train={"steps": 40, "log_every": 10, "checkpoint_every": 40})
-# Long enough (about 8 s of training here) for a signal to land mid-run; checkpoints every 300
+# Long enough (5-10 s of training here) for a signal to land mid-run; checkpoints every 500
 # steps show the test when training is under way.
-LONG = tiny_dict(name="slurmtest-long", train={"steps": 1500, "log_every": 20, "checkpoint_every": 300})
+LONG = tiny_dict(name="slurmtest-long", train={"steps": 2000, "log_every": 20, "checkpoint_every": 500})
 ONE = tiny_dict(name="slurmtest-one", train={"steps": 20, "log_every": 10, "checkpoint_every": 20})
 COMPARED = ("run_id", "status", "final_train_loss", "final_train_accuracy", "eval_loss", "eval_accuracy")
 
@@ -177,8 +177,10 @@ class TimeLimitRun(threading.Thread):
     """Test 4, started first and run beside the others (it mostly waits for SLURM's clock).
 
     slurmctld checks time limits (and sends `--signal`) every 30 s. A probe job learns when,
-    then the sweep is submitted so that its first check falls ~9 s into the job: about when
-    the cell has started training (`--time 0:01:00` puts the USR1 at the first check).
+    then the sweep is submitted so that its first check falls ~6 s into the job: about when
+    the cell has started training (`--time 0:01:00` puts the USR1 at the first check; on a
+    slow machine it may land before the first step, and the run then resumes from step 0).
+    The requeued task starts ~9 s later, so it has ~21 s before the next check.
     """
 
     def __init__(self, root: Path):
@@ -201,9 +203,10 @@ class TimeLimitRun(threading.Thread):
         subprocess.run(["scancel", probe.stdout.strip()])
         tick = float(tick_file.read_text())
         start = tick + 30
-        while start - 11.5 < time.time():
+        lead = 8.5  # ~2.5 s from here to the job's start, then ~6 s into the job
+        while start - lead < time.time():
             start += 30
-        time.sleep(start - 11.5 - time.time())
+        time.sleep(start - lead - time.time())
         path = write_config(self.root / "long.yaml", {**LONG, "name": "slurmtest-timelimit"})
         t0 = time.time()
         proc = _start_cli(self.root / "sweep.log", "sweep", path, "--out", self.root / "runs", "--launcher", "slurm",
