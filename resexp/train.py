@@ -299,7 +299,8 @@ def train_runs(cfgs: list[Config], out: Path, *, progress: bool = True, sweep_ke
     """Train runs that differ only in `train.seed`, as one program when there are several.
 
     Completed or diverged runs are left alone; interrupted ones resume from their last
-    complete checkpoint. Returns one Outcome per config, in order.
+    complete checkpoint. `extra_summary` (a launcher's `slurm_job_id`, `restarts`) is merged
+    into every summary.json written. Returns one Outcome per config, in order.
     """
     outcomes: dict[int, Outcome] = {}
     todo: list[int] = []
