@@ -395,9 +395,13 @@ def _squeue(job_ids: list[str]) -> dict[str, str] | None:
     if not job_ids:
         return {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
-    result = _run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)], timeout=30)
+    try:
+        result = _run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)], timeout=30)
+    except subprocess.TimeoutExpired:
+        return None
     if result.returncode != 0:
-        return {}  # "Invalid job id specified": ended long ago
+        # "Invalid job id specified": ended long ago; anything else (a busy controller): ask sacct instead
+        return {} if "Invalid job id" in result.stderr else None
     states = {}
     for line in result.stdout.splitlines():
         jid, _, state = line.strip().partition("|")

@@ -22,6 +22,7 @@ import pytest
 from conftest import run_cli, tiny_dict, write_config
 
 from resexp.config import Config
+from resexp.launch import LaunchError, SlurmOptions, time_limit_minutes
 from resexp.report import build_report
 from resexp.runs import read_summary
 from resexp.sweep import expand_grid, group_seeds, run_sweep
@@ -455,3 +456,17 @@ def test_dry_run_prints_the_sbatch_line_without_slurm(tmp_path):
         assert flag in line.split(), (flag, line)
     assert len(re.findall(r"task \d: ", r.stdout)) == 4
     assert not (tmp_path / "runs").exists()
+
+
+def test_time_limits_and_the_signal_lead_time():
+    assert [time_limit_minutes(t) for t in ("90", "1:30", "0:10:00", "2-0", "1-2:30", "0:00:01")] == [
+        90, 2, 10, 2880, 1590, 1]
+    with pytest.raises(LaunchError, match="--time '1:2:3:4'"):
+        time_limit_minutes("1:2:3:4")
+    with pytest.raises(LaunchError, match="more than zero"):
+        time_limit_minutes("0:00:00")
+    # 2 minutes of warning, or half the limit when that is shorter (never under 10 s)
+    assert [SlurmOptions(time=t).grace_seconds() for t in (None, "8:00:00", "0:03:00", "0:01:00")] == [120, 120, 90, 30]
+    opts = SlurmOptions.from_flags(slurm_args=["--constraint=a100", "exclusive"], partition="gpu", max_parallel=9)
+    assert opts.sbatch_options(3, "x")["array"] == "0-2%3"  # the throttle never exceeds the tasks
+    assert opts.sbatch_options(3, "x")["constraint"] == "a100" and opts.sbatch_options(3, "x")["exclusive"] is True
