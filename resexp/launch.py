@@ -455,12 +455,12 @@ def launch_sweep(groups: list, sweep_dir: Path, name: str, *, launcher: str, opt
     options = opts.sbatch_options(len(todo), name)
     if dry_run:
         console.print(f"{name}: {len(todo)} cell(s) to submit ({sum(len(g) for g in todo)} runs), "
-                      f"{len(busy)} still queued, {len(groups) - len(todo) - len(busy)} final", highlight=False)
+                      f"{len(busy)} still queued, {len(groups) - len(todo) - len(busy)} final", highlight=False, soft_wrap=True)
         if launcher == "slurm":
             console.print(sbatch_command_line(options) + f"  # output: {folder}/%A_%a_0_log.out", highlight=False,
                           soft_wrap=True)
         for i, g in enumerate(todo):
-            console.print(f"  task {i}: {', '.join(_cell_ids(g))}", highlight=False)
+            console.print(f"  task {i}: {', '.join(_cell_ids(g))}", highlight=False, soft_wrap=True)
         return 0
     if launcher == "slurm":
         check_slurm(opts, len(todo), name)
@@ -473,7 +473,7 @@ def launch_sweep(groups: list, sweep_dir: Path, name: str, *, launcher: str, opt
         locate(data_name, data_dir or default_data_dir())  # a missing dataset fails here, not in every job
     if not todo:
         err_console.print(f"{name}: nothing to submit: {len(groups) - len(busy)} cell(s) final"
-                          + (f", {len(busy)} still queued or running" if busy else ""), highlight=False)
+                          + (f", {len(busy)} still queued or running" if busy else ""), highlight=False, soft_wrap=True)
         if busy and wait:
             return _wait(launcher, [record[_cell_ids(g)[0]] for g in busy], busy, sweep_dir, name, err_console, console)
         if not busy:
@@ -493,11 +493,11 @@ def launch_sweep(groups: list, sweep_dir: Path, name: str, *, launcher: str, opt
     array = str(jobs[0].job_id).split("_")[0]
     what = f"array {array} ({len(todo)} tasks, {options['array'].rsplit('%', 1)[1]} at a time)" if launcher == "slurm" \
         else f"{len(todo)} local jobs (pids {', '.join(str(j.job_id) for j in jobs)})"
-    err_console.print(f"[bold]{name}[/]: submitted {what}; logs in {folder}", highlight=False)
+    err_console.print(f"[bold]{name}[/]: submitted {what}; logs in {folder}", highlight=False, soft_wrap=True)
     if not wait:
         report_id = _submit_report(launcher, folder, opts, sweep_dir, array, [e.get("pid") for e in entries])
         console.print(f"submitted: cells {array if launcher == 'slurm' else ' '.join(str(j.job_id) for j in jobs)}, "
-                      f"report {report_id} (after the cells); watch: resexp status {sweep_dir}", highlight=False)
+                      f"report {report_id} (after the cells); watch: resexp status {sweep_dir}", highlight=False, soft_wrap=True)
         return 0
     return _wait(launcher, entries, todo, sweep_dir, name, err_console, console, jobs=jobs)
 
@@ -570,7 +570,7 @@ def _wait(launcher: str, entries: list[dict], groups: list, sweep_dir: Path, nam
                 s = read_summary(sweep_dir / r) or {}
                 if r not in shown and s.get("status") in FINAL:
                     shown.add(r)
-                    err_console.print(f"[{len(shown)}/{total}] {r}: {s['status']}", highlight=False)
+                    err_console.print(f"[{len(shown)}/{total}] {r}: {s['status']}", highlight=False, soft_wrap=True)
             if not _any_active(launcher, job_ids, jobs):
                 break
             time.sleep(POLL_S)
@@ -584,7 +584,7 @@ def _wait(launcher: str, entries: list[dict], groups: list, sweep_dir: Path, nam
     for r in run_ids:
         if r not in shown and statuses[r] in FINAL:
             shown.add(r)
-            err_console.print(f"[{len(shown)}/{total}] {r}: {statuses[r]}", highlight=False)
+            err_console.print(f"[{len(shown)}/{total}] {r}: {statuses[r]}", highlight=False, soft_wrap=True)
     _report(sweep_dir, console, err_console)
     unfinished = [r for r in run_ids if statuses[r] not in FINAL]
     if not unfinished:
@@ -595,7 +595,7 @@ def _wait(launcher: str, entries: list[dict], groups: list, sweep_dir: Path, nam
     for r in unfinished:
         state = final_states.get(by_run[r], "")
         err_console.print(f"{statuses[r] or 'not started'}{f' ({state})' if state else ''}: {r}; "
-                          f"log: {_log_path(sweep_dir, launcher, by_run[r])}", highlight=False)
+                          f"log: {_log_path(sweep_dir, launcher, by_run[r])}", highlight=False, soft_wrap=True)
     if cancelled:
         err_console.print(f"cancelled: re-run the same command to resume {len(unfinished)} run(s)")
         return 130
@@ -616,7 +616,7 @@ def _stop_waiting(launcher: str, signum: int, job_ids: list[str], jobs: list | N
     if launcher == "slurm":
         arrays = " ".join(sorted({j.split("_")[0] for j in job_ids}))
         err_console.print(f"stopped waiting; the jobs keep running (scancel {arrays} stops them). "
-                          f"Watch: resexp status {sweep_dir}; report: resexp report {sweep_dir}", highlight=False)
+                          f"Watch: resexp status {sweep_dir}; report: resexp report {sweep_dir}", highlight=False, soft_wrap=True)
         return 130
     # Local jobs are this machine's processes: stop them (each checkpoints its chunk), leave no orphans.
     # Ctrl-C reached them already (same terminal); a SIGTERM to this process is forwarded.
@@ -644,10 +644,10 @@ def _report(sweep_dir: Path, console, err_console) -> None:
     try:
         report = build_report(sweep_dir, console=console)
     except UserError as exc:  # no run got as far as a summary
-        err_console.print(f"no report: {exc}", highlight=False)
+        err_console.print(f"no report: {exc}", highlight=False, soft_wrap=True)
         return
     console.print(f"\nResults: {sweep_dir}/results.csv, figure: "
-                  f"{report.paths.get('loss_vs_depth.png', sweep_dir / 'loss_vs_depth.png')}", highlight=False)
+                  f"{report.paths.get('loss_vs_depth.png', sweep_dir / 'loss_vs_depth.png')}", highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- resexp status
