@@ -619,16 +619,24 @@ def _stop_waiting(launcher: str, signum: int, job_ids: list[str], jobs: list | N
                           f"Watch: resexp status {sweep_dir}; report: resexp report {sweep_dir}", highlight=False, soft_wrap=True)
         return 130
     # Local jobs are this machine's processes: stop them (each checkpoints its chunk), leave no orphans.
-    # Ctrl-C reached them already (same terminal); a SIGTERM to this process is forwarded.
-    if signum == signal.SIGTERM:
-        for j in job_ids:
-            try:
-                os.kill(int(j), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
-                pass
-    deadline = time.time() + 60
-    while any(_alive(int(j)) for j in job_ids) and time.time() < deadline:
-        time.sleep(0.2)
+    # A terminal's Ctrl-C reached them already: give them a moment; otherwise (or `kill PID`) forward SIGTERM.
+    pids = [int(j) for j in job_ids]
+
+    def wait_for(seconds: float) -> None:
+        deadline = time.time() + seconds
+        while any(_alive(p) for p in pids) and time.time() < deadline:
+            time.sleep(0.2)
+
+    if signum == signal.SIGINT:
+        wait_for(5)
+    for sig, grace in ((signal.SIGTERM, 60), (signal.SIGKILL, 5)):
+        for pid in pids:
+            if _alive(pid):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        wait_for(grace)
     err_console.print("interrupted: the runs saved a checkpoint; re-run the same command to resume")
     return 130
 
