@@ -39,10 +39,14 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
     run_dir, got = _losses(tmp_path / "multi")
     _, ref = _losses(tmp_path / "four")
     _, ref2 = _losses(tmp_path / "two")
-    # Noise scale: the same one-process program on 2 devices instead of 4 (another all-reduce order).
+    # Noise scale: the same one-process program on 2 devices instead of 4 (another all-reduce order);
+    # measured 0 here, so the 1e-6 floor (~8 float32 ulps at loss ~1.6) decides: gloo's cross-process
+    # reduction order measured 1.2e-7 (1 ulp) on AMD EPYC (Zen 4).
     noise = max(abs(a - b) for a, b in zip(ref, ref2))
     assert len(got) == len(ref) == 2
-    assert max(abs(a - b) for a, b in zip(got, ref)) <= 10 * noise + 1e-6, (got, ref, noise)
+    diff = max(abs(a - b) for a, b in zip(got, ref))
+    print(f"2 processes x 2 devices vs 1 x 4: {diff:.2e}; 1 x 2 vs 1 x 4 (noise scale): {noise:.2e}")
+    assert diff <= 10 * noise + 1e-6, (got, ref, noise)
     # Process 0 wrote the run's events and summary; process 1 wrote none of its own.
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
