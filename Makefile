@@ -9,7 +9,7 @@ OUT    ?= runs
 LOCK   ?= requirements/ci.lock
 LINTED := resexp scripts tests
 
-.PHONY: install demo test lint fmt lock bench bench-torch tensorboard clean
+.PHONY: install demo test lint fmt lock bench bench-torch tensorboard clean slurm-up slurm-down
 
 # The lock (exact versions + sha256, what CI tested) first, then resexp itself; `make install LOCK=`
 # skips the lock (another platform), `pip install .` alone keeps pyproject's ranges.
@@ -53,6 +53,12 @@ bench-torch: $(STAMP)  ## the same, side by side with PyTorch eager (torch goes 
 tensorboard: $(STAMP)  ## dashboards for everything under runs/
 	@echo 'Open http://127.0.0.1:6006/#custom_scalars&_smoothingWeight=0 (the answer first, smoothing off)'
 	$(BIN)/tensorboard --logdir $(OUT) --host 127.0.0.1
+
+slurm-up:  ## a real single-node SLURM on this machine (root, Debian/Ubuntu; installs its packages): tests/test_slurm.py
+	bash scripts/slurm_local.sh up
+
+slurm-down:  ## stop it (cancels every job first)
+	bash scripts/slurm_local.sh down
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -91,19 +91,29 @@ def _setup() -> None:
 @app.command()
 @user_errors
 def train(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
-          progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True) -> None:
+          progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+          distributed: Annotated[Optional[bool], typer.Option("--distributed/--no-distributed", help="One run over several processes (jax.distributed); default: on under srun with several tasks.", rich_help_panel="Multi-host")] = None,
+          coordinator: Annotated[Optional[str], typer.Option(metavar="HOST:PORT", help="Process 0's address (not needed under srun).", rich_help_panel="Multi-host")] = None,
+          num_processes: Annotated[Optional[int], typer.Option(help="Processes in the run (not needed under srun).", min=1, rich_help_panel="Multi-host")] = None,
+          process_id: Annotated[Optional[int], typer.Option(help="This process's index (not needed under srun).", min=0, rich_help_panel="Multi-host")] = None) -> None:
     """Train one model (or `train.vmap_seeds` seeds of it). Re-running resumes; a finished run is not retrained.
 
     Example: resexp train configs/demo.yaml --set model.depth=8 --set train.steps=60
     """
     from resexp.config import apply_overrides
+    from resexp.distributed import under_srun
     from resexp.runs import exit_code, finished_runs
 
     cfg = _load(config, set_)
     cfg = apply_overrides(cfg, cfg, str(config))  # a sweep_overrides entry this config matches applies here too
-    finished = finished_runs(cfg, out)  # a finished run is answered at once, without starting JAX
+    multi = distributed if distributed is not None else under_srun()
+    finished = None if multi else finished_runs(cfg, out)  # a finished run is answered at once, without starting JAX
     if finished is None:
         _setup()
+        if multi:
+            from resexp.distributed import initialize
+
+            initialize(coordinator, num_processes, process_id)
         from resexp.train import train as train_fn
 
         outcomes = [(o.run_dir, o.summary, o.skipped) for o in
@@ -148,16 +158,31 @@ def _print_run(run_dir: Path, s: dict) -> None:
 def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
           grid: GridOpt = None,
           name: Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="The sweep directory, <out>/NAME (default: the config's name).")] = None,
-          jobs: Annotated[int, typer.Option(help="Runs trained at once on this machine.", min=1)] = 1,
+          jobs: Annotated[Optional[int], typer.Option(help="Runs trained at once on this machine [default: 1].", min=1)] = None,
           shard: Annotated[Optional[str], typer.Option(metavar="I/N", help="Train only every N-th run from I (share one directory across N machines).")] = None,
           dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs; train nothing.")] = False,
-          progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True) -> None:
+          progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+          launcher: Annotated[Optional[str], typer.Option(metavar="slurm|local", help="Run the cells as jobs through submitit: slurm (one sbatch array) or local.", rich_help_panel="Cluster")] = None,
+          partition: Annotated[Optional[str], typer.Option(metavar="P", help="SLURM partition.", rich_help_panel="Cluster")] = None,
+          gpus_per_run: Annotated[int, typer.Option(metavar="G", help="GPUs per cell (--gres=gpu:G).", min=0, rich_help_panel="Cluster")] = 0,
+          cpus_per_run: Annotated[Optional[int], typer.Option(metavar="C", help="CPUs per cell.", min=1, rich_help_panel="Cluster")] = None,
+          mem: Annotated[Optional[str], typer.Option(metavar="M", help="Memory per cell, as sbatch --mem (e.g. 16G).", rich_help_panel="Cluster")] = None,
+          time_limit: Annotated[Optional[str], typer.Option("--time", metavar="HH:MM:SS", help="Time limit per cell (a cell past it checkpoints and requeues).", rich_help_panel="Cluster")] = None,
+          max_parallel: Annotated[Optional[int], typer.Option(metavar="K", help="Cells running at once (the array's %K; local: default 1).", min=1, rich_help_panel="Cluster")] = None,
+          account: Annotated[Optional[str], typer.Option(metavar="A", help="SLURM account.", rich_help_panel="Cluster")] = None,
+          qos: Annotated[Optional[str], typer.Option(metavar="Q", help="SLURM QOS.", rich_help_panel="Cluster")] = None,
+          slurm_arg: Annotated[Optional[list[str]], typer.Option("--slurm-arg", metavar="KEY=VALUE", help="Any other sbatch option: --slurm-arg constraint=a100 (repeatable).", rich_help_panel="Cluster")] = None,
+          wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait and report; or submit the cells plus a report job and exit.", rich_help_panel="Cluster")] = True) -> None:
     """Train a grid (depth x shortcut x projection x weight decay x seed); write loss-vs-depth results.
 
     Example: resexp sweep configs/demo.yaml --grid optim.weight_decay=0,1e-4 --jobs 2
     """
-    from resexp.sweep import expand_grid, grid_axes, group_seeds, parse_grid, parse_shard, record_grid, run_sweep, shard_cells
+    from resexp.sweep import expand_grid, grid_axes, group_seeds, parse_grid, parse_shard, run_sweep, shard_cells
 
+    launch_opts = _launch_options(launcher, shard, jobs, partition=partition, gpus_per_run=gpus_per_run,
+                                  cpus_per_run=cpus_per_run, mem=mem, time=time_limit, max_parallel=max_parallel,
+                                  account=account, qos=qos, slurm_args=slurm_arg, wait=wait)
+    jobs = jobs or 1
     cfg = _load(config, set_)
     axes = parse_grid(grid or [], source=f"{config} (--grid)")
     index, count = parse_shard(shard)
@@ -167,6 +192,12 @@ def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
         raise ConfigError("--name", None, f"{name!r}: use letters, digits, '_', '.' and '-' (a directory name)")
     sweep_dir = out / (name or cfg.name)
     groups = group_seeds(mine, cfg.train.vmap_seeds)
+    if launcher is not None:
+        from resexp.launch import launch_sweep
+
+        grid_dir = None if dry_run else _record_grid(sweep_dir, name or cfg.name, grid_axes(cfg, axes), axes, cells).report_dir
+        raise typer.Exit(launch_sweep(groups, sweep_dir, cfg.name, launcher=launcher, opts=launch_opts, wait=wait,
+                                      dry_run=dry_run, console=out_console, err_console=err_console, grid_dir=grid_dir))
     if dry_run:
         table = Table(title=f"{cfg.name}: {len(mine)} of {len(cells)} runs" + (f" (shard {index}/{count})" if count > 1 else ""))
         table.add_column("run id")
@@ -192,12 +223,7 @@ def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
 
         for d in {(c.cfg.data.name, c.cfg.data.dir) for c in mine if c.cfg.data.name in FILE_DATASETS}:
             locate(d[0], d[1] or default_data_dir())
-    try:
-        manifest = record_grid(sweep_dir, name or cfg.name, grid_axes(cfg, axes), axes, cells)
-    except OSError as exc:
-        from resexp.errors import RunError
-
-        raise RunError(f"{sweep_dir}: cannot write the sweep manifest ({exc.strerror or exc})") from None
+    manifest = _record_grid(sweep_dir, name or cfg.name, grid_axes(cfg, axes), axes, cells)
     err_console.print(f"[bold]{manifest.name}[/]: {len(mine)} runs" + (f" (shard {index}/{count} of {len(cells)})" if count > 1 else "")
                       + f" -> {sweep_dir}", highlight=False)
     results = run_sweep(groups, sweep_dir, jobs=jobs, progress=progress and sys.stderr.isatty(), console=err_console)
@@ -222,6 +248,49 @@ def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
     out_console.print(f"\nResults: {report.report_dir / 'results.csv'}" + (f", figure: {figure}" if figure else "")
                       + f"\nTensorBoard: tensorboard --logdir {sweep_dir}", highlight=False)
     raise typer.Exit(130 if interrupted else 1 if failed else 0)
+
+
+def _record_grid(sweep_dir: Path, *args):
+    """The sweep's manifest (resexp.sweep.record_grid); an unwritable directory is one line, exit 2."""
+    from resexp.errors import RunError
+    from resexp.sweep import record_grid
+
+    try:
+        return record_grid(sweep_dir, *args)
+    except OSError as exc:
+        raise RunError(f"{sweep_dir}: cannot write the sweep manifest ({exc.strerror or exc})") from None
+
+
+def _launch_options(launcher, shard, jobs, *, wait, **flags):
+    """The cluster flags, checked before anything else: one line and exit 2 for a bad combination."""
+    from resexp.launch import LAUNCHERS, LaunchError, SlurmOptions
+
+    given = [("--slurm-arg" if k == "slurm_args" else f"--{k.replace('_', '-')}")
+             for k, v in flags.items() if v not in (None, 0, [])]
+    if launcher is None:
+        given += [] if wait else ["--no-wait"]
+        if given:
+            either = given[0] in ("--max-parallel", "--no-wait")
+            raise LaunchError(f"{given[0]} needs --launcher slurm" + (" (or --launcher local)" if either else ""))
+        return None
+    if launcher not in LAUNCHERS:
+        raise LaunchError(f"--launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
+    slurm_only = [g for g in given if g != "--max-parallel"]
+    if launcher == "local" and slurm_only:
+        raise LaunchError(f"{slurm_only[0]} is a SLURM option: it needs --launcher slurm")
+    for flag, value in (("--shard", shard), ("--jobs", jobs)):
+        if value is not None:
+            raise LaunchError(f"--launcher cannot be combined with {flag} (the launcher runs every cell as its own job)")
+    return SlurmOptions.from_flags(**flags)
+
+
+@app.command()
+@user_errors
+def status(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (runs/<name>).")]) -> None:
+    """One line per run: status, step reached, SLURM job id (and state), restarts."""
+    from resexp.launch import print_status
+
+    print_status(sweep_dir, out_console)
 
 
 @app.command()

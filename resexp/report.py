@@ -844,7 +844,7 @@ def build_reports(sweep_dir: Path | str, *, console: Console | None = None, writ
         every = [replace(r, keys={k: _swept_value(r, k) for k in dict.fromkeys(axes)}) for r in runs.values()]
         reports[0].event_files = _write_hparams(sweep_dir, every, shown) + reports[0].event_files
     for report in reports:
-        if show is not None and report.report_dir != show:
+        if show is not None and report.report_dir.resolve() != Path(show).resolve():
             continue
         console.print(render_table(report))
         if report.comparison is not None:
@@ -860,7 +860,6 @@ def build_report(sweep_dir: Path | str, *, console: Console | None = None, write
                  grid_dir: Path | None = None) -> Report:
     """`build_reports`, printing and returning one grid's report: the one whose report directory
     is `grid_dir` (a sweep's own grid), by default the directory's first grid."""
-    sweep_dir = Path(sweep_dir)
-    reports = build_reports(sweep_dir, console=console, write_tensorboard=write_tensorboard,
-                            show=grid_dir or sweep_dir)
-    return next((r for r in reports if r.report_dir == (grid_dir or sweep_dir)), reports[0])
+    want = Path(grid_dir or sweep_dir).resolve()
+    reports = build_reports(sweep_dir, console=console, write_tensorboard=write_tensorboard, show=want)
+    return next((r for r in reports if r.report_dir.resolve() == want), reports[0])

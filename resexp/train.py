@@ -250,10 +250,19 @@ class RunRecord:
     wall_before: float = 0.0  # wall seconds spent in earlier (interrupted) sessions
     sweep_keys: dict | None = None
     warmup_end: int | None = None  # constant warm-up: the step the base schedule takes over
+    extra: dict | None = None  # launcher fields for summary.json (slurm_job_id, restarts)
 
 
 class Interrupt:
-    """SIGINT/SIGTERM: finish the chunk in flight, checkpoint, exit; a second signal exits at once."""
+    """SIGINT/SIGTERM (and SIGUSR1/SIGUSR2, a scheduler's "time is nearly up" or "preempted"):
+    finish the chunk in flight, checkpoint, exit; a second signal exits at once.
+
+    A signal that an outer `Interrupt`-like handler (anything with a `requested` attribute,
+    e.g. a launcher's, installed before JAX was imported) caught before training started
+    counts as requested here too, and one caught here is passed back to it.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self) -> None:
         self.requested: int | None = None
@@ -272,12 +281,19 @@ class Interrupt:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        outers = {id(o): o for o in (getattr(h, "__self__", None) for h in old.values()) if hasattr(o, "requested")}
+        for outer in outers.values():
+            if outer.requested is not None and self.requested is None:
+                self.requested = outer.requested
         try:
             yield self
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+            for outer in outers.values():  # and the outer handler learns what stopped training
+                if outer.requested is None:
+                    outer.requested = self.requested
 
 
 @dataclass
@@ -300,11 +316,13 @@ def _stack(trees: list):
 
 
 def train_runs(cfgs: list[Config], out: Path, *, progress: bool = True, sweep_keys: list[dict] | None = None,
-               console=None, data: Data | None = None, source: str = "config") -> list[Outcome]:
+               console=None, data: Data | None = None, source: str = "config",
+               extra_summary: dict | None = None) -> list[Outcome]:
     """Train runs that differ only in `train.seed`, as one program when there are several.
 
     Completed or diverged runs are left alone; interrupted ones resume from their last
-    complete checkpoint. Returns one Outcome per config, in order.
+    complete checkpoint. `extra_summary` (a launcher's `slurm_job_id`, `restarts`) is merged
+    into every summary.json written. Returns one Outcome per config, in order.
     """
     outcomes: dict[int, Outcome] = {}
     todo: list[int] = []
@@ -324,6 +342,9 @@ def train_runs(cfgs: list[Config], out: Path, *, progress: bool = True, sweep_ke
             run_dir = out / run_id(cfgs[i])
             prepare_run_dir(run_dir, cfgs[i])
             lock = RunLock(run_dir)
+            if jax.process_index() > 0:  # one run over several processes: process 0 holds the lock
+                claimed.append(i)
+                continue
             if lock.acquire():
                 locks.append(lock)
                 summary = read_summary(run_dir)  # finished by another process since we looked?
@@ -335,8 +356,8 @@ def train_runs(cfgs: list[Config], out: Path, *, progress: bool = True, sweep_ke
                 outcomes[i] = Outcome(run_dir, read_summary(run_dir) or {"status": "running", "run_id": run_id(cfgs[i])},
                                       skipped=True)
         if claimed:
-            records = [RunRecord(cfgs[i], out / run_id(cfgs[i]), sweep_keys=(sweep_keys[i] if sweep_keys else None))
-                       for i in claimed]
+            records = [RunRecord(cfgs[i], out / run_id(cfgs[i]), sweep_keys=(sweep_keys[i] if sweep_keys else None),
+                                 extra=extra_summary) for i in claimed]
             try:
                 summaries = _train_group(records, progress=progress, console=console, data=data)
             except OSError as exc:  # events or summary on a full/read-only disk: the environment, not a bug
@@ -390,7 +411,7 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
         for r, end in zip(records, ends):
             r.warmup_end = int(end)
     for r in records:
-        r.events = EventWriter(r.dir)
+        r.events = EventWriter(r.dir) if jax.process_index() == 0 else _NoEvents()
         r.events.session_start(start_step)  # TensorBoard purges events a resume rewrites
     model_info = _model_info(cfg, data)
     seeds_arg = jnp.asarray([r.cfg.train.seed for r in records], jnp.int32) if group > 1 \
@@ -485,6 +506,8 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
         for r in records:
             if r.status == "running" and step >= total:
                 r.status = "completed"
+            elif r.status == "running" and interrupt.requested is not None:
+                r.status = "interrupted"  # the signal landed after the last check in the loop
 
     ips = steady_images / steady_time if steady_time else None
     summaries = []
@@ -495,6 +518,13 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
         r.events.close()
         summaries.append(s)
     return summaries
+
+
+class _NoEvents:
+    """The event writer of processes other than 0 in a multi-process run: process 0 writes them."""
+
+    def __getattr__(self, _name):
+        return lambda *args, **kwargs: None
 
 
 def _say(console, text: str) -> None:
@@ -600,8 +630,10 @@ def _write_summary(r: RunRecord, engine: Engine, info: dict, steps: int | None, 
         "warmup": _warmup_summary(r, steps),
         "history": r.history,
         "diagnostics": r.diagnostics,
+        **(r.extra or {}),
     }
-    write_json(r.dir / "summary.json", summary)
+    if jax.process_index() == 0:  # several processes train one run: one writes its summary
+        write_json(r.dir / "summary.json", summary)
     return summary
 
 

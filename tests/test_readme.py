@@ -38,13 +38,14 @@ SKIPPED = [
     ("resexp train configs/cifar10", "needs the CIFAR-10 files (and a GPU for the full recipe)"),
     ("--distributed", "needs several processes; tests/test_distributed.py runs two"),
     ("runs/cifar10_table6", "reports the Table 6 sweep, whose runs need CIFAR-10"),
+    ("/shared/", "a cluster's shared filesystem; tests/test_slurm.py runs `resexp status` on a real one"),
 ]
 SYNOPSIS = re.compile(r"\[--|\b(CONFIG|SWEEP_DIR|RUN_DIR|NAME|DIR|FILE|URL|KEY|CONFIG_OR_RUN)\b|<\w")
 
 
 def readme_commands() -> list[tuple[int, str, int]]:
     """(line number, command, expected exit code) of every resexp/make line in a code block."""
-    out, fenced = [], False
+    out, fenced, pending = [], False, ""
     lines = README.read_text().splitlines()
     for n, line in enumerate(lines, start=1):
         if line.startswith("```"):
@@ -54,6 +55,10 @@ def readme_commands() -> list[tuple[int, str, int]]:
                                                                or lines[n - 2].startswith("    "))
         if not (fenced or indented):
             continue
+        if line.rstrip().endswith("\\"):  # a command continued on the next line
+            pending += line.rstrip()[:-1].strip() + " "
+            continue
+        line, pending = pending + line.strip(), ""
         code, _, comment = line.strip().partition(" #")
         code = code.strip()
         if not re.match(r"(resexp|make)\b", code) or SYNOPSIS.search(code):

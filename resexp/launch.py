@@ -1,0 +1,704 @@
+"""Where a sweep's cells run when this process does not train them: submitit, on SLURM or locally.
+
+`resexp sweep CONFIG --launcher slurm` submits every cell that is not final yet (a seed group
+under `train.vmap_seeds` is one cell) as one task of one `sbatch --array=0-N%K`; `--launcher
+local` runs the same jobs through submitit's LocalExecutor. Either way:
+
+    <sweep>/.submitit/            submitit's pickles and logs (<array>_<task>_0_log.out)
+    <sweep>/.submitit/cells.json  run id -> job id of its latest submission (for re-runs, `resexp status`)
+    <sweep>/<run-id>/             the runs themselves, as always the only truth about them
+
+The jobs own their signals; submitit's handlers are not used (they ignore SIGTERM, count every
+signal as a timeout, and checkpoint mid-step). A job asks for `--signal=B:USR1@<grace>`; on
+SIGUSR1, SIGUSR2 or SIGTERM the training loop (`train.Interrupt`) finishes the chunk in flight
+and checkpoints, then the job runs `scontrol requeue <array>_<task>` and exits without a result.
+The requeued task resumes from that checkpoint: the same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from resexp.errors import UserError
+from resexp.runs import FINAL, read_summary, write_json
+
+LAUNCHERS = ("slurm", "local")
+FOLDER = ".submitit"
+RECORD = "cells.json"
+MAX_GRACE_S = 120  # --signal=B:USR1@this: enough for a chunk of a big net plus a checkpoint
+POLL_S = 1.0
+
+
+class LaunchError(UserError):
+    """A launcher flag SLURM (or this machine) cannot honour; nothing was submitted."""
+
+
+# --------------------------------------------------------------------------- what to ask SLURM for
+
+
+@dataclass
+class SlurmOptions:
+    """The `resexp sweep --launcher` flags, checked and turned into sbatch options."""
+
+    partition: str | None = None
+    gpus_per_run: int = 0
+    cpus_per_run: int | None = None
+    mem: str | None = None
+    time: str | None = None
+    max_parallel: int | None = None
+    account: str | None = None
+    qos: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_flags(cls, *, slurm_args: list[str] | None = None, **flags) -> "SlurmOptions":
+        extra: dict[str, Any] = {}
+        for text in slurm_args or []:
+            key, eq, value = text.partition("=")
+            key = key.strip().lstrip("-")
+            if not key:
+                raise LaunchError(f"--slurm-arg {text!r}: expected KEY=VALUE (e.g. --slurm-arg constraint=a100)")
+            extra[key.replace("_", "-")] = value if eq else True
+        opts = cls(extra=extra, **flags)
+        if opts.time is not None:
+            time_limit_minutes(opts.time)  # a malformed time fails here, with the flag's name
+        return opts
+
+    def grace_seconds(self) -> int:
+        """Lead time of the USR1 before the time limit: at most 2 minutes, at most half the limit."""
+        if self.time is None:
+            return MAX_GRACE_S
+        return max(10, min(MAX_GRACE_S, time_limit_minutes(self.time) * 60 // 2))
+
+    def sbatch_options(self, tasks: int, name: str) -> dict[str, Any]:
+        """Every option resexp puts on the array's sbatch line, in sbatch's own names."""
+        k = min(self.max_parallel or tasks, tasks) if tasks else 1
+        opts: dict[str, Any] = {"job-name": f"resexp-{name}", "array": f"0-{max(tasks, 1) - 1}%{k}"}
+        for key, value in (("partition", self.partition), ("gres", f"gpu:{self.gpus_per_run}" if self.gpus_per_run else None),
+                           ("cpus-per-task", self.cpus_per_run), ("mem", self.mem), ("time", self.time),
+                           ("account", self.account), ("qos", self.qos)):
+            if value is not None:
+                opts[key] = value
+        opts["signal"] = f"B:USR1@{self.grace_seconds()}"
+        opts["requeue"] = True
+        opts["open-mode"] = "append"  # a requeue must not truncate the task's log
+        opts.update(self.extra)
+        return opts
+
+
+def time_limit_minutes(text: str) -> int:
+    """SLURM's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) -> whole minutes, rounded up."""
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if not m:
+        raise LaunchError(f"--time {text!r}: expected HH:MM:SS (or D-HH:MM:SS, or minutes)")
+    days, a, b, c = (int(g) if g else None for g in m.groups())
+    if days is not None:  # D-H[:M[:S]]
+        seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    elif c is not None:
+        seconds = a * 3600 + b * 60 + c
+    elif b is not None:
+        seconds = a * 60 + b
+    else:
+        seconds = a * 60
+    if seconds <= 0:
+        raise LaunchError(f"--time {text!r}: must be more than zero")
+    return math.ceil(seconds / 60)
+
+
+def _flag(key: str, value: Any) -> str:
+    return f"--{key}" if value is True else f"--{key}={value}"
+
+
+def sbatch_command_line(options: dict[str, Any]) -> str:
+    return " ".join(["sbatch", *(shlex.quote(_flag(k, v)) for k, v in options.items())])
+
+
+# --------------------------------------------------------------------------- checks before submitting
+
+
+def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def check_slurm(opts: SlurmOptions, tasks: int, name: str) -> None:
+    """Refuse, with SLURM's own reason, what SLURM would refuse; nothing is submitted."""
+    for tool in ("sbatch", "srun", "scontrol"):
+        if shutil.which(tool) is None:
+            raise LaunchError(f"--launcher slurm: `{tool}` not found on PATH (run on a SLURM login node, "
+                              "or use --launcher local)")
+    if opts.partition is not None:
+        shown = _run(["scontrol", "show", "partition", opts.partition])
+        if shown.returncode != 0:
+            known = _run(["sinfo", "-h", "-o", "%R"]).stdout.split()
+            raise LaunchError(f"--partition {opts.partition}: no such partition"
+                              + (f" (this cluster has: {', '.join(sorted(set(known)))})" if known else ""))
+    options = opts.sbatch_options(tasks, name)
+    test = ["sbatch", "--test-only", *(_flag(k, v) for k, v in options.items() if k not in ("signal", "open-mode")),
+            "--wrap", "true"]
+    result = _run(test)
+    if result.returncode != 0:
+        lines = [ln.strip() for ln in (result.stderr or result.stdout).splitlines() if ln.strip()]
+        reason = lines[-1] if lines else f"exit code {result.returncode}"
+        reason = re.sub(r"^(sbatch: error: |allocation failure: )", "", reason)
+        raise LaunchError(f"--launcher slurm: SLURM refuses these resources: {reason} "
+                          f"(sbatch --test-only {' '.join(shlex.quote(a) for a in test[2:-2])})")
+
+
+# --------------------------------------------------------------------------- inside the job
+
+
+class _Signals:
+    """The job's own signal handlers, installed before JAX is imported.
+
+    Records the first SIGUSR1/SIGUSR2/SIGTERM/SIGINT; `train.Interrupt` picks that up when
+    training starts (it looks for a `requested` attribute on the handler it replaces).
+    """
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+
+    def _handler(self, signum, _frame) -> None:
+        if self.requested is not None:
+            os._exit(128 + signum)
+        self.requested = signum
+
+    def install(self) -> "_Signals":
+        for s in self.SIGNALS:
+            signal.signal(s, self._handler)
+        signal.signal(signal.SIGCONT, signal.SIG_DFL)  # submitit logs each SIGCONT SLURM sends with a signal
+        return self
+
+
+def _job_ids() -> tuple[str | None, int]:
+    """(the SLURM job id in array form `A_i`, how often SLURM restarted it)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+    return job, int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
+def _log(message: str) -> None:
+    print(f"[resexp {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _slot(folder: Path, slots: int, signals: _Signals) -> Iterator[bool]:
+    """One of `slots` file locks: the local launcher's `--max-parallel` (SLURM has `%K`)."""
+    import fcntl
+
+    while True:
+        for i in range(slots):
+            fh = open(folder / f".slot{i}", "a")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                continue
+            try:
+                yield True
+            finally:
+                fh.close()
+            return
+        if signals.requested is not None:
+            yield False
+            return
+        time.sleep(0.2)
+
+
+@dataclass
+class CellJob:
+    """One cell (one run, or one seed group) as a submitit job: picklable, imports JAX lazily."""
+
+    cfgs: list[dict]
+    keys: list[dict]
+    sweep_dir: str
+    launcher: str
+    slots: int = 0  # local launcher: at most this many cells train at once (0: no limit)
+    cuda_visible_devices: str | None = None  # local launcher: the submitter's GPUs, not submitit's ""
+
+    def __call__(self) -> dict[str, str]:
+        signals = _Signals().install()
+        job_id, restarts = _job_ids()
+        sweep_dir = Path(self.sweep_dir)
+        gate = _slot(sweep_dir / FOLDER, self.slots, signals) if self.slots else nullcontext(True)
+        with gate as go:
+            if not go or signals.requested is not None:
+                return self._stop(signals.requested, job_id)
+            if self.launcher == "local":
+                if self.cuda_visible_devices is None:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
+            outcomes = self._train(sweep_dir, job_id, restarts)
+        statuses = {o.run_dir.name: o.summary.get("status") for o in outcomes}
+        if any(s == "interrupted" for s in statuses.values()) or \
+                (signals.requested is not None and any(s not in FINAL for s in statuses.values())):
+            return self._stop(signals.requested or signal.SIGTERM, job_id)
+        return statuses
+
+    def _train(self, sweep_dir: Path, job_id: str | None, restarts: int):
+        from resexp.runtime import configure_jax
+
+        configure_jax()
+        from resexp.checkpoint import Checkpoints
+        from resexp.config import Config, run_id
+        from resexp.train import train_runs
+
+        cfgs = [Config.model_validate(d) for d in self.cfgs]
+        ids = [run_id(c) for c in cfgs]
+        steps = [max(Checkpoints(sweep_dir / r / "checkpoints").all_steps() or [0]) if (sweep_dir / r).exists() else 0
+                 for r in ids]
+        _log(f"job {job_id or os.getpid()} (restart {restarts}): {', '.join(ids)} from step {min(steps)}")
+        extra = {"slurm_job_id": job_id, "restarts": restarts}
+        try:
+            return train_runs(cfgs, sweep_dir, progress=False, sweep_keys=self.keys, extra_summary=extra,
+                              source=str(sweep_dir / FOLDER))
+        except Exception as exc:
+            _mark_failed(sweep_dir, ids, exc)
+            raise
+
+    def _stop(self, signum: int | None, job_id: str | None) -> dict:
+        """Interrupted: the checkpoint is written; put the task back in the queue, exit without a result."""
+        name = signal.Signals(signum).name if signum else "a signal"
+        if self.launcher == "slurm" and job_id:
+            state = _job_state(job_id)
+            if signum in (signal.SIGUSR1, signal.SIGUSR2) or state == "RUNNING":
+                result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+                said = (result.stderr or result.stdout).strip()
+                # "pending execution": SLURM had requeued it already (preempted at the end of GraceTime).
+                _log(f"{name}: checkpointed; scontrol requeue {job_id}: " + ("ok" if result.returncode == 0 else said))
+            else:
+                # SIGTERM of a job SLURM is already ending (scancel, or preempted and requeued by SLURM):
+                # `scontrol requeue` would bring a cancelled job back, so leave it to SLURM.
+                _log(f"{name}: checkpointed; job {job_id} is {state or 'ending'}, not requeued by resexp")
+        else:
+            _log(f"{name}: checkpointed; re-run the sweep to resume")
+        raise SystemExit(130)  # not an Exception: submitit writes no result, so nothing looks finished
+
+
+def _job_state(job_id: str) -> str | None:
+    """SLURM's view of a job (RUNNING, COMPLETING, ...), from inside it; None if it cannot say."""
+    try:
+        out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"\bJobState=(\S+)", out)
+    return m.group(1) if m else None
+
+
+def _mark_failed(sweep_dir: Path, ids: list[str], exc: Exception) -> None:
+    """A crash becomes a `failed` summary (as in a local sweep), so the report lists it."""
+    message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+    for rid in ids:
+        run_dir = sweep_dir / rid
+        summary = read_summary(run_dir) or {}
+        if run_dir.exists() and summary.get("status") not in FINAL:
+            summary.update({"run_id": rid, "status": "failed", "error": message})
+            write_json(run_dir / "summary.json", summary)
+
+
+@dataclass
+class ReportJob:
+    """`resexp report` as a job: after the array (SLURM dependency), or after these local pids end."""
+
+    sweep_dir: str
+    wait_for_pids: list[int] = field(default_factory=list)
+
+    def __call__(self) -> str:
+        while any(_alive(p) for p in self.wait_for_pids):
+            time.sleep(0.5)
+        from resexp.report import build_report
+
+        build_report(Path(self.sweep_dir))
+        return str(Path(self.sweep_dir) / "results.csv")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+# --------------------------------------------------------------------------- submitting
+
+
+def _executor(launcher: str, folder: Path, opts: SlurmOptions, options: dict[str, Any]):
+    import submitit
+
+    if launcher == "local":
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=60 * 24 * 365, stderr_to_stdout=True)  # no local time limit
+        return ex
+    # `exec`: python replaces the batch shell, so `--signal=B:...` (batch shell only) reaches it;
+    # no srun (a step would not get B: signals).
+    ex = submitit.SlurmExecutor(folder=folder, python="exec " + shlex.quote(sys.executable))
+    extra = {k: v for k, v in options.items() if k not in ("job-name", "array")}
+    ex.update_parameters(job_name=options["job-name"], use_srun=False, stderr_to_stdout=True,
+                         array_parallelism=int(options["array"].rsplit("%", 1)[1]), time=None,
+                         additional_parameters=extra)
+    return ex
+
+
+@contextmanager
+def _detached_stdio(log: Path) -> Iterator[None]:
+    """Local jobs: start them with SIGINT ignored (Ctrl-C reaches the cells, which checkpoint;
+    not submitit's controllers, which would kill them) and stdio on a log file (a pipe held
+    open by a background job would keep `resexp sweep --no-wait | tee` from ending)."""
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    with open(log, "a") as fh, open(os.devnull) as null:
+        os.dup2(null.fileno(), 0)
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield
+        finally:
+            for fd, copy in zip((0, 1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+            signal.signal(signal.SIGINT, old_int)
+
+
+def _load_record(sweep_dir: Path) -> dict[str, dict]:
+    try:
+        return json.loads((sweep_dir / FOLDER / RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _squeue(job_ids: list[str]) -> dict[str, str] | None:
+    """Job id (`A_i`, or `J` for a lone job) -> state, for jobs still queued or running; None without squeue."""
+    if shutil.which("squeue") is None:
+        return None
+    if not job_ids:
+        return {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        result = _run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)], timeout=30)
+    except subprocess.TimeoutExpired:
+        return None
+    if result.returncode != 0:
+        # "Invalid job id specified": ended long ago; anything else (a busy controller): ask sacct instead
+        return {} if "Invalid job id" in result.stderr else None
+    states = {}
+    for line in result.stdout.splitlines():
+        jid, _, state = line.strip().partition("|")
+        states[jid] = state
+    return states
+
+
+def _sacct(job_ids: list[str]) -> dict[str, str]:
+    """Job id -> final state (COMPLETED, CANCELLED, FAILED, ...) from accounting, when it is on."""
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    result = _run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(arrays)], timeout=30)
+    states = {}
+    for line in result.stdout.splitlines():
+        jid, _, state = line.strip().partition("|")
+        states[jid] = state.split()[0] if state else ""
+    return states
+
+
+def _is_final(run_dir: Path) -> bool:
+    return (read_summary(run_dir) or {}).get("status") in FINAL
+
+
+def _cell_ids(group) -> list[str]:
+    return [c.run_id for c in group]
+
+
+def launch_sweep(groups: list, sweep_dir: Path, name: str, *, launcher: str, opts: SlurmOptions, wait: bool = True,
+                 dry_run: bool = False, console, err_console, grid_dir: Path | None = None) -> int:
+    """Submit the cells of `groups` that are not final; wait and report, or submit a report job.
+
+    Returns the exit code: 0 all final, 130 cancelled or interrupted, 1 a cell failed.
+    """
+    sweep_dir = sweep_dir.resolve()
+    folder = sweep_dir / FOLDER
+    record = _load_record(sweep_dir)
+    todo, busy = [], []
+    queued = _squeue([record[r]["job_id"] for g in groups for r in _cell_ids(g)
+                      if r in record and record[r].get("launcher") == "slurm"]) if launcher == "slurm" else {}
+    for g in groups:
+        ids = _cell_ids(g)
+        if all(_is_final(sweep_dir / r) for r in ids):
+            continue
+        mine = [record.get(r, {}) for r in ids]
+        if any((m.get("launcher") == "slurm" and queued and m.get("job_id") in queued)
+               or (m.get("launcher") == "local" and m.get("pid") and _alive(m["pid"])) for m in mine):
+            busy.append(g)  # still queued or running from an earlier submission: do not submit it twice
+        else:
+            todo.append(g)
+    options = opts.sbatch_options(len(todo), name)
+    if dry_run:
+        console.print(f"{name}: {len(todo)} cell(s) to submit ({sum(len(g) for g in todo)} runs), "
+                      f"{len(busy)} still queued, {len(groups) - len(todo) - len(busy)} final", highlight=False, soft_wrap=True)
+        if launcher == "slurm":
+            console.print(sbatch_command_line(options) + f"  # output: {folder}/%A_%a_0_log.out", highlight=False,
+                          soft_wrap=True)
+        for i, g in enumerate(todo):
+            console.print(f"  task {i}: {', '.join(_cell_ids(g))}", highlight=False, soft_wrap=True)
+        return 0
+    if launcher == "slurm":
+        check_slurm(opts, len(todo), name)
+    file_data = {(c.cfg.data.name, c.cfg.data.dir) for g in todo for c in g}
+    from resexp.datasets import FILE_DATASETS, locate
+
+    for data_name, data_dir in sorted((n, d) for n, d in file_data if n in FILE_DATASETS):
+        from resexp.data import default_data_dir  # (imports JAX: only for file datasets)
+
+        locate(data_name, data_dir or default_data_dir())  # a missing dataset fails here, not in every job
+    if not todo:
+        err_console.print(f"{name}: nothing to submit: {len(groups) - len(busy)} cell(s) final"
+                          + (f", {len(busy)} still queued or running" if busy else ""), highlight=False, soft_wrap=True)
+        if busy and wait:
+            return _wait(launcher, [record[_cell_ids(g)[0]] for g in busy], busy, sweep_dir, name, err_console, console,
+                         grid_dir=grid_dir)
+        if not busy:
+            _report(sweep_dir, console, err_console, grid_dir)
+        return 0
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = _submit(launcher, folder, opts, options, todo, sweep_dir)
+    entries = []
+    for g, job in zip(todo, jobs):
+        entry = {"launcher": launcher, "job_id": str(job.job_id), "submitted": time.time()}
+        if launcher == "local":
+            entry["pid"] = int(job.job_id)
+        for r in _cell_ids(g):
+            record[r] = entry
+        entries.append(entry)
+    write_json(folder / RECORD, record)
+    array = str(jobs[0].job_id).split("_")[0]
+    what = f"array {array} ({len(todo)} tasks, {options['array'].rsplit('%', 1)[1]} at a time)" if launcher == "slurm" \
+        else f"{len(todo)} local jobs (pids {', '.join(str(j.job_id) for j in jobs)})"
+    err_console.print(f"[bold]{name}[/]: submitted {what}; logs in {folder}", highlight=False, soft_wrap=True)
+    if not wait:
+        report_id = _submit_report(launcher, folder, opts, sweep_dir, array, [e.get("pid") for e in entries])
+        console.print(f"submitted: cells {array if launcher == 'slurm' else ' '.join(str(j.job_id) for j in jobs)}, "
+                      f"report {report_id} (after the cells); watch: resexp status {sweep_dir}", highlight=False, soft_wrap=True)
+        return 0
+    return _wait(launcher, entries, todo, sweep_dir, name, err_console, console, jobs=jobs, grid_dir=grid_dir)
+
+
+def _submit(launcher: str, folder: Path, opts: SlurmOptions, options: dict, todo: list, sweep_dir: Path) -> list:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    slots = (opts.max_parallel or 1) if launcher == "local" else 0
+    ex = _executor(launcher, folder, opts, options)
+    payloads = [CellJob([c.cfg.model_dump(mode="json") for c in g], [c.keys for c in g], str(sweep_dir), launcher,
+                        slots=slots, cuda_visible_devices=visible) for g in todo]
+    guard = _detached_stdio(folder / "local-controllers.log") if launcher == "local" else nullcontext()
+    try:
+        with guard:
+            with ex.batch():
+                jobs = [ex.submit(p) for p in payloads]
+    except Exception as exc:  # sbatch refused after all (a race with the checks): one line, exit 2
+        text = str(exc).strip().splitlines()
+        raise LaunchError(f"--launcher {launcher}: submission failed: {text[-1] if text else type(exc).__name__}") from None
+    return jobs
+
+
+def _submit_report(launcher: str, folder: Path, opts: SlurmOptions, sweep_dir: Path, array: str,
+                   pids: list[int | None]) -> str:
+    import submitit
+
+    if launcher == "local":
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=60 * 24 * 365, stderr_to_stdout=True)
+        with _detached_stdio(folder / "local-controllers.log"):
+            job = ex.submit(ReportJob(str(sweep_dir), [p for p in pids if p]))
+        return str(job.job_id)
+    ex = submitit.SlurmExecutor(folder=folder, python="exec " + shlex.quote(sys.executable))
+    extra: dict[str, Any] = {"dependency": f"afterany:{array}", "kill-on-invalid-dep": "yes"}
+    for key, value in (("partition", opts.partition), ("account", opts.account), ("qos", opts.qos),
+                       ("time", opts.time)):
+        if value is not None:
+            extra[key] = value
+    ex.update_parameters(job_name=f"resexp-report-{sweep_dir.name}", use_srun=False, stderr_to_stdout=True, time=None,
+                         additional_parameters=extra)
+    try:
+        return str(ex.submit(ReportJob(str(sweep_dir))).job_id)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        raise LaunchError(f"report job: submission failed: {text[-1] if text else type(exc).__name__}") from None
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+class _Stop(Exception):
+    pass
+
+
+def _wait(launcher: str, entries: list[dict], groups: list, sweep_dir: Path, name: str, err_console, console,
+          jobs: list | None = None, grid_dir: Path | None = None) -> int:
+    """Show each run as it becomes final; then report. Exit code as for a local sweep."""
+    run_ids = [r for g in groups for r in _cell_ids(g)]
+    job_ids = [e["job_id"] for e in entries]
+    total, shown = len(run_ids), set()
+    stopped: list[int] = []
+
+    def on_signal(signum, _frame):
+        stopped.append(signum)
+        raise _Stop
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            for r in run_ids:
+                s = read_summary(sweep_dir / r) or {}
+                if r not in shown and s.get("status") in FINAL:
+                    shown.add(r)
+                    err_console.print(f"[{len(shown)}/{total}] {r}: {s['status']}", highlight=False, soft_wrap=True)
+            if not _any_active(launcher, job_ids, jobs):
+                break
+            time.sleep(POLL_S)
+    except _Stop:
+        return _stop_waiting(launcher, stopped[0], job_ids, jobs, err_console, sweep_dir)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    final_states = _sacct(job_ids) if launcher == "slurm" else {}
+    statuses = {r: (read_summary(sweep_dir / r) or {}).get("status") for r in run_ids}
+    for r in run_ids:
+        if r not in shown and statuses[r] in FINAL:
+            shown.add(r)
+            err_console.print(f"[{len(shown)}/{total}] {r}: {statuses[r]}", highlight=False, soft_wrap=True)
+    _report(sweep_dir, console, err_console, grid_dir)
+    unfinished = [r for r in run_ids if statuses[r] not in FINAL]
+    if not unfinished:
+        return 0
+    cancelled = any(s.startswith("CANCELLED") for s in final_states.values()) or \
+        (not final_states and any(statuses[r] == "interrupted" for r in unfinished))
+    by_run = {r: e["job_id"] for e, g in zip(entries, groups) for r in _cell_ids(g)}
+    for r in unfinished:
+        state = final_states.get(by_run[r], "")
+        err_console.print(f"{statuses[r] or 'not started'}{f' ({state})' if state else ''}: {r}; "
+                          f"log: {_log_path(sweep_dir, launcher, by_run[r])}", highlight=False, soft_wrap=True)
+    if cancelled:
+        err_console.print(f"cancelled: re-run the same command to resume {len(unfinished)} run(s)")
+        return 130
+    return 1
+
+
+def _any_active(launcher: str, job_ids: list[str], jobs: list | None) -> bool:
+    if launcher == "local":
+        return any(not j.done() for j in jobs) if jobs else any(_alive(int(j)) for j in job_ids)
+    queued = _squeue(job_ids)
+    if queued is None:  # no squeue on PATH: ask submitit (sacct)
+        return any(not j.done(force_check=True) for j in jobs or [])
+    return any(j in queued for j in job_ids)
+
+
+def _stop_waiting(launcher: str, signum: int, job_ids: list[str], jobs: list | None, err_console,
+                  sweep_dir: Path) -> int:
+    if launcher == "slurm":
+        arrays = " ".join(sorted({j.split("_")[0] for j in job_ids}))
+        err_console.print(f"stopped waiting; the jobs keep running (scancel {arrays} stops them). "
+                          f"Watch: resexp status {sweep_dir}; report: resexp report {sweep_dir}", highlight=False, soft_wrap=True)
+        return 130
+    # Local jobs are this machine's processes: stop them (each checkpoints its chunk), leave no orphans.
+    # A terminal's Ctrl-C reached them already: give them a moment; otherwise (or `kill PID`) forward SIGTERM.
+    pids = [int(j) for j in job_ids]
+
+    def wait_for(seconds: float) -> None:
+        deadline = time.time() + seconds
+        while any(_alive(p) for p in pids) and time.time() < deadline:
+            time.sleep(0.2)
+
+    if signum == signal.SIGINT:
+        wait_for(5)
+    for sig, grace in ((signal.SIGTERM, 60), (signal.SIGKILL, 5)):
+        for pid in pids:
+            if _alive(pid):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        wait_for(grace)
+    err_console.print("interrupted: the runs saved a checkpoint; re-run the same command to resume")
+    return 130
+
+
+def _log_path(sweep_dir: Path, launcher: str, job_id: str) -> Path:
+    folder = sweep_dir / FOLDER
+    return folder / f"{job_id}_0_log.out"
+
+
+def _report(sweep_dir: Path, console, err_console, grid_dir: Path | None = None) -> None:
+    """Every grid's report of the directory, this sweep's (`grid_dir`) printed: as a local sweep does."""
+    from resexp.report import build_report
+
+    try:
+        report = build_report(sweep_dir, console=console, grid_dir=grid_dir)
+    except UserError as exc:  # no run got as far as a summary
+        err_console.print(f"no report: {exc}", highlight=False, soft_wrap=True)
+        return
+    figure = report.paths.get("loss_vs_depth.png", report.report_dir / "loss_vs_depth.png")
+    console.print(f"\nResults: {report.report_dir / 'results.csv'}, figure: {figure}", highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- resexp status
+
+
+def sweep_status(sweep_dir: Path) -> list[dict]:
+    """One row per run: the run directory's status and step, plus its job's id, state and restarts."""
+    if not sweep_dir.is_dir():
+        raise UserError(f"{sweep_dir}: not a sweep directory")
+    record = _load_record(sweep_dir)
+    run_ids = sorted({p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                      and ((p / "summary.json").exists() or (p / "config.yaml").exists())} | set(record))
+    slurm_ids = [e["job_id"] for e in record.values() if e.get("launcher") == "slurm"]
+    queued = _squeue(slurm_ids) or {}
+    finished = _sacct([j for j in slurm_ids if j not in queued]) if slurm_ids else {}
+    rows = []
+    for r in run_ids:
+        s = read_summary(sweep_dir / r) or {}
+        e = record.get(r, {})
+        job = s.get("slurm_job_id") or e.get("job_id")
+        state = None
+        if e.get("launcher") == "slurm" and e.get("job_id"):
+            jid = e["job_id"]
+            state = queued.get(jid) or finished.get(jid)
+        elif e.get("launcher") == "local" and e.get("pid"):
+            state = "RUNNING" if _alive(e["pid"]) else "ENDED"
+        status = s.get("status") or ("queued" if state in ("PENDING", "RUNNING") else "not started")
+        rows.append({"run_id": r, "status": status, "steps": s.get("steps"), "total_steps": s.get("total_steps"),
+                     "job_id": job, "job_state": state, "restarts": s.get("restarts")})
+    return rows
+
+
+def print_status(sweep_dir: Path, console) -> None:
+    rows = sweep_status(sweep_dir)
+    if not rows:
+        raise UserError(f"{sweep_dir}: no runs and no submitted cells")
+    width = max(len(r["run_id"]) for r in rows)
+    for r in rows:
+        step = f"{r['steps'] if r['steps'] is not None else '-'}/{r['total_steps'] if r['total_steps'] is not None else '-'}"
+        job = r["job_id"] or "-"
+        if r["job_state"]:
+            job += f" ({r['job_state']})"
+        console.print(f"{r['run_id']:<{width}}  {r['status']:<11}  step {step:<11}  job {job:<22}  "
+                      f"restarts {r['restarts'] if r['restarts'] is not None else '-'}", highlight=False, soft_wrap=True)

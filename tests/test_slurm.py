@@ -1,0 +1,472 @@
+"""`resexp sweep --launcher slurm|local` against a real SLURM: the project's single-node cluster
+(`make slurm-up`, scripts/slurm_local.sh: partitions debug, gpu, urgent; two fake GPUs).
+
+Without `sinfo` (or on another cluster) the cluster tests skip, saying why; under CI=true a skip
+is a failure. The flag checks that need no cluster run everywhere. Every sweep here is named
+`slurmtest-*`; the module cancels whatever of those is left and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, tiny_dict, write_config
+
+from resexp.config import Config
+from resexp.launch import LaunchError, SlurmOptions, time_limit_minutes
+from resexp.report import build_report
+from resexp.runs import read_summary
+from resexp.sweep import expand_grid, group_seeds, run_sweep
+
+GRID = tiny_dict(name="slurmtest-grid", sweep={"model.depth": [8, 14], "model.shortcut": [False, True]},
+                 train={"steps": 40, "log_every": 10, "checkpoint_every": 40})
+# Long enough (5-10 s of training here) for a signal to land mid-run; checkpoints every 500
+# steps show the test when training is under way.
+LONG = tiny_dict(name="slurmtest-long", train={"steps": 2000, "log_every": 20, "checkpoint_every": 500})
+ONE = tiny_dict(name="slurmtest-one", train={"steps": 20, "log_every": 10, "checkpoint_every": 20})
+COMPARED = ("run_id", "status", "final_train_loss", "final_train_accuracy", "eval_loss", "eval_accuracy")
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+def _cluster_problem() -> str | None:
+    if shutil.which("sinfo") is None:
+        return "no `sinfo` on PATH: start the project's local SLURM with `make slurm-up` (root, Debian)"
+    conf = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
+    if conf.returncode != 0:
+        return f"SLURM does not answer ({conf.stderr.strip() or conf.stdout.strip()}): `make slurm-up`"
+    if not re.search(r"ClusterName\s*=\s*resexp\b", conf.stdout):
+        return "not the project's local cluster (ClusterName=resexp from scripts/slurm_local.sh): refusing to submit"
+    parts = subprocess.run(["sinfo", "-h", "-o", "%R %T"], capture_output=True, text=True).stdout.split("\n")
+    states = dict(line.split() for line in parts if line.strip())
+    missing = [p for p in ("debug", "gpu", "urgent") if p not in states]
+    if missing:
+        return f"partition(s) {', '.join(missing)} missing: `make slurm-down slurm-up`"
+    if any(s.endswith("*") or s.startswith(("down", "drain", "fail", "inval", "unk")) for s in states.values()):
+        return f"node not usable: {states}"
+    return None
+
+
+def _test_jobs() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%A %j"], capture_output=True, text=True).stdout
+    return sorted({line.split()[0] for line in out.splitlines() if "slurmtest" in line})
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    problem = _cluster_problem()
+    if problem:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and the SLURM tests cannot run: {problem}")
+        pytest.skip(problem)
+    yield
+    jobs = _test_jobs()
+    if jobs:
+        subprocess.run(["scancel", *jobs])
+    deadline = time.time() + 30
+    while _test_jobs() and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _test_jobs(), "test jobs left in the queue"
+
+
+def _procs_mentioning(text: str) -> list[int]:
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit() and int(p.name) != os.getpid():
+            try:
+                if text in (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    stat = (p / "stat").read_text()
+                    if stat.split(") ", 1)[1][0] != "Z":
+                        pids.append(int(p.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _start_cli(log: Path, *args) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    fh = open(log, "w")
+    return subprocess.Popen([sys.executable, "-m", "resexp", *map(str, args)], stdout=fh, stderr=subprocess.STDOUT,
+                            env=env, text=True)
+
+
+def _rows(path: Path) -> dict[str, dict]:
+    with open(path) as fh:
+        return {r["run_id"]: {k: r[k] for k in COMPARED} for r in csv.DictReader(fh)}
+
+
+def _sacct(array: str, duplicates: bool = False) -> list[tuple[str, str, str]]:
+    cmd = ["sacct", "-n", "-X", "-P", "-o", "JobID,State,AllocTRES", "-j", array] + (["--duplicates"] if duplicates else [])
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    return [tuple(line.split("|")) for line in out.splitlines() if line.strip()]
+
+
+def _array_id(output: str) -> str:
+    return re.search(r"submitted array (\d+)", output).group(1)
+
+
+def _first_checkpoint(run_dir: Path) -> bool:
+    ckpts = run_dir / "checkpoints"
+    return ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
+
+
+def _single_run_dir(sweep_dir: Path) -> Path:
+    dirs = [p for p in sweep_dir.iterdir() if (p / "config.yaml").exists()] if sweep_dir.exists() else []
+    return dirs[0] if len(dirs) == 1 else None
+
+
+# --------------------------------------------------------------------------- references, trained here
+
+
+@pytest.fixture(scope="module")
+def grid_reference(tmp_path_factory):
+    """The grid swept locally, in this process: what every launcher must reproduce exactly."""
+    out = tmp_path_factory.mktemp("local-reference")
+    cfg = Config.model_validate(GRID)
+    run_sweep(group_seeds(expand_grid(cfg), 1), out, progress=False)
+    build_report(out, write_tensorboard=False)
+    return _rows(out / "results.csv")
+
+
+class LongReference:
+    """The long cell trained uninterrupted by `resexp train` in a subprocess, started early
+    (beside the grid test) and read by the preemption and time-limit tests."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        path = write_config(root / "long.yaml", {**LONG, "sweep": {}})
+        self.proc = _start_cli(root / "train.log", "train", path, "--out", root / "runs", "--no-progress")
+
+    def summary(self) -> dict:
+        rc = self.proc.wait(timeout=240)
+        assert rc == 0, (self.root / "train.log").read_text()
+        return read_summary(_single_run_dir(self.root / "runs"))
+
+
+@pytest.fixture(scope="module")
+def long_reference(tmp_path_factory):
+    ref = LongReference(tmp_path_factory.mktemp("long-reference"))
+    yield ref
+    if ref.proc.poll() is None:
+        ref.proc.kill()
+
+
+# --------------------------------------------------------------------------- the time-limit run, in the background
+
+
+class TimeLimitRun(threading.Thread):
+    """Test 4, started first and run beside the others (it mostly waits for SLURM's clock).
+
+    slurmctld checks time limits (and sends `--signal`) every 30 s. A probe job learns when,
+    then the sweep is submitted so that its first check falls ~6 s into the job: about when
+    the cell has started training (`--time 0:01:00` puts the USR1 at the first check; on a
+    slow machine it may land before the first step, and the run then resumes from step 0).
+    The requeued task starts ~9 s later, so it has ~21 s before the next check.
+    """
+
+    def __init__(self, root: Path):
+        super().__init__(daemon=True)
+        self.root, self.result, self.error = root, None, None
+
+    def run(self):
+        try:
+            self.result = self._run()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def _run(self):
+        tick_file = self.root / "tick"
+        probe = subprocess.run(
+            ["sbatch", "--parsable", "-p", "debug", "--time=1", "--signal=B:USR1@59", "--job-name=slurmtest-probe",
+             "-o", "/dev/null", "--wrap", f"trap 'date +%s.%N > {tick_file}; exit 0' USR1; while :; do sleep 0.1; done"],
+            capture_output=True, text=True, check=True)
+        _wait_until(tick_file.exists, 45, "the time-limit check's signal to the probe job")
+        subprocess.run(["scancel", probe.stdout.strip()])
+        tick = float(tick_file.read_text())
+        start = tick + 30
+        lead = 8.5  # ~2.5 s from here to the job's start, then ~6 s into the job
+        while start - lead < time.time():
+            start += 30
+        time.sleep(start - lead - time.time())
+        path = write_config(self.root / "long.yaml", {**LONG, "name": "slurmtest-timelimit"})
+        t0 = time.time()
+        proc = _start_cli(self.root / "sweep.log", "sweep", path, "--out", self.root / "runs", "--launcher", "slurm",
+                          "--partition", "debug", "--time", "0:01:00")
+        rc = proc.wait(timeout=200)
+        return rc, time.time() - t0, (self.root / "sweep.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def time_limit_run(cluster, tmp_path_factory):
+    run = TimeLimitRun(tmp_path_factory.mktemp("timelimit"))
+    run.start()
+    yield run
+    run.join(timeout=240)
+
+
+# --------------------------------------------------------------------------- 1, 2: the grid, twice
+
+
+@pytest.fixture(scope="module")
+def slurm_grid(cluster, time_limit_run, long_reference, no_wait_run, grid_reference, tmp_path_factory):
+    root = tmp_path_factory.mktemp("slurm-grid")
+    path = write_config(root / "grid.yaml", GRID)
+    r = run_cli("sweep", path, "--out", root / "runs", "--launcher", "slurm", "--partition", "gpu",
+                "--gpus-per-run", "1", "--time", "0:10:00", timeout=240)
+    return root, path, r
+
+
+def test_1_slurm_grid_matches_the_local_sweep_one_completed_task_per_cell(slurm_grid, grid_reference):
+    root, _, r = slurm_grid
+    assert r.returncode == 0, r.stdout + r.stderr
+    sweep_dir = root / "runs" / GRID["name"]
+    rows = _rows(sweep_dir / "results.csv")
+    assert len(rows) == 4 and all(row["status"] == "completed" for row in rows.values())
+    assert rows == grid_reference  # same program, same machine: bit for bit
+    tasks = _sacct(_array_id(r.stderr), duplicates=True)
+    assert len(tasks) == 4, tasks
+    assert all(state == "COMPLETED" and "gres/gpu=1" in tres for _, state, tres in tasks), tasks
+    for run_id in rows:
+        s = read_summary(sweep_dir / run_id)
+        assert s["slurm_job_id"].startswith(_array_id(r.stderr) + "_") and s["restarts"] == 0
+    status = run_cli("status", sweep_dir)
+    assert status.returncode == 0, status.stderr
+    lines = [ln for ln in status.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 4 and all(re.search(r"completed\s+step 40/40\s+job \d+_\d+ \(COMPLETED\)\s+restarts 0", ln)
+                                   for ln in lines), status.stdout
+
+
+def test_2_rerun_submits_nothing(slurm_grid):
+    root, path, first = slurm_grid
+    assert first.returncode == 0
+    sweep_dir = root / "runs" / GRID["name"]
+    before = sorted(p.name for p in (sweep_dir / ".submitit").iterdir())
+    jobs_before = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "--name", f"resexp-{GRID['name']}"],
+                                 capture_output=True, text=True).stdout.split()
+    r = run_cli("sweep", path, "--out", root / "runs", "--launcher", "slurm", "--partition", "gpu",
+                "--gpus-per-run", "1", "--time", "0:10:00")
+    assert r.returncode == 0, r.stderr
+    assert "nothing to submit" in r.stderr
+    assert sorted(p.name for p in (sweep_dir / ".submitit").iterdir()) == before
+    jobs_after = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "--name", f"resexp-{GRID['name']}"],
+                                capture_output=True, text=True).stdout.split()
+    assert jobs_after == jobs_before
+    assert (sweep_dir / "results.csv").exists()
+
+
+# --------------------------------------------------------------------------- 3: preemption
+
+
+def test_3_preempted_cell_is_requeued_resumes_and_matches_an_uninterrupted_run(cluster, long_reference, tmp_path):
+    path = write_config(tmp_path / "long.yaml", {**LONG, "name": "slurmtest-preempt"})
+    proc = _start_cli(tmp_path / "sweep.log", "sweep", path, "--out", tmp_path / "runs", "--launcher", "slurm",
+                      "--partition", "gpu", "--gpus-per-run", "1", "--time", "0:10:00")
+    sweep_dir = tmp_path / "runs" / "slurmtest-preempt"
+    try:
+        run_dir = _wait_until(lambda: _single_run_dir(sweep_dir), 60, "the run directory")
+        _wait_until(lambda: _first_checkpoint(run_dir), 60, "training under way (a first checkpoint)")
+        urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "--gres=gpu:2", "--job-name=slurmtest-urgent",
+                                 "-o", "/dev/null", "--wrap", "sleep 2"], capture_output=True, text=True, check=True)
+        assert urgent.returncode == 0
+        rc = proc.wait(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "sweep.log").read_text()
+    assert rc == 0, log
+    s = read_summary(run_dir)
+    assert s["status"] == "completed" and s["restarts"] >= 1, s
+    job_log = (sweep_dir / ".submitit" / f"{s['slurm_job_id']}_0_log.out").read_text()
+    resumed = [int(m) for m in re.findall(r"\(restart [1-9]\d*\): \S+ from step (\d+)", job_log)]
+    assert resumed and resumed[0] > 0, job_log
+    # SLURM sends the job's --signal (USR1) at preemption (SlurmctldParameters=preempt_send_user_signal)
+    assert re.search(r"SIGUSR1: checkpointed; scontrol requeue \S+: ok", job_log), job_log
+    ref = long_reference.summary()
+    assert s["final_train_loss"] == ref["final_train_loss"]  # bit for bit: same program, same machine
+    assert s["eval_loss"] == ref["eval_loss"]
+    states = [state for _, state, _ in _sacct(s["slurm_job_id"].split("_")[0], duplicates=True)]
+    assert "COMPLETED" in states and any(st in ("REQUEUED", "PREEMPTED") for st in states), states
+
+
+# --------------------------------------------------------------------------- 5: scancel
+
+
+def test_5_scancel_of_the_array_ends_a_waiting_sweep_with_130(cluster, tmp_path):
+    path = write_config(tmp_path / "long.yaml", {**LONG, "name": "slurmtest-cancel"})
+    proc = _start_cli(tmp_path / "sweep.log", "sweep", path, "--out", tmp_path / "runs", "--launcher", "slurm",
+                      "--partition", "debug")
+    sweep_dir = tmp_path / "runs" / "slurmtest-cancel"
+    try:
+        run_dir = _wait_until(lambda: _single_run_dir(sweep_dir), 60, "the run directory")
+        _wait_until(lambda: _first_checkpoint(run_dir), 60, "training under way")
+        array = _array_id((tmp_path / "sweep.log").read_text())
+        t0 = time.time()
+        subprocess.run(["scancel", array], check=True)
+        rc = proc.wait(timeout=30)
+        elapsed = time.time() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "sweep.log").read_text()
+    assert rc == 130, log
+    assert elapsed < 30
+    assert "cancelled" in log
+    assert read_summary(run_dir)["status"] == "interrupted"  # it checkpointed its chunk on the way out
+    _wait_until(lambda: not _procs_mentioning(str(sweep_dir)), 15, "no process left working on the sweep")
+    assert not subprocess.run(["squeue", "-h", "-j", array], capture_output=True, text=True).stdout.strip()
+    assert all(state.startswith("CANCELLED") for _, state, _ in _sacct(array))
+
+
+# --------------------------------------------------------------------------- 6: --no-wait
+
+
+@pytest.fixture(scope="module")
+def no_wait_run(cluster, tmp_path_factory):
+    """Submitted early (it returns at once); test 6 looks at what its jobs did."""
+    root = tmp_path_factory.mktemp("no-wait")
+    path = write_config(root / "one.yaml", ONE)
+    t0 = time.time()
+    r = run_cli("sweep", path, "--out", root / "runs", "--launcher", "slurm", "--partition", "debug", "--no-wait")
+    return root, r, time.time() - t0
+
+
+def test_6_no_wait_submits_the_array_and_a_report_job(no_wait_run):
+    root, r, seconds = no_wait_run
+    assert r.returncode == 0, r.stderr
+    assert seconds < 30  # submitted, not waited for
+    ids = re.search(r"submitted: cells (\d+), report (\d+)", r.stdout)
+    assert ids, r.stdout
+    results = root / "runs" / ONE["name"] / "results.csv"
+    _wait_until(results.exists, 90, "the report job's results.csv", interval=0.5)
+    assert [row["status"] for row in _rows(results).values()] == ["completed"]
+    _wait_until(lambda: _sacct(ids.group(2)) and all(st == "COMPLETED" for _, st, _ in _sacct(ids.group(2))), 30,
+                "the report job to be COMPLETED")
+    assert [st for _, st, _ in _sacct(ids.group(1))] == ["COMPLETED"]
+
+
+# --------------------------------------------------------------------------- 7: the same through LocalExecutor
+
+
+def test_7_local_launcher_grid_rerun_and_no_wait(grid_reference, tmp_path):
+    # --no-wait first: its cell and report job run while the grid below is swept
+    one = write_config(tmp_path / "one.yaml", ONE)
+    t0 = time.time()
+    r = run_cli("sweep", one, "--out", tmp_path / "runs", "--launcher", "local", "--no-wait")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"submitted: cells [\d ]+, report \d+", r.stdout), r.stdout
+    assert time.time() - t0 < 30  # it did not wait for the cell
+
+    path = write_config(tmp_path / "grid.yaml", GRID)
+    r = run_cli("sweep", path, "--out", tmp_path / "runs", "--launcher", "local", "--max-parallel", "2", timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    sweep_dir = tmp_path / "runs" / GRID["name"]
+    assert _rows(sweep_dir / "results.csv") == grid_reference
+    before = sorted(p.name for p in (sweep_dir / ".submitit").iterdir())
+    again = run_cli("sweep", path, "--out", tmp_path / "runs", "--launcher", "local")
+    assert again.returncode == 0 and "nothing to submit" in again.stderr, again.stderr
+    assert sorted(p.name for p in (sweep_dir / ".submitit").iterdir()) == before
+
+    results = tmp_path / "runs" / ONE["name"] / "results.csv"
+    _wait_until(results.exists, 90, "the local report job's results.csv", interval=0.5)
+    assert [row["status"] for row in _rows(results).values()] == ["completed"]
+    _wait_until(lambda: not _procs_mentioning(str(tmp_path / "runs")), 20, "the local jobs to end")
+
+
+# --------------------------------------------------------------------------- 4: time limit (started first, checked last)
+
+
+def test_4_time_limit_requeues_resumes_and_completes(time_limit_run, long_reference):
+    time_limit_run.join(timeout=240)
+    assert not time_limit_run.is_alive(), "the time-limit sweep did not end"
+    if time_limit_run.error:
+        raise time_limit_run.error
+    rc, elapsed, log = time_limit_run.result
+    assert rc == 0, log
+    sweep_dir = time_limit_run.root / "runs" / "slurmtest-timelimit"
+    run_dir = _single_run_dir(sweep_dir)
+    s = read_summary(run_dir)
+    assert s["status"] == "completed" and s["restarts"] >= 1, s
+    job_log = (sweep_dir / ".submitit" / f"{s['slurm_job_id']}_0_log.out").read_text()
+    assert "SIGUSR1: checkpointed; scontrol requeue" in job_log, job_log
+    assert s["final_train_loss"] == long_reference.summary()["final_train_loss"]  # resumed: still bit for bit
+
+
+# --------------------------------------------------------------------------- bad input: one line, exit 2, nothing submitted
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--partition", "nosuch"], r"--partition nosuch: no such partition \(this cluster has: debug, gpu, urgent\)"),
+    (["--partition", "gpu", "--gpus-per-run", "3"], r"SLURM refuses these resources: Requested node configuration is not available"),
+    (["--partition", "gpu", "--time", "5:00:00"], r"SLURM refuses these resources: Requested time limit is invalid"),
+])
+def test_flags_slurm_refuses_fail_before_submitting(cluster, tmp_path, flags, message):
+    path = write_config(tmp_path / "grid.yaml", GRID)
+    r = run_cli("sweep", path, "--out", tmp_path / "runs", "--launcher", "slurm", *flags)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert re.search(message, r.stderr) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--launcher", "slurm"], r"`sbatch` not found on PATH"),
+    (["--launcher", "slurm", "--shard", "0/2"], r"--launcher cannot be combined with --shard"),
+    (["--launcher", "local", "--jobs", "2"], r"--launcher cannot be combined with --jobs"),
+    (["--launcher", "pbs"], r"--launcher 'pbs': choose one of slurm, local"),
+    (["--partition", "gpu"], r"--partition needs --launcher slurm"),
+    (["--launcher", "slurm", "--time", "ten"], r"--time 'ten': expected HH:MM:SS"),
+])
+def test_flags_checked_without_a_cluster(tmp_path, flags, message):
+    path = write_config(tmp_path / "grid.yaml", GRID)
+    # PATH: the venv only, so no SLURM command is found (the other checks come before any is needed)
+    r = run_cli("sweep", path, "--out", tmp_path / "runs", *flags, env={"PATH": str(Path(sys.executable).parent)})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert re.search(message, r.stderr) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_prints_the_sbatch_line_without_slurm(tmp_path):
+    path = write_config(tmp_path / "grid.yaml", GRID)
+    r = run_cli("sweep", path, "--out", tmp_path / "runs", "--launcher", "slurm", "--partition", "gpu",
+                "--gpus-per-run", "1", "--time", "0:10:00", "--max-parallel", "2", "--qos", "high",
+                "--slurm-arg", "constraint=a100", "--dry-run", env={"PATH": str(Path(sys.executable).parent)})
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("sbatch "))
+    for flag in ("--job-name=resexp-slurmtest-grid", "--array=0-3%2", "--partition=gpu", "--gres=gpu:1",
+                 "--time=0:10:00", "--qos=high", "--signal=B:USR1@120", "--requeue", "--constraint=a100"):
+        assert flag in line.split(), (flag, line)
+    assert len(re.findall(r"task \d: ", r.stdout)) == 4
+    assert not (tmp_path / "runs").exists()
+
+
+def test_time_limits_and_the_signal_lead_time():
+    assert [time_limit_minutes(t) for t in ("90", "1:30", "0:10:00", "2-0", "1-2:30", "0:00:01")] == [
+        90, 2, 10, 2880, 1590, 1]
+    with pytest.raises(LaunchError, match="--time '1:2:3:4'"):
+        time_limit_minutes("1:2:3:4")
+    with pytest.raises(LaunchError, match="more than zero"):
+        time_limit_minutes("0:00:00")
+    # 2 minutes of warning, or half the limit when that is shorter (never under 10 s)
+    assert [SlurmOptions(time=t).grace_seconds() for t in (None, "8:00:00", "0:03:00", "0:01:00")] == [120, 120, 90, 30]
+    opts = SlurmOptions.from_flags(slurm_args=["--constraint=a100", "exclusive"], partition="gpu", max_parallel=9)
+    assert opts.sbatch_options(3, "x")["array"] == "0-2%3"  # the throttle never exceeds the tasks
+    assert opts.sbatch_options(3, "x")["constraint"] == "a100" and opts.sbatch_options(3, "x")["exclusive"] is True
