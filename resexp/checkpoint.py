@@ -8,6 +8,7 @@ then always resume all its runs from one common step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -62,14 +63,19 @@ class Checkpoints:
         except OSError:
             return
         if free < need:
-            raise RunError(f"{self.directory}: cannot write checkpoint (No space left on device: {free:,} bytes free, "
-                           f"about {need:,} needed); free space or choose another --out, then re-run to resume")
+            raise RunError(
+                f"{self.directory}: cannot write checkpoint (No space left on device: {free:,} bytes free, "
+                f"about {need:,} needed); free space or choose another --out, then re-run to resume"
+            )
 
     def save(self, step: int, state, meta: dict) -> None:
         self._check_space(state)
         try:
-            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                            meta=ocp.args.JsonSave(meta)), force=True)
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
             self.manager.wait_until_finished()
         except Exception as exc:
             problem = _io_problem(exc)
@@ -77,24 +83,27 @@ class Checkpoints:
                 raise
             self.close()
             logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # its abandoned writers' "never retrieved"
-            raise RunError(f"{self.directory}: cannot write checkpoint ({problem}); free space or choose another "
-                           "--out, then re-run to resume") from None
+            raise RunError(
+                f"{self.directory}: cannot write checkpoint ({problem}); free space or choose another "
+                "--out, then re-run to resume"
+            ) from None
 
     def close(self) -> None:
         """Stop orbax's helper threads (after a failure they would complain at interpreter exit)."""
         if self._manager is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._manager.close()
-            except Exception:
-                pass
             self._manager = None
 
     def restore(self, step: int, abstract_state):
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         try:
-            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                                     meta=ocp.args.JsonRestore()))
+            out = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+            )
         except Exception as exc:  # orbax raises many types for a tree/shape mismatch
-            raise RunError(f"{self.directory / str(step)}: checkpoint does not match this run's config "
-                           f"({type(exc).__name__}); move it away to retrain") from None
+            raise RunError(
+                f"{self.directory / str(step)}: checkpoint does not match this run's config "
+                f"({type(exc).__name__}); move it away to retrain"
+            ) from None
         return out["state"], out["meta"]

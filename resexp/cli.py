@@ -10,9 +10,10 @@ import json
 import re
 import sys
 import threading
+from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -20,17 +21,31 @@ from rich.table import Table
 
 from resexp.errors import ConfigError, UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Measure why residual networks can be made deep: train, sweep depth, look.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Measure why residual networks can be made deep: train, sweep depth, look.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: download and inspect.")
 app.add_typer(data_app, name="data")
 
 out_console = Console()
 err_console = Console(stderr=True)
 
-ConfigArg = Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML experiment config (see configs/).", show_default=False)]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a key: --set model.depth=56 (repeatable).")]
-GridOpt = Annotated[Optional[list[str]], typer.Option("--grid", metavar="KEY=V1,V2,...", help="Add or replace an axis: --grid model.depth=8,20,56 (repeatable).")]
+ConfigArg = Annotated[
+    Path, typer.Argument(metavar="CONFIG", help="YAML experiment config (see configs/).", show_default=False)
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="KEY=VALUE", help="Override a key: --set model.depth=56 (repeatable)."),
+]
+GridOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--grid", metavar="KEY=V1,V2,...", help="Add or replace an axis: --grid model.depth=8,20,56 (repeatable)."
+    ),
+]
 OutOpt = Annotated[Path, typer.Option("--out", metavar="DIR", help="Where run directories go.")]
 
 
@@ -47,6 +62,7 @@ threading.excepthook = _thread_excepthook
 
 def user_errors(fn: Callable) -> Callable:
     """One line and an exit code for anything the user can fix; nothing half-written."""
+
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -59,6 +75,7 @@ def user_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:  # Ctrl-C before training started (imports, compiling): nothing to save
             err_console.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
+
     return wrapper
 
 
@@ -90,12 +107,34 @@ def _setup() -> None:
 
 @app.command()
 @user_errors
-def train(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
-          progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-          distributed: Annotated[Optional[bool], typer.Option("--distributed/--no-distributed", help="One run over several processes (jax.distributed); default: on under srun with several tasks.", rich_help_panel="Multi-host")] = None,
-          coordinator: Annotated[Optional[str], typer.Option(metavar="HOST:PORT", help="Process 0's address (not needed under srun).", rich_help_panel="Multi-host")] = None,
-          num_processes: Annotated[Optional[int], typer.Option(help="Processes in the run (not needed under srun).", min=1, rich_help_panel="Multi-host")] = None,
-          process_id: Annotated[Optional[int], typer.Option(help="This process's index (not needed under srun).", min=0, rich_help_panel="Multi-host")] = None) -> None:
+def train(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    out: OutOpt = Path("runs"),
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    distributed: Annotated[
+        bool | None,
+        typer.Option(
+            "--distributed/--no-distributed",
+            help="One run over several processes (jax.distributed); default: on under srun with several tasks.",
+            rich_help_panel="Multi-host",
+        ),
+    ] = None,
+    coordinator: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT", help="Process 0's address (not needed under srun).", rich_help_panel="Multi-host"
+        ),
+    ] = None,
+    num_processes: Annotated[
+        int | None,
+        typer.Option(help="Processes in the run (not needed under srun).", min=1, rich_help_panel="Multi-host"),
+    ] = None,
+    process_id: Annotated[
+        int | None,
+        typer.Option(help="This process's index (not needed under srun).", min=0, rich_help_panel="Multi-host"),
+    ] = None,
+) -> None:
     """Train one model (or `train.vmap_seeds` seeds of it). Re-running resumes; a finished run is not retrained.
 
     Example: resexp train configs/demo.yaml --set model.depth=8 --set train.steps=60
@@ -116,8 +155,12 @@ def train(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
             initialize(coordinator, num_processes, process_id)
         from resexp.train import train as train_fn
 
-        outcomes = [(o.run_dir, o.summary, o.skipped) for o in
-                    train_fn(cfg, out, progress=progress and sys.stderr.isatty(), console=err_console, source=str(config))]
+        outcomes = [
+            (o.run_dir, o.summary, o.skipped)
+            for o in train_fn(
+                cfg, out, progress=progress and sys.stderr.isatty(), console=err_console, source=str(config)
+            )
+        ]
     else:
         outcomes = [(run_dir, s, True) for run_dir, s in finished]
     code = 0
@@ -137,69 +180,160 @@ def _fmt(v, spec: str = ".4f") -> str:
 def _print_run(run_dir: Path, s: dict) -> None:
     status = s.get("status")
     if status == "diverged":
-        out_console.print(f"[bold red]diverged[/] at step {s.get('diverged_at_step')}: "
-                          f"{s.get('diverged_reason') or 'non-finite loss'}. Lower optim.lr or add warmup. Run: {run_dir}",
-                          highlight=False)
+        out_console.print(
+            f"[bold red]diverged[/] at step {s.get('diverged_at_step')}: "
+            f"{s.get('diverged_reason') or 'non-finite loss'}. Lower optim.lr or add warmup. Run: {run_dir}",
+            highlight=False,
+        )
         return
     if status == "interrupted":
-        out_console.print(f"[yellow]interrupted[/] at step {s.get('steps')}/{s.get('total_steps')}; "
-                          f"re-run the same command to resume. Run: {run_dir}")
+        out_console.print(
+            f"[yellow]interrupted[/] at step {s.get('steps')}/{s.get('total_steps')}; "
+            f"re-run the same command to resume. Run: {run_dir}"
+        )
         return
     out_console.print(
         f"[bold]{s.get('run_id')}[/] {status}: train loss {_fmt(s.get('final_train_loss'))}, "
         f"train acc {_fmt(s.get('final_train_accuracy'), '.3f')}, eval loss {_fmt(s.get('eval_loss'))}, "
         f"eval acc {_fmt(s.get('eval_accuracy'), '.3f')} | {s.get('params'):,} params, "
         f"compile {_fmt(s.get('compile_seconds'), '.1f')} s, wall {_fmt(s.get('wall_seconds'), '.1f')} s, "
-        f"{_fmt(s.get('images_per_second'), ',.0f')} img/s\n  {run_dir}", highlight=False)
+        f"{_fmt(s.get('images_per_second'), ',.0f')} img/s\n  {run_dir}",
+        highlight=False,
+    )
 
 
 @app.command()
 @user_errors
-def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
-          grid: GridOpt = None,
-          name: Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="The sweep directory, <out>/NAME (default: the config's name).")] = None,
-          jobs: Annotated[Optional[int], typer.Option(help="Runs trained at once on this machine [default: 1].", min=1)] = None,
-          shard: Annotated[Optional[str], typer.Option(metavar="I/N", help="Train only every N-th run from I (share one directory across N machines).")] = None,
-          dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs; train nothing.")] = False,
-          progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-          launcher: Annotated[Optional[str], typer.Option(metavar="slurm|local", help="Run the cells as jobs through submitit: slurm (one sbatch array) or local.", rich_help_panel="Cluster")] = None,
-          partition: Annotated[Optional[str], typer.Option(metavar="P", help="SLURM partition.", rich_help_panel="Cluster")] = None,
-          gpus_per_run: Annotated[int, typer.Option(metavar="G", help="GPUs per cell (--gres=gpu:G).", min=0, rich_help_panel="Cluster")] = 0,
-          cpus_per_run: Annotated[Optional[int], typer.Option(metavar="C", help="CPUs per cell.", min=1, rich_help_panel="Cluster")] = None,
-          mem: Annotated[Optional[str], typer.Option(metavar="M", help="Memory per cell, as sbatch --mem (e.g. 16G).", rich_help_panel="Cluster")] = None,
-          time_limit: Annotated[Optional[str], typer.Option("--time", metavar="HH:MM:SS", help="Time limit per cell (a cell past it checkpoints and requeues).", rich_help_panel="Cluster")] = None,
-          max_parallel: Annotated[Optional[int], typer.Option(metavar="K", help="Cells running at once (the array's %K; local: default 1).", min=1, rich_help_panel="Cluster")] = None,
-          account: Annotated[Optional[str], typer.Option(metavar="A", help="SLURM account.", rich_help_panel="Cluster")] = None,
-          qos: Annotated[Optional[str], typer.Option(metavar="Q", help="SLURM QOS.", rich_help_panel="Cluster")] = None,
-          slurm_arg: Annotated[Optional[list[str]], typer.Option("--slurm-arg", metavar="KEY=VALUE", help="Any other sbatch option: --slurm-arg constraint=a100 (repeatable).", rich_help_panel="Cluster")] = None,
-          wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait and report; or submit the cells plus a report job and exit.", rich_help_panel="Cluster")] = True) -> None:
+def sweep(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    out: OutOpt = Path("runs"),
+    grid: GridOpt = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", metavar="NAME", help="The sweep directory, <out>/NAME (default: the config's name)."),
+    ] = None,
+    jobs: Annotated[int | None, typer.Option(help="Runs trained at once on this machine [default: 1].", min=1)] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(metavar="I/N", help="Train only every N-th run from I (share one directory across N machines)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs; train nothing.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    launcher: Annotated[
+        str | None,
+        typer.Option(
+            metavar="slurm|local",
+            help="Run the cells as jobs through submitit: slurm (one sbatch array) or local.",
+            rich_help_panel="Cluster",
+        ),
+    ] = None,
+    partition: Annotated[
+        str | None, typer.Option(metavar="P", help="SLURM partition.", rich_help_panel="Cluster")
+    ] = None,
+    gpus_per_run: Annotated[
+        int, typer.Option(metavar="G", help="GPUs per cell (--gres=gpu:G).", min=0, rich_help_panel="Cluster")
+    ] = 0,
+    cpus_per_run: Annotated[
+        int | None, typer.Option(metavar="C", help="CPUs per cell.", min=1, rich_help_panel="Cluster")
+    ] = None,
+    mem: Annotated[
+        str | None,
+        typer.Option(metavar="M", help="Memory per cell, as sbatch --mem (e.g. 16G).", rich_help_panel="Cluster"),
+    ] = None,
+    time_limit: Annotated[
+        str | None,
+        typer.Option(
+            "--time",
+            metavar="HH:MM:SS",
+            help="Time limit per cell (a cell past it checkpoints and requeues).",
+            rich_help_panel="Cluster",
+        ),
+    ] = None,
+    max_parallel: Annotated[
+        int | None,
+        typer.Option(
+            metavar="K",
+            help="Cells running at once (the array's %K; local: default 1).",
+            min=1,
+            rich_help_panel="Cluster",
+        ),
+    ] = None,
+    account: Annotated[str | None, typer.Option(metavar="A", help="SLURM account.", rich_help_panel="Cluster")] = None,
+    qos: Annotated[str | None, typer.Option(metavar="Q", help="SLURM QOS.", rich_help_panel="Cluster")] = None,
+    slurm_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--slurm-arg",
+            metavar="KEY=VALUE",
+            help="Any other sbatch option: --slurm-arg constraint=a100 (repeatable).",
+            rich_help_panel="Cluster",
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="Wait and report; or submit the cells plus a report job and exit.",
+            rich_help_panel="Cluster",
+        ),
+    ] = True,
+) -> None:
     """Train a grid (depth x shortcut x projection x weight decay x seed); write loss-vs-depth results.
 
     Example: resexp sweep configs/demo.yaml --grid optim.weight_decay=0,1e-4 --jobs 2
     """
     from resexp.sweep import expand_grid, grid_axes, group_seeds, parse_grid, parse_shard, run_sweep, shard_cells
 
-    launch_opts = _launch_options(launcher, shard, jobs, partition=partition, gpus_per_run=gpus_per_run,
-                                  cpus_per_run=cpus_per_run, mem=mem, time=time_limit, max_parallel=max_parallel,
-                                  account=account, qos=qos, slurm_args=slurm_arg, wait=wait)
+    launch_opts = _launch_options(
+        launcher,
+        shard,
+        jobs,
+        partition=partition,
+        gpus_per_run=gpus_per_run,
+        cpus_per_run=cpus_per_run,
+        mem=mem,
+        time=time_limit,
+        max_parallel=max_parallel,
+        account=account,
+        qos=qos,
+        slurm_args=slurm_arg,
+        wait=wait,
+    )
     jobs = jobs or 1
     cfg = _load(config, set_)
     axes = parse_grid(grid or [], source=f"{config} (--grid)")
     index, count = parse_shard(shard)
     cells = expand_grid(cfg, axes, source=str(config))
     mine = shard_cells(cells, index, count)
-    if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (".", ".."):
+    if (name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name)) or name in (".", ".."):
         raise ConfigError("--name", None, f"{name!r}: use letters, digits, '_', '.' and '-' (a directory name)")
     sweep_dir = out / (name or cfg.name)
     groups = group_seeds(mine, cfg.train.vmap_seeds)
     if launcher is not None:
         from resexp.launch import launch_sweep
 
-        grid_dir = None if dry_run else _record_grid(sweep_dir, name or cfg.name, grid_axes(cfg, axes), axes, cells).report_dir
-        raise typer.Exit(launch_sweep(groups, sweep_dir, cfg.name, launcher=launcher, opts=launch_opts, wait=wait,
-                                      dry_run=dry_run, console=out_console, err_console=err_console, grid_dir=grid_dir))
+        grid_dir = (
+            None if dry_run else _record_grid(sweep_dir, name or cfg.name, grid_axes(cfg, axes), axes, cells).report_dir
+        )
+        raise typer.Exit(
+            launch_sweep(
+                groups,
+                sweep_dir,
+                cfg.name,
+                launcher=launcher,
+                opts=launch_opts,
+                wait=wait,
+                dry_run=dry_run,
+                console=out_console,
+                err_console=err_console,
+                grid_dir=grid_dir,
+            )
+        )
     if dry_run:
-        table = Table(title=f"{cfg.name}: {len(mine)} of {len(cells)} runs" + (f" (shard {index}/{count})" if count > 1 else ""))
+        table = Table(
+            title=f"{cfg.name}: {len(mine)} of {len(cells)} runs" + (f" (shard {index}/{count})" if count > 1 else "")
+        )
         table.add_column("run id")
         keys = sorted({k for c in mine for k in c.keys})
         for k in keys:
@@ -224,8 +358,12 @@ def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
         for d in {(c.cfg.data.name, c.cfg.data.dir) for c in mine if c.cfg.data.name in FILE_DATASETS}:
             locate(d[0], d[1] or default_data_dir())
     manifest = _record_grid(sweep_dir, name or cfg.name, grid_axes(cfg, axes), axes, cells)
-    err_console.print(f"[bold]{manifest.name}[/]: {len(mine)} runs" + (f" (shard {index}/{count} of {len(cells)})" if count > 1 else "")
-                      + f" -> {sweep_dir}", highlight=False)
+    err_console.print(
+        f"[bold]{manifest.name}[/]: {len(mine)} runs"
+        + (f" (shard {index}/{count} of {len(cells)})" if count > 1 else "")
+        + f" -> {sweep_dir}",
+        highlight=False,
+    )
     results = run_sweep(groups, sweep_dir, jobs=jobs, progress=progress and sys.stderr.isatty(), console=err_console)
     from resexp.report import build_report
 
@@ -237,16 +375,30 @@ def sweep(config: ConfigArg, set_: SetOpt = None, out: OutOpt = Path("runs"),
     from rich.markup import escape
 
     for r in failed:
-        err_console.print(f"[red]{r['status']}[/]: {r['run_id']}" + (f": {escape(r['error'])}" if r.get("error") else ""),
-                          highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[red]{r['status']}[/]: {r['run_id']}" + (f": {escape(r['error'])}" if r.get("error") else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
     if interrupted:
-        err_console.print(f"[yellow]interrupted[/]: {interrupted[0]['run_id']} saved a checkpoint; "
-                          "re-run the same command to resume the sweep")
+        err_console.print(
+            f"[yellow]interrupted[/]: {interrupted[0]['run_id']} saved a checkpoint; "
+            "re-run the same command to resume the sweep"
+        )
     if elsewhere:
-        err_console.print(f"{len(elsewhere)} run(s) are being trained by another process; re-run `resexp report {sweep_dir}` when it finishes")
-    figure = report.paths.get("loss_vs_depth.png") or next((p for n, p in report.paths.items() if n.endswith(".png")), None)
-    out_console.print(f"\nResults: {report.report_dir / 'results.csv'}" + (f", figure: {figure}" if figure else "")
-                      + f"\nTensorBoard: tensorboard --logdir {sweep_dir}", highlight=False)
+        err_console.print(
+            f"{len(elsewhere)} run(s) are being trained by another process; "
+            f"re-run `resexp report {sweep_dir}` when it finishes"
+        )
+    figure = report.paths.get("loss_vs_depth.png") or next(
+        (p for n, p in report.paths.items() if n.endswith(".png")), None
+    )
+    out_console.print(
+        f"\nResults: {report.report_dir / 'results.csv'}"
+        + (f", figure: {figure}" if figure else "")
+        + f"\nTensorBoard: tensorboard --logdir {sweep_dir}",
+        highlight=False,
+    )
     raise typer.Exit(130 if interrupted else 1 if failed else 0)
 
 
@@ -265,8 +417,11 @@ def _launch_options(launcher, shard, jobs, *, wait, **flags):
     """The cluster flags, checked before anything else: one line and exit 2 for a bad combination."""
     from resexp.launch import LAUNCHERS, LaunchError, SlurmOptions
 
-    given = [("--slurm-arg" if k == "slurm_args" else f"--{k.replace('_', '-')}")
-             for k, v in flags.items() if v not in (None, 0, [])]
+    given = [
+        ("--slurm-arg" if k == "slurm_args" else f"--{k.replace('_', '-')}")
+        for k, v in flags.items()
+        if v not in (None, 0, [])
+    ]
     if launcher is None:
         given += [] if wait else ["--no-wait"]
         if given:
@@ -280,7 +435,9 @@ def _launch_options(launcher, shard, jobs, *, wait, **flags):
         raise LaunchError(f"{slurm_only[0]} is a SLURM option: it needs --launcher slurm")
     for flag, value in (("--shard", shard), ("--jobs", jobs)):
         if value is not None:
-            raise LaunchError(f"--launcher cannot be combined with {flag} (the launcher runs every cell as its own job)")
+            raise LaunchError(
+                f"--launcher cannot be combined with {flag} (the launcher runs every cell as its own job)"
+            )
     return SlurmOptions.from_flags(**flags)
 
 
@@ -295,7 +452,11 @@ def status(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (ru
 
 @app.command()
 @user_errors
-def report(sweep_dir: Annotated[Path, typer.Argument(metavar="SWEEP_DIR", help="A sweep directory (runs/<name>).", show_default=False)]) -> None:
+def report(
+    sweep_dir: Annotated[
+        Path, typer.Argument(metavar="SWEEP_DIR", help="A sweep directory (runs/<name>).", show_default=False)
+    ],
+) -> None:
     """Rebuild results.csv/json, figures and TensorBoard aggregates of every grid swept into SWEEP_DIR.
 
     Example: resexp report runs/demo
@@ -308,8 +469,11 @@ def report(sweep_dir: Annotated[Path, typer.Argument(metavar="SWEEP_DIR", help="
 
 @app.command()
 @user_errors
-def model(config: ConfigArg, set_: SetOpt = None,
-          as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")] = False) -> None:
+def model(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")] = False,
+) -> None:
     """The architecture as a table: layers, output shapes, parameters, multiply-accumulates per example.
 
     Example: resexp model configs/cifar10.yaml --set model.depth=110
@@ -321,14 +485,31 @@ def model(config: ConfigArg, set_: SetOpt = None,
     shape, classes = dataset_shape(cfg.data)
     rows = layer_table(cfg.model, shape, classes)
     m = cfg.model
-    title = (f"{'ResNet' if m.shortcut else 'plain'}-{m.depth}" + (f" option {'ABC'[['zero_pad', 'learned', 'learned_all'].index(m.projection)]}" if m.shortcut else "")
-             if m.kind == "cnn" else f"{'residual' if m.shortcut else 'plain'} MLP, depth {m.depth}")
+    title = (
+        f"{'ResNet' if m.shortcut else 'plain'}-{m.depth}"
+        + (f" option {'ABC'[['zero_pad', 'learned', 'learned_all'].index(m.projection)]}" if m.shortcut else "")
+        if m.kind == "cnn"
+        else f"{'residual' if m.shortcut else 'plain'} MLP, depth {m.depth}"
+    )
     params, macs = sum(r.params for r in rows), sum(r.macs for r in rows)
     if as_json:
-        print(json.dumps({"name": title, "kind": m.kind, "depth": m.depth, "params": params, "macs_per_example": macs,
-                          "input_shape": list(shape), "num_classes": classes,
-                          "layers": [{"name": r.name, "output_shape": list(r.output_shape), "params": r.params,
-                                      "macs": r.macs} for r in rows]}))
+        print(
+            json.dumps(
+                {
+                    "name": title,
+                    "kind": m.kind,
+                    "depth": m.depth,
+                    "params": params,
+                    "macs_per_example": macs,
+                    "input_shape": list(shape),
+                    "num_classes": classes,
+                    "layers": [
+                        {"name": r.name, "output_shape": list(r.output_shape), "params": r.params, "macs": r.macs}
+                        for r in rows
+                    ],
+                }
+            )
+        )
         return
     table = Table(title=f"{title} on {cfg.data.name} {shape}")
     for col in ("layer", "output", "params", "MACs"):
@@ -341,9 +522,12 @@ def model(config: ConfigArg, set_: SetOpt = None,
 
 @app.command()
 @user_errors
-def identity(config: ConfigArg, set_: SetOpt = None,
-             seed: Annotated[Optional[int], typer.Option(help="Initialisation seed (default: train.seed).")] = None,
-             examples: Annotated[int, typer.Option(help="Test images pushed through the net.", min=1)] = 64) -> None:
+def identity(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    seed: Annotated[int | None, typer.Option(help="Initialisation seed (default: train.seed).")] = None,
+    examples: Annotated[int, typer.Option(help="Test images pushed through the net.", min=1)] = 64,
+) -> None:
     r"""Zero every residual branch's last layer and check each block becomes the identity.
 
     A residual block computes a\[l+2] = relu(W a\[l+1] + b + a\[l]). With W = 0 and b = 0
@@ -369,48 +553,80 @@ def identity(config: ConfigArg, set_: SetOpt = None,
 
     data = load_data(cfg.data, source=str(config))
     # The initialisation `resexp train` starts from (jitted, compute dtype included).
-    net = build_model(cfg.model, data.image_shape, data.num_classes, seed=cfg.train.seed if seed is None else seed,
-                      dtype=cfg.train.dtype)
+    net = build_model(
+        cfg.model,
+        data.image_shape,
+        data.num_classes,
+        seed=cfg.train.seed if seed is None else seed,
+        dtype=cfg.train.dtype,
+    )
     x = data.normalize(data.x_test[: min(examples, data.x_test.shape[0])])
     rows = identity_check(net, jnp.asarray(x))
     m = cfg.model
-    arch = (f"{'ResNet' if m.shortcut else 'plain'}-{m.depth}" if m.kind == "cnn"
-            else f"{'residual' if m.shortcut else 'plain'} MLP depth {m.depth}")
+    arch = (
+        f"{'ResNet' if m.shortcut else 'plain'}-{m.depth}"
+        if m.kind == "cnn"
+        else f"{'residual' if m.shortcut else 'plain'} MLP depth {m.depth}"
+    )
     if m.shortcut:
         arch += f", option {'ABC'[['zero_pad', 'learned', 'learned_all'].index(m.projection)]}"
-    table = Table(title=f"identity check: {arch} ({cfg.train.dtype}), every branch's last layer zeroed, "
-                        f"{x.shape[0]} {data.name} images")
+    table = Table(
+        title=f"identity check: {arch} ({cfg.train.dtype}), every branch's last layer zeroed, "
+        f"{x.shape[0]} {data.name} images"
+    )
     for col in ("block", "Ws", "max|out-a|", "vs relu(Ws a)", "verdict"):
         table.add_column(col, justify="right" if col.startswith(("max", "vs")) else "left", no_wrap=col == "block")
     for r in rows:
-        table.add_row(r["block"], r["shortcut"], _fmt(r["max_abs_diff_input"], ".1e"),
-                      _fmt(r["max_abs_diff_shortcut"], ".1e"), ("[green]" if r["holds"] else "[red]") + r["verdict"])
+        table.add_row(
+            r["block"],
+            r["shortcut"],
+            _fmt(r["max_abs_diff_input"], ".1e"),
+            _fmt(r["max_abs_diff_shortcut"], ".1e"),
+            ("[green]" if r["holds"] else "[red]") + r["verdict"],
+        )
     out_console.print(table)
     ok = all(r["holds"] for r in rows)
     if m.shortcut:
         lowest = min(r["input_min"] for r in rows)
-        out_console.print(f"Every block input a is a relu output, so non-negative (min over all blocks: {lowest:g}); "
-                          "hence relu(0 + a) = a.", highlight=False)
+        out_console.print(
+            f"Every block input a is a relu output, so non-negative (min over all blocks: {lowest:g}); "
+            "hence relu(0 + a) = a.",
+            highlight=False,
+        )
     if not m.shortcut:
-        out_console.print("[red]plain net[/]: with its last layer zeroed each block outputs relu(0) = 0, "
-                          "not its input: the signal is lost")
+        out_console.print(
+            "[red]plain net[/]: with its last layer zeroed each block outputs relu(0) = 0, "
+            "not its input: the signal is lost"
+        )
     elif ok:
-        out_console.print(f"[green]holds[/]: every residual block's output equals its input (max |diff| <= "
-                          f"{TOLERANCE:g}; relu(Ws a) where the shape changes)")
+        out_console.print(
+            f"[green]holds[/]: every residual block's output equals its input (max |diff| <= "
+            f"{TOLERANCE:g}; relu(Ws a) where the shape changes)"
+        )
     else:
         bad = [r["block"] for r in rows if not r["holds"]]
         why = " (option C: Ws is learned on every block)" if m.projection == "learned_all" else ""
-        out_console.print(f"[red]does not hold[/] for {len(bad)} of {len(rows)} blocks{why}: {', '.join(bad[:4])}"
-                          f"{', ...' if len(bad) > 4 else ''}")
+        out_console.print(
+            f"[red]does not hold[/] for {len(bad)} of {len(rows)} blocks{why}: {', '.join(bad[:4])}"
+            f"{', ...' if len(bad) > 4 else ''}"
+        )
     raise typer.Exit(0 if ok and m.shortcut else 1)
 
 
 @data_app.command("download")
 @user_errors
-def data_download(name: Annotated[str, typer.Argument(metavar="NAME", help="cifar10, cifar100, mnist or fashion_mnist", show_default=False)],
-                  dir: Annotated[Optional[Path], typer.Option("--dir", metavar="DIR", help="Target directory (default: the data cache).")] = None,
-                  base_url: Annotated[Optional[str], typer.Option(metavar="URL", help="A mirror serving the same file names.")] = None,
-                  manifest: Annotated[Optional[Path], typer.Option(metavar="FILE", help="JSON {filename: sha256} for mirrors that repack files.")] = None) -> None:
+def data_download(
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="cifar10, cifar100, mnist or fashion_mnist", show_default=False)
+    ],
+    dir: Annotated[
+        Path | None, typer.Option("--dir", metavar="DIR", help="Target directory (default: the data cache).")
+    ] = None,
+    base_url: Annotated[str | None, typer.Option(metavar="URL", help="A mirror serving the same file names.")] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="JSON {filename: sha256} for mirrors that repack files.")
+    ] = None,
+) -> None:
     """Download a dataset's official files, verifying each checksum (a bad file is deleted).
 
     Example: resexp data download cifar10 --dir ~/data
@@ -421,8 +637,13 @@ def data_download(name: Annotated[str, typer.Argument(metavar="NAME", help="cifa
 
     if name not in DOWNLOADS:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DOWNLOADS)}")
-    target = download(name, dir or default_data_dir(), base_url=base_url,
-                      manifest=load_manifest(manifest) if manifest else None, progress=sys.stderr.isatty())
+    target = download(
+        name,
+        dir or default_data_dir(),
+        base_url=base_url,
+        manifest=load_manifest(manifest) if manifest else None,
+        progress=sys.stderr.isatty(),
+    )
     out_console.print(f"{name}: ready in {target} (use --set data.name={name} --set data.dir={target.parent})")
 
 
@@ -437,8 +658,10 @@ def data_info(config: ConfigArg, set_: SetOpt = None) -> None:
 
     cfg = _load(config, set_)
     d = load_data(cfg.data, source=str(config))
-    out_console.print(f"{d.name}: {d.num_train} train / {d.x_test.shape[0]} test, images {d.image_shape}, "
-                      f"{d.num_classes} classes, augment={d.augment}")
+    out_console.print(
+        f"{d.name}: {d.num_train} train / {d.x_test.shape[0]} test, images {d.image_shape}, "
+        f"{d.num_classes} classes, augment={d.augment}"
+    )
 
 
 def main() -> None:  # pragma: no cover
@@ -459,8 +682,12 @@ def _analysis(name: str, run_dir: Path, as_json: bool, **options) -> None:
         print(json.dumps(doc))
         return
     out_console.print(describe(name, doc), highlight=False, soft_wrap=True)
-    out_console.print(f"[dim]{'cached' if cached else 'wrote'} {run_dir / 'analysis' / (name + '.json')}"
-                      + (f" and {run_dir / doc['figure']}" if doc.get("figure") else "") + "[/]", highlight=False)
+    out_console.print(
+        f"[dim]{'cached' if cached else 'wrote'} {run_dir / 'analysis' / (name + '.json')}"
+        + (f" and {run_dir / doc['figure']}" if doc.get("figure") else "")
+        + "[/]",
+        highlight=False,
+    )
 
 
 def _int_list(text: str | None, flag: str) -> list[int] | None:
@@ -474,22 +701,34 @@ def _int_list(text: str | None, flag: str) -> list[int] | None:
 
 @app.command()
 @user_errors
-def lesion(run_dir: RunArg,
-           delete: Annotated[Optional[str], typer.Option(help="k values for k random deleted blocks.")] = "1,4,10",
-           swaps: Annotated[int, typer.Option(help="Random swaps of same-shape blocks per draw.")] = 6,
-           recalibrate_bn: Annotated[bool, typer.Option("--recalibrate-bn", help="Re-estimate BN statistics of each lesioned net on training images.")] = False,
-           as_json: JsonOpt = False) -> None:
+def lesion(
+    run_dir: RunArg,
+    delete: Annotated[str | None, typer.Option(help="k values for k random deleted blocks.")] = "1,4,10",
+    swaps: Annotated[int, typer.Option(help="Random swaps of same-shape blocks per draw.")] = 6,
+    recalibrate_bn: Annotated[
+        bool,
+        typer.Option("--recalibrate-bn", help="Re-estimate BN statistics of each lesioned net on training images."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Delete or reorder blocks of a trained net at test time (Veit et al. 2016, section 4)."""
-    _analysis("lesion", run_dir, as_json, delete=_int_list(delete, "--delete"), swaps=swaps,
-              recalibrate_bn=recalibrate_bn)
+    _analysis(
+        "lesion", run_dir, as_json, delete=_int_list(delete, "--delete"), swaps=swaps, recalibrate_bn=recalibrate_bn
+    )
 
 
 @app.command()
 @user_errors
-def gradients(target: Annotated[Path, typer.Argument(help="A YAML config (at initialisation) or a run directory.", show_default=False)],
-              set_: SetOpt = None,
-              at_init: Annotated[bool, typer.Option("--at-init", help="For a run: its initialisation, not its trained weights.")] = False,
-              as_json: JsonOpt = False) -> None:
+def gradients(
+    target: Annotated[
+        Path, typer.Argument(help="A YAML config (at initialisation) or a run directory.", show_default=False)
+    ],
+    set_: SetOpt = None,
+    at_init: Annotated[
+        bool, typer.Option("--at-init", help="For a run: its initialisation, not its trained weights.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Shattered gradients, Jacobian conditioning and signal propagation (Balduzzi et al. 2017; Brock et al. 2021)."""
     if target.is_dir():
         _analysis("gradients", target, as_json, at_init=at_init)
@@ -513,31 +752,39 @@ def paths(run_dir: RunArg, as_json: JsonOpt = False) -> None:
 
 @app.command()
 @user_errors
-def landscape(run_dir: RunArg,
-              grid: Annotated[int, typer.Option(help="Points per axis (odd, >= 3).")] = 15,
-              span: Annotated[float, typer.Option(help="Grid half-width, in units of the filter-normalised direction.")] = 1.0,
-              examples: Annotated[Optional[int], typer.Option(help="Test examples (default 512, at most the test set).")] = None,
-              dims: Annotated[int, typer.Option(help="1: a slice; 2: a contour plot.")] = 2,
-              as_json: JsonOpt = False) -> None:
+def landscape(
+    run_dir: RunArg,
+    grid: Annotated[int, typer.Option(help="Points per axis (odd, >= 3).")] = 15,
+    span: Annotated[float, typer.Option(help="Grid half-width, in units of the filter-normalised direction.")] = 1.0,
+    examples: Annotated[int | None, typer.Option(help="Test examples (default 512, at most the test set).")] = None,
+    dims: Annotated[int, typer.Option(help="1: a slice; 2: a contour plot.")] = 2,
+    as_json: JsonOpt = False,
+) -> None:
     """Filter-normalised loss surface around the trained weights (Li et al. 2018)."""
     _analysis("landscape", run_dir, as_json, grid=grid, span=span, examples=examples, dims=dims)
 
 
 @app.command()
 @user_errors
-def hessian(run_dir: RunArg,
-            iters: Annotated[int, typer.Option(help="Power iterations.")] = 20,
-            examples: Annotated[Optional[int], typer.Option(help="Test examples (default 512, at most the test set).")] = None,
-            as_json: JsonOpt = False) -> None:
+def hessian(
+    run_dir: RunArg,
+    iters: Annotated[int, typer.Option(help="Power iterations.")] = 20,
+    examples: Annotated[int | None, typer.Option(help="Test examples (default 512, at most the test set).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Largest Hessian eigenvalue (power iteration on Hessian-vector products) vs the SGD stability limit."""
     _analysis("hessian", run_dir, as_json, iters=iters, examples=examples)
 
 
 @app.command()
 @user_errors
-def analyze(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (runs/<name>).", show_default=False)],
-            only: Annotated[Optional[str], typer.Option(help="Comma-separated subset of lesion,gradients,paths,landscape,hessian.")] = None,
-            jobs: Annotated[int, typer.Option(help="Runs analysed at once.", min=1)] = 1) -> None:
+def analyze(
+    sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (runs/<name>).", show_default=False)],
+    only: Annotated[
+        str | None, typer.Option(help="Comma-separated subset of lesion,gradients,paths,landscape,hessian.")
+    ] = None,
+    jobs: Annotated[int, typer.Option(help="Runs analysed at once.", min=1)] = 1,
+) -> None:
     """Every analysis on every run of a sweep; figures vs depth, TensorBoard, and results.csv columns."""
     import time
 
@@ -549,7 +796,10 @@ def analyze(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (r
     res = analyze_sweep(sweep_dir, names, jobs=jobs, console=err_console)
     for note in res.notes:
         out_console.print(f"[yellow]note:[/] {note}", highlight=False)
-    out_console.print(f"{len(res.analysed)} runs analysed ({res.computed} computed, {res.cached} cached), "
-                      f"{len(res.diverged)} diverged skipped, in {time.perf_counter() - start:.1f} s", highlight=False)
+    out_console.print(
+        f"{len(res.analysed)} runs analysed ({res.computed} computed, {res.cached} cached), "
+        f"{len(res.diverged)} diverged skipped, in {time.perf_counter() - start:.1f} s",
+        highlight=False,
+    )
     for name, path in res.figures.items():
         out_console.print(f"{name}: {path}", highlight=False)

@@ -64,7 +64,7 @@ class ModelConfig(_Section):
         return widths
 
     @model_validator(mode="after")
-    def _depth_fits_family(self) -> "ModelConfig":
+    def _depth_fits_family(self) -> ModelConfig:
         stages = len(self.widths)
         per_n = 2 * stages
         if self.depth < per_n + 2 or (self.depth - 2) % per_n:
@@ -97,12 +97,14 @@ class WarmupConfig(_Section):
     until_train_error: float | None = Field(None, gt=0, le=1)
 
     @model_validator(mode="after")
-    def _fits_kind(self) -> "WarmupConfig":
+    def _fits_kind(self) -> WarmupConfig:
         if self.kind == "constant" and self.lr is None:
             raise ValueError("lr is required for kind: constant (the held learning rate, e.g. 0.01)")
         if self.kind == "linear" and (self.lr is not None or self.until_train_error is not None):
-            raise ValueError("lr and until_train_error apply to kind: constant only "
-                             "(a linear warm-up ramps to optim.lr over `steps`)")
+            raise ValueError(
+                "lr and until_train_error apply to kind: constant only "
+                "(a linear warm-up ramps to optim.lr over `steps`)"
+            )
         return self
 
 
@@ -127,10 +129,12 @@ class OptimConfig(_Section):
         return b
 
     @model_validator(mode="after")
-    def _one_warmup(self) -> "OptimConfig":
+    def _one_warmup(self) -> OptimConfig:
         if self.warmup is not None and self.warmup_steps:
-            raise ValueError("warmup_steps and warmup are two spellings of one setting: give one "
-                             "(warmup_steps: N is warmup: {kind: linear, steps: N})")
+            raise ValueError(
+                "warmup_steps and warmup are two spellings of one setting: give one "
+                "(warmup_steps: N is warmup: {kind: linear, steps: N})"
+            )
         return self
 
     @property
@@ -141,7 +145,7 @@ class OptimConfig(_Section):
         return self.warmup_steps
 
     @property
-    def constant_warmup(self) -> "WarmupConfig | None":
+    def constant_warmup(self) -> WarmupConfig | None:
         return self.warmup if self.warmup is not None and self.warmup.kind == "constant" else None
 
 
@@ -161,7 +165,7 @@ class TrainConfig(_Section):
     max_loss_factor: float | None = Field(100.0, gt=1)
 
     @model_validator(mode="after")
-    def _cadences_align(self) -> "TrainConfig":
+    def _cadences_align(self) -> TrainConfig:
         # Chunks are `log_every` steps; checkpoints and evals land on chunk boundaries so a
         # resumed run replays exactly the same chunks as an uninterrupted one.
         for key in ("eval_every", "checkpoint_every"):
@@ -239,8 +243,12 @@ def _read_yaml(path: Path) -> dict:
             raise UnicodeDecodeError("utf-8", raw, raw.index(b"\x00"), raw.index(b"\x00") + 1, "NUL byte")
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(source, None, f"not a YAML config: binary or non-UTF-8 content (byte {exc.start}); "
-                                        "pass a .yaml file like those in configs/") from None
+        raise ConfigError(
+            source,
+            None,
+            f"not a YAML config: binary or non-UTF-8 content (byte {exc.start}); "
+            "pass a .yaml file like those in configs/",
+        ) from None
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
@@ -259,14 +267,18 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _sections() -> dict[str, type[BaseModel]]:
-    return {name: f.annotation for name, f in Config.model_fields.items() if isinstance(f.annotation, type)
-            and issubclass(f.annotation, BaseModel)}
+    return {
+        name: f.annotation
+        for name, f in Config.model_fields.items()
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+    }
 
 
 def valid_keys() -> list[str]:
     """Every dotted key a user may set, e.g. `model.depth`."""
-    keys = [name for name in Config.model_fields
-            if name not in _sections() and name not in ("sweep", "sweep_overrides")]
+    keys = [
+        name for name in Config.model_fields if name not in _sections() and name not in ("sweep", "sweep_overrides")
+    ]
     for section, model in _sections().items():
         keys += [f"{section}.{field}" for field in model.model_fields]
     return keys
@@ -390,18 +402,26 @@ def check_sweep_overrides(cfg: Config, source: str) -> None:
                     raise ConfigError(source, f"{where}.{part}.{key}", f"unknown key{_suggest(key)}")
         for key in override.set:
             if key == "name" or key in cfg.sweep:
-                raise ConfigError(source, f"{where}.set.{key}",
-                                  "is a sweep axis; an override may not change it" if key != "name"
-                                  else "cannot override the experiment name")
+                raise ConfigError(
+                    source,
+                    f"{where}.set.{key}",
+                    "is a sweep axis; an override may not change it"
+                    if key != "name"
+                    else "cannot override the experiment name",
+                )
         for key, value in override.when.items():
             axis = cfg.sweep.get(key)
             if axis is not None and not any(same_value(v, value) for v in axis):
-                raise ConfigError(source, f"{where}.when.{key}",
-                                  f"{value!r} matches no sweep cell ({key} is swept over {axis})")
+                raise ConfigError(
+                    source, f"{where}.when.{key}", f"{value!r} matches no sweep cell ({key} is swept over {axis})"
+                )
             if axis is None and not same_value(get_dotted(base, key), value):
-                raise ConfigError(source, f"{where}.when.{key}",
-                                  f"{value!r} matches no sweep cell ({key} is not swept and is "
-                                  f"{get_dotted(base, key)!r} in every cell)")
+                raise ConfigError(
+                    source,
+                    f"{where}.when.{key}",
+                    f"{value!r} matches no sweep cell ({key} is not swept and is "
+                    f"{get_dotted(base, key)!r} in every cell)",
+                )
 
 
 def apply_overrides(cfg: Config, cell: Config, source: str = "config") -> Config:
@@ -462,8 +482,11 @@ def run_id(cfg: Config) -> str:
     """Readable and stable: `resnet20-a-wd0.0001-s0-1a2b3c4d` (the hash covers the rest)."""
     m = cfg.model
     if m.kind == "cnn":
-        arch = f"resnet{m.depth}-{'abc'[['zero_pad', 'learned', 'learned_all'].index(m.projection)]}" \
-            if m.shortcut else f"plain{m.depth}"
+        arch = (
+            f"resnet{m.depth}-{'abc'[['zero_pad', 'learned', 'learned_all'].index(m.projection)]}"
+            if m.shortcut
+            else f"plain{m.depth}"
+        )
     else:
         arch = f"mlp-{'res' if m.shortcut else 'plain'}{m.depth}"
     return f"{arch}-wd{cfg.optim.weight_decay:g}-s{cfg.train.seed}-{config_hash(cfg)}"

@@ -68,7 +68,7 @@ def digits() -> ArraySplits:
     spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
         raise DataError("the digits dataset ships with scikit-learn, which is not installed: pip install scikit-learn")
-    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
     with path.open("rb") as fh, gzip.open(fh, "rt") as text:
         table = np.loadtxt(text, delimiter=",", dtype=np.int64)
     images = table[:, :-1].reshape(-1, 8, 8, 1).astype(np.uint8)  # intensities 0..16
@@ -98,8 +98,9 @@ def synthetic(num_train: int, num_test: int, image_size: int, channels: int, num
     gains = rng.uniform(0.5, 1.5, size=(total, 1, 1, 1)).astype(np.float32)
     noise = rng.normal(0, 1.0, size=(total, image_size, image_size, channels)).astype(np.float32)
     images = templates[labels] * gains + noise
-    return ArraySplits(images[:num_train], labels[:num_train], images[num_train:], labels[num_train:],
-                       num_classes, "synthetic")
+    return ArraySplits(
+        images[:num_train], labels[:num_train], images[num_train:], labels[num_train:], num_classes, "synthetic"
+    )
 
 
 def load_splits(cfg: DataConfig) -> ArraySplits:
@@ -116,17 +117,23 @@ def load_data(cfg: DataConfig, source: str = "config") -> Data:
     splits = load_splits(cfg)
     n = len(splits.y_train)
     if cfg.batch_size > n:
-        raise ConfigError(source, "data.batch_size", f"{cfg.batch_size} exceeds the {n} training examples of {cfg.name}")
+        raise ConfigError(
+            source, "data.batch_size", f"{cfg.batch_size} exceeds the {n} training examples of {cfg.name}"
+        )
     x = splits.x_train.astype(np.float32)
     axes = tuple(range(x.ndim - 1))
     mean, std = x.mean(axis=axes), x.std(axis=axes) + 1e-6
     augment = cfg.augment if cfg.augment is not None else cfg.name in ("cifar10", "cifar100")
     return Data(
         name=cfg.name,
-        x_train=jax.device_put(splits.x_train), y_train=jax.device_put(splits.y_train),
-        x_test=jax.device_put(splits.x_test), y_test=jax.device_put(splits.y_test),
-        mean=mean.astype(np.float32), std=std.astype(np.float32),
-        num_classes=splits.num_classes, augment=augment,
+        x_train=jax.device_put(splits.x_train),
+        y_train=jax.device_put(splits.y_train),
+        x_test=jax.device_put(splits.x_test),
+        y_test=jax.device_put(splits.y_test),
+        mean=mean.astype(np.float32),
+        std=std.astype(np.float32),
+        num_classes=splits.num_classes,
+        augment=augment,
     )
 
 

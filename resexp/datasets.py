@@ -37,14 +37,14 @@ import numpy as np
 from resexp.errors import DataError
 
 __all__ = [
+    "DATASET_INFO",
     "FILE_DATASETS",
     "ArraySplits",
     "DatasetInfo",
-    "DATASET_INFO",
-    "load_files",
-    "locate",
     "describe_missing",
     "download_command",
+    "load_files",
+    "locate",
 ]
 
 FILE_DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "mnist", "fashion_mnist")
@@ -105,7 +105,7 @@ DATASET_INFO: dict[str, DatasetInfo] = {
         title="CIFAR-10",
         num_classes=10,
         image_shape=(32, 32, 3),
-        files=tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",),
+        files=(*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"),
         expected="data_batch_1..5 and test_batch, or cifar-10-python.tar.gz",
         folder="cifar-10-batches-py",
         archive="cifar-10-python.tar.gz",
@@ -152,9 +152,7 @@ def _info(name: str) -> DatasetInfo:
     try:
         return DATASET_INFO[name]
     except KeyError:
-        raise DataError(
-            f"unknown file dataset {name!r}: choose one of {', '.join(FILE_DATASETS)}"
-        ) from None
+        raise DataError(f"unknown file dataset {name!r}: choose one of {', '.join(FILE_DATASETS)}") from None
 
 
 def download_command(name: str, directory: str | Path) -> str:
@@ -221,9 +219,7 @@ def _locate(name: str, directory: Path) -> _Found:
             f"(expected a folder with {info.expected}): set data.dir to its folder"
         )
     if not directory.exists():
-        raise DataError(
-            f"{info.title} directory {directory} does not exist: {_fix(name, directory)}"
-        )
+        raise DataError(f"{info.title} directory {directory} does not exist: {_fix(name, directory)}")
     if not directory.is_dir():
         raise DataError(f"{info.title}: {directory} is not a directory: set data.dir to a folder")
 
@@ -250,10 +246,7 @@ def _locate(name: str, directory: Path) -> _Found:
                 return _Found("archive", d / info.archive, {})
     if partial is not None:
         d, missing = partial
-        raise DataError(
-            f"{info.title} in {d} is incomplete (missing {', '.join(missing)}): "
-            f"{_fix(name, directory)}"
-        )
+        raise DataError(f"{info.title} in {d} is incomplete (missing {', '.join(missing)}): {_fix(name, directory)}")
     raise DataError(describe_missing(name, directory))
 
 
@@ -286,8 +279,7 @@ _ALLOWED_GLOBALS[("numpy", "dtype")] = np.dtype
 # Python 3 pickles bytes with protocol < 3 as _codecs.encode(str, "latin1"): harmless.
 _ALLOWED_GLOBALS[("_codecs", "encode")] = __import__("codecs").encode
 for _mod in ("builtins", "__builtin__"):
-    for _name, _obj in (("set", set), ("frozenset", frozenset), ("bytearray", bytearray),
-                        ("complex", complex)):
+    for _name, _obj in (("set", set), ("frozenset", frozenset), ("bytearray", bytearray), ("complex", complex)):
         _ALLOWED_GLOBALS[(_mod, _name)] = _obj
 
 
@@ -308,9 +300,7 @@ def _unpickle(stream: IO[bytes]) -> Any:
     return _RestrictedUnpickler(stream, encoding="bytes").load()
 
 
-def _cifar_batch(
-    obj: Any, name: str, label_key: str, file: str, directory: Path
-) -> tuple[np.ndarray, np.ndarray]:
+def _cifar_batch(obj: Any, name: str, label_key: str, file: str, directory: Path) -> tuple[np.ndarray, np.ndarray]:
     """Validate one unpickled batch dict and convert it: CHW rows -> NHWC uint8, labels int32."""
     info = DATASET_INFO[name]
     if not isinstance(obj, dict):
@@ -337,8 +327,7 @@ def _cifar_batch(
         )
     if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):
         raise _corrupt(
-            name, file, f"labels outside 0..{info.num_classes - 1} "
-            f"(found {labels.min()}..{labels.max()})", directory
+            name, file, f"labels outside 0..{info.num_classes - 1} (found {labels.min()}..{labels.max()})", directory
         )
     images = data.reshape(-1, c, h, w).transpose(0, 2, 3, 1)  # CHW rows -> NHWC
     return np.ascontiguousarray(images), labels.astype(np.int32)
@@ -349,8 +338,17 @@ def _load_pickle(stream: IO[bytes], name: str, label_key: str, file: str, direct
         obj = _unpickle(stream)
     except pickle.UnpicklingError as e:
         raise _corrupt(name, file, f"not a valid pickle: {e}", directory) from None
-    except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            MemoryError, OverflowError, UnicodeDecodeError) as e:
+    except (
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        MemoryError,
+        OverflowError,
+        UnicodeDecodeError,
+    ) as e:
         problem = "truncated" if isinstance(e, EOFError) else f"unreadable pickle: {e}"
         raise _corrupt(name, file, problem, directory) from None
     return _cifar_batch(obj, name, label_key, file, directory)
@@ -438,17 +436,21 @@ def _parse_idx(raw: bytes, ndim: int, path: Path, name: str, directory: Path) ->
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != _IDX_UBYTE or raw[3] != ndim:
         found = raw[:4].hex() if len(raw) >= 4 else f"{len(raw)} bytes"
         raise _corrupt(
-            name, path, f"bad magic number {found}, expected {magic:08x} for an IDX {kind} file",
+            name,
+            path,
+            f"bad magic number {found}, expected {magic:08x} for an IDX {kind} file",
             directory,
         )
     if len(raw) < header:
         raise _corrupt(name, path, "truncated header", directory)
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + int(np.prod(dims, dtype=np.int64))
     if len(raw) != expected:
         how = "truncated" if len(raw) < expected else "trailing data"
         raise _corrupt(
-            name, path, f"{how}: {len(raw)} bytes, expected {expected} for shape {tuple(dims)}",
+            name,
+            path,
+            f"{how}: {len(raw)} bytes, expected {expected} for shape {tuple(dims)}",
             directory,
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
@@ -470,7 +472,9 @@ def _load_idx(name: str, found: _Found, directory: Path) -> ArraySplits:
             )
         if labels.size and labels.max() >= info.num_classes:
             raise _corrupt(
-                name, lab_path, f"labels outside 0..{info.num_classes - 1} (max {labels.max()})",
+                name,
+                lab_path,
+                f"labels outside 0..{info.num_classes - 1} (max {labels.max()})",
                 directory,
             )
         splits[split] = (images[..., None].copy(), labels.astype(np.int32))

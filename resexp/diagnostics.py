@@ -18,7 +18,6 @@ from flax import nnx
 
 from resexp.models import split_params
 
-
 _NORMED = {"kernel", "scale", "gate"}  # conv/dense weights, BN scales (gamma), rezero gates
 
 
@@ -123,8 +122,13 @@ def scalar_tags(diag: dict) -> dict[str, float]:
 
 TOLERANCE = 1e-6  # max |difference| for "exactly" (it is 0.0 in float32 and bfloat16 alike)
 
-SHORTCUT_LABEL = {"identity": "identity", "zero_pad": "zero-pad", "learned": "projection",
-                  "learned_all": "projection", "plain": "none"}
+SHORTCUT_LABEL = {
+    "identity": "identity",
+    "zero_pad": "zero-pad",
+    "learned": "projection",
+    "learned_all": "projection",
+    "plain": "none",
+}
 
 
 def _zero_last_layers(params):
@@ -135,6 +139,7 @@ def _zero_last_layers(params):
     alone would too at init (running mean 0). Without BN (the lecture's MLP) W = b = 0 does.
     The rezero gate is left alone: 0 * gate = 0 for any gate.
     """
+
     def zero(path, leaf):
         keys = [str(getattr(p, "key", getattr(p, "idx", p))) for p in path]
         if "shortcut" not in keys and ("layer2" in keys or "norm2" in keys):
@@ -170,11 +175,15 @@ def _identity_arrays(graphdef, zero: bool, params, others, x):
         x = x.reshape(x.shape[0], -1)
     h = jax.nn.relu(net.stem_norm(net.stem(x), False))
     rows = []
-    for (_, block), (_, zblock) in zip(iter_blocks(net), iter_blocks(zeroed)):
+    for (_, block), (_, zblock) in zip(iter_blocks(net), iter_blocks(zeroed), strict=True):
         y, _ = zblock(h, False)
         f, _ = zblock.branch(h, False)
-        row = {"input_min": jnp.min(h).astype(jnp.float32), "input_norm": _fro(h), "output_norm": _fro(y),
-               "branch_max": jnp.max(jnp.abs(f)).astype(jnp.float32)}
+        row = {
+            "input_min": jnp.min(h).astype(jnp.float32),
+            "input_norm": _fro(h),
+            "output_norm": _fro(y),
+            "branch_max": jnp.max(jnp.abs(f)).astype(jnp.float32),
+        }
         if y.shape == h.shape:
             row["diff_input"] = jnp.max(jnp.abs(y.astype(jnp.float32) - h.astype(jnp.float32)))
         if zblock.shortcut is not None:
@@ -205,17 +214,26 @@ def identity_check(model, x: jax.Array, *, zero_branches: bool = True) -> list[d
     `zero_branches=False` runs the same comparison on the untouched net: a control.
     """
     graphdef, params, others = split_params(model)
-    arrays = jax.device_get(jax.jit(_identity_arrays, static_argnums=(0, 1))(graphdef, zero_branches, params,
-                                                                              others, x))
+    arrays = jax.device_get(
+        jax.jit(_identity_arrays, static_argnums=(0, 1))(graphdef, zero_branches, params, others, x)
+    )
     rows = []
     for (name, mode), a in zip(_block_modes(model), arrays, strict=True):
-        def get(key):
+
+        def get(key, a=a):
             return float(a[key]) if key in a else None
 
-        row = {"block": name, "mode": mode, "shortcut": SHORTCUT_LABEL[mode], "input_min": get("input_min"),
-               "max_abs_diff_input": get("diff_input"), "max_abs_diff_shortcut": get("diff_shortcut"),
-               "branch_max_abs": get("branch_max"), "output_norm": get("output_norm"),
-               "input_norm": get("input_norm")}
+        row = {
+            "block": name,
+            "mode": mode,
+            "shortcut": SHORTCUT_LABEL[mode],
+            "input_min": get("input_min"),
+            "max_abs_diff_input": get("diff_input"),
+            "max_abs_diff_shortcut": get("diff_shortcut"),
+            "branch_max_abs": get("branch_max"),
+            "output_norm": get("output_norm"),
+            "input_norm": get("input_norm"),
+        }
         diff_in, diff_ws = row["max_abs_diff_input"], row["max_abs_diff_shortcut"]
         if mode == "plain":
             row["holds"] = diff_in is not None and diff_in <= TOLERANCE
@@ -231,8 +249,9 @@ def identity_check(model, x: jax.Array, *, zero_branches: bool = True) -> list[d
             row["verdict"] = "relu(Ws a)" if row["holds"] else "NOT relu(Ws a)"
         else:  # option C where the shape does not change: relu(Ws a), which is not a
             row["holds"] = diff_in <= TOLERANCE
-            row["verdict"] = "identity" if row["holds"] else (
-                "relu(Ws a) != a" if diff_ws <= TOLERANCE else "NOT relu(Ws a)")
+            row["verdict"] = (
+                "identity" if row["holds"] else ("relu(Ws a) != a" if diff_ws <= TOLERANCE else "NOT relu(Ws a)")
+            )
         rows.append(row)
     return rows
 

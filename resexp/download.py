@@ -27,7 +27,7 @@ from pathlib import Path
 
 from resexp.errors import DataError
 
-__all__ = ["RemoteFile", "DOWNLOADS", "download", "load_manifest", "file_checksum", "TIMEOUT_S"]
+__all__ = ["DOWNLOADS", "TIMEOUT_S", "RemoteFile", "download", "file_checksum", "load_manifest"]
 
 TIMEOUT_S = 60.0  # per socket operation (connect, each read), not for the whole file
 _CHUNK = 1 << 20
@@ -97,9 +97,7 @@ def _check_hex(value: object, where: str) -> tuple[str, str]:
         v = value.strip().lower()
         if len(v) in _HEX_LEN and all(ch in "0123456789abcdef" for ch in v):
             return _HEX_LEN[len(v)], v
-    raise DataError(
-        f"{where}: {value!r} is not a checksum: give 64 hex digits (sha256) or 32 (md5)"
-    )
+    raise DataError(f"{where}: {value!r} is not a checksum: give 64 hex digits (sha256) or 32 (md5)")
 
 
 def load_manifest(path: str | Path) -> dict[str, str]:
@@ -117,9 +115,7 @@ def load_manifest(path: str | Path) -> dict[str, str]:
             '{"cifar-10-python.tar.gz": "<sha256 hex>"}'
         ) from None
     if not isinstance(data, dict):
-        raise DataError(
-            f"manifest {path} must be a JSON object of filename -> sha256, not a {type(data).__name__}"
-        )
+        raise DataError(f"manifest {path} must be a JSON object of filename -> sha256, not a {type(data).__name__}")
     for key, value in data.items():
         _check_hex(value, f"manifest {path}, entry {key!r}")
     return {str(k): str(v).strip().lower() for k, v in data.items()}
@@ -145,9 +141,7 @@ def _default_log(message: str) -> None:
     Console(stderr=True, highlight=False).print(message, markup=False)
 
 
-def _fetch(
-    url: str, part: Path, algorithm: str, progress: bool, label: str
-) -> tuple[str, int]:
+def _fetch(url: str, part: Path, algorithm: str, progress: bool, label: str) -> tuple[str, int]:
     """Stream `url` into `part`, hashing on the way: (hex digest, bytes). Raises on any failure."""
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     h = hashlib.new(algorithm, usedforsecurity=False)
@@ -242,9 +236,7 @@ def download(
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(
-            f"cannot create {target}: {e.strerror or e}: choose a writable folder with --dir"
-        ) from None
+        raise DataError(f"cannot create {target}: {e.strerror or e}: choose a writable folder with --dir") from None
 
     for remote in remotes:
         algorithm, expected, source = _expected(remote, manifest)
@@ -253,11 +245,9 @@ def download(
         if final.is_file():
             actual = file_checksum(final, algorithm)
             if actual == expected:
-                say(f"{remote.filename}: already present in {target}, {algorithm} verified; "
-                    "not downloading")
+                say(f"{remote.filename}: already present in {target}, {algorithm} verified; not downloading")
                 continue
-            say(f"{remote.filename}: present but its {algorithm} is {actual}, expected "
-                f"{expected}; downloading again")
+            say(f"{remote.filename}: present but its {algorithm} is {actual}, expected {expected}; downloading again")
         url = base + remote.filename
         say(f"{remote.filename}: downloading {url}")
         try:
@@ -281,8 +271,7 @@ def download(
             hint = (
                 "the manifest does not match what the mirror serves: fix the manifest"
                 if source == "manifest"
-                else "re-run to retry; for a mirror that repacks files pass --manifest FILE.json "
-                "with their sha256"
+                else "re-run to retry; for a mirror that repacks files pass --manifest FILE.json with their sha256"
             )
             raise DataError(
                 f"checksum mismatch for {remote.filename} from {url}: expected {algorithm} "

@@ -182,8 +182,9 @@ def plot_loss_vs_depth(report: Report, title: str) -> bytes:
         if len(x_ok) > 1:
             ax.fill_between(x_ok, lo, hi, color=st["color"], alpha=0.18, lw=0)
         else:
-            ax.errorbar(x_ok, m_ok, yerr=[[m - lo_ for m, lo_ in zip(m_ok, lo)], [h - m for m, h in zip(m_ok, hi)]],
-                        color=st["color"], capsize=3, lw=1)  # fmt: skip
+            below = [m - lo_ for m, lo_ in zip(m_ok, lo, strict=True)]
+            above = [h - m for m, h in zip(m_ok, hi, strict=True)]
+            ax.errorbar(x_ok, m_ok, yerr=[below, above], color=st["color"], capsize=3, lw=1)
         for c, x in zip(cells, xs, strict=True):
             if c.n_diverged:
                 any_diverged = True
@@ -360,8 +361,6 @@ def plot_residual_ratio_vs_wd(report: Report, title: str) -> bytes | None:
     return _png(fig)
 
 
-
-
 def plot_test_error_vs_paper(report: Report, comparison, title: str) -> bytes:
     """Test error (%) vs depth per group (mean ± std over seeds), the paper's points on top:
     black stars for its published numbers, a black bar for its mean ± std where it has one."""
@@ -372,8 +371,11 @@ def plot_test_error_vs_paper(report: Report, comparison, title: str) -> bytes:
     fig, (ax,) = _new_figure(7.5, 5.0)
     depths: set[float] = set()
     for gkey, cells in groups.items():
-        pts = [(float(c.key[DEPTH_KEY]), extra[id(c)]["test_error_mean"], extra[id(c)]["test_error_std"])
-               for c in cells if DEPTH_KEY in c.key and math.isfinite(extra[id(c)]["test_error_mean"])]
+        pts = [
+            (float(c.key[DEPTH_KEY]), extra[id(c)]["test_error_mean"], extra[id(c)]["test_error_std"])
+            for c in cells
+            if DEPTH_KEY in c.key and math.isfinite(extra[id(c)]["test_error_mean"])
+        ]
         if not pts:
             continue
         xs, ms, ss = zip(*pts, strict=True)
@@ -382,12 +384,28 @@ def plot_test_error_vs_paper(report: Report, comparison, title: str) -> bytes:
         ax.errorbar(xs, ms, yerr=ss, marker="o", ms=5, lw=1.8, capsize=3, label=label, **styles[gkey])
     rows = [r for r in comparison.reference.rows if r.depth in depths]
     if rows:
-        ax.plot([r.depth for r in rows], [r.error for r in rows], ls="", marker="*", ms=13, color="black",
-                label="He et al. 2016, Table 6" + (" (110: best of 5)" if any(r.mean is not None for r in rows) else ""))
+        ax.plot(
+            [r.depth for r in rows],
+            [r.error for r in rows],
+            ls="",
+            marker="*",
+            ms=13,
+            color="black",
+            label="He et al. 2016, Table 6" + (" (110: best of 5)" if any(r.mean is not None for r in rows) else ""),
+        )
         for r in rows:
             if r.mean is not None:
-                ax.errorbar([r.depth * 1.03], [r.mean], yerr=[r.std], marker="_", ms=12, color="black", capsize=4,
-                            lw=1.2, label=f"paper mean ± std ({r.runs} runs)")
+                ax.errorbar(
+                    [r.depth * 1.03],
+                    [r.mean],
+                    yerr=[r.std],
+                    marker="_",
+                    ms=12,
+                    color="black",
+                    capsize=4,
+                    lw=1.2,
+                    label=f"paper mean ± std ({r.runs} runs)",
+                )
     ticks = sorted(depths)
     if ticks and ticks[-1] / max(ticks[0], 1) > 20:
         ax.set_xscale("log")

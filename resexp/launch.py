@@ -17,6 +17,7 @@ The requeued task resumes from that checkpoint: the same numbers as an uninterru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,10 +28,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from resexp.errors import UserError
 from resexp.runs import FINAL, read_summary, write_json
@@ -64,7 +66,7 @@ class SlurmOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_flags(cls, *, slurm_args: list[str] | None = None, **flags) -> "SlurmOptions":
+    def from_flags(cls, *, slurm_args: list[str] | None = None, **flags) -> SlurmOptions:
         extra: dict[str, Any] = {}
         for text in slurm_args or []:
             key, eq, value = text.partition("=")
@@ -87,9 +89,15 @@ class SlurmOptions:
         """Every option resexp puts on the array's sbatch line, in sbatch's own names."""
         k = min(self.max_parallel or tasks, tasks) if tasks else 1
         opts: dict[str, Any] = {"job-name": f"resexp-{name}", "array": f"0-{max(tasks, 1) - 1}%{k}"}
-        for key, value in (("partition", self.partition), ("gres", f"gpu:{self.gpus_per_run}" if self.gpus_per_run else None),
-                           ("cpus-per-task", self.cpus_per_run), ("mem", self.mem), ("time", self.time),
-                           ("account", self.account), ("qos", self.qos)):
+        for key, value in (
+            ("partition", self.partition),
+            ("gres", f"gpu:{self.gpus_per_run}" if self.gpus_per_run else None),
+            ("cpus-per-task", self.cpus_per_run),
+            ("mem", self.mem),
+            ("time", self.time),
+            ("account", self.account),
+            ("qos", self.qos),
+        ):
             if value is not None:
                 opts[key] = value
         opts["signal"] = f"B:USR1@{self.grace_seconds()}"
@@ -137,24 +145,34 @@ def check_slurm(opts: SlurmOptions, tasks: int, name: str) -> None:
     """Refuse, with SLURM's own reason, what SLURM would refuse; nothing is submitted."""
     for tool in ("sbatch", "srun", "scontrol"):
         if shutil.which(tool) is None:
-            raise LaunchError(f"--launcher slurm: `{tool}` not found on PATH (run on a SLURM login node, "
-                              "or use --launcher local)")
+            raise LaunchError(
+                f"--launcher slurm: `{tool}` not found on PATH (run on a SLURM login node, or use --launcher local)"
+            )
     if opts.partition is not None:
         shown = _run(["scontrol", "show", "partition", opts.partition])
         if shown.returncode != 0:
             known = _run(["sinfo", "-h", "-o", "%R"]).stdout.split()
-            raise LaunchError(f"--partition {opts.partition}: no such partition"
-                              + (f" (this cluster has: {', '.join(sorted(set(known)))})" if known else ""))
+            raise LaunchError(
+                f"--partition {opts.partition}: no such partition"
+                + (f" (this cluster has: {', '.join(sorted(set(known)))})" if known else "")
+            )
     options = opts.sbatch_options(tasks, name)
-    test = ["sbatch", "--test-only", *(_flag(k, v) for k, v in options.items() if k not in ("signal", "open-mode")),
-            "--wrap", "true"]
+    test = [
+        "sbatch",
+        "--test-only",
+        *(_flag(k, v) for k, v in options.items() if k not in ("signal", "open-mode")),
+        "--wrap",
+        "true",
+    ]
     result = _run(test)
     if result.returncode != 0:
         lines = [ln.strip() for ln in (result.stderr or result.stdout).splitlines() if ln.strip()]
         reason = lines[-1] if lines else f"exit code {result.returncode}"
         reason = re.sub(r"^(sbatch: error: |allocation failure: )", "", reason)
-        raise LaunchError(f"--launcher slurm: SLURM refuses these resources: {reason} "
-                          f"(sbatch --test-only {' '.join(shlex.quote(a) for a in test[2:-2])})")
+        raise LaunchError(
+            f"--launcher slurm: SLURM refuses these resources: {reason} "
+            f"(sbatch --test-only {' '.join(shlex.quote(a) for a in test[2:-2])})"
+        )
 
 
 # --------------------------------------------------------------------------- inside the job
@@ -177,7 +195,7 @@ class _Signals:
             os._exit(128 + signum)
         self.requested = signum
 
-    def install(self) -> "_Signals":
+    def install(self) -> _Signals:
         for s in self.SIGNALS:
             signal.signal(s, self._handler)
         signal.signal(signal.SIGCONT, signal.SIG_DFL)  # submitit logs each SIGCONT SLURM sends with a signal
@@ -202,7 +220,7 @@ def _slot(folder: Path, slots: int, signals: _Signals) -> Iterator[bool]:
 
     while True:
         for i in range(slots):
-            fh = open(folder / f".slot{i}", "a")
+            fh = open(folder / f".slot{i}", "a")  # noqa: SIM115 - held open: the flock is the slot for the job's life
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -245,8 +263,9 @@ class CellJob:
                     os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
             outcomes = self._train(sweep_dir, job_id, restarts)
         statuses = {o.run_dir.name: o.summary.get("status") for o in outcomes}
-        if any(s == "interrupted" for s in statuses.values()) or \
-                (signals.requested is not None and any(s not in FINAL for s in statuses.values())):
+        if any(s == "interrupted" for s in statuses.values()) or (
+            signals.requested is not None and any(s not in FINAL for s in statuses.values())
+        ):
             return self._stop(signals.requested or signal.SIGTERM, job_id)
         return statuses
 
@@ -260,13 +279,21 @@ class CellJob:
 
         cfgs = [Config.model_validate(d) for d in self.cfgs]
         ids = [run_id(c) for c in cfgs]
-        steps = [max(Checkpoints(sweep_dir / r / "checkpoints").all_steps() or [0]) if (sweep_dir / r).exists() else 0
-                 for r in ids]
+        steps = [
+            max(Checkpoints(sweep_dir / r / "checkpoints").all_steps() or [0]) if (sweep_dir / r).exists() else 0
+            for r in ids
+        ]
         _log(f"job {job_id or os.getpid()} (restart {restarts}): {', '.join(ids)} from step {min(steps)}")
         extra = {"slurm_job_id": job_id, "restarts": restarts}
         try:
-            return train_runs(cfgs, sweep_dir, progress=False, sweep_keys=self.keys, extra_summary=extra,
-                              source=str(sweep_dir / FOLDER))
+            return train_runs(
+                cfgs,
+                sweep_dir,
+                progress=False,
+                sweep_keys=self.keys,
+                extra_summary=extra,
+                source=str(sweep_dir / FOLDER),
+            )
         except Exception as exc:
             _mark_failed(sweep_dir, ids, exc)
             raise
@@ -354,9 +381,14 @@ def _executor(launcher: str, folder: Path, opts: SlurmOptions, options: dict[str
     # no srun (a step would not get B: signals).
     ex = submitit.SlurmExecutor(folder=folder, python="exec " + shlex.quote(sys.executable))
     extra = {k: v for k, v in options.items() if k not in ("job-name", "array")}
-    ex.update_parameters(job_name=options["job-name"], use_srun=False, stderr_to_stdout=True,
-                         array_parallelism=int(options["array"].rsplit("%", 1)[1]), time=None,
-                         additional_parameters=extra)
+    ex.update_parameters(
+        job_name=options["job-name"],
+        use_srun=False,
+        stderr_to_stdout=True,
+        array_parallelism=int(options["array"].rsplit("%", 1)[1]),
+        time=None,
+        additional_parameters=extra,
+    )
     return ex
 
 
@@ -375,7 +407,7 @@ def _detached_stdio(log: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            for fd, copy in zip((0, 1, 2), saved):
+            for fd, copy in zip((0, 1, 2), saved, strict=True):
                 os.dup2(copy, fd)
                 os.close(copy)
             signal.signal(signal.SIGINT, old_int)
@@ -430,8 +462,19 @@ def _cell_ids(group) -> list[str]:
     return [c.run_id for c in group]
 
 
-def launch_sweep(groups: list, sweep_dir: Path, name: str, *, launcher: str, opts: SlurmOptions, wait: bool = True,
-                 dry_run: bool = False, console, err_console, grid_dir: Path | None = None) -> int:
+def launch_sweep(
+    groups: list,
+    sweep_dir: Path,
+    name: str,
+    *,
+    launcher: str,
+    opts: SlurmOptions,
+    wait: bool = True,
+    dry_run: bool = False,
+    console,
+    err_console,
+    grid_dir: Path | None = None,
+) -> int:
     """Submit the cells of `groups` that are not final; wait and report, or submit a report job.
 
     Returns the exit code: 0 all final, 130 cancelled or interrupted, 1 a cell failed.
@@ -440,25 +483,43 @@ def launch_sweep(groups: list, sweep_dir: Path, name: str, *, launcher: str, opt
     folder = sweep_dir / FOLDER
     record = _load_record(sweep_dir)
     todo, busy = [], []
-    queued = _squeue([record[r]["job_id"] for g in groups for r in _cell_ids(g)
-                      if r in record and record[r].get("launcher") == "slurm"]) if launcher == "slurm" else {}
+    queued = (
+        _squeue(
+            [
+                record[r]["job_id"]
+                for g in groups
+                for r in _cell_ids(g)
+                if r in record and record[r].get("launcher") == "slurm"
+            ]
+        )
+        if launcher == "slurm"
+        else {}
+    )
     for g in groups:
         ids = _cell_ids(g)
         if all(_is_final(sweep_dir / r) for r in ids):
             continue
         mine = [record.get(r, {}) for r in ids]
-        if any((m.get("launcher") == "slurm" and queued and m.get("job_id") in queued)
-               or (m.get("launcher") == "local" and m.get("pid") and _alive(m["pid"])) for m in mine):
+        if any(
+            (m.get("launcher") == "slurm" and queued and m.get("job_id") in queued)
+            or (m.get("launcher") == "local" and m.get("pid") and _alive(m["pid"]))
+            for m in mine
+        ):
             busy.append(g)  # still queued or running from an earlier submission: do not submit it twice
         else:
             todo.append(g)
     options = opts.sbatch_options(len(todo), name)
     if dry_run:
-        console.print(f"{name}: {len(todo)} cell(s) to submit ({sum(len(g) for g in todo)} runs), "
-                      f"{len(busy)} still queued, {len(groups) - len(todo) - len(busy)} final", highlight=False, soft_wrap=True)
+        console.print(
+            f"{name}: {len(todo)} cell(s) to submit ({sum(len(g) for g in todo)} runs), "
+            f"{len(busy)} still queued, {len(groups) - len(todo) - len(busy)} final",
+            highlight=False,
+            soft_wrap=True,
+        )
         if launcher == "slurm":
-            console.print(sbatch_command_line(options) + f"  # output: {folder}/%A_%a_0_log.out", highlight=False,
-                          soft_wrap=True)
+            console.print(
+                sbatch_command_line(options) + f"  # output: {folder}/%A_%a_0_log.out", highlight=False, soft_wrap=True
+            )
         for i, g in enumerate(todo):
             console.print(f"  task {i}: {', '.join(_cell_ids(g))}", highlight=False, soft_wrap=True)
         return 0
@@ -472,18 +533,30 @@ def launch_sweep(groups: list, sweep_dir: Path, name: str, *, launcher: str, opt
 
         locate(data_name, data_dir or default_data_dir())  # a missing dataset fails here, not in every job
     if not todo:
-        err_console.print(f"{name}: nothing to submit: {len(groups) - len(busy)} cell(s) final"
-                          + (f", {len(busy)} still queued or running" if busy else ""), highlight=False, soft_wrap=True)
+        err_console.print(
+            f"{name}: nothing to submit: {len(groups) - len(busy)} cell(s) final"
+            + (f", {len(busy)} still queued or running" if busy else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
         if busy and wait:
-            return _wait(launcher, [record[_cell_ids(g)[0]] for g in busy], busy, sweep_dir, name, err_console, console,
-                         grid_dir=grid_dir)
+            return _wait(
+                launcher,
+                [record[_cell_ids(g)[0]] for g in busy],
+                busy,
+                sweep_dir,
+                name,
+                err_console,
+                console,
+                grid_dir=grid_dir,
+            )
         if not busy:
             _report(sweep_dir, console, err_console, grid_dir)
         return 0
     folder.mkdir(parents=True, exist_ok=True)
     jobs = _submit(launcher, folder, opts, options, todo, sweep_dir)
     entries = []
-    for g, job in zip(todo, jobs):
+    for g, job in zip(todo, jobs, strict=True):
         entry = {"launcher": launcher, "job_id": str(job.job_id), "submitted": time.time()}
         if launcher == "local":
             entry["pid"] = int(job.job_id)
@@ -492,13 +565,20 @@ def launch_sweep(groups: list, sweep_dir: Path, name: str, *, launcher: str, opt
         entries.append(entry)
     write_json(folder / RECORD, record)
     array = str(jobs[0].job_id).split("_")[0]
-    what = f"array {array} ({len(todo)} tasks, {options['array'].rsplit('%', 1)[1]} at a time)" if launcher == "slurm" \
+    what = (
+        f"array {array} ({len(todo)} tasks, {options['array'].rsplit('%', 1)[1]} at a time)"
+        if launcher == "slurm"
         else f"{len(todo)} local jobs (pids {', '.join(str(j.job_id) for j in jobs)})"
+    )
     err_console.print(f"[bold]{name}[/]: submitted {what}; logs in {folder}", highlight=False, soft_wrap=True)
     if not wait:
         report_id = _submit_report(launcher, folder, opts, sweep_dir, array, [e.get("pid") for e in entries])
-        console.print(f"submitted: cells {array if launcher == 'slurm' else ' '.join(str(j.job_id) for j in jobs)}, "
-                      f"report {report_id} (after the cells); watch: resexp status {sweep_dir}", highlight=False, soft_wrap=True)
+        console.print(
+            f"submitted: cells {array if launcher == 'slurm' else ' '.join(str(j.job_id) for j in jobs)}, "
+            f"report {report_id} (after the cells); watch: resexp status {sweep_dir}",
+            highlight=False,
+            soft_wrap=True,
+        )
         return 0
     return _wait(launcher, entries, todo, sweep_dir, name, err_console, console, jobs=jobs, grid_dir=grid_dir)
 
@@ -507,21 +587,32 @@ def _submit(launcher: str, folder: Path, opts: SlurmOptions, options: dict, todo
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     slots = (opts.max_parallel or 1) if launcher == "local" else 0
     ex = _executor(launcher, folder, opts, options)
-    payloads = [CellJob([c.cfg.model_dump(mode="json") for c in g], [c.keys for c in g], str(sweep_dir), launcher,
-                        slots=slots, cuda_visible_devices=visible) for g in todo]
+    payloads = [
+        CellJob(
+            [c.cfg.model_dump(mode="json") for c in g],
+            [c.keys for c in g],
+            str(sweep_dir),
+            launcher,
+            slots=slots,
+            cuda_visible_devices=visible,
+        )
+        for g in todo
+    ]
     guard = _detached_stdio(folder / "local-controllers.log") if launcher == "local" else nullcontext()
     try:
-        with guard:
-            with ex.batch():
-                jobs = [ex.submit(p) for p in payloads]
+        with guard, ex.batch():
+            jobs = [ex.submit(p) for p in payloads]
     except Exception as exc:  # sbatch refused after all (a race with the checks): one line, exit 2
         text = str(exc).strip().splitlines()
-        raise LaunchError(f"--launcher {launcher}: submission failed: {text[-1] if text else type(exc).__name__}") from None
+        raise LaunchError(
+            f"--launcher {launcher}: submission failed: {text[-1] if text else type(exc).__name__}"
+        ) from None
     return jobs
 
 
-def _submit_report(launcher: str, folder: Path, opts: SlurmOptions, sweep_dir: Path, array: str,
-                   pids: list[int | None]) -> str:
+def _submit_report(
+    launcher: str, folder: Path, opts: SlurmOptions, sweep_dir: Path, array: str, pids: list[int | None]
+) -> str:
     import submitit
 
     if launcher == "local":
@@ -532,12 +623,21 @@ def _submit_report(launcher: str, folder: Path, opts: SlurmOptions, sweep_dir: P
         return str(job.job_id)
     ex = submitit.SlurmExecutor(folder=folder, python="exec " + shlex.quote(sys.executable))
     extra: dict[str, Any] = {"dependency": f"afterany:{array}", "kill-on-invalid-dep": "yes"}
-    for key, value in (("partition", opts.partition), ("account", opts.account), ("qos", opts.qos),
-                       ("time", opts.time)):
+    for key, value in (
+        ("partition", opts.partition),
+        ("account", opts.account),
+        ("qos", opts.qos),
+        ("time", opts.time),
+    ):
         if value is not None:
             extra[key] = value
-    ex.update_parameters(job_name=f"resexp-report-{sweep_dir.name}", use_srun=False, stderr_to_stdout=True, time=None,
-                         additional_parameters=extra)
+    ex.update_parameters(
+        job_name=f"resexp-report-{sweep_dir.name}",
+        use_srun=False,
+        stderr_to_stdout=True,
+        time=None,
+        additional_parameters=extra,
+    )
     try:
         return str(ex.submit(ReportJob(str(sweep_dir))).job_id)
     except Exception as exc:
@@ -552,8 +652,17 @@ class _Stop(Exception):
     pass
 
 
-def _wait(launcher: str, entries: list[dict], groups: list, sweep_dir: Path, name: str, err_console, console,
-          jobs: list | None = None, grid_dir: Path | None = None) -> int:
+def _wait(
+    launcher: str,
+    entries: list[dict],
+    groups: list,
+    sweep_dir: Path,
+    name: str,
+    err_console,
+    console,
+    jobs: list | None = None,
+    grid_dir: Path | None = None,
+) -> int:
     """Show each run as it becomes final; then report. Exit code as for a local sweep."""
     run_ids = [r for g in groups for r in _cell_ids(g)]
     job_ids = [e["job_id"] for e in entries]
@@ -590,13 +699,18 @@ def _wait(launcher: str, entries: list[dict], groups: list, sweep_dir: Path, nam
     unfinished = [r for r in run_ids if statuses[r] not in FINAL]
     if not unfinished:
         return 0
-    cancelled = any(s.startswith("CANCELLED") for s in final_states.values()) or \
-        (not final_states and any(statuses[r] == "interrupted" for r in unfinished))
-    by_run = {r: e["job_id"] for e, g in zip(entries, groups) for r in _cell_ids(g)}
+    cancelled = any(s.startswith("CANCELLED") for s in final_states.values()) or (
+        not final_states and any(statuses[r] == "interrupted" for r in unfinished)
+    )
+    by_run = {r: e["job_id"] for e, g in zip(entries, groups, strict=True) for r in _cell_ids(g)}
     for r in unfinished:
         state = final_states.get(by_run[r], "")
-        err_console.print(f"{statuses[r] or 'not started'}{f' ({state})' if state else ''}: {r}; "
-                          f"log: {_log_path(sweep_dir, launcher, by_run[r])}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"{statuses[r] or 'not started'}{f' ({state})' if state else ''}: {r}; "
+            f"log: {_log_path(sweep_dir, launcher, by_run[r])}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if cancelled:
         err_console.print(f"cancelled: re-run the same command to resume {len(unfinished)} run(s)")
         return 130
@@ -612,12 +726,17 @@ def _any_active(launcher: str, job_ids: list[str], jobs: list | None) -> bool:
     return any(j in queued for j in job_ids)
 
 
-def _stop_waiting(launcher: str, signum: int, job_ids: list[str], jobs: list | None, err_console,
-                  sweep_dir: Path) -> int:
+def _stop_waiting(
+    launcher: str, signum: int, job_ids: list[str], jobs: list | None, err_console, sweep_dir: Path
+) -> int:
     if launcher == "slurm":
         arrays = " ".join(sorted({j.split("_")[0] for j in job_ids}))
-        err_console.print(f"stopped waiting; the jobs keep running (scancel {arrays} stops them). "
-                          f"Watch: resexp status {sweep_dir}; report: resexp report {sweep_dir}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"stopped waiting; the jobs keep running (scancel {arrays} stops them). "
+            f"Watch: resexp status {sweep_dir}; report: resexp report {sweep_dir}",
+            highlight=False,
+            soft_wrap=True,
+        )
         return 130
     # Local jobs are this machine's processes: stop them (each checkpoints its chunk), leave no orphans.
     # A terminal's Ctrl-C reached them already: give them a moment; otherwise (or `kill PID`) forward SIGTERM.
@@ -633,10 +752,8 @@ def _stop_waiting(launcher: str, signum: int, job_ids: list[str], jobs: list | N
     for sig, grace in ((signal.SIGTERM, 60), (signal.SIGKILL, 5)):
         for pid in pids:
             if _alive(pid):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
         wait_for(grace)
     err_console.print("interrupted: the runs saved a checkpoint; re-run the same command to resume")
     return 130
@@ -668,8 +785,16 @@ def sweep_status(sweep_dir: Path) -> list[dict]:
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir}: not a sweep directory")
     record = _load_record(sweep_dir)
-    run_ids = sorted({p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-                      and ((p / "summary.json").exists() or (p / "config.yaml").exists())} | set(record))
+    run_ids = sorted(
+        {
+            p.name
+            for p in sweep_dir.iterdir()
+            if p.is_dir()
+            and not p.name.startswith(".")
+            and ((p / "summary.json").exists() or (p / "config.yaml").exists())
+        }
+        | set(record)
+    )
     slurm_ids = [e["job_id"] for e in record.values() if e.get("launcher") == "slurm"]
     queued = _squeue(slurm_ids) or {}
     finished = _sacct([j for j in slurm_ids if j not in queued]) if slurm_ids else {}
@@ -685,8 +810,17 @@ def sweep_status(sweep_dir: Path) -> list[dict]:
         elif e.get("launcher") == "local" and e.get("pid"):
             state = "RUNNING" if _alive(e["pid"]) else "ENDED"
         status = s.get("status") or ("queued" if state in ("PENDING", "RUNNING") else "not started")
-        rows.append({"run_id": r, "status": status, "steps": s.get("steps"), "total_steps": s.get("total_steps"),
-                     "job_id": job, "job_state": state, "restarts": s.get("restarts")})
+        rows.append(
+            {
+                "run_id": r,
+                "status": status,
+                "steps": s.get("steps"),
+                "total_steps": s.get("total_steps"),
+                "job_id": job,
+                "job_state": state,
+                "restarts": s.get("restarts"),
+            }
+        )
     return rows
 
 
@@ -696,9 +830,14 @@ def print_status(sweep_dir: Path, console) -> None:
         raise UserError(f"{sweep_dir}: no runs and no submitted cells")
     width = max(len(r["run_id"]) for r in rows)
     for r in rows:
-        step = f"{r['steps'] if r['steps'] is not None else '-'}/{r['total_steps'] if r['total_steps'] is not None else '-'}"
+        done, total = (r[k] if r[k] is not None else "-" for k in ("steps", "total_steps"))
+        step = f"{done}/{total}"
         job = r["job_id"] or "-"
         if r["job_state"]:
             job += f" ({r['job_state']})"
-        console.print(f"{r['run_id']:<{width}}  {r['status']:<11}  step {step:<11}  job {job:<22}  "
-                      f"restarts {r['restarts'] if r['restarts'] is not None else '-'}", highlight=False, soft_wrap=True)
+        console.print(
+            f"{r['run_id']:<{width}}  {r['status']:<11}  step {step:<11}  job {job:<22}  "
+            f"restarts {r['restarts'] if r['restarts'] is not None else '-'}",
+            highlight=False,
+            soft_wrap=True,
+        )

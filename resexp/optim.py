@@ -23,8 +23,7 @@ def lr_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
         main = optax.constant_schedule(cfg.lr)
     elif cfg.schedule == "step":
         # Boundaries are absolute steps; the warmup shifts the main schedule's clock.
-        main = optax.piecewise_constant_schedule(
-            cfg.lr, {max(b - ramp, 0): cfg.decay_factor for b in cfg.boundaries})
+        main = optax.piecewise_constant_schedule(cfg.lr, {max(b - ramp, 0): cfg.decay_factor for b in cfg.boundaries})
     else:
         main = optax.cosine_decay_schedule(cfg.lr, max(total_steps - ramp, 1))
     if not ramp:
@@ -88,6 +87,7 @@ def learning_rate(cfg: OptimConfig, schedule: optax.Schedule, step: int, warmup_
 
 def decay_mask(params, decay_all: bool):
     """True where weight decay applies: every leaf, or only conv/dense kernels."""
+
     def is_kernel(path, _leaf) -> bool:
         return decay_all or any(getattr(p, "key", None) == "kernel" for p in path)
 

@@ -39,7 +39,9 @@ class PaperRow:
 
     @property
     def shown(self) -> str:
-        return f"{self.error:.2f} (best; {self.mean:.2f}±{self.std:.2f})" if self.mean is not None else f"{self.error:.2f}"
+        return (
+            f"{self.error:.2f} (best; {self.mean:.2f}±{self.std:.2f})" if self.mean is not None else f"{self.error:.2f}"
+        )
 
 
 @dataclass(frozen=True)
@@ -80,12 +82,27 @@ HE2016_TABLE6 = Reference(
         PaperRow("ResNet", 1202, 7.93, "19.4M"),
     ),
     claims=(
-        Claim("plain nets: test error rises with depth (20 < 32 < 44 < 56)", "Fig. 6 left", "plain", "rises",
-              (20, 32, 44, 56)),
-        Claim("ResNets: test error falls with depth up to 110 (20 > 32 > 44 > 56 > 110)", "Fig. 6 middle, Table 6",
-              "ResNet", "falls", (20, 32, 44, 56, 110)),
-        Claim("ResNet-1202 is worse than ResNet-110 (overfitting)", "Fig. 6 right, Table 6", "ResNet", "worse_deeper",
-              (110, 1202)),
+        Claim(
+            "plain nets: test error rises with depth (20 < 32 < 44 < 56)",
+            "Fig. 6 left",
+            "plain",
+            "rises",
+            (20, 32, 44, 56),
+        ),
+        Claim(
+            "ResNets: test error falls with depth up to 110 (20 > 32 > 44 > 56 > 110)",
+            "Fig. 6 middle, Table 6",
+            "ResNet",
+            "falls",
+            (20, 32, 44, 56, 110),
+        ),
+        Claim(
+            "ResNet-1202 is worse than ResNet-110 (overfitting)",
+            "Fig. 6 right, Table 6",
+            "ResNet",
+            "worse_deeper",
+            (110, 1202),
+        ),
         Claim("at equal depth, the ResNet beats the plain net", "Fig. 6", "ResNet", "res_beats_plain"),
     ),
     default_std=0.16,
@@ -97,8 +114,15 @@ REFERENCES: dict[str, Reference] = {HE2016_TABLE6.name: HE2016_TABLE6}
 # ----------------------------------------------------------------------------- the comparison
 
 
-COLUMNS = ("paper_test_error", "paper_test_error_mean", "paper_test_error_std", "test_error_mean",
-           "test_error_std", "diff_vs_paper", "within_paper_spread")
+COLUMNS = (
+    "paper_test_error",
+    "paper_test_error_mean",
+    "paper_test_error_std",
+    "test_error_mean",
+    "test_error_std",
+    "diff_vs_paper",
+    "within_paper_spread",
+)
 
 
 @dataclass
@@ -116,7 +140,7 @@ class Comparison:
             "reference": self.reference.name,
             "citation": self.reference.citation,
             "within": f"|yours - paper| <= {SPREAD_MULTIPLE:g} x paper std (ResNet-110's "
-                      f"{self.reference.default_std} pt where the paper gives none)",
+            f"{self.reference.default_std} pt where the paper gives none)",
             "claims": [{"claim": c.text, "source": c.source, "verdict": v} for c, v in self.verdicts],
         }
 
@@ -125,12 +149,23 @@ class Comparison:
         from rich import box
         from rich.table import Table
 
-        t = Table(title=f"vs {self.reference.citation}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                  caption=f"yours: mean±std (ddof=1) of test error over completed seeds; within: |diff| <= "
-                          f"{SPREAD_MULTIPLE:g}× the paper's std ({self.reference.default_std} pt where it gives none)",
-                  caption_justify="left")
-        for name, justify in (("net", "left"), ("paper %", "right"), ("yours %", "right"), ("n", "right"),
-                              ("diff pt", "right"), ("within", "left")):
+        t = Table(
+            title=f"vs {self.reference.citation}",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            caption=f"yours: mean±std (ddof=1) of test error over completed seeds; within: |diff| <= "
+            f"{SPREAD_MULTIPLE:g}× the paper's std ({self.reference.default_std} pt where it gives none)",
+            caption_justify="left",
+        )
+        for name, justify in (
+            ("net", "left"),
+            ("paper %", "right"),
+            ("yours %", "right"),
+            ("n", "right"),
+            ("diff pt", "right"),
+            ("within", "left"),
+        ):
             t.add_column(name, justify=justify, no_wrap=True)
         for label, extra in zip(self.labels, self.per_cell, strict=True):
             shown = extra.get("_paper_shown", "-")
@@ -138,8 +173,14 @@ class Comparison:
             yours = "-" if not math.isfinite(mean) else f"{mean:.2f}±{std:.2f}" if n > 1 else f"{mean:.2f}"
             diff = extra["diff_vs_paper"]
             within = extra["within_paper_spread"]
-            t.add_row(label, shown, yours, str(n), "-" if diff is None else f"{diff:+.2f}",
-                      "-" if within is None else "[green]yes[/]" if within else "[red]no[/]")
+            t.add_row(
+                label,
+                shown,
+                yours,
+                str(n),
+                "-" if diff is None else f"{diff:+.2f}",
+                "-" if within is None else "[green]yes[/]" if within else "[red]no[/]",
+            )
         return t
 
     def print(self, console) -> None:
@@ -184,21 +225,35 @@ def compare(report) -> Comparison | None:
         errors = [100 * (1 - r.metric("eval_accuracy")) for r in c.completed]
         mean, std = mean_std(errors)
         n = sum(math.isfinite(e) for e in errors)
-        extra: dict[str, Any] = {"test_error_mean": mean, "test_error_std": std, "_n": n,
-                                 "paper_test_error": None, "paper_test_error_mean": None,
-                                 "paper_test_error_std": None, "diff_vs_paper": None, "within_paper_spread": None}
+        extra: dict[str, Any] = {
+            "test_error_mean": mean,
+            "test_error_std": std,
+            "_n": n,
+            "paper_test_error": None,
+            "paper_test_error_mean": None,
+            "paper_test_error_std": None,
+            "diff_vs_paper": None,
+            "within_paper_spread": None,
+        }
         row = ref.row(net, depth)
         if row is not None:
-            extra.update(paper_test_error=row.error, paper_test_error_mean=row.mean, paper_test_error_std=row.std,
-                         _paper_shown=row.shown, _row=row)
+            extra.update(
+                paper_test_error=row.error,
+                paper_test_error_mean=row.mean,
+                paper_test_error_std=row.std,
+                _paper_shown=row.shown,
+                _row=row,
+            )
             if math.isfinite(mean):
                 diff = mean - row.compare_to
                 spread = row.std if row.std is not None else ref.default_std
                 extra.update(diff_vs_paper=round(diff, 4), within_paper_spread=abs(diff) <= SPREAD_MULTIPLE * spread)
             projections = {r.config("model.projection") for r in c.runs}
             if projections != {ref.projection}:
-                notes.append(f"{labels[-1]}: projection {', '.join(map(str, projections))}; the paper's "
-                             f"CIFAR-10 nets use {ref.projection} (option A)")
+                notes.append(
+                    f"{labels[-1]}: projection {', '.join(map(str, projections))}; the paper's "
+                    f"CIFAR-10 nets use {ref.projection} (option A)"
+                )
         if n and isinstance(depth, int):
             by_net_depth[(net, depth)] = mean
         per_cell.append(extra)
@@ -218,7 +273,9 @@ def _verdict(claim: Claim, errors: dict[tuple[str, int], float]) -> str:
     if len(have) < 2:
         return f"not testable: needs {claim.net} at two of depths {', '.join(map(str, claim.depths))}"
     values = [errors[(claim.net, d)] for d in have]
-    pairs = list(zip(zip(have, values), zip(have[1:], values[1:])))
+    pairs = list(
+        zip(zip(have, values, strict=True), zip(have[1:], values[1:], strict=True), strict=False)
+    )  # consecutive pairs
     if claim.kind == "rises":
         bad = [(a, b) for a, b in pairs if not b[1] > a[1]]
     else:  # "falls", "worse_deeper": the deeper net has lower / higher error

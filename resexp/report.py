@@ -54,14 +54,14 @@ from resexp.tblog import (
 
 __all__ = [
     "AGGREGATE_METRICS",
-    "Cell",
     "REPORT_SUFFIX",
+    "Cell",
     "Report",
     "RunRecord",
     "build_report",
     "build_reports",
-    "group_label",
     "group_dirname",
+    "group_label",
 ]
 
 REPORT_SUFFIX = ".resexp-report"
@@ -301,8 +301,9 @@ _OPTIONS = {"zero_pad": "A", "learned": "B", "learned_all": "C", "a": "A", "b": 
 
 
 def _net_name(runs: Sequence[RunRecord], group: Mapping[str, Any]) -> str:
-    """"plain" / "ResNet" (CNN) or "plain-MLP" / "ResMLP", from the shortcut and
+    """ "plain" / "ResNet" (CNN) or "plain-MLP" / "ResMLP", from the shortcut and
     kind keys (swept, else the runs' config)."""
+
     def values(key: str) -> set:
         return {group[key]} if key in group else {r.config(key) for r in runs}
 
@@ -462,8 +463,10 @@ def _grid_runs(grid: Grid, runs: Mapping[str, RunRecord], notes: list[str]) -> l
     ids = list(runs) if grid.run_ids is None else grid.run_ids
     missing = [rid for rid in ids if rid not in runs]
     if missing:
-        notes.append(f"{len(missing)} of this grid's {len(ids)} runs have no summary yet (not started): "
-                     f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
+        notes.append(
+            f"{len(missing)} of this grid's {len(ids)} runs have no summary yet (not started): "
+            f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
+        )
     return [replace(runs[rid], keys={k: _swept_value(runs[rid], k) for k in grid.axes}) for rid in ids if rid in runs]
 
 
@@ -696,21 +699,35 @@ def _check_sweep_dir(sweep_dir: Path) -> None:
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir}: not a sweep directory")
     if (sweep_dir / "summary.json").is_file():
-        raise UserError(f"{sweep_dir}: this is a run directory; pass its sweep directory "
-                        f"(resexp report {sweep_dir.parent})")
+        raise UserError(
+            f"{sweep_dir}: this is a run directory; pass its sweep directory (resexp report {sweep_dir.parent})"
+        )
     from resexp.sweep import MANIFEST
 
-    sweeps = sorted(c.name for c in sweep_dir.iterdir() if c.is_dir() and not c.name.startswith(".")
-                    and c.name not in (VS_DEPTH_DIR, GRIDS_DIR, ANALYSIS_VS_DEPTH_DIR)
-                    and not (c / "summary.json").exists()
-                    and ((c / MANIFEST).is_file() or any(c.glob("*/summary.json"))))
+    sweeps = sorted(
+        c.name
+        for c in sweep_dir.iterdir()
+        if c.is_dir()
+        and not c.name.startswith(".")
+        and c.name not in (VS_DEPTH_DIR, GRIDS_DIR, ANALYSIS_VS_DEPTH_DIR)
+        and not (c / "summary.json").exists()
+        and ((c / MANIFEST).is_file() or any(c.glob("*/summary.json")))
+    )
     if sweeps:
-        raise UserError(f"{sweep_dir}: holds sweep directories ({', '.join(sweeps)}), not runs; pass one of them "
-                        f"(e.g. resexp report {sweep_dir / sweeps[0]})")
+        raise UserError(
+            f"{sweep_dir}: holds sweep directories ({', '.join(sweeps)}), not runs; pass one of them "
+            f"(e.g. resexp report {sweep_dir / sweeps[0]})"
+        )
 
 
-def _build_grid(sweep_dir: Path, grid: Grid, runs: Mapping[str, RunRecord], notes: list[str],
-                write_tensorboard: bool, shown: dict[str, set]) -> Report:
+def _build_grid(
+    sweep_dir: Path,
+    grid: Grid,
+    runs: Mapping[str, RunRecord],
+    notes: list[str],
+    write_tensorboard: bool,
+    shown: dict[str, set],
+) -> Report:
     """Aggregate, tabulate and draw one grid, writing its files beside its manifest."""
     out_dir = grid.report_dir
     grid_runs = _grid_runs(grid, runs, notes)
@@ -728,7 +745,7 @@ def _build_grid(sweep_dir: Path, grid: Grid, runs: Mapping[str, RunRecord], note
         row["status"] = r.status
         for m in ROW_METRICS:
             v = r.summary.get(m)
-            row[m] = v if v is None or isinstance(v, (int, str)) and not isinstance(v, bool) else _num(v)
+            row[m] = v if v is None or (isinstance(v, (int, str)) and not isinstance(v, bool)) else _num(v)
         rows.append(row)
     # Headline numbers of the "why" analyses (`resexp analyze`), where their cached results exist.
     from resexp.analysis import HEADLINE, headline_metrics
@@ -766,7 +783,8 @@ def _build_grid(sweep_dir: Path, grid: Grid, runs: Mapping[str, RunRecord], note
         from resexp.figures import plot_test_error_vs_paper
 
         figures["test_error_vs_paper.png"] = plot_test_error_vs_paper(
-            report, comparison, f"{grid.name}: test error vs {comparison.reference.name}")
+            report, comparison, f"{grid.name}: test error vs {comparison.reference.name}"
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     row_cols = ["run_id", *swept, "status", *ROW_METRICS, *analysis_cols]
@@ -775,7 +793,9 @@ def _build_grid(sweep_dir: Path, grid: Grid, runs: Mapping[str, RunRecord], note
     agg_rows = [c.as_row() for c in cells]
     for c, row in zip(cells, agg_rows, strict=True):  # analysis columns: mean and std over completed seeds
         for col in analysis_cols:
-            row[f"{col}_mean"], row[f"{col}_std"] = mean_std([analysis[r.run_id].get(col, math.nan) for r in c.completed])
+            row[f"{col}_mean"], row[f"{col}_std"] = mean_std(
+                [analysis[r.run_id].get(col, math.nan) for r in c.completed]
+            )
     agg_cols = [*cell_keys, "n_runs", "n_diverged"]
     agg_cols += [f"{m}_{s}" for m in (*AGGREGATE_METRICS, *analysis_cols) for s in ("mean", "std")]
     agg_cols += ["params", "wall_seconds_mean", "run_ids"]
@@ -810,8 +830,9 @@ def _build_grid(sweep_dir: Path, grid: Grid, runs: Mapping[str, RunRecord], note
     return report
 
 
-def build_reports(sweep_dir: Path | str, *, console: Console | None = None, write_tensorboard: bool = True,
-                  show: Path | None = None) -> list[Report]:
+def build_reports(
+    sweep_dir: Path | str, *, console: Console | None = None, write_tensorboard: bool = True, show: Path | None = None
+) -> list[Report]:
     """Rebuild the report of every grid swept into `sweep_dir` (and its HParams dashboard).
 
     Idempotent: every output is replaced, the runs' own files are never touched (the only
@@ -830,8 +851,14 @@ def build_reports(sweep_dir: Path | str, *, console: Console | None = None, writ
     grids = read_grids(sweep_dir)
     if not grids:  # runs of `resexp train`, or an older resexp: the directory is one grid
         names = [(r.summary.get("sweep") or {}).get("name") for r in runs.values()]
-        grids = [Grid(sweep_dir, next((n for n in names if n), sweep_dir.name),
-                      _inferred_axes(list(runs.values()), load_notes), None)]
+        grids = [
+            Grid(
+                sweep_dir,
+                next((n for n in names if n), sweep_dir.name),
+                _inferred_axes(list(runs.values()), load_notes),
+                None,
+            )
+        ]
     if write_tensorboard:
         _clear_report_events(sweep_dir)
     reports = []
@@ -851,13 +878,19 @@ def build_reports(sweep_dir: Path | str, *, console: Console | None = None, writ
             report.comparison.print(console)
         for note in report.notes:
             console.print(f"[yellow]note:[/] {note}", highlight=False)
-        console.print(f"[dim]wrote {', '.join(p.name for p in report.paths.values())} in {report.report_dir}[/]",
-                      highlight=False)
+        console.print(
+            f"[dim]wrote {', '.join(p.name for p in report.paths.values())} in {report.report_dir}[/]", highlight=False
+        )
     return reports
 
 
-def build_report(sweep_dir: Path | str, *, console: Console | None = None, write_tensorboard: bool = True,
-                 grid_dir: Path | None = None) -> Report:
+def build_report(
+    sweep_dir: Path | str,
+    *,
+    console: Console | None = None,
+    write_tensorboard: bool = True,
+    grid_dir: Path | None = None,
+) -> Report:
     """`build_reports`, printing and returning one grid's report: the one whose report directory
     is `grid_dir` (a sweep's own grid), by default the directory's first grid."""
     want = Path(grid_dir or sweep_dir).resolve()

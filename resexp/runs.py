@@ -32,8 +32,10 @@ def exit_code(status: str | None) -> int:
 
 def seed_configs(cfg: Config) -> list[Config]:
     """`train.vmap_seeds: S` -> S single-seed configs, seeds seed..seed+S-1 (one run each)."""
-    return [cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": cfg.train.seed + i, "vmap_seeds": 1})})
-            for i in range(cfg.train.vmap_seeds)]
+    return [
+        cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": cfg.train.seed + i, "vmap_seeds": 1})})
+        for i in range(cfg.train.vmap_seeds)
+    ]
 
 
 def finished_runs(cfg: Config, out: Path) -> list[tuple[Path, dict]] | None:
@@ -99,16 +101,20 @@ def prepare_run_dir(run_dir: Path, cfg: Config) -> None:
     existing = run_dir / "config.yaml"
     text = dump_yaml(cfg)
     if existing.exists():
-        from resexp.config import Config as _C, identity_dict
         import yaml
+
+        from resexp.config import Config as _C
+        from resexp.config import identity_dict
 
         try:
             old = _C.model_validate(yaml.safe_load(existing.read_text()))
         except Exception:
             old = None
         if old is None or identity_dict(old) != identity_dict(cfg):
-            raise RunError(f"{existing}: belongs to a different config; refusing to overwrite it "
-                           "(move the directory away or choose another --out)")
+            raise RunError(
+                f"{existing}: belongs to a different config; refusing to overwrite it "
+                "(move the directory away or choose another --out)"
+            )
         return
     write_atomic(existing, text)
 
@@ -184,7 +190,7 @@ class RunLock:
                 self.path.unlink(missing_ok=True)
             self.held = False
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, *exc: object) -> None:

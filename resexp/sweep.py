@@ -15,15 +15,16 @@ claimed with an atomic lock before it is trained.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import multiprocessing
 import os
 import re
-import sys
-import time
 import signal
+import sys
 import threading
+import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ def expand_grid(cfg: Config, extra_axes: dict[str, list[Any]] | None = None, sou
     keys = list(axes)
     cells, seen = [], set()
     for values in itertools.product(*(axes[k] for k in keys)):
-        updates = dict(zip(keys, values))
+        updates = dict(zip(keys, values, strict=True))
         try:
             cell_cfg = apply_overrides(cfg, with_updates(base, updates, source=source), source)
         except ConfigError as exc:
@@ -130,8 +131,9 @@ def _grid_slug(extra_axes: dict[str, list[Any]], run_ids: list[str]) -> str:
     return f"{text}-{digest}" if text else f"grid-{digest}"
 
 
-def record_grid(sweep_dir: Path, name: str, axes: dict[str, list[Any]], extra_axes: dict[str, list[Any]],
-                cells: list[Cell]) -> Manifest:
+def record_grid(
+    sweep_dir: Path, name: str, axes: dict[str, list[Any]], extra_axes: dict[str, list[Any]], cells: list[Cell]
+) -> Manifest:
     """The manifest of this grid in `sweep_dir`: an existing one with the same cells, else a new one
     (the directory's first grid at its top, any other in ``grids/<slug>/``)."""
     run_ids = sorted(c.run_id for c in cells)
@@ -143,8 +145,16 @@ def record_grid(sweep_dir: Path, name: str, axes: dict[str, list[Any]], extra_ax
         path = sweep_dir / GRIDS_DIR / _grid_slug(extra_axes, run_ids) / MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
     ids = [c.run_id for c in cells]
-    write_json(path, {"name": name, "axes": axes, "run_ids": ids, "command": " ".join(["resexp", *sys.argv[1:]]),
-                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_json(
+        path,
+        {
+            "name": name,
+            "axes": axes,
+            "run_ids": ids,
+            "command": " ".join(["resexp", *sys.argv[1:]]),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
     return Manifest(path, name, axes, ids)
 
 
@@ -182,7 +192,7 @@ def group_seeds(cells: list[Cell], size: int) -> list[list[Cell]]:
         buckets.setdefault(repr(sorted(other.items(), key=lambda kv: kv[0])), []).append(c)
     groups = []
     for members in buckets.values():
-        groups += [members[i:i + size] for i in range(0, len(members), size)]
+        groups += [members[i : i + size] for i in range(0, len(members), size)]
     return groups
 
 
@@ -191,10 +201,16 @@ def _train_group(cells: list[Cell], sweep_dir: Path, progress: bool) -> list[dic
     from resexp.train import train_runs
 
     try:
-        outcomes = train_runs([c.cfg for c in cells], sweep_dir, progress=progress,
-                              sweep_keys=[c.keys for c in cells])
-        return [{"run_id": o.run_dir.name, "status": o.summary.get("status"), "skipped": o.skipped,
-                 "final_train_loss": o.summary.get("final_train_loss")} for o in outcomes]
+        outcomes = train_runs([c.cfg for c in cells], sweep_dir, progress=progress, sweep_keys=[c.keys for c in cells])
+        return [
+            {
+                "run_id": o.run_dir.name,
+                "status": o.summary.get("status"),
+                "skipped": o.skipped,
+                "final_train_loss": o.summary.get("final_train_loss"),
+            }
+            for o in outcomes
+        ]
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # record and carry on: one broken cell must not stop the grid
@@ -204,14 +220,21 @@ def _train_group(cells: list[Cell], sweep_dir: Path, progress: bool) -> list[dic
             run_dir = sweep_dir / c.run_id
             summary = read_summary(run_dir) or {}
             if summary.get("status") not in ("completed", "diverged") and run_dir.exists():
-                summary.update({"run_id": c.run_id, "status": "failed", "error": message,
-                                "config": c.cfg.model_dump(mode="json"),
-                                "sweep": {"name": c.cfg.name, "keys": c.keys}})
+                summary.update(
+                    {
+                        "run_id": c.run_id,
+                        "status": "failed",
+                        "error": message,
+                        "config": c.cfg.model_dump(mode="json"),
+                        "sweep": {"name": c.cfg.name, "keys": c.keys},
+                    }
+                )
                 if not isinstance(exc, UserError):
                     summary["traceback"] = traceback.format_exc()
                 write_json(run_dir / "summary.json", summary)
-            results.append({"run_id": c.run_id, "status": summary.get("status", "failed"), "skipped": False,
-                            "error": message})
+            results.append(
+                {"run_id": c.run_id, "status": summary.get("status", "failed"), "skipped": False, "error": message}
+            )
         return results
 
 
@@ -220,7 +243,7 @@ def _worker(payload: tuple[list[dict], list[dict], str]) -> list[dict]:
 
     configure_jax()
     cfg_dicts, keys, sweep_dir = payload
-    cells = [Cell(Config.model_validate(d), k) for d, k in zip(cfg_dicts, keys)]
+    cells = [Cell(Config.model_validate(d), k) for d, k in zip(cfg_dicts, keys, strict=True)]
     return _train_group(cells, Path(sweep_dir), progress=False)
 
 
@@ -234,10 +257,8 @@ class _forward_sigterm:
 
     def _handler(self, signum, _frame) -> None:
         for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
-            try:
+            with contextlib.suppress(ProcessLookupError, OSError):
                 os.kill(proc.pid, signal.SIGTERM)
-            except (ProcessLookupError, OSError):
-                pass
         raise KeyboardInterrupt
 
     def __enter__(self):
@@ -250,8 +271,9 @@ class _forward_sigterm:
             signal.signal(signal.SIGTERM, self.previous)
 
 
-def run_sweep(groups: list[list[Cell]], sweep_dir: Path, *, jobs: int = 1, progress: bool = True,
-              console=None) -> list[dict]:
+def run_sweep(
+    groups: list[list[Cell]], sweep_dir: Path, *, jobs: int = 1, progress: bool = True, console=None
+) -> list[dict]:
     """Train every group (skipping finished runs), `jobs` at a time; returns one result per run."""
     results: list[dict] = []
     total = sum(len(g) for g in groups)
@@ -261,8 +283,11 @@ def run_sweep(groups: list[list[Cell]], sweep_dir: Path, *, jobs: int = 1, progr
         for r in done:
             results.append(r)
             if console is not None:
-                console.print(f"[{len(results)}/{total}] {r['run_id']}: {r['status']}"
-                              + (" (already done)" if r.get("skipped") else ""), highlight=False)
+                console.print(
+                    f"[{len(results)}/{total}] {r['run_id']}: {r['status']}"
+                    + (" (already done)" if r.get("skipped") else ""),
+                    highlight=False,
+                )
 
     if jobs <= 1:
         for group in groups:
@@ -273,8 +298,10 @@ def run_sweep(groups: list[list[Cell]], sweep_dir: Path, *, jobs: int = 1, progr
         return results
     ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool, _forward_sigterm(pool):
-        futures = [pool.submit(_worker, ([c.cfg.model_dump(mode="json") for c in g], [c.keys for c in g],
-                                         str(sweep_dir))) for g in groups]
+        futures = [
+            pool.submit(_worker, ([c.cfg.model_dump(mode="json") for c in g], [c.keys for c in g], str(sweep_dir)))
+            for g in groups
+        ]
         try:
             for fut in as_completed(futures):
                 done = fut.result()

@@ -54,12 +54,20 @@ def tiny_config(tmp_path: Path) -> Path:
     return write_config(tmp_path / "tiny.yaml", TINY)
 
 
-def run_cli(*args: str | Path, cwd: Path | None = None, timeout: float = 300, env: dict | None = None,
-            **popen) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str | Path, cwd: Path | None = None, timeout: float = 300, env: dict | None = None, **popen
+) -> subprocess.CompletedProcess:
     """`resexp ARGS` as a user runs it: a real subprocess, captured output."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "resexp", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=full_env, **popen)
+    return subprocess.run(
+        [sys.executable, "-m", "resexp", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        **popen,
+    )
 
 
 def all_eqns(jaxpr):
@@ -67,7 +75,7 @@ def all_eqns(jaxpr):
     for e in jaxpr.eqns:
         yield e
         for p in e.params.values():
-            for j in (p if isinstance(p, (list, tuple)) else [p]):
+            for j in p if isinstance(p, (list, tuple)) else [p]:
                 inner = getattr(j, "jaxpr", j)  # ClosedJaxpr -> Jaxpr
                 if hasattr(inner, "eqns"):
                     yield from all_eqns(inner)

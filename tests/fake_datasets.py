@@ -14,8 +14,6 @@ where each value lands after CHW -> HWC conversion: see `cifar_pixel`, `mnist_pi
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import gzip
 import hashlib
 import io
@@ -23,10 +21,11 @@ import pickle
 import struct
 import tarfile
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
-CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 CIFAR100_FILES = ("train", "test")
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -54,7 +53,7 @@ class Py2Pickler(pickle._Pickler):  # the pure-python pickler lets us swap opcod
     dispatch[bytes] = _save_py2_string
     dispatch[str] = _save_py2_string
 
-    def save_global(self, obj, name=None):  # noqa: D102 - spell numpy's module as numpy 1 did
+    def save_global(self, obj, name=None):
         module = getattr(obj, "__module__", None)
         if module == "numpy._core.multiarray":
             me: Any = self
@@ -85,7 +84,12 @@ def cifar_images(n: int, offset: int = 0) -> np.ndarray:
 
 
 def cifar_batch_bytes(
-    n: int, labels: list[int], offset: int = 0, *, label_key: str = "labels", py2: bool = True,
+    n: int,
+    labels: list[int],
+    offset: int = 0,
+    *,
+    label_key: str = "labels",
+    py2: bool = True,
     extra: dict | None = None,
 ) -> bytes:
     entry = {
@@ -113,7 +117,10 @@ def cifar100_members(n: int = 10) -> dict[str, bytes]:
         fine = [(37 * k + 11 * j) % 100 for j in range(n)]
         coarse = [v // 5 for v in fine]
         out[f] = cifar_batch_bytes(
-            n, fine, offset=k * n * 7, label_key="fine_labels",
+            n,
+            fine,
+            offset=k * n * 7,
+            label_key="fine_labels",
             extra={b"coarse_labels": coarse},
         )
     out["meta"] = py2_pickle({b"fine_label_names": [b"x"] * 100, b"coarse_label_names": [b"y"] * 20})

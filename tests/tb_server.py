@@ -76,7 +76,8 @@ class TensorBoardServer:
         self.extra_args = extra_args or []
         self.port: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="tensorboard-", suffix=".log", delete=False)
+        # open for the server's whole life (its stdout/stderr); closed and removed by stop()
+        self._log = tempfile.NamedTemporaryFile(prefix="tensorboard-", suffix=".log", delete=False)  # noqa: SIM115
 
     # -- lifecycle ------------------------------------------------------------
     @property

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_dict
 from typer.testing import CliRunner
 
-from conftest import tiny_dict
 from resexp.analysis import headline_metrics, run_analyses
 from resexp.analysis.common import inspect_run, load_run, normalized_test
 from resexp.cli import app
@@ -34,8 +34,9 @@ def sweep(tmp_path_factory) -> dict[str, Path]:
     runs = {}
     for shortcut in (False, True):
         cfg = Config.model_validate(tiny_dict(name="why", model={"shortcut": shortcut}))
-        [outcome] = train_runs([cfg], out / "why", progress=False,
-                               sweep_keys=[{"model.depth": 8, "model.shortcut": shortcut}])
+        [outcome] = train_runs(
+            [cfg], out / "why", progress=False, sweep_keys=[{"model.depth": 8, "model.shortcut": shortcut}]
+        )
         runs["res" if shortcut else "plain"] = outcome.run_dir
     return runs
 
@@ -70,6 +71,7 @@ def test_lesion_invariants(sweep):
 
     all_zeroed = _zero_last_layers(run.params)  # the identity check's own zeroing (every branch)
     for stage in range(3):  # each block is its stage's first; stage 2 and 3 change shape (option A)
+
         def pick(path, leaf, zeroed_leaf, stage=stage):  # that zeroing, on this one block only
             keys = [str(getattr(p, "key", p)) for p in path]
             return zeroed_leaf if keys[:3] == ["stages", str(stage), "first"] else leaf
@@ -133,8 +135,9 @@ def test_landscape_directions_and_centre(sweep):
     run = load_run(inspect_run(sweep["res"]))
     d = filter_normalized_direction(run.params, jax.random.key(0))
     kernels = 0
-    for (path, w), (_, u) in zip(jax.tree_util.tree_flatten_with_path(run.params)[0],
-                                 jax.tree_util.tree_flatten_with_path(d)[0]):
+    for (path, w), (_, u) in zip(
+        jax.tree_util.tree_flatten_with_path(run.params)[0], jax.tree_util.tree_flatten_with_path(d)[0], strict=True
+    ):
         keys = [str(getattr(p, "key", p)) for p in path]
         if "kernel" in keys:
             kernels += 1
@@ -244,7 +247,9 @@ def test_analyze_sweep_columns_figures_and_diverged(sweep, tmp_path):
     assert "lesion_vs_depth.png" in out.figures and (root / "lesion_vs_depth.png").stat().st_size > 1000
     rows = {r["run_id"]: r for r in csv.DictReader((root / "results.csv").open())}
     res_row = rows[sweep["res"].name]
-    assert float(res_row["lesion_median_accuracy"]) == headline_metrics(root / sweep["res"].name)["lesion_median_accuracy"]
+    assert (
+        float(res_row["lesion_median_accuracy"]) == headline_metrics(root / sweep["res"].name)["lesion_median_accuracy"]
+    )
     assert res_row["paths_k90_max"] != "" and rows[sweep["plain"].name]["paths_k90_max"] == ""
     agg = list(csv.DictReader((root / "aggregate.csv").open()))
     assert "lesion_median_accuracy_mean" in agg[0] and "paths_k90_max_std" in agg[0]

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-import pytest
-from conftest import TINY, run_cli, tiny_dict, write_config
 
 import fake_datasets as fd
+import pytest
+from conftest import TINY, run_cli, tiny_dict, write_config
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489") + b"\x00" * 16
 
@@ -31,6 +30,7 @@ class Case:
 
 def cfg(name: str, raw: dict | str | bytes | None = None, /, **sections) -> Callable[[Path], Path]:
     """A config file `name` in the test dir: raw text/bytes, a dict, or TINY with sections updated."""
+
     def make(d: Path) -> Path:
         path = d / name
         if isinstance(raw, bytes):
@@ -40,6 +40,7 @@ def cfg(name: str, raw: dict | str | bytes | None = None, /, **sections) -> Call
         else:
             write_config(path, tiny_dict(**sections))
         return path
+
     return make
 
 
@@ -47,11 +48,13 @@ def cmd(command: str, config: Callable[[Path], Path] | str, *extra: str) -> Call
     def setup(d: Path) -> list[str]:
         path = config(d) if callable(config) else d / config
         return [*command.split(), str(path), *extra]
+
     return setup
 
 
 def mnist_dir(broken: str, *extra: str) -> Callable[[Path], list[str]]:
     """A file-backed dataset that is missing, incomplete or truncated, as `--set data.*` args."""
+
     def setup(d: Path) -> list[str]:
         data = d / "mnist-data"
         if broken != "missing":
@@ -64,6 +67,7 @@ def mnist_dir(broken: str, *extra: str) -> Callable[[Path], list[str]]:
         path = write_config(d / "mnist.yaml", tiny_dict(data={"name": "mnist", "dir": str(data), "batch_size": 8}))
         command = "sweep" if extra else {"missing": "train", "incomplete": "sweep", "truncated": "data info"}[broken]
         return [*command.split(), str(path), *extra]
+
     return setup
 
 
@@ -78,70 +82,144 @@ CASES = [
     # ---- the file itself
     Case("missing-file", cmd("train", "nosuch.yaml"), ("nosuch.yaml", "no such file")),
     Case("empty-yaml", cmd("train", cfg("empty.yaml", "")), ("empty.yaml", "empty config")),
-    Case("malformed-yaml", cmd("train", cfg("broken.yaml", "model: {depth: 8\ntrain: [1, 2\n")),
-         ("broken.yaml", "not valid YAML", "line ")),
+    Case(
+        "malformed-yaml",
+        cmd("train", cfg("broken.yaml", "model: {depth: 8\ntrain: [1, 2\n")),
+        ("broken.yaml", "not valid YAML", "line "),
+    ),
     Case("png-not-yaml", cmd("train", cfg("plot.png", PNG)), ("plot.png", "not a YAML config", "binary")),
-    Case("binary-with-nul", cmd("sweep", cfg("blob.yaml", b"name: x\n\x00\x01\x02\xff")),
-         ("blob.yaml", "not a YAML config")),
+    Case(
+        "binary-with-nul",
+        cmd("sweep", cfg("blob.yaml", b"name: x\n\x00\x01\x02\xff")),
+        ("blob.yaml", "not a YAML config"),
+    ),
     Case("a-directory", lambda d: ["train", str(d)], ("is a directory",)),
-    Case("top-level-list", cmd("train", cfg("list.yaml", "- model\n- train\n")),
-         ("list.yaml", "mapping at the top level", "list")),
+    Case(
+        "top-level-list",
+        cmd("train", cfg("list.yaml", "- model\n- train\n")),
+        ("list.yaml", "mapping at the top level", "list"),
+    ),
     # ---- unknown keys, with the nearest valid one
-    Case("unknown-section", cmd("train", cfg("bad.yaml", {"modell": {"depth": 8}})),
-         ("bad.yaml", "modell", "unknown key", "did you mean model?")),
-    Case("unknown-key", cmd("train", cfg("bad.yaml", model={"depht": 8})),
-         ("bad.yaml", "model.depht", "unknown key", "did you mean model.depth?")),
+    Case(
+        "unknown-section",
+        cmd("train", cfg("bad.yaml", {"modell": {"depth": 8}})),
+        ("bad.yaml", "modell", "unknown key", "did you mean model?"),
+    ),
+    Case(
+        "unknown-key",
+        cmd("train", cfg("bad.yaml", model={"depht": 8})),
+        ("bad.yaml", "model.depht", "unknown key", "did you mean model.depth?"),
+    ),
     # ---- wrong types (strict: no "8" -> 8, no "yes" -> True)
-    Case("depth-string", cmd("train", cfg("bad.yaml", model={"depth": "eight"})),
-         ("bad.yaml", "model.depth", "valid integer", "'eight'")),
+    Case(
+        "depth-string",
+        cmd("train", cfg("bad.yaml", model={"depth": "eight"})),
+        ("bad.yaml", "model.depth", "valid integer", "'eight'"),
+    ),
     Case("widths-scalar", cmd("model", cfg("bad.yaml", model={"widths": 4})), ("bad.yaml", "model.widths", "list")),
-    Case("shortcut-yes", cmd("train", cfg("bad.yaml", model={"shortcut": "yes please"})),
-         ("bad.yaml", "model.shortcut", "boolean")),
+    Case(
+        "shortcut-yes",
+        cmd("train", cfg("bad.yaml", model={"shortcut": "yes please"})),
+        ("bad.yaml", "model.shortcut", "boolean"),
+    ),
     Case("section-not-mapping", cmd("train", cfg("bad.yaml", {"data": [1, 2]})), ("bad.yaml", "data", "dictionary")),
     # ---- out of range
-    Case("depth-not-6n+2", cmd("train", cfg("bad.yaml", model={"depth": 9})),
-         ("bad.yaml", "model.depth", "6n+2", "CNN", "nearest valid: 8 or 14")),
-    Case("steps-zero", cmd("train", cfg("bad.yaml", train={"steps": 0})), ("bad.yaml", "train.steps", "greater than 0")),
-    Case("batch-negative", cmd("train", cfg("bad.yaml", data={"batch_size": -32})),
-         ("bad.yaml", "data.batch_size", "greater than 0")),
+    Case(
+        "depth-not-6n+2",
+        cmd("train", cfg("bad.yaml", model={"depth": 9})),
+        ("bad.yaml", "model.depth", "6n+2", "CNN", "nearest valid: 8 or 14"),
+    ),
+    Case(
+        "steps-zero", cmd("train", cfg("bad.yaml", train={"steps": 0})), ("bad.yaml", "train.steps", "greater than 0")
+    ),
+    Case(
+        "batch-negative",
+        cmd("train", cfg("bad.yaml", data={"batch_size": -32})),
+        ("bad.yaml", "data.batch_size", "greater than 0"),
+    ),
     Case("lr-negative", cmd("train", cfg("bad.yaml", optim={"lr": -0.1})), ("bad.yaml", "optim.lr", "greater than 0")),
-    Case("wd-negative", cmd("train", cfg("bad.yaml", optim={"weight_decay": -1e-4})),
-         ("bad.yaml", "optim.weight_decay", "greater than or equal to 0")),
-    Case("unknown-projection", cmd("train", cfg("bad.yaml", model={"projection": "option_d"})),
-         ("bad.yaml", "model.projection", "'option_d' is not one of", "zero_pad")),
-    Case("unknown-dataset", cmd("train", cfg("bad.yaml", data={"name": "imagenet"})),
-         ("bad.yaml", "data.name", "'imagenet'", "cifar10")),
-    Case("checkpoint-off-chunk", cmd("train", cfg("bad.yaml", train={"log_every": 10, "checkpoint_every": 15})),
-         ("bad.yaml", "train.checkpoint_every", "multiple of log_every")),
+    Case(
+        "wd-negative",
+        cmd("train", cfg("bad.yaml", optim={"weight_decay": -1e-4})),
+        ("bad.yaml", "optim.weight_decay", "greater than or equal to 0"),
+    ),
+    Case(
+        "unknown-projection",
+        cmd("train", cfg("bad.yaml", model={"projection": "option_d"})),
+        ("bad.yaml", "model.projection", "'option_d' is not one of", "zero_pad"),
+    ),
+    Case(
+        "unknown-dataset",
+        cmd("train", cfg("bad.yaml", data={"name": "imagenet"})),
+        ("bad.yaml", "data.name", "'imagenet'", "cifar10"),
+    ),
+    Case(
+        "checkpoint-off-chunk",
+        cmd("train", cfg("bad.yaml", train={"log_every": 10, "checkpoint_every": 15})),
+        ("bad.yaml", "train.checkpoint_every", "multiple of log_every"),
+    ),
     # ---- --set
-    Case("set-without-equals", cmd("train", T, "--set", "model.depth"),
-         ("tiny.yaml", "--set model.depth", "expected key=value")),
-    Case("set-unknown-key", cmd("train", T, "--set", "model.dept=8"),
-         ("tiny.yaml", "--set model.dept=8", "model.dept", "unknown key", "did you mean model.depth?")),
+    Case(
+        "set-without-equals",
+        cmd("train", T, "--set", "model.depth"),
+        ("tiny.yaml", "--set model.depth", "expected key=value"),
+    ),
+    Case(
+        "set-unknown-key",
+        cmd("train", T, "--set", "model.dept=8"),
+        ("tiny.yaml", "--set model.dept=8", "model.dept", "unknown key", "did you mean model.depth?"),
+    ),
     Case("set-bare-field", cmd("identity", T, "--set", "lr=1"), ("tiny.yaml", "unknown key", "did you mean optim.lr?")),
-    Case("set-bad-value", cmd("train", T, "--set", "model.depth=9"),
-         ("tiny.yaml", "--set model.depth=9", "model.depth", "6n+2")),
+    Case(
+        "set-bad-value",
+        cmd("train", T, "--set", "model.depth=9"),
+        ("tiny.yaml", "--set model.depth=9", "model.depth", "6n+2"),
+    ),
     Case("set-markup-chars", cmd("train", T, "--set", "model.x[/a]=1"), ("model.x[/a]", "unknown key")),
     # ---- sweep axes and shards
-    Case("sweep-empty-axis", cmd("sweep", cfg("sw.yaml", sweep={"model.depth": []})),
-         ("sw.yaml", "sweep.model.depth", "empty sweep axis")),
-    Case("sweep-unknown-axis", cmd("sweep", cfg("sw.yaml", sweep={"model.dept": [8, 14]})),
-         ("sw.yaml", "sweep.model.dept", "unknown key", "did you mean model.depth?")),
-    Case("sweep-bad-cell", cmd("sweep", cfg("sw.yaml", sweep={"model.depth": [8, 9]})),
-         ("sw.yaml", "model.depth", "6n+2", "sweep cell")),
-    Case("grid-empty-axis", cmd("sweep", T, "--grid", "model.depth="),
-         ("tiny.yaml", "--grid", "model.depth", "empty sweep axis")),
-    Case("grid-without-equals", cmd("sweep", T, "--grid", "model.depth"), ("tiny.yaml", "--grid", "expected key=v1,v2")),
-    Case("grid-unknown-key", cmd("sweep", T, "--grid", "optim.wd=0,1e-4"),
-         ("tiny.yaml", "--grid", "optim.wd", "unknown key")),
+    Case(
+        "sweep-empty-axis",
+        cmd("sweep", cfg("sw.yaml", sweep={"model.depth": []})),
+        ("sw.yaml", "sweep.model.depth", "empty sweep axis"),
+    ),
+    Case(
+        "sweep-unknown-axis",
+        cmd("sweep", cfg("sw.yaml", sweep={"model.dept": [8, 14]})),
+        ("sw.yaml", "sweep.model.dept", "unknown key", "did you mean model.depth?"),
+    ),
+    Case(
+        "sweep-bad-cell",
+        cmd("sweep", cfg("sw.yaml", sweep={"model.depth": [8, 9]})),
+        ("sw.yaml", "model.depth", "6n+2", "sweep cell"),
+    ),
+    Case(
+        "grid-empty-axis",
+        cmd("sweep", T, "--grid", "model.depth="),
+        ("tiny.yaml", "--grid", "model.depth", "empty sweep axis"),
+    ),
+    Case(
+        "grid-without-equals", cmd("sweep", T, "--grid", "model.depth"), ("tiny.yaml", "--grid", "expected key=v1,v2")
+    ),
+    Case(
+        "grid-unknown-key",
+        cmd("sweep", T, "--grid", "optim.wd=0,1e-4"),
+        ("tiny.yaml", "--grid", "optim.wd", "unknown key"),
+    ),
     Case("shard-out-of-range", cmd("sweep", T, "--shard", "3/2"), ("--shard", "'3/2'", "0 <= I < N")),
     Case("shard-not-a-fraction", cmd("sweep", T, "--shard", "half"), ("--shard", "'half'", "I/N")),
     # ---- data (these load JAX: a few seconds each)
-    Case("batch-larger-than-data", cmd("train", T, "--set", "data.batch_size=5000"),
-         ("tiny.yaml", "data.batch_size", "exceeds the 1500 training examples")),
+    Case(
+        "batch-larger-than-data",
+        cmd("train", T, "--set", "data.batch_size=5000"),
+        ("tiny.yaml", "data.batch_size", "exceeds the 1500 training examples"),
+    ),
     Case("dataset-missing", mnist_dir("missing"), ("MNIST", "does not exist", "resexp data download mnist --dir")),
-    Case("dataset-missing-parallel-sweep", mnist_dir("missing", "--jobs", "2"), ("MNIST", "resexp data download mnist")),
-    Case("dataset-incomplete", mnist_dir("incomplete"), ("MNIST", "t10k-labels-idx1-ubyte", "resexp data download mnist")),
+    Case(
+        "dataset-missing-parallel-sweep", mnist_dir("missing", "--jobs", "2"), ("MNIST", "resexp data download mnist")
+    ),
+    Case(
+        "dataset-incomplete", mnist_dir("incomplete"), ("MNIST", "t10k-labels-idx1-ubyte", "resexp data download mnist")
+    ),
     Case("dataset-truncated", mnist_dir("truncated"), ("train-images-idx3-ubyte", "corrupt")),
     # ---- environment
     Case("out-under-a-file", under_a_file, ("plain-file", "cannot create the run directory", "Not a directory")),
@@ -198,6 +276,9 @@ def test_tiny_images_are_not_an_error():
 
 def test_help_starts_fast():
     """`resexp --help` and config errors must not pay for JAX: it is imported only to train or load data."""
-    code = "import sys, resexp.cli, resexp.config, resexp.runs; print(sorted(m for m in ('jax', 'flax', 'orbax') if m in sys.modules))"
+    code = (
+        "import sys, resexp.cli, resexp.config, resexp.runs; "
+        "print(sorted(m for m in ('jax', 'flax', 'orbax') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

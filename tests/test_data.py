@@ -37,7 +37,7 @@ def test_load_data_normalises_with_train_statistics():
 
 
 def test_batch_larger_than_dataset_is_a_config_error():
-    with pytest.raises(ConfigError, match="data.batch_size"):
+    with pytest.raises(ConfigError, match=r"data\.batch_size"):
         load_data(DataConfig(name="synthetic", num_train=16, num_test=8, image_size=4, batch_size=32))
 
 
@@ -60,9 +60,15 @@ def test_augmentation_is_a_pad4_crop_and_maybe_a_flip():
     padded = np.pad(np.asarray(x), ((0, 0), (4, 4), (4, 4), (0, 0)))
     flips = 0
     for i in range(6):
-        matches = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)
-                   if np.array_equal(out[i], (padded[i, dy:dy + 5, dx:dx + 5][:, ::-1] if f
-                                              else padded[i, dy:dy + 5, dx:dx + 5]))]
+        matches = [
+            (dy, dx, f)
+            for dy in range(9)
+            for dx in range(9)
+            for f in (False, True)
+            if np.array_equal(
+                out[i], (padded[i, dy : dy + 5, dx : dx + 5][:, ::-1] if f else padded[i, dy : dy + 5, dx : dx + 5])
+            )
+        ]
         assert matches, f"example {i} is not a crop of the padded image"
         flips += matches[0][2]
     out2 = np.asarray(augment_batch(jax.random.key(1), x))

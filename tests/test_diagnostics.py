@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
-
 from conftest import ROOT, all_eqns, run_cli, tiny_dict, write_config
+from flax import nnx
 from tolerance import assert_within_noise, exact_in_float64, spread
+
 from resexp import diagnostics
 from resexp.config import Config
 from resexp.data import load_data
@@ -115,7 +115,7 @@ def reference(model: Net, x) -> dict:
         else:
             s = h[:, ::stride, ::stride, :] if conv else h
             extra = f.shape[-1] - s.shape[-1]
-            s = jnp.concatenate([s, jnp.zeros(s.shape[:-1] + (extra,), s.dtype)], axis=-1) if extra else s
+            s = jnp.concatenate([s, jnp.zeros((*s.shape[:-1], extra), s.dtype)], axis=-1) if extra else s
         ratios.append(jnp.linalg.norm(f.ravel()) / jnp.linalg.norm(s.ravel()))
         h = jax.nn.relu(f + s)
     return {"residual_ratio": np.array(ratios), "response_std": np.array(stds)}
@@ -140,15 +140,16 @@ def assert_norms_as_accurate(got: dict, arrays: dict, exact_arrays: dict | None 
     exact_arrays = exact_arrays or arrays
     want = np.array([np.linalg.norm(np.asarray(arrays[n], np.float32)) for n in names], np.float64)
     exact = np.array([np.linalg.norm(np.asarray(exact_arrays[n], np.float64)) for n in names])
-    assert_within_noise([got[n] for n in names], exact, spread(want, exact), multiple=8,
-                        what=f"norms of {', '.join(names)}")
+    assert_within_noise(
+        [got[n] for n in names], exact, spread(want, exact), multiple=8, what=f"norms of {', '.join(names)}"
+    )
 
 
 CASES = {
-    "cnn-A": dict(kind="cnn", depth=14, widths=[4, 8, 8]),
-    "cnn-B-rezero": dict(kind="cnn", depth=14, widths=[4, 8, 8], projection="learned", rezero=True),
-    "mlp-lecture": dict(kind="mlp", depth=10, widths=[16, 32], projection="learned", norm="none"),
-    "cnn-plain": dict(kind="cnn", depth=14, widths=[4, 8, 8], shortcut=False),
+    "cnn-A": {"kind": "cnn", "depth": 14, "widths": [4, 8, 8]},
+    "cnn-B-rezero": {"kind": "cnn", "depth": 14, "widths": [4, 8, 8], "projection": "learned", "rezero": True},
+    "mlp-lecture": {"kind": "mlp", "depth": 10, "widths": [16, 32], "projection": "learned", "norm": "none"},
+    "cnn-plain": {"kind": "cnn", "depth": 14, "widths": [4, 8, 8], "shortcut": False},
 }
 
 
@@ -163,6 +164,7 @@ def test_measure_matches_hand_computation(case, digits):
     graphdef, params, others = _randomised(cfg, digits)
     x_eval = digits.normalize(digits.x_test[:40])
     x_train, y_train = digits.normalize(digits.x_train[:32]), digits.y_train[:32]
+
     # Gradient norms come from the training step (tested below); here, that they are named right.
     def loss(prm):
         logits = nnx.merge(graphdef, prm, others, copy=True)(x_train, train=True)
@@ -208,11 +210,15 @@ def test_measure_matches_hand_computation(case, digits):
     assert sum(1 for k in host["weight_norm"] if "/" not in k or k.endswith(("layer1", "layer2", "proj"))) == layers
 
     last = len(cfg.model.widths)
-    picked = [("stem", ("stem", "kernel"), None), ("head", ("head", "kernel"), None),
-              ("stage1/block0/layer2", ("stages", "0", "first", "layer2", "kernel"), None),
-              (f"stage{last}/block1/layer1", ("stages", str(last - 1), "rest", "layer1", "kernel"), 0)]
-    assert_norms_as_accurate(host["grad_norm"], {name: g[key] if index is None else g[key][index]
-                                                 for name, key, index in picked})
+    picked = [
+        ("stem", ("stem", "kernel"), None),
+        ("head", ("head", "kernel"), None),
+        ("stage1/block0/layer2", ("stages", "0", "first", "layer2", "kernel"), None),
+        (f"stage{last}/block1/layer1", ("stages", str(last - 1), "rest", "layer1", "kernel"), 0),
+    ]
+    assert_norms_as_accurate(
+        host["grad_norm"], {name: g[key] if index is None else g[key][index] for name, key, index in picked}
+    )
     assert all(math.isfinite(v) and v > 0 for v in host["grad_norm"].values())
 
     tags = diagnostics.scalar_tags(host)
@@ -242,17 +248,34 @@ def test_training_step_records_the_gradient_norms_of_its_update(digits):
     g = _flat(jax.grad(loss)(before["params"]))
     # the step's gradients come from another program (the engine's): the noise scale is our float32
     # gradient's distance from the same gradient taken in float64
-    g64 = _flat(exact_in_float64(lambda p, x: jax.grad(lambda prm: optax.softmax_cross_entropy_with_integer_labels(
-        nnx.merge(engine.graphdef, prm, before["others"], copy=True)(x, train=True), y).mean())(p), before["params"], x))
+    g64 = _flat(
+        exact_in_float64(
+            lambda p, x: jax.grad(
+                lambda prm: optax.softmax_cross_entropy_with_integer_labels(
+                    nnx.merge(engine.graphdef, prm, before["others"], copy=True)(x, train=True), y
+                ).mean()
+            )(p),
+            before["params"],
+            x,
+        )
+    )
     host = diagnostics._flat_names(jax.device_get(after["grad_norm"]))
-    picked = [("stem", ("stem", "kernel"), None), ("head", ("head", "kernel"), None),
-              ("stage2/block0/layer1", ("stages", "1", "first", "layer1", "kernel"), None),
-              ("stage3/block1/layer2", ("stages", "2", "rest", "layer2", "kernel"), 0)]
-    assert_norms_as_accurate(host, {name: g[key] if index is None else g[key][index] for name, key, index in picked},
-                             {name: g64[key] if index is None else g64[key][index] for name, key, index in picked})
+    picked = [
+        ("stem", ("stem", "kernel"), None),
+        ("head", ("head", "kernel"), None),
+        ("stage2/block0/layer1", ("stages", "1", "first", "layer1", "kernel"), None),
+        ("stage3/block1/layer2", ("stages", "2", "rest", "layer2", "kernel"), 0),
+    ]
+    assert_norms_as_accurate(
+        host,
+        {name: g[key] if index is None else g[key][index] for name, key, index in picked},
+        {name: g64[key] if index is None else g64[key][index] for name, key, index in picked},
+    )
     assert all(math.isfinite(v) and v > 0 for v in host.values())
-    assert not any("grad_norm" in k for k in Engine(Config.model_validate(tiny_dict(train={"diagnostics": False})),
-                                                    digits).abstract_state)
+    assert not any(
+        "grad_norm" in k
+        for k in Engine(Config.model_validate(tiny_dict(train={"diagnostics": False})), digits).abstract_state
+    )
 
 
 def test_diagnostics_are_part_of_the_eval_program_and_can_be_turned_off(digits):
@@ -291,8 +314,7 @@ def test_training_run_reports_diagnostics(tmp_path, digits):
     hand from the final checkpoint, and the same numbers under diag/... in TensorBoard."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    raw = tiny_dict(model={"depth": 20}, train={"steps": 20, "log_every": 10, "eval_every": 10,
-                                                 "checkpoint_every": 20})
+    raw = tiny_dict(model={"depth": 20}, train={"steps": 20, "log_every": 10, "eval_every": 10, "checkpoint_every": 20})
     config = write_config(tmp_path / "d20.yaml", raw)
     res = run_cli("train", config, "--out", tmp_path / "runs", "--no-progress")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -314,8 +336,13 @@ def test_training_run_reports_diagnostics(tmp_path, digits):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {f"diag/residual_ratio/block_{i:02d}" for i in range(9)} <= tags
-    assert {"diag/residual_ratio_mean", "diag/response_std/layer_18", "diag/weight_norm/stage3/block2/layer2",
-            "diag/grad_norm/stage1/block0/layer1", "diag/weight_norm/stage1/block0/norm2/scale"} <= tags
+    assert {
+        "diag/residual_ratio_mean",
+        "diag/response_std/layer_18",
+        "diag/weight_norm/stage3/block2/layer2",
+        "diag/grad_norm/stage1/block0/layer1",
+        "diag/weight_norm/stage1/block0/norm2/scale",
+    } <= tags
     events = acc.Scalars("diag/residual_ratio/block_08")
     assert [e.step for e in events] == [10, 20]  # at eval cadence, every eval
     assert events[-1].value == float(np.float32(diag["residual_ratio"][8]))  # the same number, stored as float32
@@ -329,9 +356,23 @@ def test_weight_decay_config_shows_the_ratio_falling(tmp_path):
     config = ROOT / "configs/weight_decay_identity.yaml"
     wds = load_config(config).sweep["optim.weight_decay"]
     assert min(wds) == 0 and max(wds) >= 1e-2 and len(wds) >= 4
-    res = run_cli("sweep", config, "--set", "model.depth=6", "--set", "model.widths=[32,64]", "--set",
-                  "train.steps=100", "--set", "train.eval_every=0", "--grid", f"optim.weight_decay=0,{max(wds)}",
-                  "--out", tmp_path, "--no-progress")
+    res = run_cli(
+        "sweep",
+        config,
+        "--set",
+        "model.depth=6",
+        "--set",
+        "model.widths=[32,64]",
+        "--set",
+        "train.steps=100",
+        "--set",
+        "train.eval_every=0",
+        "--grid",
+        f"optim.weight_decay=0,{max(wds)}",
+        "--out",
+        tmp_path,
+        "--no-progress",
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     sweep_dir = tmp_path / "weight_decay_identity"
     mean = {}

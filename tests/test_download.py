@@ -10,9 +10,9 @@ import time
 from functools import partial
 from pathlib import Path
 
+import fake_datasets as fd
 import pytest
 
-import fake_datasets as fd
 import resexp.download as dl
 from resexp.datasets import FILE_DATASETS, load_files
 from resexp.download import DOWNLOADS, RemoteFile, download, file_checksum, load_manifest
@@ -22,7 +22,7 @@ from resexp.errors import DataError
 class Handler(http.server.SimpleHTTPRequestHandler):
     """Static files, plus /truncated/... (sends half the promised bytes) and /slow/... (stalls)."""
 
-    def do_GET(self):  # noqa: N802 - http.server naming
+    def do_GET(self):
         self.server.requests.append(self.path)
         if self.path.startswith("/truncated/"):
             body = b"x" * 4096
@@ -78,8 +78,9 @@ def test_download_verifies_and_is_loadable(tmp_path, mirror, name):
     root, url, requests = mirror
     before = len(requests)
     messages: list[str] = []
-    out = download(name, tmp_path, base_url=f"{url}/{name}", manifest=manifest_for(root, name),
-                   progress=False, log=messages.append)
+    out = download(
+        name, tmp_path, base_url=f"{url}/{name}", manifest=manifest_for(root, name), progress=False, log=messages.append
+    )
     assert out == tmp_path / name
     files = [f.filename for f in DOWNLOADS[name][1]]
     assert leftovers(out) == sorted(files)  # no .part left behind
@@ -129,12 +130,24 @@ def test_published_checksum_is_the_default(tmp_path, mirror):
 
 def test_md5_in_manifest_and_partial_manifest(tmp_path, mirror):
     root, url, _ = mirror
-    manifest = {f: hashlib.md5((root / "fashion_mnist" / f).read_bytes()).hexdigest().upper()
-                for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                          "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+    manifest = {
+        f: hashlib.md5((root / "fashion_mnist" / f).read_bytes()).hexdigest().upper()
+        for f in (
+            "train-images-idx3-ubyte.gz",
+            "train-labels-idx1-ubyte.gz",
+            "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz",
+        )
+    }
     manifest["unrelated-file.bin"] = "a" * 64  # a manifest may cover several datasets
-    out = download("fashion_mnist", tmp_path, base_url=f"{url}/fashion_mnist", manifest=manifest,
-                   progress=False, log=lambda m: None)
+    out = download(
+        "fashion_mnist",
+        tmp_path,
+        base_url=f"{url}/fashion_mnist",
+        manifest=manifest,
+        progress=False,
+        log=lambda m: None,
+    )
     assert load_files("fashion_mnist", out).x_test.shape == (3, 28, 28, 1)
 
 
@@ -144,9 +157,17 @@ def test_present_but_corrupt_file_is_replaced(tmp_path, mirror):
     target.mkdir()
     (target / "cifar-10-python.tar.gz").write_bytes(b"half a download")
     messages: list[str] = []
-    download("cifar10", tmp_path, base_url=f"{url}/cifar10", manifest=manifest_for(root, "cifar10"),
-             progress=False, log=messages.append)
-    assert (target / "cifar-10-python.tar.gz").read_bytes() == (root / "cifar10" / "cifar-10-python.tar.gz").read_bytes()
+    download(
+        "cifar10",
+        tmp_path,
+        base_url=f"{url}/cifar10",
+        manifest=manifest_for(root, "cifar10"),
+        progress=False,
+        log=messages.append,
+    )
+    assert (target / "cifar-10-python.tar.gz").read_bytes() == (
+        root / "cifar10" / "cifar-10-python.tar.gz"
+    ).read_bytes()
     assert "downloading again" in messages[0]
     assert requests[-1] == "/cifar10/cifar-10-python.tar.gz"
 
@@ -235,7 +256,7 @@ def test_file_checksum(tmp_path):
 
 def test_download_table_is_complete_and_well_formed():
     assert set(DOWNLOADS) == set(FILE_DATASETS)
-    for name, (base, files) in DOWNLOADS.items():
+    for base, files in DOWNLOADS.values():
         assert base.startswith(("https://", "http://")) and base.endswith("/")
         assert files and all(isinstance(f, RemoteFile) for f in files)
         for f in files:

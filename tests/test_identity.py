@@ -11,8 +11,8 @@ import re
 
 import jax.numpy as jnp
 import pytest
-
 from conftest import ROOT, run_cli, tiny_dict, write_config
+
 from resexp import diagnostics
 from resexp.config import Config
 from resexp.data import load_data
@@ -89,8 +89,9 @@ def _check(digits, zero_branches=True, **model):
     train = {"dtype": model.pop("dtype")} if "dtype" in model else {}
     cfg = Config.model_validate(tiny_dict(model=model, train=train))
     net = build_model(cfg.model, digits.image_shape, digits.num_classes, seed=0, dtype=cfg.train.dtype)
-    return diagnostics.identity_check(net, jnp.asarray(digits.normalize(digits.x_test[:32])),
-                                      zero_branches=zero_branches)
+    return diagnostics.identity_check(
+        net, jnp.asarray(digits.normalize(digits.x_test[:32])), zero_branches=zero_branches
+    )
 
 
 def test_variants_hold_exactly(digits):

@@ -18,13 +18,16 @@ def abstract_params(cfg: ModelConfig, shape=(32, 32, 3), classes=10) -> int:
     return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
-@pytest.mark.parametrize("depth, projection, shortcut, expected", [
-    (20, "zero_pad", True, 269_722),     # ResNet-20, He et al. Table 6: 0.27M
-    (20, "zero_pad", False, 269_722),    # plain-20: the same layers
-    (56, "zero_pad", True, 853_018),     # ResNet-56: 0.85M
-    (110, "zero_pad", True, 1_727_962),  # ResNet-110: 1.7M
-    (20, "learned", True, 272_474),      # option B: 1x1 conv + BN at the two stage changes
-])
+@pytest.mark.parametrize(
+    "depth, projection, shortcut, expected",
+    [
+        (20, "zero_pad", True, 269_722),  # ResNet-20, He et al. Table 6: 0.27M
+        (20, "zero_pad", False, 269_722),  # plain-20: the same layers
+        (56, "zero_pad", True, 853_018),  # ResNet-56: 0.85M
+        (110, "zero_pad", True, 1_727_962),  # ResNet-110: 1.7M
+        (20, "learned", True, 272_474),  # option B: 1x1 conv + BN at the two stage changes
+    ],
+)
 def test_parameter_counts_match_the_paper(depth, projection, shortcut, expected):
     cfg = ModelConfig(depth=depth, projection=projection, shortcut=shortcut)
     assert abstract_params(cfg) == expected
@@ -112,8 +115,12 @@ def test_lecture_mlp_blocks_and_width_change():
     cfg = ModelConfig(kind="mlp", depth=10, widths=[128, 256], norm="none", projection="learned")
     model = build_model(cfg, (8, 8, 1), 10, seed=0)
     modes = [(name, b.shortcut.mode) for name, b in iter_blocks(model)]
-    assert modes == [("stage1/block0", "identity"), ("stage1/block1", "identity"),
-                     ("stage2/block0", "learned"), ("stage2/block1", "identity")]
+    assert modes == [
+        ("stage1/block0", "identity"),
+        ("stage1/block1", "identity"),
+        ("stage2/block0", "learned"),
+        ("stage2/block1", "identity"),
+    ]
     ws = dict(iter_blocks(model))["stage2/block0"].shortcut.proj
     assert ws.kernel[...].shape == (128, 256)  # Ws: 128 -> 256
     assert model(jnp.ones((2, 8, 8, 1))).shape == (2, 10)

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ROOT, all_eqns, tiny_dict
-from tolerance import assert_within_noise, drift, nudge_ulp, spread, within_noise
 from flax import nnx
+from tolerance import assert_within_noise, drift, nudge_ulp, spread, within_noise
 
 from resexp import parallel
 from resexp.config import Config
@@ -58,11 +58,18 @@ def losses_of(engine, seeds, data, chunks: int = 1, nudge: bool = False):
 # --------------------------------------------------------------------------- the CPU conv
 
 
-@pytest.mark.parametrize("stride,padding,kernel,dtype", [
-    ((1, 1), ((1, 1), (1, 1)), (3, 3), "float32"), ((2, 2), ((1, 1), (1, 1)), (3, 3), "float32"),
-    ((2, 2), "VALID", (1, 1), "float32"), ((2, 2), "SAME", (3, 3), "float32"),
-    ((2, 1), ((2, 0), (1, 1)), (3, 2), "float32"), ((1, 1), ((1, 1), (1, 1)), (3, 3), "bfloat16"),
-    ((2, 2), ((1, 1), (1, 1)), (3, 3), "bfloat16")])
+@pytest.mark.parametrize(
+    "stride,padding,kernel,dtype",
+    [
+        ((1, 1), ((1, 1), (1, 1)), (3, 3), "float32"),
+        ((2, 2), ((1, 1), (1, 1)), (3, 3), "float32"),
+        ((2, 2), "VALID", (1, 1), "float32"),
+        ((2, 2), "SAME", (3, 3), "float32"),
+        ((2, 1), ((2, 0), (1, 1)), (3, 2), "float32"),
+        ((1, 1), ((1, 1), (1, 1)), (3, 3), "bfloat16"),
+        ((2, 2), ((1, 1), (1, 1)), (3, 3), "bfloat16"),
+    ],
+)
 def test_fast_conv_has_the_gradients_of_lax_conv(stride, padding, kernel, dtype):
     dn = parallel._channels_last(2)
     x = jax.random.normal(jax.random.key(0), (12, 9, 8, 5)).astype(dtype)  # 12: kernel grad in 2 groups of 6
@@ -75,14 +82,21 @@ def test_fast_conv_has_the_gradients_of_lax_conv(stride, padding, kernel, dtype)
     got = jax.grad(loss(parallel.conv_general_dilated), (0, 1))(x, w)
     wide = "float64" if dtype == "float32" else "float32"  # the exact gradients, in a wider type
     with jax.enable_x64(True):
-        exact = jax.grad(lambda x, w: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
-            x, w, stride, padding, dimension_numbers=dn))), (0, 1))(x.astype(wide), w.astype(wide))
+        exact = jax.grad(
+            lambda x, w: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=dn))),
+            (0, 1),
+        )(x.astype(wide), w.astype(wide))
         exact = [np.asarray(e, np.float64) for e in exact]
-    for r, g, e in zip(ref, got, exact):
+    for r, g, e in zip(ref, got, exact, strict=True):
         assert g.dtype == r.dtype and g.shape == r.shape
         # as accurate as XLA's own conv on this machine: within 8x its rounding error (measured here)
-        assert_within_noise(np.asarray(g, np.float64), e, spread(np.asarray(r, np.float64), e), multiple=8,
-                            what=f"{dtype} conv gradient")
+        assert_within_noise(
+            np.asarray(g, np.float64),
+            e,
+            spread(np.asarray(r, np.float64), e),
+            multiple=8,
+            what=f"{dtype} conv gradient",
+        )
     # and the rewrite is really in use on CPU (else this test would compare lax with itself)
     jaxpr = str(jax.make_jaxpr(loss(parallel.conv_general_dilated))(x, w))
     assert ("custom_vjp" in jaxpr) == (jax.default_backend() == "cpu")
@@ -97,14 +111,27 @@ def test_engine_convs_stay_canonical_inside_the_scanned_stages(digits):
     from resexp.train import Engine
 
     # 16x16 inputs: on the 8x8 digits XLA rewrites the 2x2-pixel last stage's convs its own way
-    cfg = Config.model_validate(tiny_dict(
-        data={"name": "synthetic", "num_train": 256, "num_test": 64, "image_size": 16, "channels": 3},
-        model={"depth": 14}, train={"steps": 100, "log_every": STEPS}))
+    cfg = Config.model_validate(
+        tiny_dict(
+            data={"name": "synthetic", "num_train": 256, "num_test": 64, "image_size": 16, "channels": 3},
+            model={"depth": 14},
+            train={"steps": 100, "log_every": STEPS},
+        )
+    )
     engine = Engine(cfg, load_data(cfg.data))
-    convs = [m for _, m in nnx.iter_modules(nnx.merge(engine.graphdef, *[jax.tree.map(
-        lambda a: jnp.zeros(a.shape, a.dtype), s) for s in (engine.abstract_state["params"],
-                                                            engine.abstract_state["others"])]))
-             if isinstance(m, nnx.Conv)]
+    convs = [
+        m
+        for _, m in nnx.iter_modules(
+            nnx.merge(
+                engine.graphdef,
+                *[
+                    jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), s)
+                    for s in (engine.abstract_state["params"], engine.abstract_state["others"])
+                ],
+            )
+        )
+        if isinstance(m, nnx.Conv)
+    ]
     assert convs and all(c.conv_general_dilated is parallel.conv_general_dilated for c in convs)
     if jax.default_backend() != "cpu":
         pytest.skip("the dimension-label check is about XLA:CPU")
@@ -136,19 +163,25 @@ def test_vmapped_seeds_train_like_separate_runs(digits, seed_loop, separate_runs
     engine = Engine(cfg, digits, seeds=2, seed_loop=seed_loop)
     together, state2 = losses_of(engine, [3, 4], digits)
     assert engine.seed_loop == seed_loop
-    convs = [e for e in all_eqns(jax.make_jaxpr(engine._over_seeds(
-        lambda st, seed, x, y: engine._chunk(st, seed, x, y, length=1), 2))(
-        engine._state_spec(), jnp.zeros((2,), jnp.int32), digits.x_train, digits.y_train).jaxpr)
-        if e.primitive.name == "conv_general_dilated"]
+    convs = [
+        e
+        for e in all_eqns(
+            jax.make_jaxpr(engine._over_seeds(lambda st, seed, x, y: engine._chunk(st, seed, x, y, length=1), 2))(
+                engine._state_spec(), jnp.zeros((2,), jnp.int32), digits.x_train, digits.y_train
+            ).jaxpr
+        )
+        if e.primitive.name == "conv_general_dilated"
+    ]
     # vmap batches the two seeds' convs into grouped convs; map keeps one seed's convs
     assert convs and {e.params["feature_group_count"] for e in convs} == ({2} if seed_loop == "vmap" else {1})
     apart = separate_runs
     assert together.shape == (2, STEPS)
     for i, ((losses, state1), (nudged, nudged_state)) in enumerate(apart):
         # one program vs S separate ones: summation order only, so within the measured rounding drift
-        assert_within_noise(together[i], losses, drift(losses, nudged), multiple=DRIFT_MULTIPLE,
-                            what=f"seed {i} losses")
-        for a, b, c in zip(*(jax.tree.leaves(st["params"]) for st in (state2, state1, nudged_state))):
+        assert_within_noise(
+            together[i], losses, drift(losses, nudged), multiple=DRIFT_MULTIPLE, what=f"seed {i} losses"
+        )
+        for a, b, c in zip(*(jax.tree.leaves(st["params"]) for st in (state2, state1, nudged_state)), strict=True):
             assert_within_noise(a[i], b, spread(b, c), multiple=DRIFT_MULTIPLE, what=f"seed {i} parameters")
     assert not np.allclose(together[0], together[1])  # two seeds, two different runs
 
@@ -170,8 +203,9 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state(digits):
     assert losses[-3:].mean() < 0.7 * losses[:3].mean()  # it learns
     # the convolutions themselves are bf16 x bf16 (XLA:CPU may still upcast them internally)
     spec = engine._state_spec()
-    jaxpr = jax.make_jaxpr(lambda st: engine._step(st, jnp.int32(0), jnp.int32(0), digits.x_train,
-                                                   digits.y_train))(spec)
+    jaxpr = jax.make_jaxpr(lambda st: engine._step(st, jnp.int32(0), jnp.int32(0), digits.x_train, digits.y_train))(
+        spec
+    )
     convs = [e for e in all_eqns(jaxpr.jaxpr) if e.primitive.name == "conv_general_dilated"]
     assert convs and {str(v.aval.dtype) for e in convs for v in e.invars} == {"bfloat16"}
 
@@ -227,12 +261,16 @@ _DP_SCRIPT = textwrap.dedent("""
     print(json.dumps(out))
 """)
 
+
 def test_data_parallel_over_4_devices_matches_one_device():
-    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
-                                       " --xla_force_host_platform_device_count=4").strip(),
-           "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", _DP_SCRIPT, str(ROOT)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip(),
+        "JAX_PLATFORMS": "cpu",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _DP_SCRIPT, str(ROOT)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["devices"] == 4 and out["sharded_size"] == 4 and out["single_size"] == 1
@@ -241,8 +279,13 @@ def test_data_parallel_over_4_devices_matches_one_device():
     # Same per-step losses, BN statistics and eval loss as one device, within measured rounding noise.
     for what in ("", "_stats", "_eval"):  # losses are a trajectory; statistics and eval one set each
         noise = (drift if not what else spread)(out["single" + what], out["nudged" + what])
-        assert_within_noise(out["sharded" + what], out["single" + what], noise, multiple=DRIFT_MULTIPLE,
-                            what=f"sharded vs single{what or ' losses'}")
+        assert_within_noise(
+            out["sharded" + what],
+            out["single" + what],
+            noise,
+            multiple=DRIFT_MULTIPLE,
+            what=f"sharded vs single{what or ' losses'}",
+        )
     # The check is not so loose that it hides a real bug: per-device BN statistics fail it at step 1.
     noise = drift(out["single"], out["nudged"])
     caught = ~within_noise(out["per_device_bn"], out["single"], noise, multiple=DRIFT_MULTIPLE)
@@ -264,9 +307,25 @@ def test_data_parallel_applies_only_when_it_can():
 
 
 def test_bench_json_smoke():
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--depths", "8", "--batch-size", "8",
-                           "--steps", "2", "--repeats", "1", "--json"], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench.py"),
+            "--depths",
+            "8",
+            "--batch-size",
+            "8",
+            "--steps",
+            "2",
+            "--repeats",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert out["backend"] == jax.default_backend() and out["device"]
@@ -294,8 +353,13 @@ _FLAGS_SCRIPT = textwrap.dedent("""
 
 def _flags_run(**env) -> dict:
     base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "RESEXP_XLA_CPU_FLAGS")}
-    proc = subprocess.run([sys.executable, "-c", _FLAGS_SCRIPT, str(ROOT)], capture_output=True, text=True,
-                          env={**base, "JAX_PLATFORMS": "cpu", "RESEXP_COMPILE_CACHE": "off", **env}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FLAGS_SCRIPT, str(ROOT)],
+        capture_output=True,
+        text=True,
+        env={**base, "JAX_PLATFORMS": "cpu", "RESEXP_COMPILE_CACHE": "off", **env},
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -23,8 +23,10 @@ from conftest import ROOT
 
 README = ROOT / "README.md"
 # Few steps, chunks that divide them, one checkpoint at the end, evaluation on a few images.
-SHRINK = ("train.steps=10 train.log_every=5 train.checkpoint_every=10 train.eval_every=0 "
-          "optim.warmup_steps=0 train.eval_examples=64")
+SHRINK = (
+    "train.steps=10 train.log_every=5 train.checkpoint_every=10 train.eval_every=0 "
+    "optim.warmup_steps=0 train.eval_examples=64"
+)
 
 # (substring of the command, why it is not run here). Anything else in a code block runs.
 SKIPPED = [
@@ -51,8 +53,11 @@ def readme_commands() -> list[tuple[int, str, int]]:
         if line.startswith("```"):
             fenced = not fenced
             continue
-        indented = line.startswith("    ") and not fenced and (n < 2 or not lines[n - 2].strip()
-                                                               or lines[n - 2].startswith("    "))
+        indented = (
+            line.startswith("    ")
+            and not fenced
+            and (n < 2 or not lines[n - 2].strip() or lines[n - 2].startswith("    "))
+        )
         if not (fenced or indented):
             continue
         if line.rstrip().endswith("\\"):  # a command continued on the next line
@@ -92,8 +97,13 @@ def test_readme_has_the_commands_this_test_expects():
 
 @pytest.mark.slow
 def test_readme_commands_run_in_order(workdir):
-    env = {**os.environ, "RESEXP_SET": SHRINK, "PYTHONUNBUFFERED": "1", "COLUMNS": "200",
-           "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "RESEXP_SET": SHRINK,
+        "PYTHONUNBUFFERED": "1",
+        "COLUMNS": "200",
+        "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     ran = []
     for line, command, expected in readme_commands():
         if skip_reason(command):
@@ -105,7 +115,9 @@ def test_readme_commands_run_in_order(workdir):
         output = proc.stdout + proc.stderr
         where = f"README.md:{line}: `{command}`"
         assert "Traceback" not in output, f"{where} printed a traceback:\n{output[-3000:]}"
-        assert proc.returncode == expected, f"{where} exited {proc.returncode}, README says {expected}:\n{output[-3000:]}"
+        assert proc.returncode == expected, (
+            f"{where} exited {proc.returncode}, README says {expected}:\n{output[-3000:]}"
+        )
         ran.append(command)
     # the sequence that once broke the demo directory: the demo, a weight-decay grid into it, the demo again
     assert (workdir / "runs" / "demo" / "loss_vs_depth.png").is_file()

@@ -27,12 +27,22 @@ ERRORS = {
 def _summary(net: str, depth: int, seed: int, error: float, reference: str | None) -> dict:
     shortcut = net == "resnet"
     return {
-        "run_id": f"{net}{depth}-s{seed}", "status": "completed", "steps": 100, "total_steps": 100,
-        "final_train_loss": 0.1, "final_train_accuracy": 0.99, "eval_loss": 0.3, "eval_accuracy": 1 - error / 100,
-        "params": 1000 * depth, "wall_seconds": 1.0,
-        "config": {"data": {"name": "cifar10"}, "train": {"seed": seed},
-                   "model": {"kind": "cnn", "depth": depth, "shortcut": shortcut, "projection": "zero_pad"},
-                   "report": {"reference": reference}},
+        "run_id": f"{net}{depth}-s{seed}",
+        "status": "completed",
+        "steps": 100,
+        "total_steps": 100,
+        "final_train_loss": 0.1,
+        "final_train_accuracy": 0.99,
+        "eval_loss": 0.3,
+        "eval_accuracy": 1 - error / 100,
+        "params": 1000 * depth,
+        "wall_seconds": 1.0,
+        "config": {
+            "data": {"name": "cifar10"},
+            "train": {"seed": seed},
+            "model": {"kind": "cnn", "depth": depth, "shortcut": shortcut, "projection": "zero_pad"},
+            "report": {"reference": reference},
+        },
         "sweep": {"name": "t6", "keys": {"model.depth": depth, "model.shortcut": shortcut, "train.seed": seed}},
         "history": {"step": [50, 100], "train_loss": [1.0, 0.1], "train_accuracy": [0.6, 0.99]},
         "diagnostics": None,
@@ -63,8 +73,14 @@ def _aggregate(sweep: Path) -> dict[tuple[str, str], dict]:
 
 def test_the_published_numbers():
     t6 = REFERENCES["he2016_table6"]
-    assert [(r.depth, r.error) for r in t6.rows] == [(20, 8.75), (32, 7.51), (44, 7.17), (56, 6.97), (110, 6.43),
-                                                    (1202, 7.93)]
+    assert [(r.depth, r.error) for r in t6.rows] == [
+        (20, 8.75),
+        (32, 7.51),
+        (44, 7.17),
+        (56, 6.97),
+        (110, 6.43),
+        (1202, 7.93),
+    ]
     r110 = t6.row("ResNet", 110)
     assert (r110.error, r110.mean, r110.std, r110.runs, r110.compare_to) == (6.43, 6.61, 0.16, 5, 6.61)
     assert t6.row("plain", 20) is None  # plain nets are only curves in the paper (Fig. 6)
@@ -79,8 +95,11 @@ def test_aggregate_gets_paper_yours_difference_and_within(reported):
     assert float(r20["test_error_std"]) == pytest.approx(statistics.stdev(ERRORS[("resnet", 20)]))
     assert float(r20["diff_vs_paper"]) == pytest.approx(8.8 - 8.75) and r20["within_paper_spread"] == "true"
     assert float(r56["diff_vs_paper"]) == pytest.approx(7.7 - 6.97) and r56["within_paper_spread"] == "false"
-    assert (float(r110["paper_test_error"]), float(r110["paper_test_error_mean"]),
-            float(r110["paper_test_error_std"])) == (6.43, 6.61, 0.16)
+    assert (
+        float(r110["paper_test_error"]),
+        float(r110["paper_test_error_mean"]),
+        float(r110["paper_test_error_std"]),
+    ) == (6.43, 6.61, 0.16)
     assert float(r110["diff_vs_paper"]) == pytest.approx(6.6 - 6.61)  # against the paper's mean, not its best
     assert r110["within_paper_spread"] == "true"
     plain = rows[("false", "20")]
@@ -91,8 +110,7 @@ def test_aggregate_gets_paper_yours_difference_and_within(reported):
 def test_terminal_and_json_say_it(reported):
     sweep, _, text = reported
     assert "6.43 (best; 6.61±0.16)" in text and "6.60±0.10" in text and "+0.73" in text
-    assert "plain nets: test error rises with depth (20 < 32 < 44 < 56) (Fig. 6 left): holds (on depths 20, 56)" \
-        in text
+    assert "plain nets: test error rises with depth (20 < 32 < 44 < 56) (Fig. 6 left): holds (on depths 20, 56)" in text
     assert "(Fig. 6 middle, Table 6): holds (on depths 20, 56, 110)" in text
     assert "not testable" in text and "1202" in text
     doc = json.loads((sweep / "results.json").read_text())
@@ -117,7 +135,6 @@ def test_a_broken_ordering_is_reported(tmp_path):
 def test_the_figure_marks_the_papers_points(reported):
     """The paper's stars and bars are black: the figure has more black than the same one without them."""
     import matplotlib.image
-    import numpy as np
 
     from resexp.figures import plot_test_error_vs_paper
 
@@ -126,8 +143,13 @@ def test_the_figure_marks_the_papers_points(reported):
     from resexp.references import compare
 
     comparison = compare(report)
-    without = Comparison(Reference(**{**HE2016_TABLE6.__dict__, "rows": ()}), comparison.columns,
-                         comparison.per_cell, comparison.labels, comparison.verdicts)
+    without = Comparison(
+        Reference(**{**HE2016_TABLE6.__dict__, "rows": ()}),
+        comparison.columns,
+        comparison.per_cell,
+        comparison.labels,
+        comparison.verdicts,
+    )
 
     def black(png: bytes) -> int:
         pixels = matplotlib.image.imread(io.BytesIO(png), format="png")[..., :3]

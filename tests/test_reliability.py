@@ -52,8 +52,9 @@ def events_files(run_dir: Path) -> list[Path]:
 def start_cli(*args, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     with open(log, "w") as fh:  # a file, not a pipe: nothing can block on a full pipe
-        return subprocess.Popen([sys.executable, "-m", "resexp", *map(str, args)], stdout=fh, stderr=subprocess.STDOUT,
-                                env=env)
+        return subprocess.Popen(
+            [sys.executable, "-m", "resexp", *map(str, args)], stdout=fh, stderr=subprocess.STDOUT, env=env
+        )
 
 
 def wait_for(predicate, proc: subprocess.Popen, log: Path, timeout: float = 240):
@@ -116,8 +117,18 @@ def test_an_exploded_finite_loss_is_divergence_too(tmp_path):
     """The issue's command: lr 1e4 on the demo's ResNet-8 stays finite but explodes (~1e16): diverged, exit 3.
     With the rule off (`train.max_loss_factor: null`) the same run 'completes' at chance accuracy."""
     demo = ROOT / "configs" / "demo.yaml"
-    args = ["--set", "model.depth=8", "--set", "optim.lr=10000", "--set", "optim.warmup_steps=0",
-            "--set", "train.steps=60", "--out", tmp_path]
+    args = [
+        "--set",
+        "model.depth=8",
+        "--set",
+        "optim.lr=10000",
+        "--set",
+        "optim.warmup_steps=0",
+        "--set",
+        "train.steps=60",
+        "--out",
+        tmp_path,
+    ]
     proc = run_cli("train", demo, *args)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and "loss exploded" in proc.stdout
@@ -140,8 +151,9 @@ def test_sweep_survives_divergence_and_an_incompatible_checkpoint(tmp_path, refe
     from resexp.config import load_config
     from resexp.sweep import expand_grid
 
-    config = write_config(tmp_path / "grid.yaml", {**R, "name": "grid", "sweep": {"optim.lr": [0.05, 10000.0],
-                                                                                  "train.seed": [0, 1]}})
+    config = write_config(
+        tmp_path / "grid.yaml", {**R, "name": "grid", "sweep": {"optim.lr": [0.05, 10000.0], "train.seed": [0, 1]}}
+    )
     cells = {(c.keys["optim.lr"], c.keys["train.seed"]): c.run_id for c in expand_grid(load_config(config))}
     bad = tmp_path / "runs" / "grid" / cells[(0.05, 1)]
     Checkpoints(bad / "checkpoints").save(25, {"w": np.zeros(3, np.float32)}, {"history": {}})
@@ -151,8 +163,7 @@ def test_sweep_survives_divergence_and_an_incompatible_checkpoint(tmp_path, refe
     assert "Traceback" not in proc.stderr
     assert f"failed: {cells[(0.05, 1)]}: " in proc.stderr and "does not match this run's config" in proc.stderr
     statuses = {key: summary(tmp_path / "runs" / "grid" / rid)["status"] for key, rid in cells.items()}
-    assert statuses == {(0.05, 0): "completed", (0.05, 1): "failed",
-                        (10000.0, 0): "diverged", (10000.0, 1): "diverged"}
+    assert statuses == {(0.05, 0): "completed", (0.05, 1): "failed", (10000.0, 0): "diverged", (10000.0, 1): "diverged"}
     with open(tmp_path / "runs" / "grid" / "results.csv") as fh:
         rows = {r["run_id"]: r for r in csv.DictReader(fh)}
     for seed in (0, 1):
@@ -208,8 +219,14 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_same_result(tmp_path, refere
     run_dir = wait_for(lambda: out.exists() and next((p for p in out.iterdir() if committed_steps(p)), None), proc, log)
     first = committed_steps(run_dir)[-1]
     # Kill during the next checkpoint if we catch it half-written, else just after it.
-    wait_for(lambda: any(p.name.endswith("tmp") for p in (run_dir / "checkpoints").iterdir())
-             or committed_steps(run_dir)[-1] > first, proc, log)
+    wait_for(
+        lambda: (
+            any(p.name.endswith("tmp") for p in (run_dir / "checkpoints").iterdir())
+            or committed_steps(run_dir)[-1] > first
+        ),
+        proc,
+        log,
+    )
     proc.kill()
     proc.wait(timeout=60)
     assert summary(run_dir)["status"] == "running"
@@ -259,16 +276,21 @@ def test_two_sweeps_on_one_directory_train_every_run_exactly_once(tmp_path, refe
     from resexp.config import load_config
     from resexp.sweep import expand_grid
 
-    grid = {**R, "name": "shared", "train": {**R["train"], "steps": 30, "checkpoint_every": 10},
-            "sweep": {"train.seed": [0, 1, 2, 3]}}
+    grid = {
+        **R,
+        "name": "shared",
+        "train": {**R["train"], "steps": 30, "checkpoint_every": 10},
+        "sweep": {"train.seed": [0, 1, 2, 3]},
+    }
     config = write_config(tmp_path / "shared.yaml", grid)
     out = tmp_path / "runs"
     run_ids = [c.run_id for c in expand_grid(load_config(config))]
     # A sweep killed earlier left a lock behind in one cell: a dead pid on this host.
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (out / "shared" / run_ids[2]).mkdir(parents=True)
-    (out / "shared" / run_ids[2] / ".lock").write_text(json.dumps(
-        {"pid": int(dead.stdout), "host": socket.gethostname(), "time": time.time()}))
+    (out / "shared" / run_ids[2] / ".lock").write_text(
+        json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "time": time.time()})
+    )
 
     logs = [tmp_path / "a.txt", tmp_path / "b.txt"]
     procs = [start_cli("sweep", config, "--out", out, log=log) for log in logs]
@@ -311,8 +333,9 @@ def test_sigterm_to_a_parallel_sweep_stops_its_workers_and_a_rerun_finishes(tmp_
     out, log = tmp_path / "runs", tmp_path / "log.txt"
     proc = start_cli("sweep", config, "--out", out, "--jobs", "2", log=log)
     sweep_dir = out / "term"
-    wait_for(lambda: sweep_dir.exists() and any(committed_steps(p) for p in sweep_dir.iterdir() if p.is_dir()),
-             proc, log)
+    wait_for(
+        lambda: sweep_dir.exists() and any(committed_steps(p) for p in sweep_dir.iterdir() if p.is_dir()), proc, log
+    )
     workers = _children(proc.pid)
     assert len(workers) >= 2, workers  # two pool workers (plus multiprocessing's helper)
     proc.send_signal(signal.SIGTERM)
@@ -393,7 +416,9 @@ def test_read_only_output_dir_is_one_clear_error(tmp_path):
     ro.mkdir()
     if os.geteuid() != 0:
         ro.chmod(0o555)
-    elif subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True).returncode:
+    elif subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True
+    ).returncode:
         pytest.skip("running as root, where chmod does not stop writes, and cannot mount a read-only tmpfs")
     try:
         proc = run_cli("train", config, "--out", ro / "runs")
@@ -417,6 +442,6 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(RunError, match="summary.json: cannot write .No space left on device"):
+    with pytest.raises(RunError, match=r"summary\.json: cannot write .No space left on device"):
         write_atomic(target, "new\n")
     assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]

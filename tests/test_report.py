@@ -20,7 +20,7 @@ from resexp.report import REPORT_SUFFIX, build_report
 from resexp.tblog import EventWriter, event_files, png_size
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tb_server import TensorBoardServer  # noqa: E402
+from tb_server import TensorBoardServer
 
 DEPTHS = (8, 14, 20)
 SEEDS = (0, 1)
@@ -45,7 +45,7 @@ def make_summary(net: str, depth: int, seed: int, *, keys: dict | None = None, w
     steps = list(range(10, 101, 10))
     curve = [2.3 * math.exp(-s / 30) + (0 if diverged else loss) for s in steps]
     if diverged:
-        curve = [v if s < 50 else math.nan for s, v in zip(steps, curve)]
+        curve = [v if s < 50 else math.nan for s, v in zip(steps, curve, strict=True)]
     n_blocks = (depth - 2) // 2
     return {
         "run_id": f"{net}{depth}-s{seed}",
@@ -181,7 +181,12 @@ def test_results_csv(built):
     expected_ids = {f"{n}{d}-s{s}" for n in ("plain", "resnet") for d in DEPTHS for s in SEEDS} | {"resnet8-s5"}
     assert set(by_id) == expected_ids and len(rows) == len(expected_ids)
     row = by_id["plain14-s1"]
-    assert (row["model.depth"], row["model.shortcut"], row["train.seed"], row["status"]) == ("14", "false", "1", "completed")
+    assert (row["model.depth"], row["model.shortcut"], row["train.seed"], row["status"]) == (
+        "14",
+        "false",
+        "1",
+        "completed",
+    )
     assert float(row["final_train_loss"]) == pytest.approx(train_loss("plain", 14, 1))
     assert float(row["eval_loss"]) == pytest.approx(2 * train_loss("plain", 14, 1))
     assert row["params"] == "14000"
@@ -316,8 +321,13 @@ def test_tensorboard_hparams(tb, built):
     assert infos["model.shortcut"]["domainDiscrete"] == [False, True]
     metric_tags = {m["name"]["tag"] for m in exp["metricInfos"]}
     # only the report's own metrics: not every train/ and diag/ scalar of the runs (288 on a ResNet-56)
-    assert metric_tags == {"hparams/final_train_loss", "hparams/final_train_accuracy", "hparams/eval_loss",
-                           "hparams/eval_accuracy", "hparams/diverged"}
+    assert metric_tags == {
+        "hparams/final_train_loss",
+        "hparams/final_train_accuracy",
+        "hparams/eval_loss",
+        "hparams/eval_accuracy",
+        "hparams/diverged",
+    }
 
     sessions = tb.sessions()
     assert set(sessions) == {r["run_id"] for r in built["report"].rows}  # one session per run dir
@@ -397,8 +407,12 @@ def test_runs_without_sweep_keys_get_an_inferred_grid(tmp_path):
 
 # --------------------------------------------------------------------------- grids sharing a directory
 
-AXIS_VALUES = {"model.depth": [8, 14, 20], "model.shortcut": [False, True], "optim.weight_decay": [0.0, 1e-4, 1e-3],
-               "train.seed": [0, 1, 2]}
+AXIS_VALUES = {
+    "model.depth": [8, 14, 20],
+    "model.shortcut": [False, True],
+    "optim.weight_decay": [0.0, 1e-4, 1e-3],
+    "train.seed": [0, 1, 2],
+}
 
 
 def fabricated_run(sweep: Path, cfg) -> None:
@@ -409,16 +423,28 @@ def fabricated_run(sweep: Path, cfg) -> None:
     diverged = (m.depth, m.shortcut, seed) == (20, False, 2)
     loss = (0.1 * m.depth / 8 if not m.shortcut else 0.05) * (1 + 0.07 * seed) + 10 * wd
     rid = run_id(cfg)
-    summary = {"run_id": rid, "status": "diverged" if diverged else "completed", "steps": 100,
-               "diverged_at_step": 50 if diverged else None, "final_train_loss": None if diverged else loss,
-               "final_train_accuracy": None if diverged else 1 - loss, "eval_loss": None if diverged else 2 * loss,
-               "eval_accuracy": None if diverged else 0.9 - loss, "params": 1000 * m.depth, "wall_seconds": 1.0,
-               "config": cfg.model_dump(mode="json"),
-               # what the launching sweep happened to sweep: deliberately partial, the report must not use it
-               "sweep": {"name": cfg.name, "keys": {"model.depth": m.depth}},
-               "history": {"step": [50, 100], "train_loss": [1.0, loss], "train_accuracy": [0.5, 0.6]},
-               "diagnostics": {"residual_ratio": [0.5] if m.shortcut else [], "response_std": [1.0, 0.5],
-                               "weight_norm": {}, "grad_norm": {}}}
+    summary = {
+        "run_id": rid,
+        "status": "diverged" if diverged else "completed",
+        "steps": 100,
+        "diverged_at_step": 50 if diverged else None,
+        "final_train_loss": None if diverged else loss,
+        "final_train_accuracy": None if diverged else 1 - loss,
+        "eval_loss": None if diverged else 2 * loss,
+        "eval_accuracy": None if diverged else 0.9 - loss,
+        "params": 1000 * m.depth,
+        "wall_seconds": 1.0,
+        "config": cfg.model_dump(mode="json"),
+        # what the launching sweep happened to sweep: deliberately partial, the report must not use it
+        "sweep": {"name": cfg.name, "keys": {"model.depth": m.depth}},
+        "history": {"step": [50, 100], "train_loss": [1.0, loss], "train_accuracy": [0.5, 0.6]},
+        "diagnostics": {
+            "residual_ratio": [0.5] if m.shortcut else [],
+            "response_std": [1.0, 0.5],
+            "weight_norm": {},
+            "grad_norm": {},
+        },
+    }
     write_summary(sweep / rid, summary)
 
 
@@ -448,7 +474,9 @@ def test_reports_over_random_mixtures_of_grids(tmp_path, trial):
         manifest = record_grid(sweep, "mixed", grid_axes(base, axes), axes, cells)
         asked.append((manifest.report_dir, axes, {c.run_id: c.cfg for c in cells}))
 
-    reports = {r.report_dir: r for r in build_reports(sweep, console=Console(file=io.StringIO()), write_tensorboard=False)}
+    reports = {
+        r.report_dir: r for r in build_reports(sweep, console=Console(file=io.StringIO()), write_tensorboard=False)
+    }
     distinct = {d for d, _, _ in asked}
     assert set(reports) == distinct
     for report_dir, axes, cfgs in asked:
@@ -463,11 +491,17 @@ def test_reports_over_random_mixtures_of_grids(tmp_path, trial):
                     want = want[part]
                 assert str(row[key]).lower() == str(want).lower() or float(row[key]) == float(want), (key, row)
         for cell in report.cells:
-            members = [c for rid, c in cfgs.items()
-                       if all(c.model_dump(mode="json")[k.split(".")[0]][k.split(".")[1]] == v for k, v in cell.key.items())]
+            members = [
+                c
+                for rid, c in cfgs.items()
+                if all(c.model_dump(mode="json")[k.split(".")[0]][k.split(".")[1]] == v for k, v in cell.key.items())
+            ]
             assert cell.n == len(members)
-            losses = [(0.1 * c.model.depth / 8 if not c.model.shortcut else 0.05) * (1 + 0.07 * c.train.seed)
-                      + 10 * c.optim.weight_decay for c in members
-                      if (c.model.depth, c.model.shortcut, c.train.seed) != (20, False, 2)]
+            losses = [
+                (0.1 * c.model.depth / 8 if not c.model.shortcut else 0.05) * (1 + 0.07 * c.train.seed)
+                + 10 * c.optim.weight_decay
+                for c in members
+                if (c.model.depth, c.model.shortcut, c.train.seed) != (20, False, 2)
+            ]
             if losses:
                 assert cell.mean["final_train_loss"] == pytest.approx(statistics.mean(losses), rel=1e-12)

@@ -27,8 +27,11 @@ from resexp.report import build_report
 from resexp.runs import read_summary
 from resexp.sweep import expand_grid, group_seeds, run_sweep
 
-GRID = tiny_dict(name="slurmtest-grid", sweep={"model.depth": [8, 14], "model.shortcut": [False, True]},
-                 train={"steps": 40, "log_every": 10, "checkpoint_every": 40})
+GRID = tiny_dict(
+    name="slurmtest-grid",
+    sweep={"model.depth": [8, 14], "model.shortcut": [False, True]},
+    train={"steps": 40, "log_every": 10, "checkpoint_every": 40},
+)
 # Long enough (5-10 s of training here) for a signal to land mid-run; checkpoints every 500
 # steps show the test when training is under way.
 LONG = tiny_dict(name="slurmtest-long", train={"steps": 2000, "log_every": 20, "checkpoint_every": 500})
@@ -105,9 +108,10 @@ def _wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
 
 def _start_cli(log: Path, *args) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-    fh = open(log, "w")
-    return subprocess.Popen([sys.executable, "-m", "resexp", *map(str, args)], stdout=fh, stderr=subprocess.STDOUT,
-                            env=env, text=True)
+    fh = open(log, "w")  # noqa: SIM115 - the child's stdout for its whole life; a pipe could fill and block it
+    return subprocess.Popen(
+        [sys.executable, "-m", "resexp", *map(str, args)], stdout=fh, stderr=subprocess.STDOUT, env=env, text=True
+    )
 
 
 def _rows(path: Path) -> dict[str, dict]:
@@ -116,7 +120,9 @@ def _rows(path: Path) -> dict[str, dict]:
 
 
 def _sacct(array: str, duplicates: bool = False) -> list[tuple[str, str, str]]:
-    cmd = ["sacct", "-n", "-X", "-P", "-o", "JobID,State,AllocTRES", "-j", array] + (["--duplicates"] if duplicates else [])
+    cmd = ["sacct", "-n", "-X", "-P", "-o", "JobID,State,AllocTRES", "-j", array] + (
+        ["--duplicates"] if duplicates else []
+    )
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
     return [tuple(line.split("|")) for line in out.splitlines() if line.strip()]
 
@@ -197,9 +203,23 @@ class TimeLimitRun(threading.Thread):
     def _run(self):
         tick_file = self.root / "tick"
         probe = subprocess.run(
-            ["sbatch", "--parsable", "-p", "debug", "--time=1", "--signal=B:USR1@59", "--job-name=slurmtest-probe",
-             "-o", "/dev/null", "--wrap", f"trap 'date +%s.%N > {tick_file}; exit 0' USR1; while :; do sleep 0.1; done"],
-            capture_output=True, text=True, check=True)
+            [
+                "sbatch",
+                "--parsable",
+                "-p",
+                "debug",
+                "--time=1",
+                "--signal=B:USR1@59",
+                "--job-name=slurmtest-probe",
+                "-o",
+                "/dev/null",
+                "--wrap",
+                f"trap 'date +%s.%N > {tick_file}; exit 0' USR1; while :; do sleep 0.1; done",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         _wait_until(tick_file.exists, 45, "the time-limit check's signal to the probe job")
         subprocess.run(["scancel", probe.stdout.strip()])
         tick = float(tick_file.read_text())
@@ -210,8 +230,19 @@ class TimeLimitRun(threading.Thread):
         time.sleep(start - lead - time.time())
         path = write_config(self.root / "long.yaml", {**LONG, "name": "slurmtest-timelimit"})
         t0 = time.time()
-        proc = _start_cli(self.root / "sweep.log", "sweep", path, "--out", self.root / "runs", "--launcher", "slurm",
-                          "--partition", "debug", "--time", "0:01:00")
+        proc = _start_cli(
+            self.root / "sweep.log",
+            "sweep",
+            path,
+            "--out",
+            self.root / "runs",
+            "--launcher",
+            "slurm",
+            "--partition",
+            "debug",
+            "--time",
+            "0:01:00",
+        )
         rc = proc.wait(timeout=200)
         return rc, time.time() - t0, (self.root / "sweep.log").read_text()
 
@@ -231,8 +262,21 @@ def time_limit_run(cluster, tmp_path_factory):
 def slurm_grid(cluster, time_limit_run, long_reference, no_wait_run, grid_reference, tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm-grid")
     path = write_config(root / "grid.yaml", GRID)
-    r = run_cli("sweep", path, "--out", root / "runs", "--launcher", "slurm", "--partition", "gpu",
-                "--gpus-per-run", "1", "--time", "0:10:00", timeout=240)
+    r = run_cli(
+        "sweep",
+        path,
+        "--out",
+        root / "runs",
+        "--launcher",
+        "slurm",
+        "--partition",
+        "gpu",
+        "--gpus-per-run",
+        "1",
+        "--time",
+        "0:10:00",
+        timeout=240,
+    )
     return root, path, r
 
 
@@ -252,8 +296,9 @@ def test_1_slurm_grid_matches_the_local_sweep_one_completed_task_per_cell(slurm_
     status = run_cli("status", sweep_dir)
     assert status.returncode == 0, status.stderr
     lines = [ln for ln in status.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 4 and all(re.search(r"completed\s+step 40/40\s+job \d+_\d+ \(COMPLETED\)\s+restarts 0", ln)
-                                   for ln in lines), status.stdout
+    assert len(lines) == 4 and all(
+        re.search(r"completed\s+step 40/40\s+job \d+_\d+ \(COMPLETED\)\s+restarts 0", ln) for ln in lines
+    ), status.stdout
 
 
 def test_2_rerun_submits_nothing(slurm_grid):
@@ -261,15 +306,29 @@ def test_2_rerun_submits_nothing(slurm_grid):
     assert first.returncode == 0
     sweep_dir = root / "runs" / GRID["name"]
     before = sorted(p.name for p in (sweep_dir / ".submitit").iterdir())
-    jobs_before = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "--name", f"resexp-{GRID['name']}"],
-                                 capture_output=True, text=True).stdout.split()
-    r = run_cli("sweep", path, "--out", root / "runs", "--launcher", "slurm", "--partition", "gpu",
-                "--gpus-per-run", "1", "--time", "0:10:00")
+    jobs_before = subprocess.run(
+        ["sacct", "-n", "-X", "-o", "JobID", "--name", f"resexp-{GRID['name']}"], capture_output=True, text=True
+    ).stdout.split()
+    r = run_cli(
+        "sweep",
+        path,
+        "--out",
+        root / "runs",
+        "--launcher",
+        "slurm",
+        "--partition",
+        "gpu",
+        "--gpus-per-run",
+        "1",
+        "--time",
+        "0:10:00",
+    )
     assert r.returncode == 0, r.stderr
     assert "nothing to submit" in r.stderr
     assert sorted(p.name for p in (sweep_dir / ".submitit").iterdir()) == before
-    jobs_after = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "--name", f"resexp-{GRID['name']}"],
-                                capture_output=True, text=True).stdout.split()
+    jobs_after = subprocess.run(
+        ["sacct", "-n", "-X", "-o", "JobID", "--name", f"resexp-{GRID['name']}"], capture_output=True, text=True
+    ).stdout.split()
     assert jobs_after == jobs_before
     assert (sweep_dir / "results.csv").exists()
 
@@ -279,14 +338,42 @@ def test_2_rerun_submits_nothing(slurm_grid):
 
 def test_3_preempted_cell_is_requeued_resumes_and_matches_an_uninterrupted_run(cluster, long_reference, tmp_path):
     path = write_config(tmp_path / "long.yaml", {**LONG, "name": "slurmtest-preempt"})
-    proc = _start_cli(tmp_path / "sweep.log", "sweep", path, "--out", tmp_path / "runs", "--launcher", "slurm",
-                      "--partition", "gpu", "--gpus-per-run", "1", "--time", "0:10:00")
+    proc = _start_cli(
+        tmp_path / "sweep.log",
+        "sweep",
+        path,
+        "--out",
+        tmp_path / "runs",
+        "--launcher",
+        "slurm",
+        "--partition",
+        "gpu",
+        "--gpus-per-run",
+        "1",
+        "--time",
+        "0:10:00",
+    )
     sweep_dir = tmp_path / "runs" / "slurmtest-preempt"
     try:
         run_dir = _wait_until(lambda: _single_run_dir(sweep_dir), 60, "the run directory")
         _wait_until(lambda: _first_checkpoint(run_dir), 60, "training under way (a first checkpoint)")
-        urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "--gres=gpu:2", "--job-name=slurmtest-urgent",
-                                 "-o", "/dev/null", "--wrap", "sleep 2"], capture_output=True, text=True, check=True)
+        urgent = subprocess.run(
+            [
+                "sbatch",
+                "--parsable",
+                "-p",
+                "urgent",
+                "--gres=gpu:2",
+                "--job-name=slurmtest-urgent",
+                "-o",
+                "/dev/null",
+                "--wrap",
+                "sleep 2",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert urgent.returncode == 0
         rc = proc.wait(timeout=150)
     finally:
@@ -313,8 +400,9 @@ def test_3_preempted_cell_is_requeued_resumes_and_matches_an_uninterrupted_run(c
 
 def test_5_scancel_of_the_array_ends_a_waiting_sweep_with_130(cluster, tmp_path):
     path = write_config(tmp_path / "long.yaml", {**LONG, "name": "slurmtest-cancel"})
-    proc = _start_cli(tmp_path / "sweep.log", "sweep", path, "--out", tmp_path / "runs", "--launcher", "slurm",
-                      "--partition", "debug")
+    proc = _start_cli(
+        tmp_path / "sweep.log", "sweep", path, "--out", tmp_path / "runs", "--launcher", "slurm", "--partition", "debug"
+    )
     sweep_dir = tmp_path / "runs" / "slurmtest-cancel"
     try:
         run_dir = _wait_until(lambda: _single_run_dir(sweep_dir), 60, "the run directory")
@@ -359,8 +447,11 @@ def test_6_no_wait_submits_the_array_and_a_report_job(no_wait_run):
     results = root / "runs" / ONE["name"] / "results.csv"
     _wait_until(results.exists, 90, "the report job's results.csv", interval=0.5)
     assert [row["status"] for row in _rows(results).values()] == ["completed"]
-    _wait_until(lambda: _sacct(ids.group(2)) and all(st == "COMPLETED" for _, st, _ in _sacct(ids.group(2))), 30,
-                "the report job to be COMPLETED")
+    _wait_until(
+        lambda: _sacct(ids.group(2)) and all(st == "COMPLETED" for _, st, _ in _sacct(ids.group(2))),
+        30,
+        "the report job to be COMPLETED",
+    )
     assert [st for _, st, _ in _sacct(ids.group(1))] == ["COMPLETED"]
 
 
@@ -392,7 +483,7 @@ def test_7_local_launcher_grid_rerun_and_no_wait(grid_reference, tmp_path):
     _wait_until(lambda: not _procs_mentioning(str(tmp_path / "runs")), 20, "the local jobs to end")
 
 
-# --------------------------------------------------------------------------- 4: time limit (started first, checked last)
+# ------------------------------------------------------------- 4: time limit (started first, checked last)
 
 
 def test_4_time_limit_requeues_resumes_and_completes(time_limit_run, long_reference):
@@ -400,7 +491,7 @@ def test_4_time_limit_requeues_resumes_and_completes(time_limit_run, long_refere
     assert not time_limit_run.is_alive(), "the time-limit sweep did not end"
     if time_limit_run.error:
         raise time_limit_run.error
-    rc, elapsed, log = time_limit_run.result
+    rc, _, log = time_limit_run.result
     assert rc == 0, log
     sweep_dir = time_limit_run.root / "runs" / "slurmtest-timelimit"
     run_dir = _single_run_dir(sweep_dir)
@@ -411,14 +502,23 @@ def test_4_time_limit_requeues_resumes_and_completes(time_limit_run, long_refere
     assert s["final_train_loss"] == long_reference.summary()["final_train_loss"]  # resumed: still bit for bit
 
 
-# --------------------------------------------------------------------------- bad input: one line, exit 2, nothing submitted
+# ------------------------------------------------------------- bad input: one line, exit 2, nothing submitted
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--partition", "nosuch"], r"--partition nosuch: no such partition \(this cluster has: debug, gpu, urgent\)"),
-    (["--partition", "gpu", "--gpus-per-run", "3"], r"SLURM refuses these resources: Requested node configuration is not available"),
-    (["--partition", "gpu", "--time", "5:00:00"], r"SLURM refuses these resources: Requested time limit is invalid"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--partition", "nosuch"], r"--partition nosuch: no such partition \(this cluster has: debug, gpu, urgent\)"),
+        (
+            ["--partition", "gpu", "--gpus-per-run", "3"],
+            r"SLURM refuses these resources: Requested node configuration is not available",
+        ),
+        (
+            ["--partition", "gpu", "--time", "5:00:00"],
+            r"SLURM refuses these resources: Requested time limit is invalid",
+        ),
+    ],
+)
 def test_flags_slurm_refuses_fail_before_submitting(cluster, tmp_path, flags, message):
     path = write_config(tmp_path / "grid.yaml", GRID)
     r = run_cli("sweep", path, "--out", tmp_path / "runs", "--launcher", "slurm", *flags)
@@ -427,14 +527,17 @@ def test_flags_slurm_refuses_fail_before_submitting(cluster, tmp_path, flags, me
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--launcher", "slurm"], r"`sbatch` not found on PATH"),
-    (["--launcher", "slurm", "--shard", "0/2"], r"--launcher cannot be combined with --shard"),
-    (["--launcher", "local", "--jobs", "2"], r"--launcher cannot be combined with --jobs"),
-    (["--launcher", "pbs"], r"--launcher 'pbs': choose one of slurm, local"),
-    (["--partition", "gpu"], r"--partition needs --launcher slurm"),
-    (["--launcher", "slurm", "--time", "ten"], r"--time 'ten': expected HH:MM:SS"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--launcher", "slurm"], r"`sbatch` not found on PATH"),
+        (["--launcher", "slurm", "--shard", "0/2"], r"--launcher cannot be combined with --shard"),
+        (["--launcher", "local", "--jobs", "2"], r"--launcher cannot be combined with --jobs"),
+        (["--launcher", "pbs"], r"--launcher 'pbs': choose one of slurm, local"),
+        (["--partition", "gpu"], r"--partition needs --launcher slurm"),
+        (["--launcher", "slurm", "--time", "ten"], r"--time 'ten': expected HH:MM:SS"),
+    ],
+)
 def test_flags_checked_without_a_cluster(tmp_path, flags, message):
     path = write_config(tmp_path / "grid.yaml", GRID)
     # PATH: the venv only, so no SLURM command is found (the other checks come before any is needed)
@@ -446,13 +549,41 @@ def test_flags_checked_without_a_cluster(tmp_path, flags, message):
 
 def test_dry_run_prints_the_sbatch_line_without_slurm(tmp_path):
     path = write_config(tmp_path / "grid.yaml", GRID)
-    r = run_cli("sweep", path, "--out", tmp_path / "runs", "--launcher", "slurm", "--partition", "gpu",
-                "--gpus-per-run", "1", "--time", "0:10:00", "--max-parallel", "2", "--qos", "high",
-                "--slurm-arg", "constraint=a100", "--dry-run", env={"PATH": str(Path(sys.executable).parent)})
+    r = run_cli(
+        "sweep",
+        path,
+        "--out",
+        tmp_path / "runs",
+        "--launcher",
+        "slurm",
+        "--partition",
+        "gpu",
+        "--gpus-per-run",
+        "1",
+        "--time",
+        "0:10:00",
+        "--max-parallel",
+        "2",
+        "--qos",
+        "high",
+        "--slurm-arg",
+        "constraint=a100",
+        "--dry-run",
+        env={"PATH": str(Path(sys.executable).parent)},
+    )
     assert r.returncode == 0, r.stderr
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("sbatch "))
-    for flag in ("--job-name=resexp-slurmtest-grid", "--array=0-3%2", "--partition=gpu", "--gres=gpu:1",
-                 "--time=0:10:00", "--qos=high", "--signal=B:USR1@120", "--requeue", "--constraint=a100"):
+    for flag in (
+        "--job-name=resexp-slurmtest-grid",
+        "--array=0-3%2",
+        "--partition=gpu",
+        "--gres=gpu:1",
+        "--time=0:10:00",
+        "--qos=high",
+        "--signal=B:USR1@120",
+        "--requeue",
+        "--constraint=a100",
+    ):
         assert flag in line.split(), (flag, line)
     assert len(re.findall(r"task \d: ", r.stdout)) == 4
     assert not (tmp_path / "runs").exists()
@@ -460,7 +591,13 @@ def test_dry_run_prints_the_sbatch_line_without_slurm(tmp_path):
 
 def test_time_limits_and_the_signal_lead_time():
     assert [time_limit_minutes(t) for t in ("90", "1:30", "0:10:00", "2-0", "1-2:30", "0:00:01")] == [
-        90, 2, 10, 2880, 1590, 1]
+        90,
+        2,
+        10,
+        2880,
+        1590,
+        1,
+    ]
     with pytest.raises(LaunchError, match="--time '1:2:3:4'"):
         time_limit_minutes("1:2:3:4")
     with pytest.raises(LaunchError, match="more than zero"):

@@ -26,7 +26,8 @@ def test_grid_is_the_cartesian_product_on_top_of_the_config():
     cells = expand_grid(Config.model_validate(SWEEP))
     assert len(cells) == 8 and len({c.run_id for c in cells}) == 8
     assert {(c.cfg.model.depth, c.cfg.model.shortcut, c.cfg.train.seed) for c in cells} == {
-        (d, s, seed) for d in (8, 14) for s in (False, True) for seed in (0, 1)}
+        (d, s, seed) for d in (8, 14) for s in (False, True) for seed in (0, 1)
+    }
     assert all(c.cfg.model.widths == [4, 8, 8] and c.cfg.sweep == {} for c in cells)
     assert cells[0].keys == {"model.depth": 8, "model.shortcut": False, "train.seed": 0}
 
@@ -40,9 +41,11 @@ def test_grid_option_replaces_or_adds_axes():
 
 
 def test_identical_cells_collapse_and_bad_cells_fail_before_any_run():
-    cfg = Config.model_validate(tiny_dict(sweep={"model.shortcut": [False], "model.projection": ["zero_pad", "learned"]}))
+    cfg = Config.model_validate(
+        tiny_dict(sweep={"model.shortcut": [False], "model.projection": ["zero_pad", "learned"]})
+    )
     assert len(expand_grid(cfg)) == 1  # a plain net has no projection: one run, not two
-    with pytest.raises(ConfigError, match="model.depth.*6n\\+2"):
+    with pytest.raises(ConfigError, match=r"model\.depth.*6n\+2"):
         expand_grid(Config.model_validate(tiny_dict()), parse_grid(["model.depth=8,9"]))
 
 
@@ -69,8 +72,9 @@ def test_seed_groups_for_vmap():
     cells = expand_grid(Config.model_validate(SWEEP))
     groups = group_seeds(cells, 2)
     assert len(groups) == 4 and all(len(g) == 2 for g in groups)
-    assert all(len({tuple(sorted((k, v) for k, v in c.keys.items() if k != "train.seed")) for c in g}) == 1
-               for g in groups)
+    assert all(
+        len({tuple(sorted((k, v) for k, v in c.keys.items() if k != "train.seed")) for c in g}) == 1 for g in groups
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +97,19 @@ def test_results_csv_has_a_row_per_run_and_a_column_per_axis(swept):
     assert [r["status"] for r in results] == ["completed"] * 8
     rows = _rows(sweep_dir / "results.csv")
     assert len(rows) == 8
-    for column in ("run_id", "model.depth", "model.shortcut", "train.seed", "status", "final_train_loss",
-                   "final_train_accuracy", "eval_loss", "eval_accuracy", "params", "wall_seconds"):
+    for column in (
+        "run_id",
+        "model.depth",
+        "model.shortcut",
+        "train.seed",
+        "status",
+        "final_train_loss",
+        "final_train_accuracy",
+        "eval_loss",
+        "eval_accuracy",
+        "params",
+        "wall_seconds",
+    ):
         assert column in rows[0], column
     assert all(float(r["final_train_loss"]) > 0 for r in rows)
 
@@ -105,8 +120,11 @@ def test_aggregation_across_seeds(swept):
     agg = _rows(sweep_dir / "aggregate.csv")
     assert len(agg) == 4  # depth x shortcut; seeds averaged
     for cell in agg:
-        members = [float(r["final_train_loss"]) for r in rows
-                   if r["model.depth"] == cell["model.depth"] and r["model.shortcut"] == cell["model.shortcut"]]
+        members = [
+            float(r["final_train_loss"])
+            for r in rows
+            if r["model.depth"] == cell["model.depth"] and r["model.shortcut"] == cell["model.shortcut"]
+        ]
         assert len(members) == 2
         mean_col = next(k for k in cell if k.startswith("final_train_loss") and "mean" in k)
         std_col = next(k for k in cell if k.startswith("final_train_loss") and "std" in k)
@@ -154,8 +172,9 @@ def test_killed_sweep_resumes_to_the_same_results(swept, tmp_path):
     numbers = ("status", "final_train_loss", "final_train_accuracy", "eval_loss", "eval_accuracy", "params")
     resumed = sorted(_rows(out / "grid" / "results.csv"), key=key)
     uninterrupted = sorted(_rows(sweep_dir / "results.csv"), key=key)
-    assert [[row[k] for k in ("run_id", *numbers)] for row in resumed] == \
-        [[row[k] for k in ("run_id", *numbers)] for row in uninterrupted]
+    assert [[row[k] for k in ("run_id", *numbers)] for row in resumed] == [
+        [row[k] for k in ("run_id", *numbers)] for row in uninterrupted
+    ]
 
 
 def test_live_tensorboard_serves_runs_depth_curves_and_hparams(swept):

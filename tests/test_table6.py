@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,9 +21,15 @@ def _sweep(**extra) -> dict:
 
 
 def test_an_override_changes_exactly_the_cells_it_matches(tmp_path):
-    path = write_config(tmp_path / "s.yaml", _sweep(sweep_overrides=[
-        {"when": {"model.depth": 14}, "set": {"optim.warmup": WARMUP}},
-        {"when": {"model.depth": 14, "train.seed": 1}, "set": {"optim.momentum": 0.5}}]))
+    path = write_config(
+        tmp_path / "s.yaml",
+        _sweep(
+            sweep_overrides=[
+                {"when": {"model.depth": 14}, "set": {"optim.warmup": WARMUP}},
+                {"when": {"model.depth": 14, "train.seed": 1}, "set": {"optim.momentum": 0.5}},
+            ]
+        ),
+    )
     plain = {(c.keys["model.depth"], c.keys["train.seed"]): c for c in expand_grid(Config.model_validate(_sweep()))}
     cells = {(c.keys["model.depth"], c.keys["train.seed"]): c for c in expand_grid(load_config(path), source=str(path))}
     for (depth, seed), c in cells.items():
@@ -39,31 +43,56 @@ def test_an_override_changes_exactly_the_cells_it_matches(tmp_path):
     assert cells[(14, 0)].cfg.optim.constant_warmup.lr == 0.01
 
 
-@pytest.mark.parametrize("overrides, key, message", [
-    ([{"when": {"model.depth": 20}, "set": {"optim.lr": 0.01}}], "sweep_overrides[0].when.model.depth",
-     "matches no sweep cell (model.depth is swept over [8, 14])"),
-    ([{"when": {"model.shortcut": False}, "set": {"optim.lr": 0.01}}], "sweep_overrides[0].when.model.shortcut",
-     "matches no sweep cell (model.shortcut is not swept and is True in every cell)"),
-    ([{"when": {"model.dept": 14}, "set": {"optim.lr": 0.01}}], "sweep_overrides[0].when.model.dept",
-     "unknown key (did you mean model.depth?)"),
-    ([{"when": {"model.depth": 14}, "set": {"optim.warmupp": WARMUP}}], "sweep_overrides[0].set.optim.warmupp",
-     "unknown key (did you mean optim.warmup?)"),
-    ([{"when": {"model.depth": 14}, "set": {"train.seed": 3}}], "sweep_overrides[0].set.train.seed",
-     "is a sweep axis"),
-    ([{"when": {"model.depth": 14}, "sett": {"optim.lr": 0.01}}], "sweep_overrides[0].sett", "unknown key"),
-    ([{"when": {}, "set": {"optim.lr": 0.01}}], "sweep_overrides[0].when", "at least 1 item"),
-])
+@pytest.mark.parametrize(
+    "overrides, key, message",
+    [
+        (
+            [{"when": {"model.depth": 20}, "set": {"optim.lr": 0.01}}],
+            "sweep_overrides[0].when.model.depth",
+            "matches no sweep cell (model.depth is swept over [8, 14])",
+        ),
+        (
+            [{"when": {"model.shortcut": False}, "set": {"optim.lr": 0.01}}],
+            "sweep_overrides[0].when.model.shortcut",
+            "matches no sweep cell (model.shortcut is not swept and is True in every cell)",
+        ),
+        (
+            [{"when": {"model.dept": 14}, "set": {"optim.lr": 0.01}}],
+            "sweep_overrides[0].when.model.dept",
+            "unknown key (did you mean model.depth?)",
+        ),
+        (
+            [{"when": {"model.depth": 14}, "set": {"optim.warmupp": WARMUP}}],
+            "sweep_overrides[0].set.optim.warmupp",
+            "unknown key (did you mean optim.warmup?)",
+        ),
+        (
+            [{"when": {"model.depth": 14}, "set": {"train.seed": 3}}],
+            "sweep_overrides[0].set.train.seed",
+            "is a sweep axis",
+        ),
+        ([{"when": {"model.depth": 14}, "sett": {"optim.lr": 0.01}}], "sweep_overrides[0].sett", "unknown key"),
+        ([{"when": {}, "set": {"optim.lr": 0.01}}], "sweep_overrides[0].when", "at least 1 item"),
+    ],
+)
 def test_bad_overrides_are_caught_at_load_naming_file_and_key(tmp_path, overrides, key, message):
     path = write_config(tmp_path / "bad.yaml", _sweep(sweep_overrides=overrides))
     with pytest.raises(ConfigError) as err:
         load_config(path)
-    assert err.value.source.startswith(str(path)) and err.value.key == key and message in err.value.message, \
-        str(err.value)
+    assert err.value.source.startswith(str(path)) and err.value.key == key and message in err.value.message, str(
+        err.value
+    )
 
 
 def test_a_bad_value_in_an_override_fails_before_any_run(tmp_path):
-    path = write_config(tmp_path / "bad.yaml", _sweep(sweep_overrides=[
-        {"when": {"model.depth": 14}, "set": {"optim.warmup": {**WARMUP, "untill_train_error": 0.8}}}]))
+    path = write_config(
+        tmp_path / "bad.yaml",
+        _sweep(
+            sweep_overrides=[
+                {"when": {"model.depth": 14}, "set": {"optim.warmup": {**WARMUP, "untill_train_error": 0.8}}}
+            ]
+        ),
+    )
     proc = run_cli("sweep", path, "--out", tmp_path / "runs")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{path}: sweep_overrides[0].set.optim.warmup.untill_train_error: unknown key" in proc.stderr, proc.stderr
@@ -78,8 +107,14 @@ def test_the_table6_config_is_the_papers_recipe():
     assert sorted({c.cfg.train.seed for c in cells}) == [0, 1, 2, 3, 4]
     for c in cells:
         o = c.cfg.optim
-        assert (o.name, o.lr, o.momentum, o.weight_decay, o.boundaries, c.cfg.train.steps) == \
-            ("sgd", 0.1, 0.9, 1e-4, [32000, 48000], 64000)
+        assert (o.name, o.lr, o.momentum, o.weight_decay, o.boundaries, c.cfg.train.steps) == (
+            "sgd",
+            0.1,
+            0.9,
+            1e-4,
+            [32000, 48000],
+            64000,
+        )
         assert (c.cfg.data.batch_size, c.cfg.model.projection, c.cfg.data.augment) == (128, "zero_pad", True)
         w = o.constant_warmup
         assert (w is not None) == (c.cfg.model.depth == 110)
@@ -92,8 +127,9 @@ def test_the_table6_config_is_the_papers_recipe():
 
 def test_train_applies_a_matching_override(tmp_path):
     """`resexp train CONFIG --set model.depth=14` resolves its config this way (cli.train)."""
-    path = write_config(tmp_path / "s.yaml", _sweep(sweep_overrides=[
-        {"when": {"model.depth": 14}, "set": {"optim.warmup": WARMUP}}]))
+    path = write_config(
+        tmp_path / "s.yaml", _sweep(sweep_overrides=[{"when": {"model.depth": 14}, "set": {"optim.warmup": WARMUP}}])
+    )
     for depth in (8, 14):
         cfg = load_config(path, [f"model.depth={depth}"])
         resolved = apply_overrides(cfg, cfg, str(path))
@@ -124,9 +160,11 @@ def test_pad_value_mean_and_zero_differ_only_at_the_border():
 def test_pad_value_is_strict_and_only_in_the_run_id_when_it_changes_something():
     base = tiny_dict(data={"name": "cifar10", "augment": True})
     assert run_id(Config.model_validate(base)) != run_id(
-        Config.model_validate(tiny_dict(data={"name": "cifar10", "augment": True, "pad_value": "zero"})))
+        Config.model_validate(tiny_dict(data={"name": "cifar10", "augment": True, "pad_value": "zero"}))
+    )
     unaugmented = tiny_dict(data={"augment": False})
     assert run_id(Config.model_validate(unaugmented)) == run_id(
-        Config.model_validate(tiny_dict(data={"augment": False, "pad_value": "zero"})))  # no crop, no border
+        Config.model_validate(tiny_dict(data={"augment": False, "pad_value": "zero"}))
+    )  # no crop, no border
     with pytest.raises(Exception, match="pad_value"):
         Config.model_validate(tiny_dict(data={"pad_value": "black"}))

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from resexp.tblog import EventWriter, coerce_hparams, event_files, hparam_domains, metric_tag, png_size
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tb_server import TensorBoardServer  # noqa: E402
+from tb_server import TensorBoardServer
 
 
 def _png(width_in: float = 3.0, height_in: float = 2.0, dpi: int = 50) -> bytes:

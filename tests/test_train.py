@@ -17,14 +17,15 @@ from resexp.train import train_runs
 def finished(tmp_path_factory):
     """One tiny run trained to completion (shared: training is the expensive part)."""
     out = tmp_path_factory.mktemp("runs")
-    cfg = Config.model_validate(tiny_dict(train={"steps": 40, "log_every": 10, "checkpoint_every": 20,
-                                                 "eval_every": 20}))
+    cfg = Config.model_validate(
+        tiny_dict(train={"steps": 40, "log_every": 10, "checkpoint_every": 20, "eval_every": 20})
+    )
     (outcome,) = train_runs([cfg], out, progress=False)
     return cfg, out, outcome
 
 
 def test_a_run_learns(finished):
-    cfg, out, outcome = finished
+    _, _, outcome = finished
     s = outcome.summary
     assert s["status"] == "completed" and s["steps"] == 40
     losses = s["history"]["train_loss"]
@@ -38,8 +39,20 @@ def test_the_run_directory_is_complete(finished):
     run = out / run_id(cfg)
     assert outcome.run_dir == run
     s = json.loads((run / "summary.json").read_text())
-    for key in ("run_id", "status", "steps", "final_train_loss", "final_train_accuracy", "eval_loss",
-                "eval_accuracy", "params", "compile_seconds", "wall_seconds", "config", "history"):
+    for key in (
+        "run_id",
+        "status",
+        "steps",
+        "final_train_loss",
+        "final_train_accuracy",
+        "eval_loss",
+        "eval_accuracy",
+        "params",
+        "compile_seconds",
+        "wall_seconds",
+        "config",
+        "history",
+    ):
         assert s[key] is not None, key
     assert s["config"] == cfg.model_dump(mode="json")
     assert Config.model_validate(__import__("yaml").safe_load((run / "config.yaml").read_text())) == cfg
@@ -55,8 +68,14 @@ def test_tensorboard_scalars(finished):
     acc = EventAccumulator(str(out / run_id(cfg)))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train/loss", "train/accuracy", "eval/loss", "eval/accuracy", "train/learning_rate",
-            "perf/images_per_second"} <= tags
+    assert {
+        "train/loss",
+        "train/accuracy",
+        "eval/loss",
+        "eval/accuracy",
+        "train/learning_rate",
+        "perf/images_per_second",
+    } <= tags
     assert [e.step for e in acc.Scalars("train/loss")] == [10, 20, 30, 40]
 
 

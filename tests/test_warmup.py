@@ -27,8 +27,9 @@ WARM, BASE, THRESHOLD = 0.005, 0.05, 0.75
 
 def _cfg(**warmup) -> Config:
     spec = {"kind": "constant", "steps": 1000, "lr": WARM, "until_train_error": THRESHOLD, **warmup}
-    return Config.model_validate(tiny_dict(optim={"lr": BASE, "warmup": spec},
-                                           train={"steps": 40, "log_every": 10, "checkpoint_every": 20}))
+    return Config.model_validate(
+        tiny_dict(optim={"lr": BASE, "warmup": spec}, train={"steps": 40, "log_every": 10, "checkpoint_every": 20})
+    )
 
 
 def _scalars(run_dir, tag: str) -> list[tuple[int, float]]:
@@ -51,7 +52,7 @@ def test_the_switch_happens_at_the_first_window_below_the_threshold(switched):
     cfg, out, outcome = switched
     s = outcome.summary
     errors = [1 - a for a in s["history"]["train_accuracy"]]
-    first_below = next(step for step, e in zip(s["history"]["step"], errors) if e < THRESHOLD)
+    first_below = next(step for step, e in zip(s["history"]["step"], errors, strict=True) if e < THRESHOLD)
     assert s["warmup"]["end_step"] == first_below == 30, errors
     assert s["warmup"]["ended_by"] == "train_error"
     # TensorBoard: the switch step, and the lr of each window's last step (held, held, held, base).
@@ -109,14 +110,20 @@ def test_the_update_uses_the_held_lr_before_the_switch_and_is_untouched_after():
     assert int(optim.next_warmup_end(steps_only, jnp.int32(1000), jnp.int32(20), accs)) == 1000
 
 
-@pytest.mark.parametrize("optim_section, message", [
-    ({"warmup": {"kind": "constant", "steps": 400}}, "lr is required"),
-    ({"warmup": {"kind": "linear", "steps": 400, "lr": 0.01}}, "kind: constant only"),
-    ({"warmup": {"kind": "constant", "steps": 400, "lr": 0.01, "until_train_error": 1.5}}, "less than or equal to 1"),
-    ({"warmup": {"kind": "constant", "steps": 400, "lr": 0.01, "until": 0.8}}, "unknown key"),
-    ({"warmup": {"kind": "step", "steps": 400}}, "is not one of"),
-    ({"warmup": {"kind": "linear", "steps": 10}, "warmup_steps": 10}, "give one"),
-])
+@pytest.mark.parametrize(
+    "optim_section, message",
+    [
+        ({"warmup": {"kind": "constant", "steps": 400}}, "lr is required"),
+        ({"warmup": {"kind": "linear", "steps": 400, "lr": 0.01}}, "kind: constant only"),
+        (
+            {"warmup": {"kind": "constant", "steps": 400, "lr": 0.01, "until_train_error": 1.5}},
+            "less than or equal to 1",
+        ),
+        ({"warmup": {"kind": "constant", "steps": 400, "lr": 0.01, "until": 0.8}}, "unknown key"),
+        ({"warmup": {"kind": "step", "steps": 400}}, "is not one of"),
+        ({"warmup": {"kind": "linear", "steps": 10}, "warmup_steps": 10}, "give one"),
+    ],
+)
 def test_bad_warmup_settings_name_the_key(tmp_path, optim_section, message):
     from conftest import write_config
 

@@ -32,7 +32,7 @@ def nudge_ulp(tree, seed: int = 1234):
     leaves, treedef = jax.tree.flatten(tree)
     keys = jax.random.split(jax.random.key(seed), max(len(leaves), 1))
     out = []
-    for leaf, key in zip(leaves, keys):
+    for leaf, key in zip(leaves, keys, strict=False):
         if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jnp.floating):
             up = jax.random.bernoulli(key, 0.5, leaf.shape)
             leaf = jnp.nextafter(leaf, jnp.where(up, jnp.inf, -jnp.inf).astype(leaf.dtype))
@@ -68,12 +68,14 @@ def assert_within_noise(got, want, noise, *, multiple: float, floor: float = FLO
             f"{what or 'values'} differ beyond {multiple:g} x the noise measured on this machine + {floor:g} "
             f"relative: at {i}: {got[i]!r} vs {np.broadcast_to(want, ok.shape)[i]!r} "
             f"(|diff| {abs(got[i] - np.broadcast_to(want, ok.shape)[i]):.3g}, noise "
-            f"{np.broadcast_to(np.asarray(noise, np.float64), ok.shape)[i]:.3g})")
+            f"{np.broadcast_to(np.asarray(noise, np.float64), ok.shape)[i]:.3g})"
+        )
 
 
 def exact_in_float64(fn, *args):
     """`fn(*args)` with every floating input widened to float64 (64-bit JAX inside): the
     higher-precision answer a float32 computation is measured against. Returns numpy float64."""
+
     def wide(a):
         return np.asarray(a, np.float64) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a
 

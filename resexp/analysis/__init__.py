@@ -32,8 +32,7 @@ HEADLINE = {  # results.csv column -> analysis it comes from
     "hessian_lambda_max": "hessian",
 }
 
-__all__ = ["ANALYSES", "HEADLINE", "AnalysisError", "analysis_module", "headline_metrics", "parse_only",
-           "run_analyses"]
+__all__ = ["ANALYSES", "HEADLINE", "AnalysisError", "analysis_module", "headline_metrics", "parse_only", "run_analyses"]
 
 
 def analysis_module(name: str) -> ModuleType:
@@ -47,8 +46,9 @@ def parse_only(text: str | None) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in ANALYSES]
     if bad or not names:
-        raise AnalysisError(f"--only {text}: unknown analysis {', '.join(bad) or '(none)'}; "
-                            f"choose from {', '.join(ANALYSES)}")
+        raise AnalysisError(
+            f"--only {text}: unknown analysis {', '.join(bad) or '(none)'}; choose from {', '.join(ANALYSES)}"
+        )
     return [n for n in ANALYSES if n in names]
 
 
@@ -111,27 +111,37 @@ def headline_metrics(run_dir: Path) -> dict[str, float]:
 
 def describe(name: str, doc: dict) -> str:
     """One or two human lines about a result, for the terminal."""
+
     def f(v, spec=".3f"):
         return "-" if v is None else format(v, spec)
 
     if name == "lesion":
         ks = ", ".join(f"k={d['k']}: {f(d['mean'])}" for d in doc["delete_k"] if d["mean"] is not None)
-        return (f"lesion: accuracy {f(doc['base_accuracy'])} intact; one block deleted: median "
-                f"{f(doc['median_single_accuracy'])} (worst {f(doc['min_single_accuracy'])}); k random deleted: "
-                f"{ks or '-'}; {doc['swap_k']['k']} swaps: {f(doc['swap_k']['mean'])}"
-                + (" [BN recalibrated]" if doc["recalibrated"] else ""))
+        return (
+            f"lesion: accuracy {f(doc['base_accuracy'])} intact; one block deleted: median "
+            f"{f(doc['median_single_accuracy'])} (worst {f(doc['min_single_accuracy'])}); k random deleted: "
+            f"{ks or '-'}; {doc['swap_k']['k']} swaps: {f(doc['swap_k']['mean'])}"
+            + (" [BN recalibrated]" if doc["recalibrated"] else "")
+        )
     if name == "gradients":
-        return (f"gradients ({'at init' if doc['at_init'] else 'trained'}, BN recalibrated): lag-1 correlation "
-                f"{f(doc['grad_corr_lag1'])}, neighbour cosine {f(doc['grad_cos_neighbors'])}, "
-                f"Jacobian log10 cond {f(doc['jacobian_log_condition'], '.2f')}")
+        return (
+            f"gradients ({'at init' if doc['at_init'] else 'trained'}, BN recalibrated): lag-1 correlation "
+            f"{f(doc['grad_corr_lag1'])}, neighbour cosine {f(doc['grad_cos_neighbors'])}, "
+            f"Jacobian log10 cond {f(doc['jacobian_log_condition'], '.2f')}"
+        )
     if name == "paths":
-        return (f"paths: {doc['n_blocks']} blocks; 90 % of the gradient from paths through {doc['k90'][0]}.."
-                f"{doc['k90'][1]} branches (mean {f(doc['mean_path_length'], '.1f')}, typical path "
-                f"{f(doc['typical_path_length'], '.1f')}); x{f(doc['decay_per_branch'], '.2f')} per extra branch")
+        return (
+            f"paths: {doc['n_blocks']} blocks; 90 % of the gradient from paths through {doc['k90'][0]}.."
+            f"{doc['k90'][1]} branches (mean {f(doc['mean_path_length'], '.1f')}, typical path "
+            f"{f(doc['typical_path_length'], '.1f')}); x{f(doc['decay_per_branch'], '.2f')} per extra branch"
+        )
     if name == "landscape":
-        return (f"landscape ({doc['dims']}-D, {doc['grid']} points per axis, span {doc['span']:g}, "
-                f"{doc['examples']} examples): centre loss {f(doc['center_loss'], '.4f')}, "
-                f"{doc['local_minima']} local minima, non-convex fraction {f(doc['nonconvex_fraction'], '.2f')}")
+        return (
+            f"landscape ({doc['dims']}-D, {doc['grid']} points per axis, span {doc['span']:g}, "
+            f"{doc['examples']} examples): centre loss {f(doc['center_loss'], '.4f')}, "
+            f"{doc['local_minima']} local minima, non-convex fraction {f(doc['nonconvex_fraction'], '.2f')}"
+        )
     lim = doc.get("sgd_stability_limit")
-    return (f"hessian: lambda_max {f(doc['lambda_max'], '.4g')}"
-            + (f" vs SGD stability limit 2(1+beta)/eta = {lim:.3g} (x{doc['ratio_to_limit']:.2g})" if lim else ""))
+    return f"hessian: lambda_max {f(doc['lambda_max'], '.4g')}" + (
+        f" vs SGD stability limit 2(1+beta)/eta = {lim:.3g} (x{doc['ratio_to_limit']:.2g})" if lim else ""
+    )

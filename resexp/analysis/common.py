@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from resexp.errors import UserError
 
@@ -72,17 +73,22 @@ def inspect_run(run_dir: Path) -> RunInfo:
         raise AnalysisError(f"{run_dir}: no readable summary.json (not a run directory, or never started)") from None
     status = summary.get("status")
     if status == "diverged":
-        raise AnalysisError(f"{run_dir}: diverged run (non-finite loss at step {summary.get('diverged_at_step')}); "
-                            "nothing to analyse")
+        raise AnalysisError(
+            f"{run_dir}: diverged run (non-finite loss at step {summary.get('diverged_at_step')}); nothing to analyse"
+        )
     if status != "completed":
-        raise AnalysisError(f"{run_dir}: incomplete run (status {status!r}, step {summary.get('steps')}/"
-                            f"{summary.get('total_steps')}); finish it with `resexp train` first")
+        raise AnalysisError(
+            f"{run_dir}: incomplete run (status {status!r}, step {summary.get('steps')}/"
+            f"{summary.get('total_steps')}); finish it with `resexp train` first"
+        )
     steps = _checkpoint_steps(run_dir)
     if not steps:
         raise AnalysisError(f"{run_dir}: no checkpoint (checkpoints/ is missing or empty); retrain the run")
     if steps[-1] != summary.get("total_steps"):
-        raise AnalysisError(f"{run_dir}: no final checkpoint (latest is step {steps[-1]} of "
-                            f"{summary.get('total_steps')}); retrain the run")
+        raise AnalysisError(
+            f"{run_dir}: no final checkpoint (latest is step {steps[-1]} of "
+            f"{summary.get('total_steps')}); retrain the run"
+        )
     return RunInfo(run_dir, summary, steps[-1])
 
 
@@ -90,8 +96,18 @@ def inspect_run(run_dir: Path) -> RunInfo:
 
 
 def cache_key(name: str, info: RunInfo, options: dict) -> str:
-    blob = json.dumps({"analysis": name, "version": VERSION, "run": info.dir.name, "step": info.checkpoint_step,
-                       "config": info.summary.get("config"), "options": options}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "analysis": name,
+            "version": VERSION,
+            "run": info.dir.name,
+            "step": info.checkpoint_step,
+            "config": info.summary.get("config"),
+            "options": options,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -108,8 +124,9 @@ def cached_result(name: str, info: RunInfo, options: dict) -> dict | None:
     return doc if doc.get("cache_key") == cache_key(name, info, options) else None
 
 
-def write_result(name: str, info: RunInfo, options: dict, result: dict, png: bytes | None,
-                 scalars: dict[str, float]) -> dict:
+def write_result(
+    name: str, info: RunInfo, options: dict, result: dict, png: bytes | None, scalars: dict[str, float]
+) -> dict:
     """analysis/<name>.json (+ .png) and TensorBoard scalars + image in the run directory.
 
     The TensorBoard file of an earlier result of this analysis is replaced, never added to.
@@ -117,8 +134,14 @@ def write_result(name: str, info: RunInfo, options: dict, result: dict, png: byt
     from resexp.runs import write_json
     from resexp.tblog import EventWriter, event_files
 
-    doc = {"analysis": name, "run_id": info.dir.name, "checkpoint_step": info.checkpoint_step,
-           "options": options, "cache_key": cache_key(name, info, options), **result}
+    doc = {
+        "analysis": name,
+        "run_id": info.dir.name,
+        "checkpoint_step": info.checkpoint_step,
+        "options": options,
+        "cache_key": cache_key(name, info, options),
+        **result,
+    }
     out = info.dir / ANALYSIS_DIR
     out.mkdir(exist_ok=True)
     if png is not None:
@@ -154,8 +177,12 @@ class LoadedRun:
     def net(self, params=None, others=None):
         from flax import nnx
 
-        return nnx.merge(self.graphdef, self.params if params is None else params,
-                         self.others if others is None else others, copy=True)
+        return nnx.merge(
+            self.graphdef,
+            self.params if params is None else params,
+            self.others if others is None else others,
+            copy=True,
+        )
 
 
 def graphdef_for(cfg, data, *, fast_conv: bool = True, bn_momentum: float | None = None):
@@ -208,8 +235,9 @@ def init_run(cfg, data=None) -> LoadedRun:
     from resexp.models import net_builder
 
     data = data if data is not None else load_data(cfg.data)
-    build = parallel.fast_conv_builder(net_builder(cfg.model, data.image_shape, data.num_classes,
-                                                   dtype=cfg.train.dtype))
+    build = parallel.fast_conv_builder(
+        net_builder(cfg.model, data.image_shape, data.num_classes, dtype=cfg.train.dtype)
+    )
     _, params, others = jax.jit(lambda s: nnx.split(build(s), nnx.Param, ...))(jnp.int32(cfg.train.seed))
     return LoadedRun(cfg, data, graphdef_for(cfg, data), params, others)
 
@@ -243,8 +271,9 @@ def block_specs(net) -> list[BlockSpec]:
     for (name, mode), first in zip(_block_modes(net), _first_flags(net), strict=True):
         stage = net.stages[int(name.split("/")[0][5:]) - 1]
         k = stage.first.layer1.kernel
-        changes = first and (k.shape[-2] != k.shape[-1] or (net.conv and name.startswith("stage") and
-                                                             not name.startswith("stage1/")))
+        changes = first and (
+            k.shape[-2] != k.shape[-1] or (net.conv and name.startswith("stage") and not name.startswith("stage1/"))
+        )
         specs.append(BlockSpec(name, mode != "plain", mode, bool(changes)))
     return specs
 
@@ -293,7 +322,7 @@ def blocks_to_logits(net, h, step: Callable, per_block, *, train: bool = False, 
         def run(h, block, value):
             return step(block, h, value, train)
 
-        h, out = run(h, stage.rest, jax.tree.map(lambda a, i=i, n=n: a[i:i + n], per_block))
+        h, out = run(h, stage.rest, jax.tree.map(lambda a, i=i, n=n: a[i : i + n], per_block))
         outs.append(out)
         i += n
     if net.conv:

@@ -15,8 +15,13 @@ PLAIN, RES = "#d62728", "#1f77b4"
 
 
 def plot_analysis(name: str, result: dict, title: str) -> bytes | None:
-    return {"lesion": plot_lesion, "gradients": plot_gradients, "paths": plot_paths,
-            "landscape": plot_landscape, "hessian": plot_hessian}[name](result, title)
+    return {
+        "lesion": plot_lesion,
+        "gradients": plot_gradients,
+        "paths": plot_paths,
+        "landscape": plot_landscape,
+        "hessian": plot_hessian,
+    }[name](result, title)
 
 
 # --------------------------------------------------------------------------- one run
@@ -29,18 +34,36 @@ def plot_lesion(result: dict, title: str) -> bytes:
     ys = [r["accuracy"] if r["accuracy"] is not None else math.nan for r in rows]
     ax.bar(xs, ys, color=["#999999" if r["block"] == 0 else RES for r in rows], width=0.8)
     ax.axhline(result["base_accuracy"], color="k", ls="--", lw=1, label=f"no deletion {result['base_accuracy']:.3f}")
-    ax.set(xlabel="deleted block (grey: first of a stage)", ylabel="test accuracy", ylim=(0, 1.02),
-           title="one block deleted" + (" (BN recalibrated)" if result["recalibrated"] else ""))
+    ax.set(
+        xlabel="deleted block (grey: first of a stage)",
+        ylabel="test accuracy",
+        ylim=(0, 1.02),
+        title="one block deleted" + (" (BN recalibrated)" if result["recalibrated"] else ""),
+    )
     ax.legend(fontsize=7, loc="lower left")
     ks = [d["k"] for d in result["delete_k"] if d["mean"] is not None]
     means = [d["mean"] for d in result["delete_k"] if d["mean"] is not None]
     stds = [d["std"] for d in result["delete_k"] if d["mean"] is not None]
-    ax2.errorbar([0, *ks], [result["base_accuracy"], *means], yerr=[0, *stds], marker="o", capsize=3,
-                 label="k random blocks deleted")
+    ax2.errorbar(
+        [0, *ks],
+        [result["base_accuracy"], *means],
+        yerr=[0, *stds],
+        marker="o",
+        capsize=3,
+        label="k random blocks deleted",
+    )
     sw = result["swap_k"]
     if sw["mean"] is not None:
-        ax2.errorbar([sw["k"]], [sw["mean"]], yerr=[sw["std"]], marker="s", color="#2ca02c", ls="none",
-                     capsize=3, label=f"{sw['k']} random swaps")
+        ax2.errorbar(
+            [sw["k"]],
+            [sw["mean"]],
+            yerr=[sw["std"]],
+            marker="s",
+            color="#2ca02c",
+            ls="none",
+            capsize=3,
+            label=f"{sw['k']} random swaps",
+        )
     ax2.set(xlabel="k", ylabel="test accuracy", ylim=(0, 1.02), title="k deletions / swaps")
     ax2.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
@@ -52,8 +75,11 @@ def plot_gradients(result: dict, title: str) -> bytes:
     for i, series in enumerate(result["gradient_line"][:2]):
         ts = [-1 + 2 * j / (len(series) - 1) for j in range(len(series))]
         ax.plot(ts, series, lw=0.8, label=f"line {i}")
-    ax.set(xlabel="t (x = x0 + t u)", ylabel="d logit_y / dx . u",
-           title=f"gradient along a line: lag-1 corr {result['grad_corr_lag1']:.2f}")
+    ax.set(
+        xlabel="t (x = x0 + t u)",
+        ylabel="d logit_y / dx . u",
+        title=f"gradient along a line: lag-1 corr {result['grad_corr_lag1']:.2f}",
+    )
     ax.legend(fontsize=7)
     sp = result["signal"]
     xs = list(range(len(sp["blocks"])))
@@ -72,8 +98,11 @@ def plot_paths(result: dict, title: str) -> bytes:
     fig, (ax, ax2) = _new_figure(9.0, 3.2, ncols=2)
     ks = result["k"]
     ax.semilogy(ks, result["mean_norm_per_path"], marker=".")
-    ax.set(xlabel="path length k (branches on the path)", ylabel="gradient norm of one path",
-           title=f"x{result['decay_per_branch']:.2f} per extra branch")
+    ax.set(
+        xlabel="path length k (branches on the path)",
+        ylabel="gradient norm of one path",
+        title=f"x{result['decay_per_branch']:.2f} per extra branch",
+    )
     ax2.bar(ks, result["gradient_fraction_by_length"], color=RES)
     lo, hi = result["k90"]
     ax2.axvspan(lo - 0.5, hi + 0.5, color="#ff7f0e", alpha=0.2, label=f"90 % of the gradient: k = {lo}..{hi}")
@@ -103,23 +132,39 @@ def plot_landscape(result: dict, title: str) -> bytes:
         fig, (ax,) = _new_figure(4.5, 3.2)
         span, s = result["span"], result["surface"]
         ax.plot([-span + 2 * span * i / (len(s) - 1) for i in range(len(s))], s, marker=".")
-        ax.set(xlabel="alpha (filter-normalised direction)", ylabel="test loss",
-               title=f"{result['local_minima']} local minima")
+        ax.set(
+            xlabel="alpha (filter-normalised direction)",
+            ylabel="test loss",
+            title=f"{result['local_minima']} local minima",
+        )
     else:
         fig, (ax,) = _new_figure(4.2, 3.8)
-        _contour(ax, result, f"{result['local_minima']} local minima, "
-                             f"{100 * result['nonconvex_fraction']:.0f} % non-convex (r <= span/2)")
+        _contour(
+            ax,
+            result,
+            f"{result['local_minima']} local minima, "
+            f"{100 * result['nonconvex_fraction']:.0f} % non-convex (r <= span/2)",
+        )
     fig.suptitle(title, fontsize=9)
     return _png(fig)
 
 
 def plot_hessian(result: dict, title: str) -> bytes:
     fig, (ax,) = _new_figure(4.5, 3.2)
-    ax.semilogy(range(1, len(result["lambda_trace"]) + 1), [abs(v) for v in result["lambda_trace"]], marker=".",
-                label="power iteration")
+    ax.semilogy(
+        range(1, len(result["lambda_trace"]) + 1),
+        [abs(v) for v in result["lambda_trace"]],
+        marker=".",
+        label="power iteration",
+    )
     if result.get("sgd_stability_limit"):
-        ax.axhline(result["sgd_stability_limit"], color="k", ls="--", lw=1,
-                   label=f"2(1+beta)/eta = {result['sgd_stability_limit']:.3g}")
+        ax.axhline(
+            result["sgd_stability_limit"],
+            color="k",
+            ls="--",
+            lw=1,
+            label=f"2(1+beta)/eta = {result['sgd_stability_limit']:.3g}",
+        )
     ax.set(xlabel="iteration", ylabel="|lambda|", title=f"lambda_max = {result['lambda_max']:.4g}")
     ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
@@ -138,8 +183,11 @@ def _by_net(points: Sequence[Mapping[str, Any]], key: str):
         depths = sorted({p["depth"] for p in points if p["net"] == net})
         ds, ms, ss = [], [], []
         for d in depths:
-            vals = [p[key] for p in points if p["net"] == net and p["depth"] == d and p.get(key) is not None
-                    and math.isfinite(p[key])]
+            vals = [
+                p[key]
+                for p in points
+                if p["net"] == net and p["depth"] == d and p.get(key) is not None and math.isfinite(p[key])
+            ]
             if vals:
                 ds.append(d), ms.append(float(np.mean(vals))), ss.append(float(np.std(vals)))
         out[net] = (ds, ms, ss)
@@ -149,8 +197,9 @@ def _by_net(points: Sequence[Mapping[str, Any]], key: str):
 def _vs_depth(ax, points, key: str, ylabel: str, log: bool = False) -> None:
     for net, (ds, ms, ss) in _by_net(points, key).items():
         if ds:
-            ax.errorbar(ds, ms, yerr=ss, marker="o", capsize=3, label=net,
-                        color=PLAIN if net.startswith("plain") else RES)
+            ax.errorbar(
+                ds, ms, yerr=ss, marker="o", capsize=3, label=net, color=PLAIN if net.startswith("plain") else RES
+            )
     if log:
         ax.set_yscale("log")
     ax.set(xlabel="depth", ylabel=ylabel)

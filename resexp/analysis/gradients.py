@@ -52,8 +52,11 @@ def signal_step(block, h, _, train: bool):
         y, _ = block(h, train)
         branch_var = jnp.full((), jnp.nan)
     y32 = y.astype(jnp.float32)
-    stats = {"channel_mean_sq": jnp.mean(jnp.square(jnp.mean(y32, axis=axes))),
-             "channel_var": jnp.mean(jnp.var(y32, axis=axes)), "branch_var": branch_var}
+    stats = {
+        "channel_mean_sq": jnp.mean(jnp.square(jnp.mean(y32, axis=axes))),
+        "channel_var": jnp.mean(jnp.var(y32, axis=axes)),
+        "branch_var": branch_var,
+    }
     return y, stats
 
 
@@ -101,20 +104,25 @@ def compute(run, options: dict) -> dict:
     lines, points = options["lines"], options["points"]
     x0, y0 = x_test[:lines], y_test[:lines]
     u = jax.random.normal(jax.random.key(options["seed"]), x0.shape)
-    u = u * (jnp.linalg.norm(x0.reshape(lines, -1), axis=1) / jnp.linalg.norm(u.reshape(lines, -1), axis=1)
-             ).reshape(-1, *[1] * (x0.ndim - 1))
+    u = u * (jnp.linalg.norm(x0.reshape(lines, -1), axis=1) / jnp.linalg.norm(u.reshape(lines, -1), axis=1)).reshape(
+        -1, *[1] * (x0.ndim - 1)
+    )
     t = jnp.linspace(-1.0, 1.0, points)
     x_line = (x0[:, None] + t[None, :, None, None, None] * u[:, None]).reshape(lines * points, *x0.shape[1:])
     y_line = jnp.repeat(y0, points)
     u_line = jnp.repeat(u, points, axis=0)
     specs = block_specs(run.net())
     x_sig = x_test[:SIGNAL_EXAMPLES]
-    gu, gf, sv, sig = jax.device_get(jax.jit(_measure, static_argnums=(0, 7))(
-        run.graphdef, run.params, others, x_line, y_line, u_line, x_sig, len(specs)))
+    gu, gf, sv, sig = jax.device_get(
+        jax.jit(_measure, static_argnums=(0, 7))(
+            run.graphdef, run.params, others, x_line, y_line, u_line, x_sig, len(specs)
+        )
+    )
     gu = np.asarray(gu).reshape(lines, points)
     gf = np.asarray(gf).reshape(lines, points, -1)
-    cos = np.sum(gf[:, 1:] * gf[:, :-1], -1) / (np.linalg.norm(gf[:, 1:], axis=-1) *
-                                                   np.linalg.norm(gf[:, :-1], axis=-1) + 1e-30)
+    cos = np.sum(gf[:, 1:] * gf[:, :-1], -1) / (
+        np.linalg.norm(gf[:, 1:], axis=-1) * np.linalg.norm(gf[:, :-1], axis=-1) + 1e-30
+    )
     sv = np.asarray(sv)
     log_cond = np.log10(sv[:, 0] / np.median(sv, axis=1))
 
@@ -129,8 +137,12 @@ def compute(run, options: dict) -> dict:
         "grad_cos_neighbors": float(np.mean(cos)),
         "jacobian_log_condition": float(np.mean(log_cond)),
         "gradient_line": gu.tolist(),
-        "signal": {"blocks": [s.name for s in specs], "channel_mean_sq": floats(sig["channel_mean_sq"]),
-                   "channel_var": floats(sig["channel_var"]), "branch_var": floats(sig["branch_var"])},
+        "signal": {
+            "blocks": [s.name for s in specs],
+            "channel_mean_sq": floats(sig["channel_mean_sq"]),
+            "channel_var": floats(sig["channel_var"]),
+            "branch_var": floats(sig["branch_var"]),
+        },
     }
 
 
@@ -145,5 +157,8 @@ def headline(result: dict) -> dict[str, float]:
 
 
 def scalars(result: dict) -> dict[str, float]:
-    return {"grad_corr_lag1": result["grad_corr_lag1"], "grad_cos_neighbors": result["grad_cos_neighbors"],
-            "jacobian_log_condition": result["jacobian_log_condition"]}
+    return {
+        "grad_corr_lag1": result["grad_corr_lag1"],
+        "grad_cos_neighbors": result["grad_cos_neighbors"],
+        "jacobian_log_condition": result["jacobian_log_condition"],
+    }

@@ -27,8 +27,10 @@ def _vdot(a, b):
     import jax
     import jax.numpy as jnp
 
-    return sum(jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32)) for x, y in
-               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return sum(
+        jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
 
 
 def power_iteration(loss, params, iters: int, key):
@@ -42,7 +44,7 @@ def power_iteration(loss, params, iters: int, key):
     grad = jax.grad(loss)
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
-    v = jax.tree.unflatten(treedef, [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves)])
+    v = jax.tree.unflatten(treedef, [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves, strict=True)])
 
     def normalize(t):
         n = jnp.sqrt(_vdot(t, t))
@@ -78,8 +80,11 @@ def compute(run, options: dict) -> dict:
     x, y = normalized_test(run.data, options["examples"])
     # The training program's CPU conv (parallel.py): its backward convs are differentiated forward
     # here, and run ~5x faster than XLA's own under scan (same lambda to 1e-6, measured on ResNet-20).
-    lams = np.asarray(jax.jit(lambda_trace, static_argnums=(0, 5, 6))(
-        run.graphdef, run.params, run.others, x, y, options["iters"], options["seed"]))
+    lams = np.asarray(
+        jax.jit(lambda_trace, static_argnums=(0, 5, 6))(
+            run.graphdef, run.params, run.others, x, y, options["iters"], options["seed"]
+        )
+    )
     o = run.cfg.optim
     limit = 2 * (1 + o.momentum) / o.lr if o.name == "sgd" else None
     lam = float(lams[-1])

@@ -54,7 +54,7 @@ def filter_normalized_direction(params, key):
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     keys = jax.random.split(key, len(flat))
     out = []
-    for (path, w), k in zip(flat, keys):
+    for (path, w), k in zip(flat, keys, strict=True):
         if _keys(path)[-1] != "kernel":
             out.append(jnp.zeros_like(w))
             continue
@@ -139,8 +139,9 @@ def compute(run, options: dict) -> dict:
     else:
         coords = np.stack([axis, np.zeros_like(axis)], -1)
     chunk = CPU_CHUNK if jax.default_backend() == "cpu" else ACCEL_CHUNK  # CPU: vmapped weights = grouped convs
-    losses = np.asarray(surface_fn(run.graphdef, chunk)(run.params, run.others, d1, d2,
-                                                        jnp.asarray(coords, jnp.float32), x, y))
+    losses = np.asarray(
+        surface_fn(run.graphdef, chunk)(run.params, run.others, d1, d2, jnp.asarray(coords, jnp.float32), x, y)
+    )
     surface = losses.reshape((g, g) if options["dims"] == 2 else (g,))
     centre = surface[(g // 2,) * options["dims"]]
     return {
@@ -149,7 +150,8 @@ def compute(run, options: dict) -> dict:
         "span": span,
         "examples": options["examples"],
         "surface": [[None if not math.isfinite(v) else float(v) for v in row] for row in surface]
-        if options["dims"] == 2 else [None if not math.isfinite(v) else float(v) for v in surface],
+        if options["dims"] == 2
+        else [None if not math.isfinite(v) else float(v) for v in surface],
         "center_loss": float(centre),
         "eval_loss": run.info.summary.get("eval_loss") if run.info else None,
         "local_minima": count_local_minima(np.nan_to_num(surface, nan=np.inf)),
@@ -159,10 +161,15 @@ def compute(run, options: dict) -> dict:
 
 
 def headline(result: dict) -> dict[str, float]:
-    return {"landscape_local_minima": result["local_minima"],
-            "landscape_nonconvex_fraction": result["nonconvex_fraction"]}
+    return {
+        "landscape_local_minima": result["local_minima"],
+        "landscape_nonconvex_fraction": result["nonconvex_fraction"],
+    }
 
 
 def scalars(result: dict) -> dict[str, float]:
-    return {"local_minima": result["local_minima"], "nonconvex_fraction": result["nonconvex_fraction"],
-            "center_loss": result["center_loss"]}
+    return {
+        "local_minima": result["local_minima"],
+        "nonconvex_fraction": result["nonconvex_fraction"],
+        "center_loss": result["center_loss"],
+    }

@@ -38,15 +38,16 @@ def deletable_flags(model: dict) -> list[bool]:
 def prepare(info: RunInfo, delete: list[int] | None = None, swaps: int = 6, recalibrate_bn: bool = False) -> dict:
     flags = deletable_flags(info.model)
     if len(flags) < 2:
-        raise AnalysisError(f"{info.dir}: lesion needs at least 2 blocks; this net has {len(flags)} (deleting the "
-                            "MLP's single block leaves no network to test)")
+        raise AnalysisError(
+            f"{info.dir}: lesion needs at least 2 blocks; this net has {len(flags)} (deleting the "
+            "MLP's single block leaves no network to test)"
+        )
     delete = [1, 4, 10] if delete is None else delete
     if any(k < 1 for k in delete):
         raise AnalysisError(f"--delete {','.join(map(str, delete))}: every k must be at least 1")
     if swaps < 0:
         raise AnalysisError(f"--swaps {swaps}: must be >= 0")
-    return {"delete": sorted(set(delete)), "swaps": swaps, "recalibrate_bn": recalibrate_bn, "draws": DRAWS,
-            "seed": 0}
+    return {"delete": sorted(set(delete)), "swaps": swaps, "recalibrate_bn": recalibrate_bn, "draws": DRAWS, "seed": 0}
 
 
 def _swap_groups(model: dict) -> list[list[int]]:
@@ -91,10 +92,8 @@ def lesion_step(block, h, keep, train: bool):
     import jax.numpy as jnp
 
     y, _ = block(h, train)
-    if block.residual:
-        skip = jax.nn.relu(block.shortcut(h, train))
-    else:
-        skip = h if h.shape == y.shape else y  # a shape-changing plain block is never deleted
+    # a shape-changing plain block is never deleted
+    skip = jax.nn.relu(block.shortcut(h, train)) if block.residual else (h if h.shape == y.shape else y)
     return jnp.where(keep, y, skip), {}
 
 
@@ -107,7 +106,7 @@ def _reorder(tree, order, n_per_stage: int):
         if "stages" not in keys or "rest" not in keys:
             return leaf
         stage = int(keys[keys.index("stages") + 1])
-        local = order[stage * n_per_stage + 1:(stage + 1) * n_per_stage] - (stage * n_per_stage + 1)
+        local = order[stage * n_per_stage + 1 : (stage + 1) * n_per_stage] - (stage * n_per_stage + 1)
         return leaf[local]
 
     return jax.tree_util.tree_map_with_path(gather, tree)
@@ -150,20 +149,29 @@ def compute(run, options: dict) -> dict:
     keeps, orders, labels = masks(model, options)
     acc = np.asarray(accuracy_program(run, options["recalibrate_bn"])(jnp.asarray(keeps), jnp.asarray(orders)))
     specs = block_specs(run.net())
-    single = {i: float(a) for (kind, i), a in zip(labels, acc) if kind == "single"}
+    single = {i: float(a) for (kind, i), a in zip(labels, acc, strict=True) if kind == "single"}
     rows = []
     for i, spec in enumerate(specs):
         stage, block = spec.name.split("/")
-        rows.append({"name": spec.name, "stage": int(stage[5:]), "block": int(block[5:]),
-                     "deletable": i in single, "accuracy": single.get(i)})
+        rows.append(
+            {
+                "name": spec.name,
+                "stage": int(stage[5:]),
+                "block": int(block[5:]),
+                "deletable": i in single,
+                "accuracy": single.get(i),
+            }
+        )
     values = [r["accuracy"] for r in rows if r["deletable"]]
     rest = [r["accuracy"] for r in rows if r["deletable"] and r["name"] != "stage1/block0"]
     delete_k = []
     for k in options["delete"]:
-        a = [float(v) for (kind, kk), v in zip(labels, acc) if kind == "delete" and kk == k]
-        delete_k.append({"k": k, "mean": float(np.mean(a)) if a else None, "std": float(np.std(a)) if a else None,
-                         "draws": len(a)} | ({} if a else {"note": "more than the deletable blocks"}))
-    swaps = [float(v) for (kind, _), v in zip(labels, acc) if kind == "swap"]
+        a = [float(v) for (kind, kk), v in zip(labels, acc, strict=True) if kind == "delete" and kk == k]
+        delete_k.append(
+            {"k": k, "mean": float(np.mean(a)) if a else None, "std": float(np.std(a)) if a else None, "draws": len(a)}
+            | ({} if a else {"note": "more than the deletable blocks"})
+        )
+    swaps = [float(v) for (kind, _), v in zip(labels, acc, strict=True) if kind == "swap"]
     return {
         "base_accuracy": float(acc[0]),
         "eval_accuracy": run.info.summary.get("eval_accuracy") if run.info else None,
@@ -172,8 +180,12 @@ def compute(run, options: dict) -> dict:
         "median_single_accuracy_excluding_first": float(np.median(rest)) if rest else None,
         "min_single_accuracy": float(np.min(values)) if values else None,
         "delete_k": delete_k,
-        "swap_k": {"k": options["swaps"], "mean": float(np.mean(swaps)) if swaps else None,
-                   "std": float(np.std(swaps)) if swaps else None, "draws": len(swaps)},
+        "swap_k": {
+            "k": options["swaps"],
+            "mean": float(np.mean(swaps)) if swaps else None,
+            "std": float(np.std(swaps)) if swaps else None,
+            "draws": len(swaps),
+        },
         "recalibrated": options["recalibrate_bn"],
         "test_examples": int(run.data.y_test.shape[0]),
     }
@@ -185,8 +197,11 @@ def headline(result: dict) -> dict[str, float]:
 
 
 def scalars(result: dict) -> dict[str, float]:
-    out = {"base_accuracy": result["base_accuracy"], "median_single_accuracy": result["median_single_accuracy"],
-           "min_single_accuracy": result["min_single_accuracy"]}
+    out = {
+        "base_accuracy": result["base_accuracy"],
+        "median_single_accuracy": result["median_single_accuracy"],
+        "min_single_accuracy": result["min_single_accuracy"],
+    }
     for d in result["delete_k"]:
         out[f"delete_{d['k']}"] = d["mean"]
     out["swap"] = result["swap_k"]["mean"]

@@ -25,8 +25,10 @@ SAMPLES = 6  # random paths per length k (lengths with fewer paths are enumerate
 
 def prepare(info: RunInfo) -> dict:
     if not info.is_residual:
-        raise AnalysisError(f"{info.dir}: paths need a residual net; a plain net has a single path "
-                            "(no shortcut for the gradient to take)")
+        raise AnalysisError(
+            f"{info.dir}: paths need a residual net; a plain net has a single path "
+            "(no shortcut for the gradient to take)"
+        )
     return {"examples": EXAMPLES, "samples": SAMPLES, "seed": 0}
 
 
@@ -152,7 +154,7 @@ def compute(run, options: dict) -> dict:
         "path_length_std": float(np.sqrt(np.sum((ks - mean_len) ** 2 * fractions))),
         "typical_path_length": n / 2,
         "decay_per_branch": float(np.exp(slope)),
-        "paths_sampled": int(len(masks)),
+        "paths_sampled": len(masks),
         "examples": options["examples"],
     }
 
@@ -162,5 +164,9 @@ def headline(result: dict) -> dict[str, float]:
 
 
 def scalars(result: dict) -> dict[str, float]:
-    return {"k90_min": result["k90"][0], "k90_max": result["k90_max"], "mean_path_length": result["mean_path_length"],
-            "decay_per_branch": result["decay_per_branch"]}
+    return {
+        "k90_min": result["k90"][0],
+        "k90_max": result["k90_max"],
+        "mean_path_length": result["mean_path_length"],
+        "decay_per_branch": result["decay_per_branch"],
+    }

@@ -8,6 +8,7 @@ skipped and counted; an analysis that does not apply to a run (paths on a plain 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,14 +70,16 @@ def analyze_sweep(sweep_dir: Path, names: list[str], *, jobs: int = 1, console=N
         except AnalysisError as exc:
             status = json.loads((child / "summary.json").read_text()).get("status")
             (out.diverged if status == "diverged" else out.notes).append(
-                child.name if status == "diverged" else f"{child.name}: skipped ({str(exc).split(': ', 1)[-1]})")
+                child.name if status == "diverged" else f"{child.name}: skipped ({str(exc).split(': ', 1)[-1]})"
+            )
             continue
         out.notes += [f"{child.name}: {n}" for n in notes]
         if requests:
             work.append((child, requests))
     if not work:
-        raise AnalysisError(f"{sweep_dir}: no completed run to analyse"
-                            + (f" ({len(out.diverged)} diverged)" if out.diverged else ""))
+        raise AnalysisError(
+            f"{sweep_dir}: no completed run to analyse" + (f" ({len(out.diverged)} diverged)" if out.diverged else "")
+        )
     # Deepest first: the costliest runs start at once, so K workers finish together.
     work.sort(key=lambda w: -inspect_run(w[0]).summary["config"]["model"]["depth"])
     results: list[dict[str, bool]] = []
@@ -86,7 +89,7 @@ def analyze_sweep(sweep_dir: Path, names: list[str], *, jobs: int = 1, console=N
 
         with ProcessPoolExecutor(max_workers=min(jobs, len(work)), mp_context=mp.get_context("spawn")) as pool:
             futures = [pool.submit(_analyze_one, str(d), r) for d, r in work]
-            for (d, _), fut in zip(work, futures):
+            for (d, _), fut in zip(work, futures, strict=True):
                 results.append(fut.result())
                 if console is not None:
                     console.print(f"[dim]analysed {d.name}[/]", highlight=False)
@@ -95,7 +98,7 @@ def analyze_sweep(sweep_dir: Path, names: list[str], *, jobs: int = 1, console=N
             results.append(_analyze_one(str(d), r))
             if console is not None:
                 console.print(f"[dim]analysed {d.name}[/]", highlight=False)
-    for (d, _), res in zip(work, results):
+    for (d, _), res in zip(work, results, strict=True):
         out.analysed.append(d.name)
         out.cached += sum(res.values())
         out.computed += sum(not c for c in res.values())
@@ -107,8 +110,11 @@ def _net_label(summary: dict) -> tuple[str, dict]:
     """("plain" / "ResNet" + other swept keys, group) for a run, from its summary."""
     model = summary["config"]["model"]
     name = ("ResNet" if model["shortcut"] else "plain") + ("-MLP" if model["kind"] == "mlp" else "")
-    keys = {k: v for k, v in ((summary.get("sweep") or {}).get("keys") or {}).items()
-            if k not in ("model.depth", "train.seed")}
+    keys = {
+        k: v
+        for k, v in ((summary.get("sweep") or {}).get("keys") or {}).items()
+        if k not in ("model.depth", "train.seed")
+    }
     quals = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in keys.items() if k != "model.shortcut"]
     return name + (f" ({', '.join(quals)})" if quals else ""), keys
 
@@ -118,20 +124,27 @@ def _points(run_dirs: list[Path]) -> tuple[list[dict], list[dict]]:
     for d in run_dirs:
         summary = json.loads((d / "summary.json").read_text())
         net, group = _net_label(summary)
-        p: dict[str, Any] = {"net": net, "group": group, "depth": summary["config"]["model"]["depth"],
-                             **headline_metrics(d)}
-        for name, keys in (("lesion", ("base_accuracy",)), ("gradients", ("jacobian_log_condition",)),
-                           ("hessian", ("sgd_stability_limit",))):
+        p: dict[str, Any] = {
+            "net": net,
+            "group": group,
+            "depth": summary["config"]["model"]["depth"],
+            **headline_metrics(d),
+        }
+        for name, keys in (
+            ("lesion", ("base_accuracy",)),
+            ("gradients", ("jacobian_log_condition",)),
+            ("hessian", ("sgd_stability_limit",)),
+        ):
             try:
                 doc = json.loads(result_path(d, name).read_text())
             except (OSError, ValueError):
                 continue
             p.update({k: doc.get(k) for k in keys})
         points.append(p)
-        try:
-            panels.append({"net": net, "depth": p["depth"], "result": json.loads(result_path(d, "landscape").read_text())})
-        except (OSError, ValueError):
-            pass
+        with contextlib.suppress(OSError, ValueError):  # no landscape for this run: no panel
+            panels.append(
+                {"net": net, "depth": p["depth"], "result": json.loads(result_path(d, "landscape").read_text())}
+            )
     return points, panels
 
 
@@ -145,12 +158,15 @@ def write_sweep_outputs(sweep_dir: Path, run_dirs: list[Path]) -> dict[str, Path
     name = sweep_dir.name
     pngs: dict[str, bytes | None] = {
         "lesion_vs_depth.png": F.plot_lesion_vs_depth(points, f"{name}: lesion")
-        if any("lesion_median_accuracy" in p for p in points) else None,
+        if any("lesion_median_accuracy" in p for p in points)
+        else None,
         "gradients_vs_depth.png": F.plot_gradients_vs_depth(points, f"{name}: gradients at initialisation")
-        if any("grad_corr_lag1" in p for p in points) else None,
+        if any("grad_corr_lag1" in p for p in points)
+        else None,
         "landscapes.png": F.plot_landscapes(panels, f"{name}: loss landscapes"),
         "hessian_vs_depth.png": F.plot_hessian_vs_depth(points, f"{name}: sharpness")
-        if any("hessian_lambda_max" in p for p in points) else None,
+        if any("hessian_lambda_max" in p for p in points)
+        else None,
     }
     written = {}
     for fname, png in pngs.items():
