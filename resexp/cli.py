@@ -313,9 +313,9 @@ def sweep(
     if launcher is not None:
         from resexp.launch import launch_sweep
 
-        grid_dir = (
-            None if dry_run else _record_grid(sweep_dir, name or cfg.name, grid_axes(cfg, axes), axes, cells).report_dir
-        )
+        def record() -> Path:  # the manifest, written by the launcher once its checks have passed
+            return _record_grid(sweep_dir, name or cfg.name, grid_axes(cfg, axes), axes, cells).report_dir
+
         raise typer.Exit(
             launch_sweep(
                 groups,
@@ -327,7 +327,7 @@ def sweep(
                 dry_run=dry_run,
                 console=out_console,
                 err_console=err_console,
-                grid_dir=grid_dir,
+                record_grid=record,
             )
         )
     if dry_run:

@@ -15,7 +15,6 @@ from typing import Any
 
 from resexp.report import (
     DEPTH_KEY,
-    SEED_KEY,
     SHORTCUT_KEY,
     WD_KEY,
     Cell,
@@ -149,6 +148,11 @@ def _depth_colors(depths: Sequence[Any]) -> dict[Any, Any]:
     return {d: cmap(0.85 * i / (len(uniq) - 1)) for i, d in enumerate(uniq)}
 
 
+def _several_seeds(report: Report) -> bool:
+    """Whether any point of the figures pools several runs (else "± std over seeds" would be a lie)."""
+    return max((c.n for c in report.cells), default=1) > 1
+
+
 def plot_loss_vs_depth(report: Report, title: str) -> bytes:
     """Panel 1: final training loss vs depth per group (mean ± std over seeds,
     diverged cells as x at the top). Panel 2: training-loss curves per depth."""
@@ -203,7 +207,7 @@ def plot_loss_vs_depth(report: Report, title: str) -> bytes:
         ax.set_xlim(depths[0] - pad, depths[-1] + pad * 1.8)
     ax.set_xlabel("depth (weighted layers)")
     ax.set_ylabel("final training loss")
-    spread = "mean ± std over seeds" if SEED_KEY in report.swept_keys else "one run per point"
+    spread = "mean ± std over seeds" if _several_seeds(report) else "one run per point"
     ax.set_title(f"Final training loss vs depth ({spread})", fontsize=11)
     handles, labels = ax.get_legend_handles_labels()
     if any_diverged:
@@ -237,7 +241,9 @@ def plot_loss_vs_depth(report: Report, title: str) -> bytes:
     ax2.set_xlabel("step")
     ax2.set_ylabel("training loss")
     where = f" ({slice_desc})" if slice_desc else ""
-    ax2.set_title(f"Training loss during training{where}, mean over seeds", fontsize=11)
+    ax2.set_title(
+        f"Training loss during training{where}" + (", mean over seeds" if _several_seeds(report) else ""), fontsize=11
+    )
     if lines:
         if len(lines) <= 14:
             ax2.legend(frameon=False, fontsize=8, ncols=2 if len(lines) > 6 else 1)
@@ -355,7 +361,10 @@ def plot_residual_ratio_vs_wd(report: Report, title: str) -> bytes | None:
     ax.set_xticklabels([_fmt_num(w) for w in wds])
     ax.set_xlabel("weight decay (symlog)")
     ax.set_ylabel("mean residual ratio ‖F(x)‖ / ‖x‖")
-    ax.set_title("Residual ratio vs weight decay (mean over blocks; ± std over seeds)", fontsize=10)
+    ax.set_title(
+        "Residual ratio vs weight decay (mean over blocks" + ("; ± std over seeds)" if _several_seeds(report) else ")"),
+        fontsize=10,
+    )
     ax.legend(frameon=False, fontsize=9)
     fig.suptitle(title, fontsize=13, fontweight="bold")
     return _png(fig)

@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -473,10 +473,12 @@ def launch_sweep(
     dry_run: bool = False,
     console,
     err_console,
-    grid_dir: Path | None = None,
+    record_grid: Callable[[], Path] | None = None,
 ) -> int:
     """Submit the cells of `groups` that are not final; wait and report, or submit a report job.
 
+    `record_grid` writes the sweep's manifest once every check has passed (nothing is written
+    before) and returns its report directory, the grid whose report is printed.
     Returns the exit code: 0 all final, 130 cancelled or interrupted, 1 a cell failed.
     """
     sweep_dir = sweep_dir.resolve()
@@ -532,6 +534,7 @@ def launch_sweep(
         from resexp.data import default_data_dir  # (imports JAX: only for file datasets)
 
         locate(data_name, data_dir or default_data_dir())  # a missing dataset fails here, not in every job
+    grid_dir = record_grid() if record_grid is not None else None
     if not todo:
         err_console.print(
             f"{name}: nothing to submit: {len(groups) - len(busy)} cell(s) final"
