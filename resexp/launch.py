@@ -112,10 +112,11 @@ def time_limit_minutes(text: str) -> int:
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
     if not m:
         raise LaunchError(f"--time {text!r}: expected HH:MM:SS (or D-HH:MM:SS, or minutes)")
-    days, a, b, c = (int(g) if g else None for g in m.groups())
+    days, b, c = (int(g) if g else None for g in m.group(1, 3, 4))
+    a = int(m.group(2))  # hours, or minutes: the one group the pattern requires
     if days is not None:  # D-H[:M[:S]]
         seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
-    elif c is not None:
+    elif b is not None and c is not None:  # (c only ever matches after b)
         seconds = a * 3600 + b * 60 + c
     elif b is not None:
         seconds = a * 60 + b
@@ -374,9 +375,9 @@ def _executor(launcher: str, folder: Path, opts: SlurmOptions, options: dict[str
     import submitit
 
     if launcher == "local":
-        ex = submitit.LocalExecutor(folder=folder)
-        ex.update_parameters(timeout_min=60 * 24 * 365, stderr_to_stdout=True)  # no local time limit
-        return ex
+        local = submitit.LocalExecutor(folder=folder)
+        local.update_parameters(timeout_min=60 * 24 * 365, stderr_to_stdout=True)  # no local time limit
+        return local
     # `exec`: python replaces the batch shell, so `--signal=B:...` (batch shell only) reaches it;
     # no srun (a step would not get B: signals).
     ex = submitit.SlurmExecutor(folder=folder, python="exec " + shlex.quote(sys.executable))
@@ -560,7 +561,7 @@ def launch_sweep(
     jobs = _submit(launcher, folder, opts, options, todo, sweep_dir)
     entries = []
     for g, job in zip(todo, jobs, strict=True):
-        entry = {"launcher": launcher, "job_id": str(job.job_id), "submitted": time.time()}
+        entry: dict[str, Any] = {"launcher": launcher, "job_id": str(job.job_id), "submitted": time.time()}
         if launcher == "local":
             entry["pid"] = int(job.job_id)
         for r in _cell_ids(g):
@@ -619,10 +620,10 @@ def _submit_report(
     import submitit
 
     if launcher == "local":
-        ex = submitit.LocalExecutor(folder=folder)
-        ex.update_parameters(timeout_min=60 * 24 * 365, stderr_to_stdout=True)
+        local = submitit.LocalExecutor(folder=folder)
+        local.update_parameters(timeout_min=60 * 24 * 365, stderr_to_stdout=True)
         with _detached_stdio(folder / "local-controllers.log"):
-            job = ex.submit(ReportJob(str(sweep_dir), [p for p in pids if p]))
+            job = local.submit(ReportJob(str(sweep_dir), [p for p in pids if p]))
         return str(job.job_id)
     ex = submitit.SlurmExecutor(folder=folder, python="exec " + shlex.quote(sys.executable))
     extra: dict[str, Any] = {"dependency": f"afterany:{array}", "kill-on-invalid-dep": "yes"}
@@ -690,8 +691,8 @@ def _wait(
     except _Stop:
         return _stop_waiting(launcher, stopped[0], job_ids, jobs, err_console, sweep_dir)
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     final_states = _sacct(job_ids) if launcher == "slurm" else {}
     statuses = {r: (read_summary(sweep_dir / r) or {}).get("status") for r in run_ids}
     for r in run_ids:

@@ -119,7 +119,7 @@ def _rows(path: Path) -> dict[str, dict]:
         return {r["run_id"]: {k: r[k] for k in COMPARED} for r in csv.DictReader(fh)}
 
 
-def _sacct(array: str, duplicates: bool = False) -> list[tuple[str, str, str]]:
+def _sacct(array: str, duplicates: bool = False) -> list[tuple[str, ...]]:
     cmd = ["sacct", "-n", "-X", "-P", "-o", "JobID,State,AllocTRES", "-j", array] + (
         ["--duplicates"] if duplicates else []
     )
@@ -128,7 +128,9 @@ def _sacct(array: str, duplicates: bool = False) -> list[tuple[str, str, str]]:
 
 
 def _array_id(output: str) -> str:
-    return re.search(r"submitted array (\d+)", output).group(1)
+    m = re.search(r"submitted array (\d+)", output)
+    assert m is not None, output
+    return m.group(1)
 
 
 def _first_checkpoint(run_dir: Path) -> bool:
@@ -136,7 +138,7 @@ def _first_checkpoint(run_dir: Path) -> bool:
     return ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
 
 
-def _single_run_dir(sweep_dir: Path) -> Path:
+def _single_run_dir(sweep_dir: Path) -> Path | None:
     dirs = [p for p in sweep_dir.iterdir() if (p / "config.yaml").exists()] if sweep_dir.exists() else []
     return dirs[0] if len(dirs) == 1 else None
 
@@ -166,7 +168,11 @@ class LongReference:
     def summary(self) -> dict:
         rc = self.proc.wait(timeout=240)
         assert rc == 0, (self.root / "train.log").read_text()
-        return read_summary(_single_run_dir(self.root / "runs"))
+        run_dir = _single_run_dir(self.root / "runs")
+        assert run_dir is not None, (self.root / "train.log").read_text()
+        summary = read_summary(run_dir)
+        assert summary is not None, (self.root / "train.log").read_text()
+        return summary
 
 
 @pytest.fixture(scope="module")

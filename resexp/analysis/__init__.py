@@ -14,6 +14,7 @@ cached in `RUN_DIR/analysis/<name>.json` by checkpoint and options.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
@@ -84,7 +85,7 @@ def run_analyses(run_dir: Path, requests: dict[str, dict]) -> dict[str, tuple[di
             else:
                 trained = trained or load_run(info)
                 run = trained
-            result = timed(lambda mod=mod, run=run, opts=opts: mod.compute(run, opts))
+            result = timed(functools.partial(mod.compute, run, opts))
             png = plot_analysis(name, result, title=f"{info.dir.name}: {name}")
             out[name] = (write_result(name, info, opts, result, png, mod.scalars(result)), False)
     return {name: out[name] for name in requests}

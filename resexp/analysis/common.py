@@ -249,7 +249,8 @@ def recalibrate_bn(run: LoadedRun, images):
 
     net = nnx.merge(graphdef_for(run.cfg, run.data, bn_momentum=0.0), run.params, run.others, copy=True)
     net(images, train=True)
-    return nnx.split(net, nnx.Param, ...)[2]
+    # flax types split(node, f1, f2, ...) as tuple[GraphDef, State, *tuple[State, ...]]; two filters give 3
+    return nnx.split(net, nnx.Param, ...)[2]  # type: ignore[misc]
 
 
 # --------------------------------------------------------------------------- the block walker

@@ -189,7 +189,9 @@ def _by_net(points: Sequence[Mapping[str, Any]], key: str):
                 if p["net"] == net and p["depth"] == d and p.get(key) is not None and math.isfinite(p[key])
             ]
             if vals:
-                ds.append(d), ms.append(float(np.mean(vals))), ss.append(float(np.std(vals)))
+                ds.append(d)
+                ms.append(float(np.mean(vals)))
+                ss.append(float(np.std(vals)))
         out[net] = (ds, ms, ss)
     return out
 

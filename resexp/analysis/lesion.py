@@ -14,6 +14,7 @@ blocks, and a swap is a gather of the stacked parameters; `lax.map` runs every m
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -66,14 +67,18 @@ def masks(model: dict, options: dict) -> tuple[np.ndarray, np.ndarray, list[tupl
     for i in np.flatnonzero(flags):
         keep = np.ones(n, bool)
         keep[i] = False
-        keeps.append(keep), orders.append(ident), labels.append(("single", int(i)))
+        keeps.append(keep)
+        orders.append(ident)
+        labels.append(("single", int(i)))
     for k in options["delete"]:
         if k > flags.sum():
             continue
         for _ in range(options["draws"]):
             keep = np.ones(n, bool)
             keep[rng.choice(np.flatnonzero(flags), size=k, replace=False)] = False
-            keeps.append(keep), orders.append(ident), labels.append(("delete", k))
+            keeps.append(keep)
+            orders.append(ident)
+            labels.append(("delete", k))
     groups = _swap_groups(model)
     if options["swaps"] and groups:
         for _ in range(options["draws"]):
@@ -82,7 +87,9 @@ def masks(model: dict, options: dict) -> tuple[np.ndarray, np.ndarray, list[tupl
                 g = groups[rng.integers(len(groups))]
                 a, b = rng.choice(g, size=2, replace=False)
                 order[[a, b]] = order[[b, a]]
-            keeps.append(np.ones(n, bool)), orders.append(order), labels.append(("swap", options["swaps"]))
+            keeps.append(np.ones(n, bool))
+            orders.append(order)
+            labels.append(("swap", options["swaps"]))
     return np.stack(keeps), np.stack(orders), labels
 
 
@@ -150,7 +157,7 @@ def compute(run, options: dict) -> dict:
     acc = np.asarray(accuracy_program(run, options["recalibrate_bn"])(jnp.asarray(keeps), jnp.asarray(orders)))
     specs = block_specs(run.net())
     single = {i: float(a) for (kind, i), a in zip(labels, acc, strict=True) if kind == "single"}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, spec in enumerate(specs):
         stage, block = spec.name.split("/")
         rows.append(

@@ -100,6 +100,7 @@ def sample_masks(n: int, samples: int, seed: int) -> tuple[np.ndarray, np.ndarra
     rng = np.random.default_rng(seed)
     masks, lengths = [], []
     for k in range(n + 1):
+        chosen: list[list[int]] | list[np.ndarray]
         if math.comb(n, k) <= samples:
             chosen = [list(c) for c in itertools.combinations(range(n), k)]
         else:
@@ -107,7 +108,8 @@ def sample_masks(n: int, samples: int, seed: int) -> tuple[np.ndarray, np.ndarra
         for c in chosen:
             m = np.zeros(n, bool)
             m[list(c)] = True
-            masks.append(m), lengths.append(k)
+            masks.append(m)
+            lengths.append(k)
     return np.stack(masks), np.asarray(lengths)
 
 

@@ -195,8 +195,9 @@ def write_sweep_outputs(sweep_dir: Path, run_dirs: list[Path]) -> dict[str, Path
     if written:
         with EventWriter(vs, EVENT_SUFFIX) as w:
             w.session_start(0)
-            for fname in written:
-                w.image(f"analysis/{fname.removesuffix('.png')}", pngs[fname], step=0)
+            for fname, png in pngs.items():
+                if png is not None:  # exactly the figures in `written`, in the same order
+                    w.image(f"analysis/{fname.removesuffix('.png')}", png, step=0)
     from rich.console import Console
 
     build_report(sweep_dir, console=Console(quiet=True))
