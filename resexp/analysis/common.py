@@ -249,8 +249,9 @@ def recalibrate_bn(run: LoadedRun, images):
 
     net = nnx.merge(graphdef_for(run.cfg, run.data, bn_momentum=0.0), run.params, run.others, copy=True)
     net(images, train=True)
-    # flax types split(node, f1, f2, ...) as tuple[GraphDef, State, *tuple[State, ...]]; two filters give 3
-    return nnx.split(net, nnx.Param, ...)[2]  # type: ignore[misc]
+    from resexp.models import split_params
+
+    return split_params(net)[2]
 
 
 # --------------------------------------------------------------------------- the block walker
