@@ -67,19 +67,24 @@ class Engine:
     # of one); "map" loops over them inside the program (CPU, where vmap turns every conv into a
     # grouped conv XLA:CPU runs ~2x slower per image than S separate ones). None: by backend.
     seed_loop: str | None = None
+    # The backend the programs are built for ("cpu", "cuda", "rocm", "tpu"); None: this process's.
+    # Another one only makes sense for lowering/exporting (tests/test_export.py).
+    platform: str | None = None
     compile_seconds: float = 0.0
     _compiled: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         cfg = self.cfg
+        if self.platform is None:
+            self.platform = jax.default_backend()
         if self.seed_loop is None:
-            self.seed_loop = "map" if jax.default_backend() == "cpu" else "vmap"
+            self.seed_loop = "map" if self.platform == "cpu" else "vmap"
         self.tx = make_optimizer(cfg.optim, cfg.train.steps)
         self.schedule = lr_schedule(cfg.optim, cfg.train.steps)
 
-        # Convs with a backward pass XLA:CPU can run fast inside the scanned stages (see parallel.py).
-        build = parallel.fast_conv_builder(
-            net_builder(cfg.model, self.data.image_shape, self.data.num_classes, dtype=cfg.train.dtype))
+        build = net_builder(cfg.model, self.data.image_shape, self.data.num_classes, dtype=cfg.train.dtype)
+        if self.platform == "cpu":  # convs with a backward pass XLA:CPU runs fast inside scans (parallel.py)
+            build = parallel.fast_conv_builder(build)
         self.graphdef = nnx.split(nnx.eval_shape(lambda: build(jnp.int32(0))), nnx.Param, ...)[0]
         init = lambda seed: _init_state(build, self.tx, seed, grad_norms=cfg.train.diagnostics)  # noqa: E731
         self.dp = parallel.data_parallel(cfg.data.batch_size, seeds=self.seeds, enabled=self.data_parallel)
@@ -166,11 +171,15 @@ class Engine:
                                                      state["grad_norm"])
         return out
 
+    def eval_program(self):
+        """(jitted eval + diagnostics, example arguments): what `evaluate_fn` compiles."""
+        fn = self._over_seeds(self._evaluate, 1) if self.seeds > 1 else self._evaluate
+        return self.dp.jit(fn) if self.dp else jax.jit(fn), (self._state_spec(), self.data.x_test, self.data.y_test)
+
     def evaluate_fn(self):
         if "eval" not in self._compiled:
-            fn = self._over_seeds(self._evaluate, 1) if self.seeds > 1 else self._evaluate
-            self._compiled["eval"] = self._aot(self.dp.jit(fn) if self.dp else jax.jit(fn), self._state_spec(),
-                                               self.data.x_test, self.data.y_test)
+            jitted, args = self.eval_program()
+            self._compiled["eval"] = self._aot(jitted, *args)
         return self._compiled["eval"]
 
     # ---- helpers
