@@ -128,16 +128,21 @@ class Engine:
 
         return jax.lax.scan(body, state, None, length=length)
 
+    def chunk_program(self, length: int):
+        """(jitted chunk of `length` steps, example arguments): what `chunk_fn` compiles."""
+        fn = lambda st, seed, x, y: self._chunk(st, seed, x, y, length=length)  # noqa: E731
+        if self.seeds > 1:
+            fn = self._over_seeds(fn, 2)
+        jitted = self.dp.jit(fn, donate_argnums=(0,)) if self.dp else jax.jit(fn, donate_argnums=(0,))
+        seeds = jnp.zeros((self.seeds,), jnp.int32) if self.seeds > 1 else jnp.int32(0)
+        return jitted, (self._state_spec(), seeds, self.data.x_train, self.data.y_train)
+
     def chunk_fn(self, length: int):
         """AOT-compiled chunk of `length` steps; compile time is measured, not guessed."""
         key = ("chunk", length)
         if key not in self._compiled:
-            fn = lambda st, seed, x, y: self._chunk(st, seed, x, y, length=length)  # noqa: E731
-            if self.seeds > 1:
-                fn = self._over_seeds(fn, 2)
-            jitted = self.dp.jit(fn, donate_argnums=(0,)) if self.dp else jax.jit(fn, donate_argnums=(0,))
-            seeds = jnp.zeros((self.seeds,), jnp.int32) if self.seeds > 1 else jnp.int32(0)
-            self._compiled[key] = self._aot(jitted, self._state_spec(), seeds, self.data.x_train, self.data.y_train)
+            jitted, args = self.chunk_program(length)
+            self._compiled[key] = self._aot(jitted, *args)
         return self._compiled[key]
 
     # ---- evaluation and diagnostics
