@@ -103,7 +103,7 @@ for dtype in ("float32", "bfloat16"):
         rows.append(row)
 first = next(iter(raw.values()))
 result = {"machine": {k: first.get(k) for k in ("backend", "device", "device_count", "jax", "machine")},
-          "torch": next((v["torch"] for v in raw.values() if "torch" in v), None), "seeds": seeds,
+          "torch": {name: v["torch"] for name, v in raw.items() if "torch" in v}, "seeds": seeds,
           "rows": rows, "raw": raw}
 out.write_text(json.dumps(result, indent=1) + "\n")
 print(f"{'depth':>5} {'dtype':>8} {'img/s':>8} {'epoch s':>8} {'vs eager':>8} {'vs compile':>10} "
