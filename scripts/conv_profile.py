@@ -58,8 +58,14 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--inner", type=int, default=5, help="calls per timed repeat")
     p.add_argument("--group", type=int, default=None, help="override parallel.KERNEL_GRAD_GROUP")
+    p.add_argument("--single-thread", action="store_true",
+                   help="one thread each (XLA: no Eigen pool; torch: set_num_threads(1)): per-core efficiency, "
+                        "which a loaded shared machine distorts less than two spinning thread pools")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.single_thread:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
 
     from resexp.runtime import configure_jax
 
@@ -75,6 +81,8 @@ def main(argv=None) -> int:
         sys.path.append(str(site))
     import torch
 
+    if args.single_thread:
+        torch.set_num_threads(1)
     if args.group:
         parallel.KERNEL_GRAD_GROUP = args.group
     B = args.batch_size
