@@ -102,3 +102,30 @@ def test_the_cpu_engine_keeps_its_fast_conv_and_the_cuda_one_does_not(digits):
         jitted, args = cpu.chunk_program(STEPS)
         eqns = [e for e in all_eqns(jitted.trace(*args).jaxpr.jaxpr) if e.primitive.name == "conv_general_dilated"]
         assert eqns and set(conv_layouts(eqns)) == {CANONICAL}
+
+
+def test_bench_cost_counts_every_layer_and_gives_a_roofline():
+    """scripts/bench.py --cost: XLA's FLOPs grow with depth like the net's MACs (no loop counted once)."""
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench
+    from resexp.models import layer_table
+
+    costs, macs = {}, {}
+    for depth in (8, 14):
+        costs[depth] = bench.step_cost(depth, 16, "float32")
+        cfg = bench.make_config(depth, 16, "float32", 1, True)
+        macs[depth] = sum(r.macs for r in layer_table(cfg.model, (32, 32, 3), 10))
+    # forward + two gradients = ~6 FLOPs per MAC and image; the stem has no input gradient, so a bit less
+    for depth in costs:
+        per_mac = costs[depth]["flops"] / (16 * macs[depth])
+        assert 5.0 < per_mac < 6.6, (depth, per_mac)
+    assert costs[14]["flops"] / costs[8]["flops"] == pytest.approx(macs[14] / macs[8], rel=0.05)
+    roof = bench.roofline_epoch_s(costs[8], 16, "float32")
+    steps = bench.EPOCH_IMAGES / 16
+    for gpu, peak in bench.GPU_PEAKS.items():
+        expect = steps * max(costs[8]["flops"] / peak["float32"], costs[8]["bytes_accessed"] / peak["hbm_bytes_s"])
+        assert roof[gpu]["epoch_s"] == pytest.approx(expect, rel=1e-2, abs=1e-3)
