@@ -67,7 +67,7 @@ class Engine:
     # of one); "map" loops over them inside the program (CPU, where vmap turns every conv into a
     # grouped conv XLA:CPU runs ~2x slower per image than S separate ones). None: by backend.
     seed_loop: str | None = None
-    # The backend the programs are built for ("cpu", "cuda", "rocm", "tpu"); None: this process's.
+    # The backend the programs are built for ("cpu", "gpu", "cuda", "rocm", "tpu"); None: this process's.
     # Another one only makes sense for lowering/exporting (tests/test_export.py).
     platform: str | None = None
     compile_seconds: float = 0.0
