@@ -14,7 +14,8 @@
   stage run under `scan` (input-grad with a transposed kernel, kernel-grad with batch
   as the contracted feature) fall back to a naive loop nest: 10-30x slower on this
   model (jax-ml/jax#12868). Written canonically they hit the Eigen kernels again.
-  `use_fast_conv` swaps it into every `nnx.Conv` of a model; it is used on CPU only.
+  `use_fast_conv` swaps it into every `nnx.Conv` of a model; the Engine does so only for
+  programs built for CPU (`Engine.platform`), so GPU/TPU programs keep lax's own convs.
 """
 
 from __future__ import annotations

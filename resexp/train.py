@@ -71,19 +71,24 @@ class Engine:
     # of one); "map" loops over them inside the program (CPU, where vmap turns every conv into a
     # grouped conv XLA:CPU runs ~2x slower per image than S separate ones). None: by backend.
     seed_loop: str | None = None
+    # The backend the programs are built for ("cpu", "gpu", "cuda", "rocm", "tpu"); None: this process's.
+    # Another one only makes sense for lowering/exporting (tests/test_export.py).
+    platform: str | None = None
     compile_seconds: float = 0.0
     _compiled: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         cfg = self.cfg
+        if self.platform is None:
+            self.platform = jax.default_backend()
         if self.seed_loop is None:
-            self.seed_loop = "map" if jax.default_backend() == "cpu" else "vmap"
+            self.seed_loop = "map" if self.platform == "cpu" else "vmap"
         self.tx = make_optimizer(cfg.optim, cfg.train.steps)
         self.schedule = lr_schedule(cfg.optim, cfg.train.steps)
 
-        # Convs with a backward pass XLA:CPU can run fast inside the scanned stages (see parallel.py).
-        build = parallel.fast_conv_builder(
-            net_builder(cfg.model, self.data.image_shape, self.data.num_classes, dtype=cfg.train.dtype))
+        build = net_builder(cfg.model, self.data.image_shape, self.data.num_classes, dtype=cfg.train.dtype)
+        if self.platform == "cpu":  # convs with a backward pass XLA:CPU runs fast inside scans (parallel.py)
+            build = parallel.fast_conv_builder(build)
         self.graphdef = nnx.split(nnx.eval_shape(lambda: build(jnp.int32(0))), nnx.Param, ...)[0]
         warmup_end = optim.warmup_end_init(cfg.optim) if cfg.optim.constant_warmup else None
         init = lambda seed: _init_state(build, self.tx, seed, grad_norms=cfg.train.diagnostics,  # noqa: E731
@@ -142,16 +147,21 @@ class Engine:
         state["warmup_end"] = optim.next_warmup_end(self.cfg.optim, state["warmup_end"], state["step"], accs)
         return state, (losses, accs, state["warmup_end"])
 
+    def chunk_program(self, length: int):
+        """(jitted chunk of `length` steps, example arguments): what `chunk_fn` compiles."""
+        fn = lambda st, seed, x, y: self._chunk(st, seed, x, y, length=length)  # noqa: E731
+        if self.seeds > 1:
+            fn = self._over_seeds(fn, 2)
+        jitted = self.dp.jit(fn, donate_argnums=(0,)) if self.dp else jax.jit(fn, donate_argnums=(0,))
+        seeds = jnp.zeros((self.seeds,), jnp.int32) if self.seeds > 1 else jnp.int32(0)
+        return jitted, (self._state_spec(), seeds, self.data.x_train, self.data.y_train)
+
     def chunk_fn(self, length: int):
         """AOT-compiled chunk of `length` steps; compile time is measured, not guessed."""
         key = ("chunk", length)
         if key not in self._compiled:
-            fn = lambda st, seed, x, y: self._chunk(st, seed, x, y, length=length)  # noqa: E731
-            if self.seeds > 1:
-                fn = self._over_seeds(fn, 2)
-            jitted = self.dp.jit(fn, donate_argnums=(0,)) if self.dp else jax.jit(fn, donate_argnums=(0,))
-            seeds = jnp.zeros((self.seeds,), jnp.int32) if self.seeds > 1 else jnp.int32(0)
-            self._compiled[key] = self._aot(jitted, self._state_spec(), seeds, self.data.x_train, self.data.y_train)
+            jitted, args = self.chunk_program(length)
+            self._compiled[key] = self._aot(jitted, *args)
         return self._compiled[key]
 
     # ---- evaluation and diagnostics
@@ -185,11 +195,15 @@ class Engine:
                                                      state["grad_norm"])
         return out
 
+    def eval_program(self):
+        """(jitted eval + diagnostics, example arguments): what `evaluate_fn` compiles."""
+        fn = self._over_seeds(self._evaluate, 1) if self.seeds > 1 else self._evaluate
+        return self.dp.jit(fn) if self.dp else jax.jit(fn), (self._state_spec(), self.data.x_test, self.data.y_test)
+
     def evaluate_fn(self):
         if "eval" not in self._compiled:
-            fn = self._over_seeds(self._evaluate, 1) if self.seeds > 1 else self._evaluate
-            self._compiled["eval"] = self._aot(self.dp.jit(fn) if self.dp else jax.jit(fn), self._state_spec(),
-                                               self.data.x_test, self.data.y_test)
+            jitted, args = self.eval_program()
+            self._compiled["eval"] = self._aot(jitted, *args)
         return self._compiled["eval"]
 
     # ---- helpers

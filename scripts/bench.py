@@ -9,6 +9,12 @@ synthetic 32x32x3 data with the He et al. CIFAR widths 16/32/64.
     .venv/bin/python scripts/bench.py --depths 20 --compare-torch --json
     .venv/bin/python scripts/bench.py --depths 20 --seeds 8          # S seeds, one vmapped program
     .venv/bin/python scripts/bench.py --depths 1202 --compile-only   # does it compile, and how fast?
+    .venv/bin/python scripts/bench.py --cost --json                  # FLOPs/bytes + GPU epoch estimate
+
+`--cost` adds XLA's cost analysis of one training step (FLOPs, bytes accessed) of the
+program an accelerator would run (plain lax convs, blocks unrolled so XLA counts every
+layer), and from it a roofline estimate of one CIFAR-10 epoch on H100 and A100 next to
+the measured time per epoch on this machine: an estimate, not a measurement.
 
 `--compare-torch` runs scripts/torch_reference.py's network and training step (PyTorch
 eager, the same SGD step) in a subprocess with `.venv-bench/bin/python` (or this python
@@ -111,6 +117,57 @@ class TorchPeer:
             except (BrokenPipeError, RuntimeError, json.JSONDecodeError):
                 pass
             self.proc.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- cost model
+
+EPOCH_IMAGES = 50_000  # one CIFAR-10 epoch
+
+# Published dense peaks (no sparsity) and HBM bandwidth, SXM parts, from NVIDIA's datasheets:
+# H100 SXM5 80GB (H100 datasheet, 2023): FP32 67 TFLOP/s, TF32 tensor 494.7 (989 "with sparsity"),
+#   BF16 tensor 989.4 (1,979 with sparsity), HBM3 3.35 TB/s.
+# A100 SXM4 80GB (A100 datasheet, 2021): FP32 19.5 TFLOP/s, TF32 tensor 156 (312 with sparsity),
+#   BF16 tensor 312 (624 with sparsity), HBM2e 2.039 TB/s.
+# float32 on these GPUs: JAX's default precision lets XLA run f32 convs/matmuls on TF32 tensor
+# cores, so "float32" uses the TF32 peak; "float32_highest" (precision=HIGHEST) the FP32 one.
+GPU_PEAKS = {
+    "H100-SXM5": {"float32": 494.7e12, "float32_highest": 66.9e12, "bfloat16": 989.4e12, "hbm_bytes_s": 3.35e12},
+    "A100-SXM4-80GB": {"float32": 156e12, "float32_highest": 19.5e12, "bfloat16": 312e12, "hbm_bytes_s": 2.039e12},
+}
+
+
+def step_cost(depth: int, batch_size: int, dtype: str) -> dict:
+    """XLA's cost analysis of one training step as an accelerator would run it.
+
+    The Engine is built for `cuda` (lax's own convs, not the CPU VJP) with the scanned
+    blocks fully unrolled: XLA's cost analysis counts a while loop's body once, so with
+    `scan` ResNet-110 would "cost" what ResNet-20 does. It is the lowered (pre-fusion)
+    module's analysis: FLOPs are exact, bytes count every op's operands and results as if
+    nothing were fused, an upper bound on memory traffic.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from resexp.data import load_data
+    from resexp.train import Engine
+
+    cfg = make_config(depth, batch_size, dtype, 1, True)
+    engine = Engine(cfg, load_data(cfg.data), platform="cuda")
+    step = jax.jit(lambda st, seed, x, y: engine._step(st, st["step"], seed, x, y))
+    cost = step.lower(engine._state_spec(), jnp.int32(0), engine.data.x_train, engine.data.y_train).cost_analysis()
+    return {"flops": float(cost["flops"]), "bytes_accessed": float(cost["bytes accessed"])}
+
+
+def roofline_epoch_s(cost: dict, batch_size: int, dtype: str) -> dict:
+    """Seconds per epoch if each step ran at max(FLOPs / peak, bytes / bandwidth): a lower bound."""
+    steps = EPOCH_IMAGES / batch_size
+    out = {}
+    for gpu, peak in GPU_PEAKS.items():
+        compute = cost["flops"] / peak[dtype]
+        memory = cost["bytes_accessed"] / peak["hbm_bytes_s"]
+        out[gpu] = {"epoch_s": round(steps * max(compute, memory), 3), "bound": "compute" if compute > memory else "memory",
+                    "compute_epoch_s": round(steps * compute, 3), "memory_epoch_s": round(steps * memory, 3)}
+    return out
 
 
 # --------------------------------------------------------------------------- resexp
@@ -249,6 +306,14 @@ def run(args) -> dict:
                     row["torch_repeats"] = [round(v, 2) for v in theirs]
                     row["ratio_vs_torch"] = round(statistics.median(ours) / statistics.median(theirs), 3)
                     row["ratio_vs_torch_paired"] = round(statistics.median(a / b for a, b in zip(ours, theirs)), 3)
+            if args.cost:
+                row["cost"] = costs = {}
+                for dtype in ("float32", "bfloat16"):
+                    cost = step_cost(depth, args.batch_size, dtype)
+                    cost["roofline"] = roofline_epoch_s(cost, args.batch_size, dtype)
+                    costs[dtype] = cost
+                if "images_per_s" in row:
+                    row["cpu_epoch_s"] = round(EPOCH_IMAGES / row["images_per_s"], 1)
             results.append(row)
             del jr
     finally:
@@ -285,6 +350,21 @@ def table(out: dict) -> str:
         if torch and "torch_images_per_s" in r:
             line += f" {r['torch_images_per_s']:11.1f} {r['ratio_vs_torch_paired']:12.2f}"
         lines.append(line)
+    if any("cost" in r for r in out["results"]):
+        lines.append("")
+        lines.append("one CIFAR-10 epoch (50,000 images), seconds: ROOFLINE ESTIMATE on GPUs (max of FLOPs/peak and "
+                     "unfused bytes/HBM bandwidth), measured here on CPU")
+        gpus = list(GPU_PEAKS)
+        lines.append(f"{'depth':>5} {'GFLOP/step':>10} {'GB/step':>8} "
+                     + " ".join(f"{g[:4] + ' ' + d:>12}" for g in gpus for d in ("fp32", "bf16")) + f" {'CPU':>8}")
+        for r in out["results"]:
+            c = r.get("cost")
+            if not c:
+                continue
+            cells = " ".join(f"{c[dt]['roofline'][g]['epoch_s']:12.2f}" for g in gpus for dt in ("float32", "bfloat16"))
+            cpu = f"{r['cpu_epoch_s']:8.0f}" if "cpu_epoch_s" in r else f"{'-':>8}"
+            lines.append(f"{r['depth']:>5} {c['float32']['flops'] / 1e9:10.1f} {c['float32']['bytes_accessed'] / 1e9:8.2f} "
+                         f"{cells} {cpu}")
     return "\n".join(lines)
 
 
@@ -300,6 +380,8 @@ def main(argv=None) -> int:
     p.add_argument("--scan-unroll", type=parse_unroll, default=1, help="model.scan_unroll: N, or true")
     p.add_argument("--eval", action="store_true", help="also compile (and time) the eval+diagnostics program")
     p.add_argument("--compile-only", action="store_true", help="compile, do not train")
+    p.add_argument("--cost", action="store_true",
+                   help="XLA cost analysis of one step + H100/A100 roofline estimate of a CIFAR-10 epoch")
     p.add_argument("--cache", action="store_true", help="keep the persistent compile cache on")
     p.add_argument("--compare-torch", action="store_true", help="interleave scripts/torch_reference.py's peer")
     p.add_argument("--torch-python", default=None, help="python with torch (default: .venv-bench/bin/python)")
