@@ -14,8 +14,9 @@ under `nnx.scan`; compile time is then flat in depth (ResNet-110 compiles like R
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, cast
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -40,9 +41,16 @@ class Norm(nnx.Module):
 
     def __init__(self, features: int, kind: str, *, zero_scale: bool = False, dtype: Any, rngs: nnx.Rngs):
         self.bn = (
-            nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs,
-                          scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones)
-            if kind == "batch" else None
+            nnx.BatchNorm(
+                features,
+                momentum=0.9,
+                epsilon=1e-5,
+                dtype=dtype,
+                rngs=rngs,
+                scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones,
+            )
+            if kind == "batch"
+            else None
         )
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -52,8 +60,7 @@ class Norm(nnx.Module):
 class Shortcut(nnx.Module):
     """Ws: identity, option A (subsample + zero-pad channels) or a learned projection + norm."""
 
-    def __init__(self, cin: int, cout: int, stride: int, cfg: ModelConfig, *, conv: bool, dtype: Any,
-                 rngs: nnx.Rngs):
+    def __init__(self, cin: int, cout: int, stride: int, cfg: ModelConfig, *, conv: bool, dtype: Any, rngs: nnx.Rngs):
         shape_changes = cin != cout or stride != 1
         learned = cfg.projection == "learned_all" or (cfg.projection == "learned" and shape_changes)
         self.mode = "learned" if learned else ("zero_pad" if shape_changes else "identity")
@@ -63,9 +70,19 @@ class Shortcut(nnx.Module):
         self.proj_norm: Norm | None = nnx.data(None)
         if learned:
             self.proj = (
-                nnx.Conv(cin, cout, (1, 1), strides=stride, padding="VALID", use_bias=bias, kernel_init=HE_INIT,
-                         dtype=dtype, rngs=rngs)
-                if conv else nnx.Linear(cin, cout, use_bias=bias, kernel_init=HE_INIT, dtype=dtype, rngs=rngs)
+                nnx.Conv(
+                    cin,
+                    cout,
+                    (1, 1),
+                    strides=stride,
+                    padding="VALID",
+                    use_bias=bias,
+                    kernel_init=HE_INIT,
+                    dtype=dtype,
+                    rngs=rngs,
+                )
+                if conv
+                else nnx.Linear(cin, cout, use_bias=bias, kernel_init=HE_INIT, dtype=dtype, rngs=rngs)
             )
             self.proj_norm = Norm(cout, cfg.norm, dtype=dtype, rngs=rngs)
 
@@ -90,15 +107,23 @@ class Block(nnx.Module):
 
         def layer(i: int, o: int, s: int) -> nnx.Module:
             if conv:
-                return nnx.Conv(i, o, (3, 3), strides=s, padding=((1, 1), (1, 1)), use_bias=bias,
-                                kernel_init=HE_INIT, dtype=dtype, rngs=rngs)
+                return nnx.Conv(
+                    i,
+                    o,
+                    (3, 3),
+                    strides=s,
+                    padding=((1, 1), (1, 1)),
+                    use_bias=bias,
+                    kernel_init=HE_INIT,
+                    dtype=dtype,
+                    rngs=rngs,
+                )
             return nnx.Linear(i, o, use_bias=bias, kernel_init=HE_INIT, dtype=dtype, rngs=rngs)
 
         self.layer1 = layer(cin, cout, stride)
         self.norm1 = Norm(cout, cfg.norm, dtype=dtype, rngs=rngs)
         self.layer2 = layer(cout, cout, 1)
-        self.norm2 = Norm(cout, cfg.norm, zero_scale=cfg.zero_init_residual and cfg.shortcut, dtype=dtype,
-                          rngs=rngs)
+        self.norm2 = Norm(cout, cfg.norm, zero_scale=cfg.zero_init_residual and cfg.shortcut, dtype=dtype, rngs=rngs)
         self.residual = cfg.shortcut
         self.shortcut = Shortcut(cin, cout, stride, cfg, conv=conv, dtype=dtype, rngs=rngs) if cfg.shortcut else None
         self.gate = nnx.Param(jnp.zeros((), jnp.float32)) if cfg.rezero and cfg.shortcut else None
@@ -123,8 +148,7 @@ class Block(nnx.Module):
 class Stage(nnx.Module):
     """One width: a first block (which may change shape), then n-1 identical blocks under scan."""
 
-    def __init__(self, make_block: Callable[[bool, nnx.Rngs], Block], n: int, unroll: int | bool,
-                 rngs: nnx.Rngs):
+    def __init__(self, make_block: Callable[[bool, nnx.Rngs], Block], n: int, unroll: int | bool, rngs: nnx.Rngs):
         self.first = make_block(True, rngs)
         self.unroll = unroll
 
@@ -161,8 +185,15 @@ def _stack_stats(first: list, rest: dict | None = None) -> dict | None:
 class Net(nnx.Module):
     """A plain or residual network of either family, built from a `ModelConfig`."""
 
-    def __init__(self, cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, *,
-                 dtype: str = "float32", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        *,
+        dtype: str = "float32",
+        rngs: nnx.Rngs,
+    ):
         dt = DTYPES[dtype]
         self.kind, self.dtype = cfg.kind, dt
         self.conv = cfg.kind == "cnn"
@@ -170,8 +201,9 @@ class Net(nnx.Module):
         bias = cfg.norm == "none"
         if self.conv:
             cin = input_shape[-1]
-            self.stem: nnx.Conv | nnx.Linear = nnx.Conv(cin, w0, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias, kernel_init=HE_INIT,
-                                 dtype=dt, rngs=rngs)
+            self.stem: nnx.Conv | nnx.Linear = nnx.Conv(
+                cin, w0, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias, kernel_init=HE_INIT, dtype=dt, rngs=rngs
+            )
         else:
             cin = 1
             for d in input_shape:
@@ -215,22 +247,25 @@ class Net(nnx.Module):
         return self.forward(x, train)[0]
 
 
-def net_builder(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, *,
-                dtype: str = "float32") -> Callable[[jax.Array], Net]:
+def net_builder(
+    cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, *, dtype: str = "float32"
+) -> Callable[[jax.Array], Net]:
     """seed -> Net, traceable: the engine jits and vmaps it, so init is one compiled program.
 
     The parameter RNG is XLA's RngBitGenerator ("rbg"): threefry's init code takes ~5x
     longer to compile for a ResNet's many parameter shapes. (Data order and augmentation
     keep threefry keys, which are stable under vmap.)
     """
+
     def build(seed: jax.Array) -> Net:
         return Net(cfg, input_shape, num_classes, dtype=dtype, rngs=nnx.Rngs(params=jax.random.key(seed, impl="rbg")))
 
     return build
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, *, seed: int,
-                dtype: str = "float32") -> Net:
+def build_model(
+    cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, *, seed: int, dtype: str = "float32"
+) -> Net:
     """A concrete model with exactly the parameters a training run with this seed starts from."""
     build = net_builder(cfg, input_shape, num_classes, dtype=dtype)
     graphdef = nnx.split(nnx.eval_shape(lambda: build(jnp.int32(0))))[0]
@@ -282,15 +317,22 @@ def layer_table(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
     if conv:
         h, w, c = input_shape
         k = 9 * c * cfg.widths[0]
-        rows.append(LayerRow("stem conv3x3", (h, w, cfg.widths[0]), k + (0 if bn else cfg.widths[0])
-                             + norm_params(cfg.widths[0]), h * w * k))
+        rows.append(
+            LayerRow(
+                "stem conv3x3",
+                (h, w, cfg.widths[0]),
+                k + (0 if bn else cfg.widths[0]) + norm_params(cfg.widths[0]),
+                h * w * k,
+            )
+        )
     else:
         size = 1
         for d in input_shape:
             size *= d
         k = size * cfg.widths[0]
-        rows.append(LayerRow("stem dense", (cfg.widths[0],), k + (0 if bn else cfg.widths[0])
-                             + norm_params(cfg.widths[0]), k))
+        rows.append(
+            LayerRow("stem dense", (cfg.widths[0],), k + (0 if bn else cfg.widths[0]) + norm_params(cfg.widths[0]), k)
+        )
         h = w = 1
     prev = cfg.widths[0]
     n = cfg.blocks_per_stage
@@ -314,13 +356,25 @@ def layer_table(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
                 macs += (h * w if conv else 1) * cin * width
             if cfg.shortcut and cfg.rezero:
                 params += 1
-            kind = "plain" if not cfg.shortcut else (
-                "Ws learned" if params > k1 + k2 + 2 * norm_params(width) + (0 if bn else 2 * width) + (
-                    1 if cfg.rezero else 0) else ("Ws zero-pad" if changes else "identity"))
+            kind = (
+                "plain"
+                if not cfg.shortcut
+                else (
+                    "Ws learned"
+                    if params > k1 + k2 + 2 * norm_params(width) + (0 if bn else 2 * width) + (1 if cfg.rezero else 0)
+                    else ("Ws zero-pad" if changes else "identity")
+                )
+            )
             rows.append(LayerRow(f"stage{si}/block{b} ({kind})", shape, params, macs))
         prev = width
-    rows.append(LayerRow("pool + dense head" if conv else "dense head", (num_classes,),
-                         prev * num_classes + num_classes, prev * num_classes))
+    rows.append(
+        LayerRow(
+            "pool + dense head" if conv else "dense head",
+            (num_classes,),
+            prev * num_classes + num_classes,
+            prev * num_classes,
+        )
+    )
     return rows
 
 

@@ -21,13 +21,15 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 KERNEL_GRAD_GROUP = 8  # images per kernel-gradient conv on CPU (measured best for 8..32 px CIFAR stages)
@@ -69,6 +71,7 @@ class DataParallel:
 
     def place(self, tree):
         """Replicate a pytree of arguments, remembering big inputs (the dataset) across calls."""
+
         def one(x):
             if not isinstance(x, jax.Array) or x.sharding == self.replicated:
                 return x
@@ -93,6 +96,7 @@ class DataParallel:
 
     def wrap(self, compiled) -> Callable:
         """The compiled program, called with arguments placed where it expects them."""
+
         @functools.wraps(compiled)
         def call(*args):
             return compiled(*self.place(args))
@@ -101,8 +105,9 @@ class DataParallel:
         return call
 
 
-def data_parallel(batch_size: int, *, seeds: int = 1, devices: Sequence[jax.Device] | None = None,
-                  enabled: bool | None = None) -> DataParallel | None:
+def data_parallel(
+    batch_size: int, *, seeds: int = 1, devices: Sequence[jax.Device] | None = None, enabled: bool | None = None
+) -> DataParallel | None:
     """A `DataParallel` over all devices when it applies, else None (one device does it all).
 
     Applies when there is more than one device, one seed per program (vmapped seeds are
@@ -129,14 +134,22 @@ def data_parallel(batch_size: int, *, seeds: int = 1, devices: Sequence[jax.Devi
 
 def _channels_last(nd: int) -> lax.ConvDimensionNumbers:
     spatial = tuple(range(1, nd + 1))
-    return lax.ConvDimensionNumbers(lhs_spec=(0, nd + 1, *spatial), rhs_spec=(nd + 1, nd, *range(nd)),
-                                    out_spec=(0, nd + 1, *spatial))
+    return lax.ConvDimensionNumbers(
+        lhs_spec=(0, nd + 1, *spatial), rhs_spec=(nd + 1, nd, *range(nd)), out_spec=(0, nd + 1, *spatial)
+    )
 
 
 def _conv(x, w, strides, padding, rhs_dilation=None, lhs_dilation=None):
     nd = x.ndim - 2
-    return lax.conv_general_dilated(x, w, strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                                    dimension_numbers=_channels_last(nd))
+    return lax.conv_general_dilated(
+        x,
+        w,
+        strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=_channels_last(nd),
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -155,7 +168,7 @@ def _canonical_bwd(strides, padding, res, dy):
     # d/dx: correlate the stride-dilated dy with the flipped kernel, in/out features swapped.
     w_t = jnp.swapaxes(jnp.flip(w, tuple(range(nd))), -1, -2)
     pads = []
-    for n, k, o, s, (lo, _) in zip(in_sp, k_sp, out_sp, strides, padding):
+    for n, k, o, s, (lo, _) in zip(in_sp, k_sp, out_sp, strides, padding, strict=True):
         dilated = (o - 1) * s + 1
         pads.append((k - 1 - lo, n - dilated + lo))
     dx = _conv(dy, w_t, (1,) * nd, pads, lhs_dilation=strides)
@@ -163,7 +176,10 @@ def _canonical_bwd(strides, padding, res, dy):
     # input feature i, whose features are the batch b, and whose kernel is dy (dilated by s).
     # Eigen runs that conv 5-15x faster on groups of KERNEL_GRAD_GROUP images than on all
     # of them at once (the whole batch as the reduction blows the caches), so scan the groups.
-    pads = [(lo, k + (o - 1) * s - n - lo) for n, k, o, s, (lo, _) in zip(in_sp, k_sp, out_sp, strides, padding)]
+    pads = [
+        (lo, k + (o - 1) * s - n - lo)
+        for n, k, o, s, (lo, _) in zip(in_sp, k_sp, out_sp, strides, padding, strict=True)
+    ]
 
     def kernel_grad(xg, dyg):
         x_t = jnp.moveaxis(xg, (0, -1), (-1, 0))  # (I, *spatial, b)
@@ -184,9 +200,20 @@ def _canonical_bwd(strides, padding, res, dy):
 _canonical_conv.defvjp(_canonical_fwd, _canonical_bwd)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
-                         preferred_element_type=None, **kwargs):
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+    **kwargs,
+):
     """Drop-in for `lax.conv_general_dilated` (as `nnx.Conv` calls it); canonical VJP on CPU.
 
     Takes the fast path for the plain case (channels-last, no dilation or groups, same
@@ -195,18 +222,32 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     nd = lhs.ndim - 2
     plain = (
         jax.default_backend() == "cpu"
-        and feature_group_count == 1 and batch_group_count == 1 and precision is None
-        and preferred_element_type is None and kwargs.get("out_sharding") is None
-        and all(d == 1 for d in (lhs_dilation or ())) and all(d == 1 for d in (rhs_dilation or ()))
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and precision is None
+        and preferred_element_type is None
+        and kwargs.get("out_sharding") is None
+        and all(d == 1 for d in (lhs_dilation or ()))
+        and all(d == 1 for d in (rhs_dilation or ()))
         and lhs.dtype == rhs.dtype
-        and dimension_numbers is not None and tuple(dimension_numbers) == tuple(_channels_last(nd))
+        and dimension_numbers is not None
+        and tuple(dimension_numbers) == tuple(_channels_last(nd))
     )
     if not plain:
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                                        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                                        feature_group_count=feature_group_count,
-                                        batch_group_count=batch_group_count, precision=precision,
-                                        preferred_element_type=preferred_element_type, **kwargs)
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            batch_group_count=batch_group_count,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+            **kwargs,
+        )
     strides = tuple(int(s) for s in window_strides)
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:nd], strides, padding)
@@ -226,6 +267,7 @@ def use_fast_conv(model) -> Any:
 
 def fast_conv_builder(build: Callable[[jax.Array], Any]) -> Callable[[jax.Array], Any]:
     """Wrap a `seed -> Net` builder so the nets it builds use `conv_general_dilated`."""
+
     @functools.wraps(build)
     def wrapped(seed):
         return use_fast_conv(build(seed))

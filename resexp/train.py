@@ -16,10 +16,11 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +33,7 @@ from resexp.checkpoint import Checkpoints
 from resexp.config import Config, config_hash, run_id
 from resexp.data import Data, augmented_batch, batch_indices, load_data
 from resexp.errors import RunError
-from resexp.models import Net, layer_table, net_builder
+from resexp.models import Net, layer_table, net_builder, split_params
 from resexp.optim import lr_schedule, make_optimizer
 from resexp.provenance import provenance
 from resexp.runs import FINAL, RunLock, exit_code, prepare_run_dir, read_summary, seed_configs, write_json
@@ -45,12 +46,17 @@ EXIT_INTERRUPTED = 130
 # --------------------------------------------------------------------------- the compiled pieces
 
 
-def _init_state(graphdef_fn: Callable[[jax.Array], Net], tx: optax.GradientTransformation, seed: jax.Array,
-                grad_norms: bool = False, warmup_end: int | None = None):
+def _init_state(
+    graphdef_fn: Callable[[jax.Array], Net],
+    tx: optax.GradientTransformation,
+    seed: jax.Array,
+    grad_norms: bool = False,
+    warmup_end: int | None = None,
+):
     """params/others/opt/step, plus (with diagnostics on) the last step's per-layer gradient norms
     and (with a constant warm-up) the step it ends at, decided during training (see optim.py)."""
     model = graphdef_fn(seed)
-    _, params, others = nnx.split(model, nnx.Param, ...)
+    _, params, others = split_params(model)
     state = {"params": params, "others": others, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
     if warmup_end is not None:
         state["warmup_end"] = jnp.int32(warmup_end)
@@ -91,8 +97,10 @@ class Engine:
             build = parallel.fast_conv_builder(build)
         self.graphdef = nnx.split(nnx.eval_shape(lambda: build(jnp.int32(0))), nnx.Param, ...)[0]
         warmup_end = optim.warmup_end_init(cfg.optim) if cfg.optim.constant_warmup else None
-        init = lambda seed: _init_state(build, self.tx, seed, grad_norms=cfg.train.diagnostics,  # noqa: E731
-                                        warmup_end=warmup_end)
+
+        def init(seed):
+            return _init_state(build, self.tx, seed, grad_norms=cfg.train.diagnostics, warmup_end=warmup_end)
+
         self.dp = parallel.data_parallel(cfg.data.batch_size, seeds=self.seeds, enabled=self.data_parallel)
         # One seed's init program, called once per seed even for vmapped seeds: the parameter RNG
         # ("rbg") is not vmap-invariant, so a vmapped init would start seed s elsewhere than a lone run.
@@ -107,15 +115,17 @@ class Engine:
         idx = batch_indices(jax.random.fold_in(key, 0), step, x_train.shape[0], cfg.data.batch_size)
         y = y_train[idx]
         if data.augment:
-            x = augmented_batch(jax.random.fold_in(jax.random.fold_in(key, 1), step), x_train[idx], data.normalize,
-                                cfg.data.pad_value)
+            x = augmented_batch(
+                jax.random.fold_in(jax.random.fold_in(key, 1), step), x_train[idx], data.normalize, cfg.data.pad_value
+            )
         else:
             x = data.normalize(x_train[idx])
         if self.dp is not None:  # BN's batch statistics stay global: XLA all-reduces the sums
             x, y = self.dp.shard_batch(x, y)
 
         (loss, (acc, others)), grads = jax.value_and_grad(self._loss, has_aux=True)(
-            state["params"], state["others"], x, y)
+            state["params"], state["others"], x, y
+        )
         updates, opt = self.tx.update(grads, state["opt"], state["params"])
         if "warmup_end" in state:
             updates = optim.hold_warmup_lr(updates, cfg.optim, self.schedule, step, state["warmup_end"])
@@ -135,7 +145,7 @@ class Engine:
         logits, _ = model.forward(x, train=True)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         acc = jnp.mean(jnp.argmax(logits, -1) == y)
-        return loss, (acc, nnx.split(model, nnx.Param, ...)[2])
+        return loss, (acc, split_params(model)[2])
 
     def _chunk(self, state: dict, seed: jax.Array, x_train: jax.Array, y_train: jax.Array, *, length: int):
         def body(s, _):
@@ -175,6 +185,7 @@ class Engine:
         x = jnp.pad(x_test[:n], [(0, pad)] + [(0, 0)] * (x_test.ndim - 1)).reshape(nb, bs, *x_test.shape[1:])
         y = jnp.pad(y_test[:n], (0, pad)).reshape(nb, bs)
         mask = (jnp.arange(nb * bs) < n).reshape(nb, bs)
+
         def one(batch):
             xb, yb, mb = batch
             if self.dp is not None and self.dp.divides(bs):
@@ -191,8 +202,9 @@ class Engine:
         out = self._eval(state, x_test, y_test)
         if self.cfg.train.diagnostics:
             xe = self.data.normalize(x_test[: min(256, x_test.shape[0])])
-            out["diagnostics"] = diagnostics.measure(self.graphdef, state["params"], state["others"], xe,
-                                                     state["grad_norm"])
+            out["diagnostics"] = diagnostics.measure(
+                self.graphdef, state["params"], state["others"], xe, state["grad_norm"]
+            )
         return out
 
     def eval_program(self):
@@ -210,6 +222,7 @@ class Engine:
 
     def _over_seeds(self, fn: Callable, batched: int) -> Callable:
         """`fn` over a leading seed axis of its first `batched` arguments (the rest shared)."""
+
         def looped(*args):
             if self.seed_loop == "vmap":
                 return jax.vmap(fn, in_axes=(0,) * batched + (None,) * (len(args) - batched))(*args)
@@ -252,9 +265,12 @@ class RunRecord:
 
     cfg: Config
     dir: Path
-    events: EventWriter | None = None
-    history: dict = field(default_factory=lambda: {k: [] for k in (
-        "step", "train_loss", "train_accuracy", "eval_step", "eval_loss", "eval_accuracy")})
+    events: Any = None  # EventWriter (or _NoEvents off process 0), opened when training starts
+    history: dict = field(
+        default_factory=lambda: {
+            k: [] for k in ("step", "train_loss", "train_accuracy", "eval_step", "eval_loss", "eval_accuracy")
+        }
+    )
     status: str = "running"
     diverged_at_step: int | None = None
     diverged_reason: str | None = None
@@ -289,14 +305,17 @@ class Interrupt:
         self.requested = signum
 
     @contextmanager
-    def installed(self) -> Iterator["Interrupt"]:
+    def installed(self) -> Iterator[Interrupt]:
         import threading
 
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
         old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
-        outers = {id(o): o for o in (getattr(h, "__self__", None) for h in old.values()) if hasattr(o, "requested")}
+        # an outer handler (the launcher's) that recorded a signal before training started
+        outers: dict[int, Any] = {
+            id(o): o for o in (getattr(h, "__self__", None) for h in old.values()) if hasattr(o, "requested")
+        }
         for outer in outers.values():
             if outer.requested is not None and self.requested is None:
                 self.requested = outer.requested
@@ -329,9 +348,17 @@ def _stack(trees: list):
     return trees[0] if len(trees) == 1 else jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
 
-def train_runs(cfgs: list[Config], out: Path, *, progress: bool = True, sweep_keys: list[dict] | None = None,
-               console=None, data: Data | None = None, source: str = "config",
-               extra_summary: dict | None = None) -> list[Outcome]:
+def train_runs(
+    cfgs: list[Config],
+    out: Path,
+    *,
+    progress: bool = True,
+    sweep_keys: list[dict] | None = None,
+    console=None,
+    data: Data | None = None,
+    source: str = "config",
+    extra_summary: dict | None = None,
+) -> list[Outcome]:
     """Train runs that differ only in `train.seed`, as one program when there are several.
 
     Completed or diverged runs are left alone; interrupted ones resume from their last
@@ -367,18 +394,28 @@ def train_runs(cfgs: list[Config], out: Path, *, progress: bool = True, sweep_ke
                     continue
                 claimed.append(i)
             else:
-                outcomes[i] = Outcome(run_dir, read_summary(run_dir) or {"status": "running", "run_id": run_id(cfgs[i])},
-                                      skipped=True)
+                outcomes[i] = Outcome(
+                    run_dir, read_summary(run_dir) or {"status": "running", "run_id": run_id(cfgs[i])}, skipped=True
+                )
         if claimed:
-            records = [RunRecord(cfgs[i], out / run_id(cfgs[i]), sweep_keys=(sweep_keys[i] if sweep_keys else None),
-                                 extra=extra_summary) for i in claimed]
+            records = [
+                RunRecord(
+                    cfgs[i],
+                    out / run_id(cfgs[i]),
+                    sweep_keys=(sweep_keys[i] if sweep_keys else None),
+                    extra=extra_summary,
+                )
+                for i in claimed
+            ]
             try:
                 summaries = _train_group(records, progress=progress, console=console, data=data)
             except OSError as exc:  # events or summary on a full/read-only disk: the environment, not a bug
                 where = exc.filename or records[0].dir
-                raise RunError(f"{where}: cannot write ({exc.strerror or exc}); free space or choose another --out, "
-                               "then re-run to resume") from None
-            for i, summary in zip(claimed, summaries):
+                raise RunError(
+                    f"{where}: cannot write ({exc.strerror or exc}); free space or choose another --out, "
+                    "then re-run to resume"
+                ) from None
+            for i, summary in zip(claimed, summaries, strict=True):
                 outcomes[i] = Outcome(out / run_id(cfgs[i]), summary)
     finally:
         for lock in locks:
@@ -408,28 +445,35 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
     state = engine.init([r.cfg.train.seed for r in records])
     if resume_step is not None:
         restored = []
-        for r, c in zip(records, ckpts):
+        for r, c in zip(records, ckpts, strict=True):
             single, meta = c.restore(resume_step, engine.abstract_state)
             if meta.get("config_hash", config_hash(r.cfg)) != config_hash(r.cfg):  # same shapes, other config
-                raise RunError(f"{c.directory / str(resume_step)}: checkpoint was written by another config "
-                               f"({meta['config_hash']}, this run is {config_hash(r.cfg)}); move it away to retrain")
+                raise RunError(
+                    f"{c.directory / str(resume_step)}: checkpoint was written by another config "
+                    f"({meta['config_hash']}, this run is {config_hash(r.cfg)}); move it away to retrain"
+                )
             restored.append(single)
             r.history, r.wall_before = meta["history"], meta.get("wall_seconds", 0.0)
             r.last_eval, r.diagnostics = meta.get("last_eval", {}), meta.get("diagnostics")
             r.initial_loss = meta.get("initial_loss")
-            _say(console, f"{r.dir.name}: resuming from step {resume_step} (checkpoint {c.directory / str(resume_step)})")
+            _say(
+                console, f"{r.dir.name}: resuming from step {resume_step} (checkpoint {c.directory / str(resume_step)})"
+            )
         state = _stack(restored)
     start_step = resume_step or 0
     if "warmup_end" in state:
         ends = np.asarray(state["warmup_end"]).reshape(-1)
-        for r, end in zip(records, ends):
+        for r, end in zip(records, ends, strict=True):
             r.warmup_end = int(end)
     for r in records:
         r.events = EventWriter(r.dir) if jax.process_index() == 0 else _NoEvents()
         r.events.session_start(start_step)  # TensorBoard purges events a resume rewrites
     model_info = _model_info(cfg, data)
-    seeds_arg = jnp.asarray([r.cfg.train.seed for r in records], jnp.int32) if group > 1 \
+    seeds_arg = (
+        jnp.asarray([r.cfg.train.seed for r in records], jnp.int32)
+        if group > 1
         else jnp.int32(records[0].cfg.train.seed)
+    )
     for r in records:
         _write_summary(r, engine, model_info, start_step, wall=r.wall_before, data=data)
 
@@ -443,18 +487,34 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
     def checkpoint(end: int, save: bool) -> None:
         """Checkpoint the state at `end` (if `save`), mark an interrupted run, write the summaries."""
         ips = steady_images / steady_time if steady_time else None
-        for i, (r, c) in enumerate(zip(records, ckpts)):
+        for i, (r, c) in enumerate(zip(records, ckpts, strict=True)):
             if r.status == "diverged":
                 continue
             if save and end not in saved:
-                c.save(end, _slice(state, i if group > 1 else None), {
-                    "config_hash": config_hash(r.cfg),
-                    "history": r.history, "wall_seconds": r.wall_before + time.perf_counter() - wall_start,
-                    "last_eval": r.last_eval, "diagnostics": r.diagnostics, "initial_loss": r.initial_loss})
+                c.save(
+                    end,
+                    _slice(state, i if group > 1 else None),
+                    {
+                        "config_hash": config_hash(r.cfg),
+                        "history": r.history,
+                        "wall_seconds": r.wall_before + time.perf_counter() - wall_start,
+                        "last_eval": r.last_eval,
+                        "diagnostics": r.diagnostics,
+                        "initial_loss": r.initial_loss,
+                    },
+                )
             if interrupt.requested is not None and end < total:
                 r.status = "interrupted"
-            _write_summary(r, engine, model_info, end, wall=r.wall_before + time.perf_counter() - wall_start,
-                           data=data, ips=ips, compile_s=engine.compile_seconds - compile_before)
+            _write_summary(
+                r,
+                engine,
+                model_info,
+                end,
+                wall=r.wall_before + time.perf_counter() - wall_start,
+                data=data,
+                ips=ips,
+                compile_s=engine.compile_seconds - compile_before,
+            )
         if save:
             saved.add(end)
 
@@ -526,9 +586,16 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
     ips = steady_images / steady_time if steady_time else None
     summaries = []
     for r in records:
-        s = _write_summary(r, engine, model_info, min(step, total) if r.status != "diverged" else r.diverged_at_step,
-                           wall=r.wall_before + time.perf_counter() - wall_start, data=data, ips=ips,
-                           compile_s=engine.compile_seconds - compile_before)
+        s = _write_summary(
+            r,
+            engine,
+            model_info,
+            min(step, total) if r.status != "diverged" else r.diverged_at_step,
+            wall=r.wall_before + time.perf_counter() - wall_start,
+            data=data,
+            ips=ips,
+            compile_s=engine.compile_seconds - compile_before,
+        )
         r.events.close()
         summaries.append(s)
     return summaries
@@ -549,8 +616,9 @@ def _say(console, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _record_chunk(records, engine: Engine, end: int, length: int, losses, accs, elapsed: float,
-                  warmup_ends=None) -> None:
+def _record_chunk(
+    records, engine: Engine, end: int, length: int, losses, accs, elapsed: float, warmup_ends=None
+) -> None:
     group = len(records)
     lr = float(engine.schedule(end - 1))
     ips = length * engine.cfg.data.batch_size * group / max(elapsed, 1e-9)
@@ -571,8 +639,12 @@ def _record_chunk(records, engine: Engine, end: int, length: int, losses, accs, 
             # Treated as a NaN is: the run stops at the first step over the line, which is not recorded.
             over = np.flatnonzero(li > factor * r.initial_loss)
             step = end - length + int(over[0]) + 1 if over.size else end
-            _mark_diverged(r, step, f"loss exploded: window mean {loss:.4g} > {factor:g} x the first step's "
-                                    f"{r.initial_loss:.4g} (train.max_loss_factor)")
+            _mark_diverged(
+                r,
+                step,
+                f"loss exploded: window mean {loss:.4g} > {factor:g} x the first step's "
+                f"{r.initial_loss:.4g} (train.max_loss_factor)",
+            )
             continue
         r.history["step"].append(end)
         r.history["train_loss"].append(loss)
@@ -582,8 +654,9 @@ def _record_chunk(records, engine: Engine, end: int, length: int, losses, accs, 
             lr = optim.learning_rate(engine.cfg.optim, engine.schedule, end - 1, r.warmup_end)
             if r.warmup_end <= end and (before is None or before > end - length):  # switched in this window
                 r.events.scalars(r.warmup_end, {"train/warmup_end_step": float(r.warmup_end)})
-        r.events.scalars(end, {"train/loss": loss, "train/accuracy": acc, "train/learning_rate": lr,
-                               "perf/images_per_second": ips})
+        r.events.scalars(
+            end, {"train/loss": loss, "train/accuracy": acc, "train/learning_rate": lr, "perf/images_per_second": ips}
+        )
 
 
 def _mark_diverged(r: RunRecord, step: int, reason: str) -> None:
@@ -614,8 +687,17 @@ def _model_info(cfg: Config, data: Data) -> dict:
     return {"params": sum(r.params for r in rows), "macs": sum(r.macs for r in rows)}
 
 
-def _write_summary(r: RunRecord, engine: Engine, info: dict, steps: int | None, *, wall: float, data: Data,
-                   ips: float | None = None, compile_s: float | None = None) -> dict:
+def _write_summary(
+    r: RunRecord,
+    engine: Engine,
+    info: dict,
+    steps: int | None,
+    *,
+    wall: float,
+    data: Data,
+    ips: float | None = None,
+    compile_s: float | None = None,
+) -> dict:
     window = r.history["train_loss"]
     summary: dict[str, Any] = {
         "run_id": r.dir.name,
@@ -655,12 +737,21 @@ def _warmup_summary(r: RunRecord, steps: int | None) -> dict | None:
     """Which warm-up ran and when the base schedule took over (`end_step` None: not yet)."""
     o = r.cfg.optim
     if o.constant_warmup is None:
-        return {"kind": "linear", "end_step": o.linear_warmup_steps, "ended_by": "steps"} if o.linear_warmup_steps \
+        return (
+            {"kind": "linear", "end_step": o.linear_warmup_steps, "ended_by": "steps"}
+            if o.linear_warmup_steps
             else None
+        )
     w = o.constant_warmup
     end = r.warmup_end if r.warmup_end is not None and steps is not None and r.warmup_end <= steps else None
-    return {"kind": "constant", "lr": w.lr, "until_train_error": w.until_train_error, "max_steps": w.steps,
-            "end_step": end, "ended_by": None if end is None else "train_error" if end < w.steps else "steps"}
+    return {
+        "kind": "constant",
+        "lr": w.lr,
+        "until_train_error": w.until_train_error,
+        "max_steps": w.steps,
+        "end_step": end,
+        "ended_by": None if end is None else "train_error" if end < w.steps else "steps",
+    }
 
 
 @contextmanager
@@ -671,8 +762,14 @@ def _progress(enabled: bool, console, records: list[RunRecord], total: int, star
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     label = records[0].dir.name if len(records) == 1 else f"{records[0].dir.name} (+{len(records) - 1} seeds)"
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[ips]} img/s"), TimeRemainingColumn()]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[ips]} img/s"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=console, transient=False) as prog:
         task = prog.add_task(label, total=total, completed=start, loss="-", ips="-")
 

@@ -62,46 +62,75 @@ def main(argv=None) -> int:
     for v in a.variant:
         name, _, env = v.partition("=")
         variants.append((name, dict(item.split("=", 1) for item in shlex.split(env))))
-    cfg = {"depth": a.depth, "batch_size": a.batch_size, "dtype": "float32", "steps": a.steps, "scan_unroll": 1,
-           "seeds": a.seeds, "eval": False}
+    cfg = {
+        "depth": a.depth,
+        "batch_size": a.batch_size,
+        "dtype": "float32",
+        "steps": a.steps,
+        "scan_unroll": 1,
+        "seeds": a.seeds,
+        "eval": False,
+    }
     workers = {}
     load = [os.getloadavg()[0]]
     try:
         for name, env in variants:  # started one after another: compiles do not overlap
             full = {**os.environ, "RESEXP_COMPILE_CACHE": "off", **env}
-            proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(ROOT / "scripts"), json.dumps(cfg)],
-                                    env=full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _WORKER, str(ROOT / "scripts"), json.dumps(cfg)],
+                env=full,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert proc.stdin is not None and proc.stdout is not None  # both are pipes
             info = json.loads(proc.stdout.readline())
             workers[name] = (proc, info)
-        ips = {name: [] for name, _ in variants}
+        ips: dict[str, list[float]] = {name: [] for name, _ in variants}
         names = [n for n, _ in variants]
         for r in range(a.rounds):
-            for name in (names if r % 2 == 0 else names[::-1]):
+            for name in names if r % 2 == 0 else names[::-1]:
                 proc = workers[name][0]
+                assert proc.stdin is not None and proc.stdout is not None
                 proc.stdin.write("go\n")
                 proc.stdin.flush()
                 ips[name].append(json.loads(proc.stdout.readline())["images_per_s"])
     finally:
         for proc, _ in workers.values():
-            if proc.poll() is None:
+            if proc.poll() is None and proc.stdin is not None:
                 proc.stdin.write("quit\n")
                 proc.stdin.flush()
                 proc.wait(timeout=60)
     load.append(os.getloadavg()[0])
     base = names[0]
-    out = {"depth": a.depth, "batch_size": a.batch_size, "steps": a.steps, "rounds": a.rounds, "load_avg": load,
-           "variants": {n: {"env": dict(variants[i][1]), "xla_flags": workers[n][1]["xla_flags"],
-                            "compile_s": round(workers[n][1]["compile_s"], 2),
-                            "images_per_s": round(statistics.median(ips[n]), 1), "repeats": [round(x, 1) for x in ips[n]],
-                            "ratio_vs_" + base: round(statistics.median(x / y for x, y in zip(ips[n], ips[base])), 3)}
-                        for i, n in enumerate(names)}}
+    out = {
+        "depth": a.depth,
+        "batch_size": a.batch_size,
+        "steps": a.steps,
+        "rounds": a.rounds,
+        "load_avg": load,
+        "variants": {
+            n: {
+                "env": dict(variants[i][1]),
+                "xla_flags": workers[n][1]["xla_flags"],
+                "compile_s": round(workers[n][1]["compile_s"], 2),
+                "images_per_s": round(statistics.median(ips[n]), 1),
+                "repeats": [round(x, 1) for x in ips[n]],
+                "ratio_vs_" + base: round(statistics.median(x / y for x, y in zip(ips[n], ips[base], strict=True)), 3),
+            }
+            for i, n in enumerate(names)
+        },
+    }
     if a.json:
         print(json.dumps(out))
     else:
-        print(f"ResNet-{a.depth}, batch {a.batch_size}, {a.rounds} interleaved rounds, load {load[0]:.1f} -> {load[1]:.1f}")
+        rounds = f"{a.rounds} interleaved rounds, load {load[0]:.1f} -> {load[1]:.1f}"
+        print(f"ResNet-{a.depth}, batch {a.batch_size}, {rounds}")
         for n, v in out["variants"].items():
-            print(f"  {n:<12} {v['images_per_s']:8.1f} images/s  x{v['ratio_vs_' + base]:.3f} vs {base}  "
-                  f"compile {v['compile_s']:.1f}s  [{v['xla_flags']}]")
+            print(
+                f"  {n:<12} {v['images_per_s']:8.1f} images/s  x{v['ratio_vs_' + base]:.3f} vs {base}  "
+                f"compile {v['compile_s']:.1f}s  [{v['xla_flags']}]"
+            )
     return 0
 
 

@@ -26,6 +26,7 @@ median of the per-repeat ratios. torch is never imported by resexp itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -95,27 +96,31 @@ class TorchPeer:
     """scripts/torch_reference.py's network in a long-lived subprocess, driven step by step."""
 
     def __init__(self, python: str, threads: int | None):
-        self.proc = subprocess.Popen([python, "-c", _TORCH_WORKER, str(ROOT / "scripts"), str(threads or "none")],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [python, "-c", _TORCH_WORKER, str(ROOT / "scripts"), str(threads or "none")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are pipes
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
         self.info = self._read()
 
     def _read(self) -> dict:
-        line = self.proc.stdout.readline()
+        line = self.stdout.readline()
         if not line:
             raise RuntimeError(f"the torch worker exited (code {self.proc.wait()})")
         return json.loads(line)
 
     def call(self, **cmd) -> dict:
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
+        self.stdin.write(json.dumps(cmd) + "\n")
+        self.stdin.flush()
         return self._read()
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(BrokenPipeError, RuntimeError, json.JSONDecodeError):
                 self.call(op="quit")
-            except (BrokenPipeError, RuntimeError, json.JSONDecodeError):
-                pass
             self.proc.wait(timeout=30)
 
 
@@ -155,6 +160,7 @@ def step_cost(depth: int, batch_size: int, dtype: str) -> dict:
     engine = Engine(cfg, load_data(cfg.data), platform="cuda")
     step = jax.jit(lambda st, seed, x, y: engine._step(st, st["step"], seed, x, y))
     cost = step.lower(engine._state_spec(), jnp.int32(0), engine.data.x_train, engine.data.y_train).cost_analysis()
+    assert cost is not None, "XLA gave no cost analysis for this backend"
     return {"flops": float(cost["flops"]), "bytes_accessed": float(cost["bytes accessed"])}
 
 
@@ -165,8 +171,12 @@ def roofline_epoch_s(cost: dict, batch_size: int, dtype: str) -> dict:
     for gpu, peak in GPU_PEAKS.items():
         compute = cost["flops"] / peak[dtype]
         memory = cost["bytes_accessed"] / peak["hbm_bytes_s"]
-        out[gpu] = {"epoch_s": round(steps * max(compute, memory), 3), "bound": "compute" if compute > memory else "memory",
-                    "compute_epoch_s": round(steps * compute, 3), "memory_epoch_s": round(steps * memory, 3)}
+        out[gpu] = {
+            "epoch_s": round(steps * max(compute, memory), 3),
+            "bound": "compute" if compute > memory else "memory",
+            "compute_epoch_s": round(steps * compute, 3),
+            "memory_epoch_s": round(steps * memory, 3),
+        }
     return out
 
 
@@ -176,15 +186,29 @@ def roofline_epoch_s(cost: dict, batch_size: int, dtype: str) -> dict:
 def make_config(depth: int, batch_size: int, dtype: str, steps: int, scan_unroll):
     from resexp.config import Config
 
-    return Config.model_validate({
-        "name": "bench",
-        "data": {"name": "synthetic", "batch_size": batch_size, "num_train": max(2048, 2 * batch_size),
-                 "num_test": 256, "image_size": 32, "channels": 3, "num_classes": 10},
-        "model": {"kind": "cnn", "depth": depth, "widths": [16, 32, 64], "shortcut": True,
-                  "scan_unroll": scan_unroll},
-        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
-        "train": {"steps": 100_000, "log_every": steps, "dtype": dtype, "diagnostics": True},
-    })
+    return Config.model_validate(
+        {
+            "name": "bench",
+            "data": {
+                "name": "synthetic",
+                "batch_size": batch_size,
+                "num_train": max(2048, 2 * batch_size),
+                "num_test": 256,
+                "image_size": 32,
+                "channels": 3,
+                "num_classes": 10,
+            },
+            "model": {
+                "kind": "cnn",
+                "depth": depth,
+                "widths": [16, 32, 64],
+                "shortcut": True,
+                "scan_unroll": scan_unroll,
+            },
+            "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
+            "train": {"steps": 100_000, "log_every": steps, "dtype": dtype, "diagnostics": True},
+        }
+    )
 
 
 class JaxRun:
@@ -265,27 +289,46 @@ def run(args) -> dict:
             raise SystemExit("--compare-torch: no python with torch found (.venv-bench/bin/python or --torch-python)")
         peer = TorchPeer(python, args.torch_threads)
     depths = [int(d) for d in args.depths.split(",") if d.strip()]
-    results, data_cache = [], {}
+    results: list[dict] = []
+    data_cache: dict = {}
     load_before = os.getloadavg()[0]
     try:
         for depth in depths:
             log(args, f"depth {depth}: compiling ...")
             jr = JaxRun(depth, args, data_cache)
-            row = {"depth": depth, "params": jr.params, "macs_per_example": jr.macs, "batch_size": args.batch_size,
-                   "seeds": args.seeds, "dtype": args.dtype, "scan_unroll": args.scan_unroll,
-                   "compile_s": round(jr.compile_s, 3), "init_compile_s": round(jr.init_s, 3),
-                   "chunk_compile_s": round(jr.chunk_compile_s, 3), "steps_per_chunk": args.steps}
+            row = {
+                "depth": depth,
+                "params": jr.params,
+                "macs_per_example": jr.macs,
+                "batch_size": args.batch_size,
+                "seeds": args.seeds,
+                "dtype": args.dtype,
+                "scan_unroll": args.scan_unroll,
+                "compile_s": round(jr.compile_s, 3),
+                "init_compile_s": round(jr.init_s, 3),
+                "chunk_compile_s": round(jr.chunk_compile_s, 3),
+                "steps_per_chunk": args.steps,
+            }
             if jr.eval_compile_s is not None:
                 row["eval_compile_s"] = round(jr.eval_compile_s, 3)
-            log(args, f"depth {depth}: compile {jr.compile_s:.1f}s (init {jr.init_s:.1f}s + chunk "
-                      f"{jr.chunk_compile_s:.1f}s)" + (f", eval {jr.eval_compile_s:.1f}s" if args.eval else ""))
+            log(
+                args,
+                f"depth {depth}: compile {jr.compile_s:.1f}s (init {jr.init_s:.1f}s + chunk "
+                f"{jr.chunk_compile_s:.1f}s)" + (f", eval {jr.eval_compile_s:.1f}s" if args.eval else ""),
+            )
             if not args.compile_only:
                 t0 = time.perf_counter()
                 jr.chunk()  # warm-up: first dispatch, allocation
                 row["first_chunk_s"] = round(time.perf_counter() - t0, 3)
                 if peer is not None:
-                    info = peer.call(op="setup", depth=depth, batch_size=args.batch_size, dtype=args.dtype,
-                                     compile=args.torch_compile, channels_last=args.torch_channels_last)
+                    info = peer.call(
+                        op="setup",
+                        depth=depth,
+                        batch_size=args.batch_size,
+                        dtype=args.dtype,
+                        compile=args.torch_compile,
+                        channels_last=args.torch_channels_last,
+                    )
                     row["torch_first_step_s"] = round(info["first_step_s"], 3)
                     peer.call(op="measure", warmup=0, steps=max(1, args.warmup))  # torch warm-up
                 ours, theirs = [], []
@@ -296,8 +339,11 @@ def run(args) -> dict:
                             ours.append(jr.chunk())
                         elif peer is not None:
                             theirs.append(peer.call(op="measure", warmup=1, steps=args.steps)["images_per_s"])
-                    log(args, f"depth {depth}: repeat {r + 1}/{args.repeats}: {ours[-1]:.1f} images/s"
-                              + (f" vs torch {theirs[-1]:.1f}" if theirs else ""))
+                    log(
+                        args,
+                        f"depth {depth}: repeat {r + 1}/{args.repeats}: {ours[-1]:.1f} images/s"
+                        + (f" vs torch {theirs[-1]:.1f}" if theirs else ""),
+                    )
                 row["images_per_s"] = round(statistics.median(ours), 2)
                 row["repeats"] = [round(v, 2) for v in ours]
                 row["final_loss"] = jr.final_loss()
@@ -305,7 +351,9 @@ def run(args) -> dict:
                     row["torch_images_per_s"] = round(statistics.median(theirs), 2)
                     row["torch_repeats"] = [round(v, 2) for v in theirs]
                     row["ratio_vs_torch"] = round(statistics.median(ours) / statistics.median(theirs), 3)
-                    row["ratio_vs_torch_paired"] = round(statistics.median(a / b for a, b in zip(ours, theirs)), 3)
+                    row["ratio_vs_torch_paired"] = round(
+                        statistics.median(a / b for a, b in zip(ours, theirs, strict=True)), 3
+                    )
             if args.cost:
                 row["cost"] = costs = {}
                 for dtype in ("float32", "bfloat16"):
@@ -320,14 +368,24 @@ def run(args) -> dict:
         if peer is not None:
             peer.close()
     dev = jax.devices()[0]
-    out = {"results": results, "backend": jax.default_backend(), "device": str(dev.device_kind),
-           "device_count": jax.device_count(), "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-           "cpu_count": os.cpu_count(), "machine": platform.machine(),
-           "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+    out = {
+        "results": results,
+        "backend": jax.default_backend(),
+        "device": str(dev.device_kind),
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
     if peer is not None:
-        out["torch"] = {"version": peer.info["version"], "threads": peer.info["threads"],
-                        "mode": "compile" if args.torch_compile else "eager",
-                        "channels_last": args.torch_channels_last}
+        out["torch"] = {
+            "version": peer.info["version"],
+            "threads": peer.info["threads"],
+            "mode": "compile" if args.torch_compile else "eager",
+            "channels_last": args.torch_channels_last,
+        }
     return out
 
 
@@ -337,8 +395,10 @@ def log(args, msg: str) -> None:
 
 
 def table(out: dict) -> str:
-    lines = [f"backend {out['backend']} ({out['device']}, {out['device_count']} device(s)), jax {out['jax']}, "
-             f"load avg {out['load_avg'][0]} -> {out['load_avg'][1]}"]
+    lines = [
+        f"backend {out['backend']} ({out['device']}, {out['device_count']} device(s)), jax {out['jax']}, "
+        f"load avg {out['load_avg'][0]} -> {out['load_avg'][1]}"
+    ]
     head = f"{'depth':>5} {'seeds':>5} {'dtype':>8} {'compile s':>9} {'images/s':>9}"
     torch = any("torch_images_per_s" in r for r in out["results"])
     if torch:
@@ -352,19 +412,26 @@ def table(out: dict) -> str:
         lines.append(line)
     if any("cost" in r for r in out["results"]):
         lines.append("")
-        lines.append("one CIFAR-10 epoch (50,000 images), seconds: ROOFLINE ESTIMATE on GPUs (max of FLOPs/peak and "
-                     "unfused bytes/HBM bandwidth), measured here on CPU")
+        lines.append(
+            "one CIFAR-10 epoch (50,000 images), seconds: ROOFLINE ESTIMATE on GPUs (max of FLOPs/peak and "
+            "unfused bytes/HBM bandwidth), measured here on CPU"
+        )
         gpus = list(GPU_PEAKS)
-        lines.append(f"{'depth':>5} {'GFLOP/step':>10} {'GB/step':>8} "
-                     + " ".join(f"{g[:4] + ' ' + d:>12}" for g in gpus for d in ("fp32", "bf16")) + f" {'CPU':>8}")
+        lines.append(
+            f"{'depth':>5} {'GFLOP/step':>10} {'GB/step':>8} "
+            + " ".join(f"{g[:4] + ' ' + d:>12}" for g in gpus for d in ("fp32", "bf16"))
+            + f" {'CPU':>8}"
+        )
         for r in out["results"]:
             c = r.get("cost")
             if not c:
                 continue
             cells = " ".join(f"{c[dt]['roofline'][g]['epoch_s']:12.2f}" for g in gpus for dt in ("float32", "bfloat16"))
             cpu = f"{r['cpu_epoch_s']:8.0f}" if "cpu_epoch_s" in r else f"{'-':>8}"
-            lines.append(f"{r['depth']:>5} {c['float32']['flops'] / 1e9:10.1f} {c['float32']['bytes_accessed'] / 1e9:8.2f} "
-                         f"{cells} {cpu}")
+            lines.append(
+                f"{r['depth']:>5} {c['float32']['flops'] / 1e9:10.1f} {c['float32']['bytes_accessed'] / 1e9:8.2f} "
+                f"{cells} {cpu}"
+            )
     return "\n".join(lines)
 
 
@@ -380,8 +447,11 @@ def main(argv=None) -> int:
     p.add_argument("--scan-unroll", type=parse_unroll, default=1, help="model.scan_unroll: N, or true")
     p.add_argument("--eval", action="store_true", help="also compile (and time) the eval+diagnostics program")
     p.add_argument("--compile-only", action="store_true", help="compile, do not train")
-    p.add_argument("--cost", action="store_true",
-                   help="XLA cost analysis of one step + H100/A100 roofline estimate of a CIFAR-10 epoch")
+    p.add_argument(
+        "--cost",
+        action="store_true",
+        help="XLA cost analysis of one step + H100/A100 roofline estimate of a CIFAR-10 epoch",
+    )
     p.add_argument("--cache", action="store_true", help="keep the persistent compile cache on")
     p.add_argument("--compare-torch", action="store_true", help="interleave scripts/torch_reference.py's peer")
     p.add_argument("--torch-python", default=None, help="python with torch (default: .venv-bench/bin/python)")

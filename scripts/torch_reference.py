@@ -27,6 +27,7 @@ plus autocast bf16 with ``--dtype bfloat16``.
 
 ``run_benchmark(...)`` returns the same dict that ``--json`` prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,7 @@ class BasicBlock(nn.Module):
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         # Option A: parameter-free. Subsample spatially, zero-pad new channels.
         if self.stride != 1:
-            x = x[:, :, ::self.stride, ::self.stride]
+            x = x[:, :, :: self.stride, :: self.stride]
         if self.pad:
             x = F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
         return x
@@ -74,8 +75,7 @@ class CifarResNet(nn.Module):
         if (depth - 2) % 6:
             raise ValueError(f"depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(16), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
         blocks, c_in = [], 16
         for stage, width in enumerate((16, 32, 64)):
             for i in range(n):
@@ -110,8 +110,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_step(depth, batch_size, dtype="float32", compile=False, channels_last=False, device=None,
-              plain=False):
+def make_step(depth, batch_size, dtype="float32", compile=False, channels_last=False, device=None, plain=False):
     """The training step being timed, on one fixed batch made on the device (loading is not
     what we measure); returns (step, params, device). Shared with scripts/bench.py's peer."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -124,8 +123,7 @@ def make_step(depth, batch_size, dtype="float32", compile=False, channels_last=F
         assert params == EXPECTED_PARAMS[depth], (depth, params)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=fmt).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
-                          weight_decay=1e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     fwd = torch.compile(model) if compile else model
     x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch_size,), device=device)
@@ -142,8 +140,7 @@ def make_step(depth, batch_size, dtype="float32", compile=False, channels_last=F
     return step, params, device
 
 
-def _bench_depth(depth, batch_size, steps, warmup, repeats, dtype, compile,
-                 channels_last, device, plain=False):
+def _bench_depth(depth, batch_size, steps, warmup, repeats, dtype, compile, channels_last, device, plain=False):
     step, params, device = make_step(depth, batch_size, dtype, compile, channels_last, device, plain)
 
     t0 = time.perf_counter()
@@ -161,14 +158,28 @@ def _bench_depth(depth, batch_size, steps, warmup, repeats, dtype, compile,
             step()
         _sync(device)
         per_repeat.append(batch_size * steps / (time.perf_counter() - t0))
-    return {"depth": depth, "params": params,
-            "images_per_s": statistics.median(per_repeat),
-            "first_step_s": first_step_s, "repeats": per_repeat}
+    return {
+        "depth": depth,
+        "params": params,
+        "images_per_s": statistics.median(per_repeat),
+        "first_step_s": first_step_s,
+        "repeats": per_repeat,
+    }
 
 
-def run_benchmark(depths, batch_size, steps, warmup, repeats, dtype="float32",
-                  compile=False, channels_last=False, threads=None, plain=False,
-                  device=None) -> dict:
+def run_benchmark(
+    depths,
+    batch_size,
+    steps,
+    warmup,
+    repeats,
+    dtype="float32",
+    compile=False,
+    channels_last=False,
+    threads=None,
+    plain=False,
+    device=None,
+) -> dict:
     """Benchmark each depth; returns the dict that ``--json`` prints."""
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
@@ -176,20 +187,29 @@ def run_benchmark(depths, batch_size, steps, warmup, repeats, dtype="float32",
         torch.set_num_threads(int(threads))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    results = [_bench_depth(int(d), batch_size, steps, warmup, repeats, dtype,
-                            compile, channels_last, dev, plain) for d in depths]
-    return {"framework": "torch", "version": torch.__version__,
-            "device": name, "threads": torch.get_num_threads(),
-            "mode": "compile" if compile else "eager",
-            "channels_last": bool(channels_last), "dtype": dtype,
-            "plain": bool(plain), "batch_size": batch_size, "steps": steps,
-            "warmup": warmup, "results": results}
+    results = [
+        _bench_depth(int(d), batch_size, steps, warmup, repeats, dtype, compile, channels_last, dev, plain)
+        for d in depths
+    ]
+    return {
+        "framework": "torch",
+        "version": torch.__version__,
+        "device": name,
+        "threads": torch.get_num_threads(),
+        "mode": "compile" if compile else "eager",
+        "channels_last": bool(channels_last),
+        "dtype": dtype,
+        "plain": bool(plain),
+        "batch_size": batch_size,
+        "steps": steps,
+        "warmup": warmup,
+        "results": results,
+    }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--depths", default="20,56,110",
-                   help="comma-separated 6n+2 depths")
+    p.add_argument("--depths", default="20,56,110", help="comma-separated 6n+2 depths")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per repeat")
@@ -197,30 +217,41 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--compile", action="store_true", help="use torch.compile")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--plain", action="store_true", help="drop the shortcuts")
     p.add_argument("--device", default=None, help="cpu or cuda (default: auto)")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object on stdout")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     a = p.parse_args(argv)
     depths = [int(d) for d in a.depths.split(",") if d.strip()]
-    out = run_benchmark(depths, a.batch_size, a.steps, a.warmup, a.repeats,
-                        dtype=a.dtype, compile=a.compile,
-                        channels_last=a.channels_last, threads=a.threads,
-                        plain=a.plain, device=a.device)
+    out = run_benchmark(
+        depths,
+        a.batch_size,
+        a.steps,
+        a.warmup,
+        a.repeats,
+        dtype=a.dtype,
+        compile=a.compile,
+        channels_last=a.channels_last,
+        threads=a.threads,
+        plain=a.plain,
+        device=a.device,
+    )
     if a.json:
         print(json.dumps(out))
         return 0
-    print(f"torch {out['version']} on {out['device']}, threads={out['threads']}, "
-          f"mode={out['mode']}, channels_last={out['channels_last']}, "
-          f"dtype={out['dtype']}, batch={a.batch_size}")
+    print(
+        f"torch {out['version']} on {out['device']}, threads={out['threads']}, "
+        f"mode={out['mode']}, channels_last={out['channels_last']}, "
+        f"dtype={out['dtype']}, batch={a.batch_size}"
+    )
     for r in out["results"]:
         name = ("Plain" if a.plain else "ResNet") + f"-{r['depth']}"
         runs = ", ".join(f"{v:.0f}" for v in r["repeats"])
-        print(f"  {name:<11} params={r['params']:>9,}  "
-              f"{r['images_per_s']:8.1f} images/s (median of [{runs}])  "
-              f"first step {r['first_step_s']:.2f}s")
+        print(
+            f"  {name:<11} params={r['params']:>9,}  "
+            f"{r['images_per_s']:8.1f} images/s (median of [{runs}])  "
+            f"first step {r['first_step_s']:.2f}s"
+        )
     return 0
 
 

@@ -34,8 +34,9 @@ def digits():
 
 
 def conv_modules(engine: Engine) -> list[nnx.Conv]:
-    abstract = [jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), engine.abstract_state[k])
-                for k in ("params", "others")]
+    abstract = [
+        jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), engine.abstract_state[k]) for k in ("params", "others")
+    ]
     return [m for _, m in nnx.iter_modules(nnx.merge(engine.graphdef, *abstract)) if isinstance(m, nnx.Conv)]
 
 
@@ -48,23 +49,33 @@ def lower(jitted, args):
     return jaxpr, exported, set(re.findall(r"custom_call @([\w.]+)", text)), text
 
 
-@pytest.mark.parametrize("shortcut,projection,seeds", [
-    (False, "zero_pad", 1),   # plain net
-    (True, "zero_pad", 2),    # ResNet, option A, vmapped seeds
-    (True, "learned", 1),     # ResNet, option B (1x1 conv + BN projections)
-    (False, "zero_pad", 2),   # plain net, vmapped seeds
-])
+@pytest.mark.parametrize(
+    "shortcut,projection,seeds",
+    [
+        (False, "zero_pad", 1),  # plain net
+        (True, "zero_pad", 2),  # ResNet, option A, vmapped seeds
+        (True, "learned", 1),  # ResNet, option B (1x1 conv + BN projections)
+        (False, "zero_pad", 2),  # plain net, vmapped seeds
+    ],
+)
 def test_chunk_eval_and_init_lower_for_cuda_and_tpu_without_cpu_constructs(digits, shortcut, projection, seeds):
-    cfg = Config.model_validate(tiny_dict(model={"depth": 14, "shortcut": shortcut, "projection": projection},
-                                          train={"steps": 100, "log_every": STEPS, "diagnostics": True}))
+    cfg = Config.model_validate(
+        tiny_dict(
+            model={"depth": 14, "shortcut": shortcut, "projection": projection},
+            train={"steps": 100, "log_every": STEPS, "diagnostics": True},
+        )
+    )
     engine = Engine(cfg, digits, seeds=seeds, platform="cuda")
     assert engine.seed_loop == "vmap"  # accelerators batch the seeds
     convs = conv_modules(engine)
     assert len(convs) == 13 + (2 if projection == "learned" and shortcut else 0)
     assert all(c.conv_general_dilated is lax.conv_general_dilated for c in convs)  # not the CPU conv
 
-    programs = {"chunk": engine.chunk_program(STEPS), "eval": engine.eval_program(),
-                "init": (engine._init, (jax.ShapeDtypeStruct((), jnp.int32),))}
+    programs = {
+        "chunk": engine.chunk_program(STEPS),
+        "eval": engine.eval_program(),
+        "init": (engine._init, (jax.ShapeDtypeStruct((), jnp.int32),)),
+    }
     for name, (jitted, args) in programs.items():
         jaxpr, exported, targets, text = lower(jitted, args)
         prims = {e.primitive.name for e in all_eqns(jaxpr.jaxpr)}
@@ -112,6 +123,7 @@ def test_bench_cost_counts_every_layer_and_gives_a_roofline():
 
     sys.path.insert(0, str(ROOT / "scripts"))
     import bench
+
     from resexp.models import layer_table
 
     costs, macs = {}, {}
