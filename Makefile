@@ -39,8 +39,8 @@ lock: $(STAMP)  ## rewrite requirements/ci.lock from .venv (after the tests pass
 demo: $(STAMP)  ## the embedded depth sweep: plain vs residual, depth 8..56, on 2 CPU cores
 	$(BIN)/resexp sweep configs/demo.yaml --out $(OUT) --jobs 2
 
-test: $(STAMP)  ## the whole test suite (pytest exit 5, 'no tests collected', is a failure)
-	@$(BIN)/python -m pytest -q; rc=$$?; \
+test: $(STAMP)  ## the whole test suite on 2 workers, a test file each (pytest exit 5, 'no tests collected', is a failure)
+	@$(BIN)/python -m pytest -q -n 2 --dist loadfile; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
 
 bench: $(STAMP)  ## compile time and images/s for ResNet-20/56/110 on this machine (JSON)

@@ -81,7 +81,7 @@ def skip_reason(command: str) -> str | None:
 def workdir(tmp_path_factory) -> Path:
     """A reader's checkout: the repo's configs, Makefile and venv, and nothing trained yet."""
     d = tmp_path_factory.mktemp("reader")
-    for name in ("configs", "Makefile", "pyproject.toml", ".venv", "scripts", "docs"):
+    for name in ("configs", "Makefile", "pyproject.toml", "requirements", ".venv", "scripts", "docs"):
         (d / name).symlink_to(ROOT / name)
     return d
 
