@@ -35,6 +35,7 @@ fmt: $(STAMP)  ## apply ruff's safe fixes and its formatter; then `make lint` li
 
 lock: $(STAMP)  ## rewrite requirements/ci.lock from .venv (after the tests pass in it)
 	$(BIN)/python scripts/lock.py $(LOCK)
+	@touch $(STAMP)  # the venv is what the new lock describes: nothing to reinstall
 
 demo: $(STAMP)  ## the embedded depth sweep: plain vs residual, depth 8..56, on 2 CPU cores
 	$(BIN)/resexp sweep configs/demo.yaml --out $(OUT) --jobs 2
