@@ -36,6 +36,7 @@ from typing import Any
 
 from resexp.errors import UserError
 from resexp.runs import FINAL, read_summary, write_json
+from resexp.signals import SignalRecorder
 
 LAUNCHERS = ("slurm", "local")
 FOLDER = ".submitit"
@@ -179,22 +180,10 @@ def check_slurm(opts: SlurmOptions, tasks: int, name: str) -> None:
 # --------------------------------------------------------------------------- inside the job
 
 
-class _Signals:
-    """The job's own signal handlers, installed before JAX is imported.
-
-    Records the first SIGUSR1/SIGUSR2/SIGTERM/SIGINT; `train.Interrupt` picks that up when
-    training starts (it looks for a `requested` attribute on the handler it replaces).
-    """
-
-    SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.requested: int | None = None
-
-    def _handler(self, signum, _frame) -> None:
-        if self.requested is not None:
-            os._exit(128 + signum)
-        self.requested = signum
+class _Signals(SignalRecorder):
+    """The job's own signal handlers, installed before JAX is imported: `train.Interrupt` picks
+    up what they recorded when training starts (it looks for a `requested` attribute on the
+    handler it replaces)."""
 
     def install(self) -> _Signals:
         for s in self.SIGNALS:

@@ -37,6 +37,7 @@ from resexp.models import Net, layer_table, net_builder, split_params
 from resexp.optim import lr_schedule, make_optimizer
 from resexp.provenance import provenance
 from resexp.runs import FINAL, RunLock, exit_code, prepare_run_dir, read_summary, seed_configs, write_json
+from resexp.signals import SignalRecorder
 from resexp.tblog import EventWriter
 
 EXIT_DIVERGED = 3
@@ -283,26 +284,14 @@ class RunRecord:
     extra: dict | None = None  # launcher fields for summary.json (slurm_job_id, restarts)
 
 
-class Interrupt:
+class Interrupt(SignalRecorder):
     """SIGINT/SIGTERM (and SIGUSR1/SIGUSR2, a scheduler's "time is nearly up" or "preempted"):
     finish the chunk in flight, checkpoint, exit; a second signal exits at once.
 
-    A signal that an outer `Interrupt`-like handler (anything with a `requested` attribute,
-    e.g. a launcher's, installed before JAX was imported) caught before training started
-    counts as requested here too, and one caught here is passed back to it.
+    A signal that an outer `SignalRecorder` (anything with a `requested` attribute, e.g. a
+    launcher's, installed before JAX was imported) caught before training started counts as
+    requested here too, and one caught here is passed back to it.
     """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-
-    def __init__(self) -> None:
-        self.requested: int | None = None
-
-    def _handler(self, signum, _frame) -> None:
-        if self.requested is not None:
-            import os
-
-            os._exit(128 + signum)
-        self.requested = signum
 
     @contextmanager
     def installed(self) -> Iterator[Interrupt]:
