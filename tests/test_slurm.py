@@ -32,10 +32,13 @@ GRID = tiny_dict(
     sweep={"model.depth": [8, 14], "model.shortcut": [False, True]},
     train={"steps": 40, "log_every": 10, "checkpoint_every": 40},
 )
-# Long enough (5-10 s of training here) for a signal to land mid-run; checkpoints every 500
-# steps show the test when training is under way.
-LONG = tiny_dict(name="slurmtest-long", train={"steps": 2000, "log_every": 20, "checkpoint_every": 500})
+# Long enough for a signal to land mid-run even on a fast, idle CPU (about 13 s of training on an
+# idle AMD EPYC Zen 4; 2000 steps took 4.5 s there and finished before test 4's first time-limit
+# check, ~6 s into the job); checkpoints every 500 steps show the test when training is under way.
+LONG = tiny_dict(name="slurmtest-long", train={"steps": 6000, "log_every": 20, "checkpoint_every": 500})
 ONE = tiny_dict(name="slurmtest-one", train={"steps": 20, "log_every": 10, "checkpoint_every": 20})
+# The issue's grid command: one fake GPU per cell on the `gpu` partition, 10 minutes each.
+GPU_FLAGS = ("--launcher", "slurm", "--partition", "gpu", "--gpus-per-run", "1", "--time", "0:10:00")
 COMPARED = ("run_id", "status", "final_train_loss", "final_train_accuracy", "eval_loss", "eval_accuracy")
 
 
@@ -125,6 +128,12 @@ def _sacct(array: str, duplicates: bool = False) -> list[tuple[str, ...]]:
     )
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
     return [tuple(line.split("|")) for line in out.splitlines() if line.strip()]
+
+
+def _grid_jobs() -> list[str]:
+    """Every job id sacct knows for the GRID sweep's name (submitted by any test run)."""
+    cmd = ["sacct", "-n", "-X", "-o", "JobID", "--name", f"resexp-{GRID['name']}"]
+    return subprocess.run(cmd, capture_output=True, text=True).stdout.split()
 
 
 def _array_id(output: str) -> str:
@@ -273,14 +282,7 @@ def slurm_grid(cluster, time_limit_run, long_reference, no_wait_run, grid_refere
         path,
         "--out",
         root / "runs",
-        "--launcher",
-        "slurm",
-        "--partition",
-        "gpu",
-        "--gpus-per-run",
-        "1",
-        "--time",
-        "0:10:00",
+        *GPU_FLAGS,
         timeout=240,
     )
     return root, path, r
@@ -312,29 +314,18 @@ def test_2_rerun_submits_nothing(slurm_grid):
     assert first.returncode == 0
     sweep_dir = root / "runs" / GRID["name"]
     before = sorted(p.name for p in (sweep_dir / ".submitit").iterdir())
-    jobs_before = subprocess.run(
-        ["sacct", "-n", "-X", "-o", "JobID", "--name", f"resexp-{GRID['name']}"], capture_output=True, text=True
-    ).stdout.split()
+    jobs_before = _grid_jobs()
     r = run_cli(
         "sweep",
         path,
         "--out",
         root / "runs",
-        "--launcher",
-        "slurm",
-        "--partition",
-        "gpu",
-        "--gpus-per-run",
-        "1",
-        "--time",
-        "0:10:00",
+        *GPU_FLAGS,
     )
     assert r.returncode == 0, r.stderr
     assert "nothing to submit" in r.stderr
     assert sorted(p.name for p in (sweep_dir / ".submitit").iterdir()) == before
-    jobs_after = subprocess.run(
-        ["sacct", "-n", "-X", "-o", "JobID", "--name", f"resexp-{GRID['name']}"], capture_output=True, text=True
-    ).stdout.split()
+    jobs_after = _grid_jobs()
     assert jobs_after == jobs_before
     assert (sweep_dir / "results.csv").exists()
 
@@ -350,14 +341,7 @@ def test_3_preempted_cell_is_requeued_resumes_and_matches_an_uninterrupted_run(c
         path,
         "--out",
         tmp_path / "runs",
-        "--launcher",
-        "slurm",
-        "--partition",
-        "gpu",
-        "--gpus-per-run",
-        "1",
-        "--time",
-        "0:10:00",
+        *GPU_FLAGS,
     )
     sweep_dir = tmp_path / "runs" / "slurmtest-preempt"
     try:
@@ -560,14 +544,7 @@ def test_dry_run_prints_the_sbatch_line_without_slurm(tmp_path):
         path,
         "--out",
         tmp_path / "runs",
-        "--launcher",
-        "slurm",
-        "--partition",
-        "gpu",
-        "--gpus-per-run",
-        "1",
-        "--time",
-        "0:10:00",
+        *GPU_FLAGS,
         "--max-parallel",
         "2",
         "--qos",
