@@ -213,12 +213,8 @@ ANALYSIS_PREFIX = "analysis/"
 LAYOUT_CATEGORIES = ("Loss vs depth", "Training curves by depth", "Identity diagnostics", "Why: analyses")
 """Custom Scalars categories, in the order the dashboard shows them (empty ones are left out)."""
 
-_VS_DEPTH_TITLES = {
-    "final_train_loss": "final train loss vs depth (x = depth; set smoothing to 0)",
-    "eval_loss": "eval loss vs depth (x = depth; set smoothing to 0)",
-    "eval_accuracy": "eval accuracy vs depth (x = depth; set smoothing to 0)",
-    "final_train_accuracy": "final train accuracy vs depth (x = depth; set smoothing to 0)",
-}
+# The vs-depth charts, in the order the "Loss vs depth" category shows them.
+_VS_DEPTH_CHARTS = ("final_train_loss", "eval_loss", "eval_accuracy", "final_train_accuracy")
 
 DIAG_SERIES = {
     # name -> (regex, chart title); the report says which exist for a sweep
@@ -273,8 +269,8 @@ def sweep_layout(
     out, so every regex of the layout matches something.
     """
     categories: list[layout_pb2.Category] = []
-    charts = [_multiline(title, f"^{re.escape(vs_depth_tag(m))}$") for m, title in _VS_DEPTH_TITLES.items()
-              if m in vs_depth]  # fmt: skip
+    charts = [_multiline(f"{m.replace('_', ' ')} vs depth (x = depth; set smoothing to 0)",
+                         f"^{re.escape(vs_depth_tag(m))}$") for m in _VS_DEPTH_CHARTS if m in vs_depth]  # fmt: skip
     if charts:
         categories.append(layout_pb2.Category(title=LAYOUT_CATEGORIES[0], chart=charts))
     charts = [
