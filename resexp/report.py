@@ -190,6 +190,7 @@ class Report:
     """What `build_report` found and wrote."""
 
     sweep_dir: Path
+    report_dir: Path  # where this grid's files go: its manifest's directory (the sweep directory for the first)
     sweep_name: str
     swept_keys: list[str]  # every swept dotted key, in sweep order (seed included)
     rows: list[dict[str, Any]]  # results.csv rows
@@ -198,12 +199,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)  # name -> file written
     event_files: list[Path] = field(default_factory=list)  # TensorBoard files written
-    report_dir: Path = Path()  # where this grid's files go (its manifest's directory); the default: sweep_dir
     comparison: Any = None  # resexp.references.Comparison when the config names a paper to compare with
-
-    def __post_init__(self) -> None:
-        if self.report_dir == Path():
-            self.report_dir = self.sweep_dir
 
     @property
     def cell_keys(self) -> list[str]:
@@ -756,7 +752,7 @@ def _build_grid(
         row.update({c: analysis[row["run_id"]].get(c, math.nan) for c in analysis_cols})
     rows.sort(key=lambda row: (tuple(_sort_key(row[k]) for k in swept), row["run_id"]))
 
-    report = Report(sweep_dir, grid.name, swept, rows, cells, grid_runs, notes, report_dir=out_dir)
+    report = Report(sweep_dir, out_dir, grid.name, swept, rows, cells, grid_runs, notes)
 
     # Figures first (their notes go into results.json too).
     from resexp.figures import plot_loss_vs_depth, plot_residual_ratio_vs_wd, plot_response_std
