@@ -54,7 +54,10 @@ class ModelConfig(_Section):
     norm: Literal["batch", "none"] = "batch"
     zero_init_residual: bool = False  # last BN scale of each branch starts at 0 (Goyal et al.)
     rezero: bool = False  # a learned scalar gate, initialised to 0, on each branch (ReZero/SkipInit)
-    scan_unroll: int | bool = 1  # blocks of a stage run under lax.scan; True unrolls fully
+    # Blocks of a stage run under lax.scan, this many per loop iteration; True unrolls fully.
+    # "auto": 1 on CPU (flat compile time in depth), fully unrolled on GPU/TPU, where the loop
+    # keeps XLA from fusing and graphing across blocks (1.45-1.75x the images/s on an H100).
+    scan_unroll: int | bool | Literal["auto"] = "auto"
 
     @field_validator("widths")
     @classmethod
@@ -464,6 +467,8 @@ def identity_dict(cfg: Config) -> dict:
         d["train"].pop("max_loss_factor")
     if d["optim"]["warmup"] is None:
         d["optim"].pop("warmup")
+    if d["model"]["scan_unroll"] == "auto":  # what runs before "auto" were hashed with (CPU's choice)
+        d["model"]["scan_unroll"] = 1
     augmented = cfg.data.augment if cfg.data.augment is not None else cfg.data.name in ("cifar10", "cifar100")
     if d["data"]["pad_value"] == "mean" or not augmented:  # no crop, no border
         d["data"].pop("pad_value")

@@ -218,7 +218,7 @@ class Net(nnx.Module):
             def make_block(first: bool, r: nnx.Rngs, prev=prev, width=width, stride=stride) -> Block:
                 return Block(prev if first else width, width, stride if first else 1, cfg, dtype=dt, rngs=r)
 
-            stages.append(Stage(make_block, cfg.blocks_per_stage, cfg.scan_unroll, rngs))
+            stages.append(Stage(make_block, cfg.blocks_per_stage, scan_unroll(cfg), rngs))
             prev = width
         self.stages = nnx.List(stages)
         self.head = nnx.Linear(prev, num_classes, dtype=dt, rngs=rngs)
@@ -247,8 +247,20 @@ class Net(nnx.Module):
         return self.forward(x, train)[0]
 
 
+def scan_unroll(cfg: ModelConfig, platform: str | None = None) -> int | bool:
+    """`model.scan_unroll` for the backend the program is built for ("auto" resolved)."""
+    if cfg.scan_unroll != "auto":
+        return cfg.scan_unroll
+    return 1 if (platform or jax.default_backend()) == "cpu" else True
+
+
 def net_builder(
-    cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, *, dtype: str = "float32"
+    cfg: ModelConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    dtype: str = "float32",
+    platform: str | None = None,
 ) -> Callable[[jax.Array], Net]:
     """seed -> Net, traceable: the engine jits and vmaps it, so init is one compiled program.
 
@@ -256,6 +268,8 @@ def net_builder(
     longer to compile for a ResNet's many parameter shapes. (Data order and augmentation
     keep threefry keys, which are stable under vmap.)
     """
+
+    cfg = cfg.model_copy(update={"scan_unroll": scan_unroll(cfg, platform)})
 
     def build(seed: jax.Array) -> Net:
         return Net(cfg, input_shape, num_classes, dtype=dtype, rngs=nnx.Rngs(params=jax.random.key(seed, impl="rbg")))

@@ -183,7 +183,7 @@ def roofline_epoch_s(cost: dict, batch_size: int, dtype: str) -> dict:
 # --------------------------------------------------------------------------- resexp
 
 
-def make_config(depth: int, batch_size: int, dtype: str, steps: int, scan_unroll):
+def make_config(depth: int, batch_size: int, dtype: str, steps: int, scan_unroll, diagnostics: bool = True):
     from resexp.config import Config
 
     return Config.model_validate(
@@ -206,7 +206,7 @@ def make_config(depth: int, batch_size: int, dtype: str, steps: int, scan_unroll
                 "scan_unroll": scan_unroll,
             },
             "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
-            "train": {"steps": 100_000, "log_every": steps, "dtype": dtype, "diagnostics": True},
+            "train": {"steps": 100_000, "log_every": steps, "dtype": dtype, "diagnostics": diagnostics},
         }
     )
 
@@ -223,7 +223,7 @@ class JaxRun:
         from resexp.train import Engine
 
         self.jax = jax
-        self.cfg = make_config(depth, args.batch_size, args.dtype, args.steps, args.scan_unroll)
+        self.cfg = make_config(depth, args.batch_size, args.dtype, args.steps, args.scan_unroll, args.diagnostics)
         key = (args.batch_size,)
         if key not in data_cache:
             data_cache[key] = load_data(self.cfg.data)
@@ -231,7 +231,7 @@ class JaxRun:
         self.steps, self.seeds, self.batch_size = args.steps, args.seeds, args.batch_size
         rows = layer_table(self.cfg.model, data.image_shape, data.num_classes)
         self.params, self.macs = sum(r.params for r in rows), sum(r.macs for r in rows)
-        self.engine = Engine(self.cfg, data, seeds=args.seeds)
+        self.engine = Engine(self.cfg, data, seeds=args.seeds, seed_loop=args.seed_loop)
         t0 = time.perf_counter()
         self.state = self.engine.init(list(range(args.seeds)))
         self.init_s = time.perf_counter() - t0
@@ -271,6 +271,8 @@ def parse_unroll(text: str):
         return True
     if low == "false":
         return False
+    if low == "auto":
+        return "auto"
     return int(text)
 
 
@@ -281,6 +283,8 @@ def run(args) -> dict:
 
     configure_jax()
     import jax
+
+    from resexp.models import scan_unroll
 
     peer = None
     if args.compare_torch and not args.compile_only:
@@ -303,7 +307,9 @@ def run(args) -> dict:
                 "batch_size": args.batch_size,
                 "seeds": args.seeds,
                 "dtype": args.dtype,
-                "scan_unroll": args.scan_unroll,
+                "scan_unroll": scan_unroll(jr.cfg.model, jr.engine.platform),
+                "seed_loop": jr.engine.seed_loop,
+                "diagnostics": args.diagnostics,
                 "compile_s": round(jr.compile_s, 3),
                 "init_compile_s": round(jr.init_s, 3),
                 "chunk_compile_s": round(jr.chunk_compile_s, 3),
@@ -326,7 +332,7 @@ def run(args) -> dict:
                         depth=depth,
                         batch_size=args.batch_size,
                         dtype=args.dtype,
-                        compile=args.torch_compile,
+                        compile=args.torch_compile if args.torch_compile != "default" else True,
                         channels_last=args.torch_channels_last,
                     )
                     row["torch_first_step_s"] = round(info["first_step_s"], 3)
@@ -383,7 +389,7 @@ def run(args) -> dict:
         out["torch"] = {
             "version": peer.info["version"],
             "threads": peer.info["threads"],
-            "mode": "compile" if args.torch_compile else "eager",
+            "mode": f"compile:{args.torch_compile}" if args.torch_compile else "eager",
             "channels_last": args.torch_channels_last,
         }
     return out
@@ -441,10 +447,21 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--seeds", type=int, default=1, help="seeds trained as one vmapped program")
+    p.add_argument(
+        "--seed-loop", choices=("vmap", "map"), default=None, help="how seeds share a program (default: by backend)"
+    )
+    p.add_argument(
+        "--no-diagnostics",
+        dest="diagnostics",
+        action="store_false",
+        help="train.diagnostics off (no per-layer gradient norms in the step)",
+    )
     p.add_argument("--steps", type=int, default=5, help="training steps per timed chunk")
     p.add_argument("--repeats", type=int, default=3, help="timed chunks (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed torch steps before the first repeat")
-    p.add_argument("--scan-unroll", type=parse_unroll, default=1, help="model.scan_unroll: N, or true")
+    p.add_argument(
+        "--scan-unroll", type=parse_unroll, default="auto", help="model.scan_unroll: N, true, or auto (by backend)"
+    )
     p.add_argument("--eval", action="store_true", help="also compile (and time) the eval+diagnostics program")
     p.add_argument("--compile-only", action="store_true", help="compile, do not train")
     p.add_argument(
@@ -456,7 +473,14 @@ def main(argv=None) -> int:
     p.add_argument("--compare-torch", action="store_true", help="interleave scripts/torch_reference.py's peer")
     p.add_argument("--torch-python", default=None, help="python with torch (default: .venv-bench/bin/python)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--torch-compile", action="store_true", help="torch.compile the peer (default: eager)")
+    p.add_argument(
+        "--torch-compile",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="MODE",
+        help="torch.compile the peer, in MODE (default, reduce-overhead, max-autotune); without: eager",
+    )
     p.add_argument("--torch-channels-last", action="store_true", help="channels-last peer (the fast layout on GPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--verbose", action="store_true", help="progress on stderr even with --json")

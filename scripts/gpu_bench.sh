@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the README's GPU table needs, measured in one command on a GPU machine, as one JSON.
 #
-#   scripts/gpu_bench.sh [--out FILE] [--depths 20,56,110] [--smoke]
+#   scripts/gpu_bench.sh [--out FILE] [--depths 20,56,110] [--dtypes float32,bfloat16] [--parts DIR]
+#                        [--torch-compile MODE|none] [--repeats N] [--smoke] [--merge-only]
 #
 # Setup (once):  python3 -m venv .venv && .venv/bin/pip install -e '.[cuda]'
 #                python3 -m venv .venv-bench && .venv-bench/bin/pip install torch numpy   (a CUDA build)
@@ -9,10 +10,15 @@
 # Measures, for each depth, batch 128, side by side in one process per row (scripts/bench.py
 # interleaves resexp and the torch peer repeat by repeat, ABBA):
 #   * resexp images/s and seconds per CIFAR-10 epoch (50,000 images), float32 and bfloat16;
-#   * PyTorch eager, and torch.compile with channels-last, as peers (same net, init, SGD step);
-#   * 8 vmapped seeds against 1 (the cost of 8 seeds relative to one);
+#   * PyTorch eager, and torch.compile (MODE, default reduce-overhead: CUDA graphs) with
+#     channels-last, as peers (same net, init, SGD step); `none` skips the compiled peer;
+#   * 8 seeds in one program against 1 (the cost of 8 seeds relative to one; Engine.seed_loop);
 #   * XLA's cost analysis and the roofline estimate (bench.py --cost), for comparison.
 # and writes FILE (default gpu_bench.json): {"machine": ..., "rows": [one per depth x dtype], "raw": ...}.
+# --parts DIR keeps each bench.py run's JSON in DIR and merges every part found there, so the
+# work can be split over calls that each fit a time limit (say --dtypes float32, then
+# --dtypes bfloat16 with the same DIR); the cost analysis runs once per DIR. --merge-only
+# (with --parts) just rebuilds FILE from the parts already in DIR, on any machine.
 #
 # --smoke runs the same pipeline tiny (depth 8, batch 32, 2 steps) on whatever backend is
 # there, CPU included: it checks the script, not the GPU. Without it, the script refuses to
@@ -22,13 +28,23 @@ cd "$(dirname "$0")/.."
 
 OUT=gpu_bench.json
 DEPTHS=20,56,110
+DTYPES=float32,bfloat16
+COMPILE_MODE=reduce-overhead
+REPEATS_ARG=
+PARTS=
 SMOKE=0
+MERGE_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT="$2"; shift 2 ;;
     --depths) DEPTHS="$2"; shift 2 ;;
+    --dtypes) DTYPES="$2"; shift 2 ;;
+    --torch-compile) COMPILE_MODE="$2"; shift 2 ;;
+    --repeats) REPEATS_ARG="$2"; shift 2 ;;
+    --parts) PARTS="$2"; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --merge-only) MERGE_ONLY=1; shift ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "gpu_bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -38,16 +54,24 @@ TORCH_PY=${TORCH_PY:-.venv-bench/bin/python}
 if [ "$SMOKE" = 1 ]; then
   DEPTHS=8; BATCH=32; STEPS=2; REPEATS=1; SEEDS=2
 else
-  BATCH=128; STEPS=20; REPEATS=5; SEEDS=8
-  "$PY" -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' || {
+  BATCH=128; STEPS=20; REPEATS=${REPEATS_ARG:-5}; SEEDS=8
+  [ "$MERGE_ONLY" = 1 ] || "$PY" -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' || {
     echo "gpu_bench.sh: JAX sees no GPU (install resexp with the [cuda] extra; --smoke to check the script anywhere)" >&2
     exit 2; }
 fi
+if [ "$MERGE_ONLY" = 1 ] && [ -z "$PARTS" ]; then
+  echo "gpu_bench.sh: --merge-only needs --parts DIR" >&2; exit 2
+fi
 TORCH=1
-"$TORCH_PY" -c 'import torch' 2>/dev/null || { TORCH=0; echo "gpu_bench.sh: no torch in $TORCH_PY: resexp only" >&2; }
+[ "$MERGE_ONLY" = 1 ] || "$TORCH_PY" -c 'import torch' 2>/dev/null || { TORCH=0; echo "gpu_bench.sh: no torch in $TORCH_PY: resexp only" >&2; }
 
-PARTS=$(mktemp -d)
-trap 'rm -rf "$PARTS"' EXIT
+# JAX takes 75% of GPU memory up front by default; leave room for the torch peer beside it.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-.45}
+if [ -z "$PARTS" ]; then
+  PARTS=$(mktemp -d)
+  trap 'rm -rf "$PARTS"' EXIT
+fi
+mkdir -p "$PARTS"
 bench() {  # bench NAME ARGS...: one scripts/bench.py run, its JSON kept as $PARTS/NAME.json
   local name=$1; shift
   echo "== $name: scripts/bench.py $*" >&2
@@ -55,16 +79,21 @@ bench() {  # bench NAME ARGS...: one scripts/bench.py run, its JSON kept as $PAR
     --json --verbose "$@" > "$PARTS/$name.json"
 }
 
-for DT in float32 bfloat16; do
+[ "$MERGE_ONLY" = 1 ] || for DT in ${DTYPES//,/ }; do
   if [ "$TORCH" = 1 ]; then
     bench "eager_$DT" --dtype "$DT" --compare-torch --torch-python "$TORCH_PY"
-    bench "compile_$DT" --dtype "$DT" --compare-torch --torch-python "$TORCH_PY" --torch-compile --torch-channels-last
+    if [ "$COMPILE_MODE" != none ]; then
+      bench "compile_$DT" --dtype "$DT" --compare-torch --torch-python "$TORCH_PY" \
+        --torch-compile "$COMPILE_MODE" --torch-channels-last
+    fi
   else
     bench "eager_$DT" --dtype "$DT"
   fi
   bench "seeds_$DT" --dtype "$DT" --seeds "$SEEDS"
 done
-bench cost --compile-only --cost
+# The pre-fusion cost of the cuda-lowered step is the same count on any host, and XLA:GPU gives
+# no cost analysis of a lowered module: take it on the CPU backend.
+[ "$MERGE_ONLY" = 1 ] || [ -s "$PARTS/cost.json" ] || JAX_PLATFORMS=cpu bench cost --compile-only --cost
 
 "$PY" - "$PARTS" "$OUT" "$SEEDS" <<'EOF'
 """Merge the bench.py runs into one row per (depth, dtype): the README's GPU table."""
@@ -101,7 +130,8 @@ for dtype in ("float32", "bfloat16"):
             c = cost[depth]["cost"][dtype]
             row["estimate_epoch_s"] = {gpu: v["epoch_s"] for gpu, v in c["roofline"].items()}
         rows.append(row)
-first = next(iter(raw.values()))
+# the machine as the GPU runs saw it (the cost part runs on the CPU backend)
+first = next((v for k, v in raw.items() if k != "cost"), next(iter(raw.values())))
 result = {"machine": {k: first.get(k) for k in ("backend", "device", "device_count", "jax", "machine")},
           "torch": {name: v["torch"] for name, v in raw.items() if "torch" in v}, "seeds": seeds,
           "rows": rows, "raw": raw}
