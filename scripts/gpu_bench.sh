@@ -102,6 +102,8 @@ from pathlib import Path
 
 parts, out, seeds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 raw = {p.stem: json.loads(p.read_text()) for p in sorted(parts.glob("*.json"))}
+# the seed count the seeds parts were measured with (--merge-only may not know it)
+seeds = next((r["seeds"] for k, v in raw.items() if k.startswith("seeds_") for r in v["results"]), seeds)
 EPOCH = 50_000
 
 

@@ -1,0 +1,74 @@
+"""scripts/gpu_bench.sh, the one command a GPU machine runs, checked on CPU with --smoke.
+
+The real thing ran on an H100 (README "GPU"); here its pipeline runs tiny, for real: each
+bench.py part, the CPU-backend cost analysis, the merge into one row per (depth, dtype), the
+split over calls (--parts) and the rebuild from parts alone (--merge-only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+SCRIPT = ROOT / "scripts" / "gpu_bench.sh"
+
+
+def gpu_bench(*args: str) -> subprocess.CompletedProcess:
+    # TORCH_PY points nowhere: resexp alone (torch is not a test dependency)
+    env = {**os.environ, "PY": sys.executable, "TORCH_PY": "/nonexistent/python"}
+    return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_smoke_pipeline_writes_one_row_per_depth_and_dtype_and_merges_from_parts(tmp_path: Path):
+    parts, out = tmp_path / "parts", tmp_path / "gpu_bench.json"
+    run = gpu_bench(
+        "--smoke", "--dtypes", "float32", "--torch-compile", "none", "--parts", str(parts), "--out", str(out)
+    )
+    assert run.returncode == 0, run.stderr
+    assert "no torch" in run.stderr
+    assert {p.name for p in parts.iterdir()} == {"eager_float32.json", "seeds_float32.json", "cost.json"}
+    result = json.loads(out.read_text())
+    assert result["machine"]["backend"] == "cpu" and result["seeds"] == 2
+    [row] = result["rows"]
+    assert (row["depth"], row["dtype"], row["batch_size"]) == (8, "float32", 32)
+    assert row["images_per_s"] > 0 and row["epoch_s"] == round(50_000 / row["images_per_s"], 2)
+    # 2 seeds cost 2 * (one seed's images/s) / (both seeds' images/s) times one seed's step
+    seeds = json.loads((parts / "seeds_float32.json").read_text())["results"][0]
+    assert seeds["seeds"] == 2 and seeds["seed_loop"] == "map"
+    assert row["seeds_2_time_vs_one_seed"] == round(2 * row["images_per_s"] / seeds["images_per_s"], 2)
+    assert set(row["estimate_epoch_s"]) == {"H100-SXM5", "A100-SXM4-80GB"}
+    assert row["torch_eager_images_per_s"] is None  # no peer, and the row says so
+
+    # a second call with the same parts adds the other dtype and keeps the first's parts and cost
+    cost_before = (parts / "cost.json").read_text()
+    run = gpu_bench(
+        "--smoke", "--dtypes", "bfloat16", "--torch-compile", "none", "--parts", str(parts), "--out", str(out)
+    )
+    assert run.returncode == 0, run.stderr
+    assert (parts / "cost.json").read_text() == cost_before  # the cost analysis runs once per DIR
+    both = json.loads(out.read_text())["rows"]
+    assert [(r["depth"], r["dtype"]) for r in both] == [(8, "float32"), (8, "bfloat16")]
+    assert both[0] == row
+
+    # --merge-only rebuilds the same table from the parts, measuring nothing
+    rebuilt = tmp_path / "rebuilt.json"
+    run = gpu_bench("--merge-only", "--parts", str(parts), "--out", str(rebuilt))
+    assert run.returncode == 0, run.stderr
+    assert "scripts/bench.py" not in run.stderr
+    assert json.loads(rebuilt.read_text())["rows"] == both
+
+
+def test_without_a_gpu_it_refuses_in_one_line_and_merge_only_needs_parts(tmp_path: Path):
+    run = gpu_bench("--out", str(tmp_path / "x.json"))
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "gpu_bench.sh: JAX sees no GPU (install resexp with the [cuda] extra; --smoke to check the script anywhere)"
+    ]
+    assert not (tmp_path / "x.json").exists()
+    run = gpu_bench("--merge-only")
+    assert run.returncode == 2 and "--merge-only needs --parts DIR" in run.stderr
