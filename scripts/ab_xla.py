@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 _WORKER = r"""
-import json, sys, types
+import json, sys
 sys.path.insert(0, sys.argv[1])
 import bench
 from resexp.runtime import configure_jax
@@ -37,7 +37,8 @@ import os
 if os.environ.get("AB_KERNEL_GRAD_GROUP"):  # a variant of parallel.py's constant, for this worker only
     from resexp import parallel
     parallel.KERNEL_GRAD_GROUP = int(os.environ["AB_KERNEL_GRAD_GROUP"])
-args = types.SimpleNamespace(**json.loads(sys.argv[2]))
+args = bench.parser().parse_args([])  # bench.py's defaults, then this A/B's settings
+vars(args).update(json.loads(sys.argv[2]))
 run = bench.JaxRun(args.depth, args, {})
 run.chunk()  # warm-up
 print(json.dumps({"ready": True, "compile_s": run.compile_s, "xla_flags": os.environ.get("XLA_FLAGS", "")}), flush=True)

@@ -441,7 +441,8 @@ def table(out: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """bench.py's options (scripts/ab_xla.py's workers start from its defaults too)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--depths", default="20,56,110", help="comma-separated 6n+2 depths")
     p.add_argument("--batch-size", type=int, default=128)
@@ -484,7 +485,11 @@ def main(argv=None) -> int:
     p.add_argument("--torch-channels-last", action="store_true", help="channels-last peer (the fast layout on GPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--verbose", action="store_true", help="progress on stderr even with --json")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     out = run(args)
     print(json.dumps(out) if args.json else table(out))
     return 0
