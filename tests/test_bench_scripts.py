@@ -1,8 +1,10 @@
-"""scripts/gpu_bench.sh, the one command a GPU machine runs, checked on CPU with --smoke.
+"""The measurement scripts run for real, tiny, on CPU (their numbers are not asserted: speed
+is measured by running them, not by tests).
 
-The real thing ran on an H100 (README "GPU"); here its pipeline runs tiny, for real: each
-bench.py part, the CPU-backend cost analysis, the merge into one row per (depth, dtype), the
-split over calls (--parts) and the rebuild from parts alone (--merge-only).
+scripts/gpu_bench.sh, the one command a GPU machine runs, ran on an H100 (README "GPU"); here
+--smoke runs its pipeline: each bench.py part, the CPU-backend cost analysis, the merge into
+one row per (depth, dtype), the split over calls (--parts) and the rebuild from parts alone
+(--merge-only). scripts/ab_xla.py: its per-variant workers and interleaved rounds.
 """
 
 from __future__ import annotations
@@ -72,3 +74,30 @@ def test_without_a_gpu_it_refuses_in_one_line_and_merge_only_needs_parts(tmp_pat
     assert not (tmp_path / "x.json").exists()
     run = gpu_bench("--merge-only")
     assert run.returncode == 2 and "--merge-only needs --parts DIR" in run.stderr
+
+
+def test_ab_xla_workers_take_turns_with_their_own_flags():
+    """scripts/ab_xla.py: one worker per variant, each with its XLA_FLAGS, interleaved rounds."""
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "ab_xla.py"), "--depth", "8", "--batch-size", "16", "--steps", "1"]
+        + [
+            "--rounds",
+            "2",
+            "--json",
+            "--variant",
+            "base=",
+            "--variant",
+            "legacy=XLA_FLAGS=--xla_cpu_use_fusion_emitters=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    base, legacy = out["variants"]["base"], out["variants"]["legacy"]
+    assert "--xla_cpu_use_fusion_emitters=false" in legacy["xla_flags"]
+    assert "--xla_cpu_use_fusion_emitters" not in base["xla_flags"]
+    for v in (base, legacy):
+        assert len(v["repeats"]) == 2 and all(x > 0 for x in v["repeats"]) and v["compile_s"] > 0
+    assert base["ratio_vs_base"] == 1.0
