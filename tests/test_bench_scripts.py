@@ -78,17 +78,10 @@ def test_without_a_gpu_it_refuses_in_one_line_and_merge_only_needs_parts(tmp_pat
 
 def test_ab_xla_workers_take_turns_with_their_own_flags():
     """scripts/ab_xla.py: one worker per variant, each with its XLA_FLAGS, interleaved rounds."""
+    legacy_variant = "legacy=XLA_FLAGS=--xla_cpu_use_fusion_emitters=false"
+    args = ["--depth", "8", "--batch-size", "16", "--steps", "1", "--rounds", "2", "--json"]
     run = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "ab_xla.py"), "--depth", "8", "--batch-size", "16", "--steps", "1"]
-        + [
-            "--rounds",
-            "2",
-            "--json",
-            "--variant",
-            "base=",
-            "--variant",
-            "legacy=XLA_FLAGS=--xla_cpu_use_fusion_emitters=false",
-        ],
+        [sys.executable, str(ROOT / "scripts" / "ab_xla.py"), *args, "--variant", "base=", "--variant", legacy_variant],
         capture_output=True,
         text=True,
         timeout=600,
