@@ -192,6 +192,7 @@ class Net(nnx.Module):
         num_classes: int,
         *,
         dtype: str = "float32",
+        platform: str | None = None,  # the backend the program is built for: how "auto" unrolls
         rngs: nnx.Rngs,
     ):
         dt = DTYPES[dtype]
@@ -218,7 +219,7 @@ class Net(nnx.Module):
             def make_block(first: bool, r: nnx.Rngs, prev=prev, width=width, stride=stride) -> Block:
                 return Block(prev if first else width, width, stride if first else 1, cfg, dtype=dt, rngs=r)
 
-            stages.append(Stage(make_block, cfg.blocks_per_stage, scan_unroll(cfg), rngs))
+            stages.append(Stage(make_block, cfg.blocks_per_stage, scan_unroll(cfg, platform), rngs))
             prev = width
         self.stages = nnx.List(stages)
         self.head = nnx.Linear(prev, num_classes, dtype=dt, rngs=rngs)
@@ -269,10 +270,9 @@ def net_builder(
     keep threefry keys, which are stable under vmap.)
     """
 
-    cfg = cfg.model_copy(update={"scan_unroll": scan_unroll(cfg, platform)})
-
     def build(seed: jax.Array) -> Net:
-        return Net(cfg, input_shape, num_classes, dtype=dtype, rngs=nnx.Rngs(params=jax.random.key(seed, impl="rbg")))
+        rngs = nnx.Rngs(params=jax.random.key(seed, impl="rbg"))
+        return Net(cfg, input_shape, num_classes, dtype=dtype, platform=platform, rngs=rngs)
 
     return build
 

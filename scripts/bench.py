@@ -332,7 +332,7 @@ def run(args) -> dict:
                         depth=depth,
                         batch_size=args.batch_size,
                         dtype=args.dtype,
-                        compile=args.torch_compile if args.torch_compile != "default" else True,
+                        compile=args.torch_compile,  # None (eager) or a torch.compile mode
                         channels_last=args.torch_channels_last,
                     )
                     row["torch_first_step_s"] = round(info["first_step_s"], 3)

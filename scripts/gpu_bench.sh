@@ -95,15 +95,15 @@ done
 # no cost analysis of a lowered module: take it on the CPU backend.
 [ "$MERGE_ONLY" = 1 ] || [ -s "$PARTS/cost.json" ] || JAX_PLATFORMS=cpu bench cost --compile-only --cost
 
-"$PY" - "$PARTS" "$OUT" "$SEEDS" <<'EOF'
+"$PY" - "$PARTS" "$OUT" <<'EOF'
 """Merge the bench.py runs into one row per (depth, dtype): the README's GPU table."""
 import json, sys
 from pathlib import Path
 
-parts, out, seeds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+parts, out = Path(sys.argv[1]), Path(sys.argv[2])
 raw = {p.stem: json.loads(p.read_text()) for p in sorted(parts.glob("*.json"))}
-# the seed count the seeds parts were measured with (--merge-only may not know it)
-seeds = next((r["seeds"] for k, v in raw.items() if k.startswith("seeds_") for r in v["results"]), seeds)
+# the seed count the seeds parts were measured with (None: no seeds part)
+seeds = next((r["seeds"] for k, v in raw.items() if k.startswith("seeds_") for r in v["results"]), None)
 EPOCH = 50_000
 
 
@@ -138,8 +138,9 @@ result = {"machine": {k: first.get(k) for k in ("backend", "device", "device_cou
           "torch": {name: v["torch"] for name, v in raw.items() if "torch" in v}, "seeds": seeds,
           "rows": rows, "raw": raw}
 out.write_text(json.dumps(result, indent=1) + "\n")
-print(f"{'depth':>5} {'dtype':>8} {'img/s':>8} {'epoch s':>8} {'vs eager':>8} {'vs compile':>10} "
-      f"{f'{seeds} seeds x':>10}", file=sys.stderr)
+seeds_head = f"{seeds} seeds x" if seeds else "seeds x"
+print(f"{'depth':>5} {'dtype':>8} {'img/s':>8} {'epoch s':>8} {'vs eager':>8} {'vs compile':>10} {seeds_head:>10}",
+      file=sys.stderr)
 for r in rows:
     cell = lambda k, f: f.format(r[k]) if r.get(k) is not None else "-"  # noqa: E731
     print(f"{r['depth']:>5} {r['dtype']:>8} {r['images_per_s']:8.0f} {r['epoch_s']:8.2f} "

@@ -124,8 +124,8 @@ def make_step(depth, batch_size, dtype="float32", compile=False, channels_last=F
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    # compile: False (eager), True (torch.compile's default mode), or a mode name such as
-    # "reduce-overhead" (CUDA graphs: the peer that is not launch-bound at small batches).
+    # compile: falsy (eager), True (torch.compile's default mode), or a mode name: "default",
+    # "reduce-overhead" (CUDA graphs: the peer that is not launch-bound at small batches), ...
     fwd = torch.compile(model, mode=compile if isinstance(compile, str) else None) if compile else model
     x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch_size,), device=device)
