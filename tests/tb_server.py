@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,14 +38,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# one port picker and one process stop, shared with the screenshot script
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from dashboard_screenshots import free_port, stop_process
+
 ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TensorBoardError(RuntimeError):
@@ -115,13 +111,8 @@ class TensorBoardServer:
         raise TensorBoardError(last_error)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
     def log(self) -> str:
