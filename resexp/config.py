@@ -56,7 +56,7 @@ class ModelConfig(_Section):
     rezero: bool = False  # a learned scalar gate, initialised to 0, on each branch (ReZero/SkipInit)
     # Blocks of a stage run under lax.scan, this many per loop iteration; True unrolls fully.
     # "auto": 1 on CPU (flat compile time in depth), fully unrolled on GPU/TPU, where the loop
-    # keeps XLA from fusing and graphing across blocks (1.45-1.75x the images/s on an H100).
+    # keeps XLA from fusing and graphing across blocks (1.27-1.75x the images/s on an H100).
     scan_unroll: int | bool | Literal["auto"] = "auto"
 
     @field_validator("widths")
