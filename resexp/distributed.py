@@ -21,9 +21,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     """Join the group; call before anything touches a JAX backend (after `runtime.configure_jax`)."""
     import jax
 
-    from resexp.runtime import _runs_on_cpu
+    from resexp.runtime import expected_backend
 
-    if _runs_on_cpu():
+    if expected_backend() == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process all-reduce on CPU
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
 

@@ -54,7 +54,8 @@ def cpu_info() -> dict[str, Any]:
 
 
 def provenance() -> dict[str, Any]:
-    """``{"software": {jax, jaxlib, flax, optax, python}, "machine": cpu_info()}``."""
+    """``{"software": {jax, jaxlib, flax, optax, python}, "machine": cpu_info(), "xla_flags": ...}``:
+    the XLA flags too, since they change a run's last bits (GPU determinism, CPU kernel choices)."""
     software = {name: _version(name) for name in PACKAGES}
     software["python"] = platform.python_version()
-    return {"software": software, "machine": cpu_info()}
+    return {"software": software, "machine": cpu_info(), "xla_flags": os.environ.get("XLA_FLAGS", "")}

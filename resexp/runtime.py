@@ -15,6 +15,13 @@
   installed, or JAX_PLATFORMS=cpu), only for flags XLA_FLAGS does not already set, and
   only for the jaxlib line they were measured on. RESEXP_XLA_CPU_FLAGS=off keeps XLA's own
   defaults. They must be in place before JAX initialises its backend.
+* On a GPU, `--xla_gpu_deterministic_ops=true`: XLA:GPU's default kernels (atomics in
+  reductions, autotuned conv algorithms) make two runs of one config differ in the last bits,
+  and training amplifies that, so a resumed run left the never-stopped one from its first
+  step after the resume on an H100 (README "GPU"). With the flag a run is again a pure
+  function of its config and seed, and a preempted-and-requeued SLURM job resumes exactly,
+  for about 0.72-0.87x the images/s (H100, scripts/ab_xla.py). RESEXP_GPU_DETERMINISTIC=off
+  trades that back for speed; a user's own XLA_FLAGS setting of it wins.
 """
 
 from __future__ import annotations
@@ -30,26 +37,37 @@ CPU_XLA_FLAGS = {
     "xla_backend_optimization_level": "2",
 }
 _TESTED_JAXLIB = "0.10."
+GPU_XLA_FLAGS = {"xla_gpu_deterministic_ops": "true"}
+_OFF = ("off", "0", "false", "no")
 
 
 def compile_cache_dir() -> Path | None:
     setting = os.environ.get("RESEXP_COMPILE_CACHE", "")
-    if setting.lower() in ("off", "0", "false", "no"):
+    if setting.lower() in _OFF:
         return None
     return Path(setting) if setting else Path.home() / ".cache" / "resexp" / "jax"
 
 
-def _runs_on_cpu() -> bool:
+def expected_backend() -> str:
+    """The backend this process will run on, "cpu", "gpu" or "tpu", read before JAX starts one:
+    JAX_PLATFORMS's first entry, else the accelerator plugin installed, else the CPU."""
     platforms = os.environ.get("JAX_PLATFORMS", "").lower()
     if platforms:
-        return platforms.split(",")[0].strip() == "cpu"
-    accelerators = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin", "libtpu")
-    return not any(importlib.util.find_spec(name) for name in accelerators)
+        first = platforms.split(",")[0].strip()
+        return {"cuda": "gpu", "rocm": "gpu"}.get(first, first)
+    plugins = {"gpu": ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin"), "tpu": ("libtpu",)}
+    return next((kind for kind, names in plugins.items() if any(importlib.util.find_spec(n) for n in names)), "cpu")
+
+
+def _missing(flags: dict[str, str]) -> list[str]:
+    """`flags` as XLA_FLAGS entries, less those the user's XLA_FLAGS already sets."""
+    current = os.environ.get("XLA_FLAGS", "")
+    return [f"--{name}={value}" for name, value in flags.items() if f"--{name}" not in current]
 
 
 def cpu_xla_flags() -> list[str]:
     """The flags `configure_jax` adds to XLA_FLAGS in this process (empty if none apply)."""
-    if os.environ.get("RESEXP_XLA_CPU_FLAGS", "").lower() in ("off", "0", "false", "no") or not _runs_on_cpu():
+    if os.environ.get("RESEXP_XLA_CPU_FLAGS", "").lower() in _OFF or expected_backend() != "cpu":
         return []
     try:
         from jaxlib import version as jaxlib_version
@@ -58,8 +76,14 @@ def cpu_xla_flags() -> list[str]:
             return []  # XLA aborts the process on an unknown flag: only pass ones known to exist
     except ImportError:
         return []
-    current = os.environ.get("XLA_FLAGS", "")
-    return [f"--{name}={value}" for name, value in CPU_XLA_FLAGS.items() if f"--{name}" not in current]
+    return _missing(CPU_XLA_FLAGS)
+
+
+def gpu_xla_flags() -> list[str]:
+    """The determinism flag `configure_jax` adds on a GPU (empty elsewhere or when turned off)."""
+    if os.environ.get("RESEXP_GPU_DETERMINISTIC", "").lower() in _OFF or expected_backend() != "gpu":
+        return []
+    return _missing(GPU_XLA_FLAGS)
 
 
 def configure_jax() -> None:
@@ -67,7 +91,7 @@ def configure_jax() -> None:
     if _DONE:
         return
     _DONE = True
-    extra = cpu_xla_flags()
+    extra = cpu_xla_flags() + gpu_xla_flags()
     if extra:
         os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *extra]).strip()
     import jax

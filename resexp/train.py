@@ -712,7 +712,7 @@ def _write_summary(
         "device": str(jax.devices()[0].device_kind),
         "vmapped_seeds": engine.seeds,
         "resexp_version": __version__,
-        **provenance(),  # software (jax, jaxlib, flax, optax) and machine (CPU model)
+        **provenance(),  # software (jax, jaxlib, flax, optax), machine (CPU model), XLA flags
         "config": r.cfg.model_dump(mode="json"),
         "sweep": {"name": r.cfg.name, "keys": r.sweep_keys} if r.sweep_keys is not None else None,
         "warmup": _warmup_summary(r, steps),

@@ -10,7 +10,8 @@ per-round ratio to the first variant.
         --variant default= \\
         --variant ynn_on='RESEXP_XLA_CPU_FLAGS=off XLA_FLAGS=--xla_backend_optimization_level=2'
 
-A variant is NAME=ENV, ENV a space-separated list of VAR=VALUE set in that worker;
+A variant is NAME=ENV, ENV a space-separated list of VAR=VALUE set in that worker (quote a
+value with spaces: `--variant "det=XLA_FLAGS='--xla_a=1 --xla_b=0'"`);
 AB_KERNEL_GRAD_GROUP=N sets parallel.KERNEL_GRAD_GROUP in it.
 """
 
@@ -62,7 +63,11 @@ def main(argv=None) -> int:
     variants = []
     for v in a.variant:
         name, _, env = v.partition("=")
-        variants.append((name, dict(item.split("=", 1) for item in shlex.split(env))))
+        items = [item.partition("=") for item in shlex.split(env)]
+        bad = [var for var, eq, _ in items if not (eq and var.isidentifier())]
+        if bad:  # `XLA_FLAGS=--a --b` unquoted: --b would become a variable of its own
+            p.error(f"--variant {v!r}: {bad[0]!r} is not VAR=VALUE (quote a value with spaces: VAR='--a --b')")
+        variants.append((name, {var: value for var, _, value in items}))
     cfg = {
         "depth": a.depth,
         "batch_size": a.batch_size,

@@ -22,7 +22,8 @@ SCRIPT = ROOT / "scripts" / "gpu_bench.sh"
 
 def gpu_bench(*args: str) -> subprocess.CompletedProcess:
     # TORCH_PY points nowhere: resexp alone (torch is not a test dependency)
-    env = {**os.environ, "PY": sys.executable, "TORCH_PY": "/nonexistent/python"}
+    # and JAX on the CPU: the refusal "no GPU" must hold on a GPU machine too
+    env = {**os.environ, "PY": sys.executable, "TORCH_PY": "/nonexistent/python", "JAX_PLATFORMS": "cpu"}
     return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -78,19 +79,21 @@ def test_without_a_gpu_it_refuses_in_one_line_and_merge_only_needs_parts(tmp_pat
 
 def test_ab_xla_workers_take_turns_with_their_own_flags():
     """scripts/ab_xla.py: one worker per variant, each with its XLA_FLAGS, interleaved rounds."""
-    legacy_variant = "legacy=XLA_FLAGS=--xla_cpu_use_fusion_emitters=false"
+    # a flag every jaxlib line parses (XLA aborts on an unknown one), harmless on the CPU
+    legacy_variant = "legacy=XLA_FLAGS=--xla_gpu_autotune_level=1"
     args = ["--depth", "8", "--batch-size", "16", "--steps", "1", "--rounds", "2", "--json"]
     run = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "ab_xla.py"), *args, "--variant", "base=", "--variant", legacy_variant],
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     base, legacy = out["variants"]["base"], out["variants"]["legacy"]
-    assert "--xla_cpu_use_fusion_emitters=false" in legacy["xla_flags"]
-    assert "--xla_cpu_use_fusion_emitters" not in base["xla_flags"]
+    assert "--xla_gpu_autotune_level=1" in legacy["xla_flags"]
+    assert "--xla_gpu_autotune_level" not in base["xla_flags"]
     for v in (base, legacy):
         assert len(v["repeats"]) == 2 and all(x > 0 for x in v["repeats"]) and v["compile_s"] > 0
     assert base["ratio_vs_base"] == 1.0

@@ -139,7 +139,8 @@ def test_custom_scalars_page_in_chromium(tb):
 
 
 def test_summaries_record_software_and_machine(sweep_dir):
-    """Every run's summary.json names the JAX stack's versions and the CPU it ran on."""
+    """Every run's summary.json names the JAX stack's versions, the CPU it ran on and its XLA flags
+    (the runs are subprocesses of this one: they inherit its XLA_FLAGS, which configure_jax set)."""
     import json
     from importlib import metadata
 
@@ -151,6 +152,7 @@ def test_summaries_record_software_and_machine(sweep_dir):
         }
         machine = summary["machine"]
         assert machine["cpu"] and machine["cores"] == os.cpu_count()
+        assert summary["xla_flags"] == os.environ.get("XLA_FLAGS", "")
 
 
 def test_lock_pins_every_dependency_within_pyproject_ranges():

@@ -17,6 +17,7 @@ def _start(config: Path, out: Path, devices: int, *extra: str) -> subprocess.Pop
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
+        "JAX_PLATFORMS": "cpu",  # host devices and gloo, also on a GPU machine
         "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip(),
     }
     return subprocess.Popen(

@@ -132,7 +132,9 @@ def test_engine_convs_stay_canonical_inside_the_scanned_stages(digits):
         )
         if isinstance(m, nnx.Conv)
     ]
-    assert convs and all(c.conv_general_dilated is parallel.conv_general_dilated for c in convs)
+    # the custom VJP is XLA:CPU's fix only: accelerators keep lax's conv (and XLA's own VJP)
+    conv = parallel.conv_general_dilated if jax.default_backend() == "cpu" else jax.lax.conv_general_dilated
+    assert convs and all(c.conv_general_dilated is conv for c in convs)
     if jax.default_backend() != "cpu":
         pytest.skip("the dimension-label check is about XLA:CPU")
     hlo = engine.chunk_fn(STEPS).as_text()
@@ -328,7 +330,7 @@ def test_bench_json_smoke():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
-    assert out["backend"] == jax.default_backend() and out["device"]
+    assert out["backend"] == "cpu" and out["device"]
     (row,) = out["results"]
     assert row["depth"] == 8 and row["seeds"] == 1 and row["dtype"] == "float32"
     assert row["compile_s"] > 0 and row["images_per_s"] > 0 and np.isfinite(row["final_loss"])
@@ -368,6 +370,15 @@ def test_cpu_xla_flags_are_applied_unless_set_or_turned_off(monkeypatch):
     """The measured CPU defaults reach XLA (the CIFAR conv leaves YNNPACK for Eigen), a user's
     own XLA_FLAGS value wins, and RESEXP_XLA_CPU_FLAGS=off restores XLA's defaults."""
     default = _flags_run()
+    from jaxlib import version as jaxlib_version
+
+    from resexp import runtime
+
+    if not jaxlib_version.__version__.startswith(runtime._TESTED_JAXLIB):  # e.g. a GPU image's newer jaxlib
+        assert default["xla_flags"] == ""  # flags measured on another jaxlib line are never passed
+        pytest.skip(
+            f"the CPU flags were measured on jaxlib {runtime._TESTED_JAXLIB}x, not {jaxlib_version.__version__}"
+        )
     assert "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution" in default["xla_flags"]
     assert "--xla_backend_optimization_level=2" in default["xla_flags"]
     assert default["ynn_conv"] is False
@@ -379,7 +390,37 @@ def test_cpu_xla_flags_are_applied_unless_set_or_turned_off(monkeypatch):
     assert mine["xla_flags"].count("xla_backend_optimization_level") == 1
     assert "--xla_backend_optimization_level=3" in mine["xla_flags"] and mine["ynn_conv"] is False
 
-    from resexp import runtime
-
     monkeypatch.setenv("JAX_PLATFORMS", "cuda")
     assert runtime.cpu_xla_flags() == []  # never on an accelerator backend
+
+
+def test_gpu_runs_get_deterministic_ops_unless_turned_off():
+    """On a GPU, configure_jax adds --xla_gpu_deterministic_ops=true (without it an H100 run resumed
+    from a checkpoint left the never-stopped one); never on the CPU, never over the user's setting."""
+    script = (
+        "import os; from resexp.runtime import configure_jax; configure_jax(); print(os.environ.get('XLA_FLAGS', ''))"
+    )
+
+    def flags(**env) -> str:  # configure_jax only sets XLA_FLAGS: no backend starts, so cuda needs no GPU here
+        base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "RESEXP_GPU_DETERMINISTIC")}
+        proc = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, env={**base, **env}, timeout=120, cwd=ROOT
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.strip()
+
+    assert "--xla_gpu_deterministic_ops=true" in flags(JAX_PLATFORMS="cuda").split()
+    assert "xla_gpu_deterministic_ops" not in flags(JAX_PLATFORMS="cuda", RESEXP_GPU_DETERMINISTIC="off")
+    assert "xla_gpu_deterministic_ops" not in flags(JAX_PLATFORMS="cpu")
+    mine = flags(JAX_PLATFORMS="cuda", XLA_FLAGS="--xla_gpu_deterministic_ops=false")
+    assert mine.split().count("--xla_gpu_deterministic_ops=false") == 1 and "=true" not in mine
+
+    # and this jaxlib's XLA knows the flag (it aborts the process on an unknown one)
+    run = subprocess.run(
+        [sys.executable, "-c", "import jax.numpy as jnp; print(float(jnp.ones(3).sum()))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_gpu_deterministic_ops=true"},
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "3.0", run.stderr[-2000:]
