@@ -12,7 +12,8 @@ per-round ratio to the first variant.
 
 A variant is NAME=ENV, ENV a space-separated list of VAR=VALUE set in that worker (quote a
 value with spaces: `--variant "det=XLA_FLAGS='--xla_a=1 --xla_b=0'"`);
-AB_KERNEL_GRAD_GROUP=N sets parallel.KERNEL_GRAD_GROUP in it.
+AB_KERNEL_GRAD_GROUP=N sets parallel.KERNEL_GRAD_GROUP in it; AB_LAX_CONV=1 gives it XLA's own conv
+VJP instead of resexp/parallel.py's (on jax 0.11.2 still 0.021x: jax-ml/jax#12868 stands).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ import os
 if os.environ.get("AB_KERNEL_GRAD_GROUP"):  # a variant of parallel.py's constant, for this worker only
     from resexp import parallel
     parallel.KERNEL_GRAD_GROUP = int(os.environ["AB_KERNEL_GRAD_GROUP"])
+if os.environ.get("AB_LAX_CONV"):  # XLA's own conv VJP on the CPU too (no parallel.py conv), this worker only
+    from resexp import parallel
+    parallel.fast_conv_builder = lambda build: build
 args = bench.parser().parse_args([])  # bench.py's defaults, then this A/B's settings
 vars(args).update(json.loads(sys.argv[2]))
 run = bench.JaxRun(args.depth, args, {})
