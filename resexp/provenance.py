@@ -1,6 +1,6 @@
-"""What a run's numbers were measured with: the JAX stack's versions and the machine's CPU.
+"""What a run's numbers were measured with: the JAX stack's versions, the machine's CPU, XLA's flags.
 
-Written into every ``summary.json`` (``software`` and ``machine``), so a row of a results
+Written into every ``summary.json`` (``software``, ``machine``, ``xla_flags``), so a row of a results
 table can be traced to its software and hardware. Virtual machines often report only a
 family name ("AMD EPYC"), so the CPU's vendor, family and model numbers are kept too.
 """

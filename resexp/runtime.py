@@ -20,7 +20,7 @@
   and training amplifies that, so a resumed run left the never-stopped one from its first
   step after the resume on an H100 (README "GPU"). With the flag a run is again a pure
   function of its config and seed, and a preempted-and-requeued SLURM job resumes exactly,
-  for about 0.72-0.87x the images/s (H100, scripts/ab_xla.py). RESEXP_GPU_DETERMINISTIC=off
+  for 0.76-0.79x the images/s (H100, ResNet-20/56/110, scripts/ab_xla.py). RESEXP_GPU_DETERMINISTIC=off
   trades that back for speed; a user's own XLA_FLAGS setting of it wins.
 """
 
@@ -61,7 +61,7 @@ def expected_backend() -> str:
 
 def _missing(flags: dict[str, str]) -> list[str]:
     """`flags` as XLA_FLAGS entries, less those the user's XLA_FLAGS already sets."""
-    current = os.environ.get("XLA_FLAGS", "")
+    current = {entry.split("=", 1)[0] for entry in os.environ.get("XLA_FLAGS", "").split()}
     return [f"--{name}={value}" for name, value in flags.items() if f"--{name}" not in current]
 
 

@@ -39,11 +39,12 @@ import os
 if os.environ.get("AB_KERNEL_GRAD_GROUP"):  # a variant of parallel.py's constant, for this worker only
     from resexp import parallel
     parallel.KERNEL_GRAD_GROUP = int(os.environ["AB_KERNEL_GRAD_GROUP"])
-if os.environ.get("AB_LAX_CONV"):  # XLA's own conv VJP on the CPU too (no parallel.py conv), this worker only
+if os.environ.get("AB_LAX_CONV", "").lower() not in ("", "0", "off", "false", "no"):  # XLA's own conv VJP on the CPU too (no parallel.py conv), this worker only
     from resexp import parallel
     parallel.fast_conv_builder = lambda build: build
-args = bench.parser().parse_args([])  # bench.py's defaults, then this A/B's settings
-vars(args).update(json.loads(sys.argv[2]))
+settings = json.loads(sys.argv[2])
+args = bench.parser().parse_args(["--scan-unroll", str(settings.pop("scan_unroll"))])  # bench.py's defaults
+vars(args).update(settings)  # then this A/B's settings
 run = bench.JaxRun(args.depth, args, {})
 run.chunk()  # warm-up
 print(json.dumps({"ready": True, "compile_s": run.compile_s, "xla_flags": os.environ.get("XLA_FLAGS", "")}), flush=True)
@@ -61,6 +62,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seeds", type=int, default=1)
+    p.add_argument(
+        "--scan-unroll", default="auto", help="model.scan_unroll: N, true, or auto (by backend, the default)"
+    )
     p.add_argument("--variant", action="append", required=True, help="NAME=ENV (see the docstring)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
@@ -77,7 +81,7 @@ def main(argv=None) -> int:
         "batch_size": a.batch_size,
         "dtype": "float32",
         "steps": a.steps,
-        "scan_unroll": 1,
+        "scan_unroll": a.scan_unroll,
         "seeds": a.seeds,
         "eval": False,
     }
