@@ -39,7 +39,8 @@ import os
 if os.environ.get("AB_KERNEL_GRAD_GROUP"):  # a variant of parallel.py's constant, for this worker only
     from resexp import parallel
     parallel.KERNEL_GRAD_GROUP = int(os.environ["AB_KERNEL_GRAD_GROUP"])
-if os.environ.get("AB_LAX_CONV", "").lower() not in ("", "0", "off", "false", "no"):  # XLA's own conv VJP on the CPU too (no parallel.py conv), this worker only
+# XLA's own conv VJP on the CPU too (no parallel.py conv), in this worker only
+if os.environ.get("AB_LAX_CONV", "").lower() not in ("", "0", "off", "false", "no"):
     from resexp import parallel
     parallel.fast_conv_builder = lambda build: build
 settings = json.loads(sys.argv[2])
