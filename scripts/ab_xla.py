@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import bench  # noqa: E402  (argument parsing only: bench.py imports JAX inside its functions)
 
 _WORKER = r"""
 import json, sys
@@ -43,9 +45,8 @@ if os.environ.get("AB_KERNEL_GRAD_GROUP"):  # a variant of parallel.py's constan
 if os.environ.get("AB_LAX_CONV", "").lower() not in ("", "0", "off", "false", "no"):
     from resexp import parallel
     parallel.fast_conv_builder = lambda build: build
-settings = json.loads(sys.argv[2])
-args = bench.parser().parse_args(["--scan-unroll", str(settings.pop("scan_unroll"))])  # bench.py's defaults
-vars(args).update(settings)  # then this A/B's settings
+args = bench.parser().parse_args([])  # bench.py's defaults, then this A/B's settings
+vars(args).update(json.loads(sys.argv[2]))
 run = bench.JaxRun(args.depth, args, {})
 run.chunk()  # warm-up
 print(json.dumps({"ready": True, "compile_s": run.compile_s, "xla_flags": os.environ.get("XLA_FLAGS", "")}), flush=True)
@@ -64,7 +65,10 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument(
-        "--scan-unroll", default="auto", help="model.scan_unroll: N, true, or auto (by backend, the default)"
+        "--scan-unroll",
+        type=bench.parse_unroll,
+        default="auto",
+        help="model.scan_unroll: N, true, or auto (by backend)",
     )
     p.add_argument("--variant", action="append", required=True, help="NAME=ENV (see the docstring)")
     p.add_argument("--json", action="store_true")

@@ -28,8 +28,10 @@ mkdir -p "$DIR"
 variant() {  # variant NAME XLA_FLAGS ARGS...
   local name=$1 flags=$2; shift 2
   echo "== $name: XLA_FLAGS='$flags' bench.py $*" >&2
-  XLA_FLAGS="$flags" "$PY" scripts/bench.py --depths "$DEPTHS" --steps 20 --repeats 3 --json "$@" \
-    > "$DIR/$name.json" || echo "   $name failed" >&2
+  # the blocks scanned unless a variant says otherwise (a later --scan-unroll wins): on a GPU
+  # bench.py's default, auto, would unroll them and leave nothing for "unrolled" to compare with
+  XLA_FLAGS="$flags" "$PY" scripts/bench.py --depths "$DEPTHS" --steps 20 --repeats 3 --json \
+    --scan-unroll 1 "$@" > "$DIR/$name.json" || echo "   $name failed" >&2
 }
 for name in ${ONLY//,/ }; do
   case $name in

@@ -129,8 +129,9 @@ def test_an_exploded_finite_loss_is_divergence_too(tmp_path):
         "--out",
         tmp_path,
     ]
-    # the CPU's numerics: on an H100 (TF32 convs) the same run overflows to NaN by step 5, which
-    # the NaN rule catches instead ("non-finite loss"), so the finite-explosion rule needs the CPU
+    # the CPU's numerics: on an H100 (XLA's default TF32 convs, the one time it was run there) the
+    # same run overflowed to NaN by step 5, which the NaN rule caught instead ("non-finite loss"),
+    # so the finite-explosion rule needs the CPU
     cpu = {"JAX_PLATFORMS": "cpu"}
     proc = run_cli("train", demo, *args, env=cpu)
     assert proc.returncode == 3, proc.stdout + proc.stderr
