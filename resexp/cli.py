@@ -217,7 +217,7 @@ def sweep(
         int | None,
         typer.Option(
             help="Runs trained at once on this machine, a process each, spread over its GPUs "
-            "(several on one GPU share its memory: RESEXP_GPU_SHARING) [default: 1].",
+            "(several on one GPU share its memory: RESEXP_GPU_SHARING); default 1.",
             min=1,
         ),
     ] = None,
@@ -277,7 +277,7 @@ def sweep(
         typer.Option(
             metavar="K",
             help="Cells per array task, trained at once on the task's GPUs (CPUs and --mem are per run: "
-            "the task asks for K times them) [default: 1].",
+            "the task asks for K times them); default 1.",
             min=1,
             rich_help_panel="Cluster",
         ),

@@ -27,10 +27,13 @@
 #
 # DIR (default gpu_packing/) gets only JSON, CSV and PNG files; the runs themselves (checkpoints,
 # TensorBoard events) go to --work DIR (default: a temporary directory, removed at the end).
-# Without --smoke the script refuses to run unless JAX sees a GPU. --smoke runs every part tiny
-# (8x8 synthetic images, depth 8, 6 steps, 2 runs, --jobs 1,2, rule fraction, bench at depth 8,
-# the study with 4 steps) on whatever backend is there, CPU included: it checks the script, not
-# the GPU.
+# Each row also has the steady-state speedup (K x the runs' median training images/s over K=1's:
+# start-up and evaluations left out); a larger --steps brings the wall-clock speedup towards it.
+# Python: PY (default .venv/bin/python); on a machine with its own JAX image, PY=python3
+# PYTHONPATH=. runs resexp from this checkout. Without --smoke the script refuses to run unless JAX
+# sees a GPU. --smoke runs every part tiny (8x8 synthetic images, depth 8, 6 steps, 2 runs,
+# --jobs 1,2, rule fraction, bench at depth 8, the study with 4 steps) on whatever backend is
+# there, CPU included: it checks the script, not the GPU (tests/test_bench_scripts.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,7 +63,7 @@ while [ $# -gt 0 ]; do
     --data-dir) DATA_DIR="$2"; shift 2 ;;
     --work) WORK="$2"; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "gpu_packing.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -466,11 +466,26 @@ def test_7_local_launcher_grid_rerun_and_no_wait(grid_reference, tmp_path):
     assert re.search(r"submitted: cells [\d ]+, report \d+", r.stdout), r.stdout
     assert time.time() - t0 < 30  # it did not wait for the cell
 
+    # packed: 2 tasks of 2 cells, both at once, so 4 runs share the machine (and would share its GPUs)
     path = write_config(tmp_path / "grid.yaml", GRID)
-    r = run_cli("sweep", path, "--out", tmp_path / "runs", "--launcher", "local", "--max-parallel", "2", timeout=240)
+    r = run_cli(
+        "sweep",
+        path,
+        "--out",
+        tmp_path / "runs",
+        "--launcher",
+        "local",
+        "--max-parallel",
+        "2",
+        "--runs-per-task",
+        "2",
+        timeout=240,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "submitted 2 local jobs, 2 runs each" in r.stderr, r.stderr
     sweep_dir = tmp_path / "runs" / GRID["name"]
     assert _rows(sweep_dir / "results.csv") == grid_reference
+    assert {read_summary(sweep_dir / rid)["placement"]["runs_sharing_device"] for rid in grid_reference} == {4}
     before = sorted(p.name for p in (sweep_dir / ".submitit").iterdir())
     again = run_cli("sweep", path, "--out", tmp_path / "runs", "--launcher", "local")
     assert again.returncode == 0 and "nothing to submit" in again.stderr, again.stderr
