@@ -4,10 +4,12 @@
 #
 #   scripts/gpu_packing.sh [--out DIR] [--parts packing,table6,study] [--jobs 1,2,4] [--rules fraction,grow]
 #                          [--runs 8] [--steps 2000] [--study-config FILE] [--study-jobs K] [--data-dir DIR]
-#                          [--study-set KEY=VALUE]... [--work DIR] [--smoke]
+#                          [--study-set KEY=VALUE]... [--previous DIR] [--work DIR] [--smoke]
 #
 # Parts (each writes its JSON into DIR/parts/ as soon as it ends, so a part that runs out of time
-# leaves the others' results; every call rebuilds DIR/gpu_packing.json from all parts there):
+# leaves the others' results; every call rebuilds DIR/gpu_packing.json from all parts there).
+# --previous DIR copies an earlier call's parts (DIR/parts/*.json) in first, so work split over
+# calls whose output folders start empty (a lent machine's $OUT) still merges into one result:
 #   packing  `resexp sweep --jobs K` of RUNS ResNet-20 runs (seeds 0..RUNS-1) on CIFAR-sized
 #            synthetic data (50,000 32x32x3 images, batch 128, STEPS steps each), for each K of
 #            --jobs and, for K > 1, each RESEXP_GPU_SHARING rule of --rules. A warm-up run fills
@@ -47,6 +49,7 @@ STUDY_CONFIG=configs/fashion_mnist.yaml
 STUDY_JOBS=
 DATA_DIR=
 WORK=
+PREVIOUS=
 SMOKE=0
 STUDY_SETS=()
 while [ $# -gt 0 ]; do
@@ -62,8 +65,9 @@ while [ $# -gt 0 ]; do
     --study-set) STUDY_SETS+=(--set "$2"); shift 2 ;;
     --data-dir) DATA_DIR="$2"; shift 2 ;;
     --work) WORK="$2"; shift 2 ;;
+    --previous) PREVIOUS="$2"; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "gpu_packing.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -86,6 +90,9 @@ else
 fi
 
 mkdir -p "$DIR/parts"
+if [ -n "$PREVIOUS" ]; then  # an earlier call's parts; this call's own parts replace any of the same name
+  cp -n "$PREVIOUS"/parts/*.json "$DIR/parts/" 2>/dev/null || true
+fi
 if [ -z "$WORK" ]; then
   WORK=$(mktemp -d)
   trap 'rm -rf "$WORK"' EXIT

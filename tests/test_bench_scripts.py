@@ -141,14 +141,18 @@ def test_gpu_packing_smoke_measures_each_packing_and_the_study_at_the_best_one_o
         tmp_path / "study.yaml",
         tiny_dict(name="smokestudy", sweep={"model.shortcut": [False, True]}),
     )
-    run = gpu_packing("--smoke", "--parts", "study", "--study-config", str(study), "--out", str(out))
+    # a second call into an empty folder (as a lent GPU machine's $OUT is), given the first's parts
+    second = tmp_path / "second"
+    run = gpu_packing(
+        "--smoke", "--parts", "study", "--study-config", str(study), "--previous", str(out), "--out", str(second)
+    )
     assert run.returncode == 0, run.stderr
-    result = json.loads((out / "gpu_packing.json").read_text())
+    result = json.loads((second / "gpu_packing.json").read_text())
     s = result["study"]
     assert (s["jobs"], s["rc"], s["statuses"]) == (2, 0, {"completed": 2})  # the best K of the first call
-    assert s["wall_s"] > 0 and len(result["packing"]["rows"]) == 2  # the first call's parts are kept
-    assert {p.name for p in (out / "study").iterdir()} >= {"results.csv", "aggregate.csv", "results.json"}
-    assert [r["steps"] for r in json.loads((out / "parts" / "study.json").read_text())["runs"]] == [4, 4]
+    assert s["wall_s"] > 0 and result["packing"]["rows"] == [one, two]  # the first call's results, merged
+    assert {p.name for p in (second / "study").iterdir()} >= {"results.csv", "aggregate.csv", "results.json"}
+    assert [r["steps"] for r in json.loads((second / "parts" / "study.json").read_text())["runs"]] == [4, 4]
 
 
 def test_gpu_packing_refuses_without_a_gpu_and_skips_a_missing_study_config(tmp_path: Path):
