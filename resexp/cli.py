@@ -213,7 +213,14 @@ def sweep(
         str | None,
         typer.Option("--name", metavar="NAME", help="The sweep directory, <out>/NAME (default: the config's name)."),
     ] = None,
-    jobs: Annotated[int | None, typer.Option(help="Runs trained at once on this machine [default: 1].", min=1)] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            help="Runs trained at once on this machine, a process each, spread over its GPUs "
+            "(several on one GPU share its memory: RESEXP_GPU_SHARING); default 1.",
+            min=1,
+        ),
+    ] = None,
     shard: Annotated[
         str | None,
         typer.Option(metavar="I/N", help="Train only every N-th run from I (share one directory across N machines)."),
@@ -232,7 +239,13 @@ def sweep(
         str | None, typer.Option(metavar="P", help="SLURM partition.", rich_help_panel="Cluster")
     ] = None,
     gpus_per_run: Annotated[
-        int, typer.Option(metavar="G", help="GPUs per cell (--gres=gpu:G).", min=0, rich_help_panel="Cluster")
+        int,
+        typer.Option(
+            metavar="G",
+            help="GPUs per task (--gres=gpu:G), shared by its --runs-per-task runs.",
+            min=0,
+            rich_help_panel="Cluster",
+        ),
     ] = 0,
     cpus_per_run: Annotated[
         int | None, typer.Option(metavar="C", help="CPUs per cell.", min=1, rich_help_panel="Cluster")
@@ -246,7 +259,7 @@ def sweep(
         typer.Option(
             "--time",
             metavar="HH:MM:SS",
-            help="Time limit per cell (a cell past it checkpoints and requeues).",
+            help="Time limit per task (a task past it checkpoints and requeues).",
             rich_help_panel="Cluster",
         ),
     ] = None,
@@ -254,7 +267,17 @@ def sweep(
         int | None,
         typer.Option(
             metavar="K",
-            help="Cells running at once (the array's %K; local: default 1).",
+            help="Tasks running at once (the array's %K; local: default 1).",
+            min=1,
+            rich_help_panel="Cluster",
+        ),
+    ] = None,
+    runs_per_task: Annotated[
+        int | None,
+        typer.Option(
+            metavar="K",
+            help="Cells per array task, trained at once on the task's GPUs (CPUs and --mem are per run: "
+            "the task asks for K times them); default 1.",
             min=1,
             rich_help_panel="Cluster",
         ),
@@ -295,12 +318,17 @@ def sweep(
         mem=mem,
         time=time_limit,
         max_parallel=max_parallel,
+        runs_per_task=runs_per_task,
         account=account,
         qos=qos,
         slurm_args=slurm_arg,
         wait=wait,
     )
     jobs = jobs or 1
+    if jobs > 1 or (runs_per_task or 1) > 1:
+        from resexp.placement import sharing_rule
+
+        sharing_rule()  # an unknown RESEXP_GPU_SHARING fails here, before anything is written
     cfg = _load(config, set_)
     axes = parse_grid(grid or [], source=f"{config} (--grid)")
     index, count = parse_shard(shard)
@@ -425,12 +453,12 @@ def _launch_options(launcher, shard, jobs, *, wait, **flags):
     if launcher is None:
         given += [] if wait else ["--no-wait"]
         if given:
-            either = given[0] in ("--max-parallel", "--no-wait")
+            either = given[0] in ("--max-parallel", "--no-wait", "--runs-per-task")
             raise LaunchError(f"{given[0]} needs --launcher slurm" + (" (or --launcher local)" if either else ""))
         return None
     if launcher not in LAUNCHERS:
         raise LaunchError(f"--launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
-    slurm_only = [g for g in given if g != "--max-parallel"]
+    slurm_only = [g for g in given if g not in ("--max-parallel", "--runs-per-task")]
     if launcher == "local" and slurm_only:
         raise LaunchError(f"{slurm_only[0]} is a SLURM option: it needs --launcher slurm")
     for flag, value in (("--shard", shard), ("--jobs", jobs)):

@@ -64,6 +64,7 @@ class SlurmOptions:
     max_parallel: int | None = None
     account: str | None = None
     qos: str | None = None
+    runs_per_task: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -75,9 +76,13 @@ class SlurmOptions:
             if not key:
                 raise LaunchError(f"--slurm-arg {text!r}: expected KEY=VALUE (e.g. --slurm-arg constraint=a100)")
             extra[key.replace("_", "-")] = value if eq else True
+        if flags.get("runs_per_task") is None:  # not given: one run per task
+            flags.pop("runs_per_task", None)
         opts = cls(extra=extra, **flags)
         if opts.time is not None:
             time_limit_minutes(opts.time)  # a malformed time fails here, with the flag's name
+        if opts.mem is not None:
+            scale_memory(opts.mem, opts.runs_per_task)  # likewise a memory size the packing cannot scale
         return opts
 
     def grace_seconds(self) -> int:
@@ -90,11 +95,12 @@ class SlurmOptions:
         """Every option resexp puts on the array's sbatch line, in sbatch's own names."""
         k = min(self.max_parallel or tasks, tasks) if tasks else 1
         opts: dict[str, Any] = {"job-name": f"resexp-{name}", "array": f"0-{max(tasks, 1) - 1}%{k}"}
+        k_runs = self.runs_per_task  # a packed task's runs share its GPUs; each needs its own CPUs and memory
         for key, value in (
             ("partition", self.partition),
             ("gres", f"gpu:{self.gpus_per_run}" if self.gpus_per_run else None),
-            ("cpus-per-task", self.cpus_per_run),
-            ("mem", self.mem),
+            ("cpus-per-task", self.cpus_per_run * k_runs if self.cpus_per_run else None),
+            ("mem", scale_memory(self.mem, k_runs) if self.mem else None),
             ("time", self.time),
             ("account", self.account),
             ("qos", self.qos),
@@ -106,6 +112,20 @@ class SlurmOptions:
         opts["open-mode"] = "append"  # a requeue must not truncate the task's log
         opts.update(self.extra)
         return opts
+
+
+def scale_memory(text: str, factor: int) -> str:
+    """sbatch's `--mem` (a number, optionally K/M/G/T) times `factor`: a packed task's memory."""
+    m = re.fullmatch(r"(\d+)([KMGTkmgt]?)", text.strip())
+    if not m:
+        raise LaunchError(f"--mem {text!r}: expected a whole number with an optional unit K, M, G or T (e.g. 16G)")
+    return f"{int(m.group(1)) * factor}{m.group(2).upper()}"
+
+
+def pack_tasks(groups: list, runs_per_task: int) -> list[list]:
+    """Consecutive cells, `runs_per_task` to a task (the last one may hold fewer)."""
+    k = max(1, runs_per_task)
+    return [groups[i : i + k] for i in range(0, len(groups), k)]
 
 
 def time_limit_minutes(text: str) -> int:
@@ -204,8 +224,9 @@ def _log(message: str) -> None:
 
 
 @contextmanager
-def _slot(folder: Path, slots: int, signals: _Signals) -> Iterator[bool]:
-    """One of `slots` file locks: the local launcher's `--max-parallel` (SLURM has `%K`)."""
+def _slot(folder: Path, slots: int, signals: _Signals) -> Iterator[int | None]:
+    """One of `slots` file locks, by index: the local launcher's `--max-parallel` (SLURM has `%K`).
+    None when a stop signal came first."""
     import fcntl
 
     while True:
@@ -217,76 +238,144 @@ def _slot(folder: Path, slots: int, signals: _Signals) -> Iterator[bool]:
                 fh.close()
                 continue
             try:
-                yield True
+                yield i
             finally:
                 fh.close()
             return
         if signals.requested is not None:
-            yield False
+            yield None
             return
         time.sleep(0.2)
 
 
 @dataclass
 class CellJob:
-    """One cell (one run, or one seed group) as a submitit job: picklable, imports JAX lazily."""
+    """The cells of one array task as a submitit job: picklable, imports JAX lazily.
 
-    cfgs: list[dict]
-    keys: list[dict]
+    A cell is one run or one seed group (`train.vmap_seeds`). A task of one cell trains it in
+    this process; a task of several (`--runs-per-task K`) trains them at once, each in its own
+    worker process placed by `resexp.placement` (the task's GPUs shared, a share of memory each),
+    and stops, checkpoints and is requeued as one: every run resumes from its own checkpoint.
+    """
+
+    cells: list[list[dict]]  # each cell's run configs
+    keys: list[list[dict]]  # and their sweep keys
     sweep_dir: str
     launcher: str
-    slots: int = 0  # local launcher: at most this many cells train at once (0: no limit)
+    slots: int = 0  # local launcher: at most this many tasks train at once (0: no limit)
     cuda_visible_devices: str | None = None  # local launcher: the submitter's GPUs, not submitit's ""
+    runs_per_task: int = 1  # the sweep's packing (a task may hold fewer cells: the last one)
 
-    def __call__(self) -> dict[str, str]:
+    def __call__(self) -> dict[str, str | None]:
         signals = _Signals().install()
         job_id, restarts = _job_ids()
         sweep_dir = Path(self.sweep_dir)
-        gate = _slot(sweep_dir / FOLDER, self.slots, signals) if self.slots else nullcontext(True)
-        with gate as go:
-            if not go or signals.requested is not None:
+        gate = _slot(sweep_dir / FOLDER, self.slots, signals) if self.slots else nullcontext(0)
+        with gate as slot:
+            if slot is None or signals.requested is not None:
                 return self._stop(signals.requested, job_id)
             if self.launcher == "local":
                 if self.cuda_visible_devices is None:
                     os.environ.pop("CUDA_VISIBLE_DEVICES", None)
                 else:
                     os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
-            outcomes = self._train(sweep_dir, job_id, restarts)
-        statuses = {o.run_dir.name: o.summary.get("status") for o in outcomes}
+            placements = self._placements(slot)
+            if len(self.cells) == 1:
+                from resexp.placement import apply
+
+                apply(placements[0])  # before JAX starts in this process
+                statuses, stopped = self._train(sweep_dir, job_id, restarts), None
+            else:
+                statuses, stopped = self._train_packed(sweep_dir, job_id, restarts, placements, signals)
+        stopped = stopped or signals.requested
         if any(s == "interrupted" for s in statuses.values()) or (
-            signals.requested is not None and any(s not in FINAL for s in statuses.values())
+            stopped is not None and any(s not in FINAL for s in statuses.values())
         ):
-            return self._stop(signals.requested or signal.SIGTERM, job_id)
+            return self._stop(stopped or signal.SIGTERM, job_id)
+        failed = [r for r, s in statuses.items() if s == "failed"]
+        if failed:
+            raise RuntimeError(f"{len(failed)} run(s) of this task failed: {', '.join(failed)} (see each summary.json)")
         return statuses
 
-    def _train(self, sweep_dir: Path, job_id: str | None, restarts: int):
-        from resexp.runtime import configure_jax
+    def _placements(self, slot: int):
+        """Where this task's cells train: the task's GPUs (SLURM's, or for the local launcher the
+        submitter's, dealt over every slot's workers so that concurrent tasks share them evenly)."""
+        from resexp.placement import plan, visible_gpus
 
-        configure_jax()
+        gpus = visible_gpus()
+        if self.launcher == "local" and self.slots > 1:
+            first = slot * self.runs_per_task
+            return plan(self.slots * self.runs_per_task, gpus)[first : first + len(self.cells)]
+        return plan(len(self.cells), gpus)
+
+    def _log_start(self, sweep_dir: Path, job_id: str | None, restarts: int, ids: list[str]) -> None:
         from resexp.checkpoint import Checkpoints
-        from resexp.config import Config, run_id
-        from resexp.train import train_runs
 
-        cfgs = [Config.model_validate(d) for d in self.cfgs]
-        ids = [run_id(c) for c in cfgs]
         steps = [
             max(Checkpoints(sweep_dir / r / "checkpoints").all_steps() or [0]) if (sweep_dir / r).exists() else 0
             for r in ids
         ]
         _log(f"job {job_id or os.getpid()} (restart {restarts}): {', '.join(ids)} from step {min(steps)}")
+
+    def _train(self, sweep_dir: Path, job_id: str | None, restarts: int) -> dict[str, str | None]:
+        from resexp.runtime import configure_jax
+
+        configure_jax()
+        from resexp.config import Config, run_id
+        from resexp.train import train_runs
+
+        cfgs = [Config.model_validate(d) for d in self.cells[0]]
+        ids = [run_id(c) for c in cfgs]
+        self._log_start(sweep_dir, job_id, restarts, ids)
         extra = {"slurm_job_id": job_id, "restarts": restarts}
         try:
-            return train_runs(
+            outcomes = train_runs(
                 cfgs,
                 sweep_dir,
                 progress=False,
-                sweep_keys=self.keys,
+                sweep_keys=self.keys[0],
                 extra_summary=extra,
                 source=str(sweep_dir / FOLDER),
             )
         except Exception as exc:
             _mark_failed(sweep_dir, ids, exc)
             raise
+        return {o.run_dir.name: o.summary.get("status") for o in outcomes}
+
+    def _train_packed(
+        self, sweep_dir: Path, job_id: str | None, restarts: int, placements: list, signals: _Signals
+    ) -> tuple[dict[str, str | None], int | None]:
+        """Every cell at once, one worker process each; (run id -> status, the signal that stopped it)."""
+        from resexp.config import Config
+        from resexp.sweep import Cell, Stopped, run_sweep
+
+        groups = [
+            [Cell(Config.model_validate(d), k) for d, k in zip(cfgs, keys, strict=True)]
+            for cfgs, keys in zip(self.cells, self.keys, strict=True)
+        ]
+        ids = [c.run_id for g in groups for c in g]
+        for g in groups:
+            self._log_start(sweep_dir, job_id, restarts, [c.run_id for c in g])
+        stopped: int | None = None
+        try:
+            run_sweep(
+                groups,
+                sweep_dir,
+                jobs=len(groups),
+                progress=False,
+                placements=placements,
+                extra_summary={"slurm_job_id": job_id, "restarts": restarts},
+                # SLURM sends SIGTERM to every process of the job itself (scancel, the time limit's end)
+                forward_sigterm=self.launcher != "slurm",
+            )
+        except Stopped as exc:
+            stopped = exc.signum
+        except KeyboardInterrupt:  # a worker was interrupted (Ctrl-C reaches them all)
+            stopped = signals.requested or signal.SIGINT
+        except Exception as exc:  # a worker died (out of memory, killed): its runs are failed, not lost
+            _mark_failed(sweep_dir, ids, exc)
+            raise
+        return {r: (read_summary(sweep_dir / r) or {}).get("status") for r in ids}, stopped
 
     def _stop(self, signum: int | None, job_id: str | None) -> dict:
         """Interrupted: the checkpoint is written; put the task back in the queue, exit without a result."""
@@ -452,6 +541,10 @@ def _cell_ids(group) -> list[str]:
     return [c.run_id for c in group]
 
 
+def _task_ids(task) -> list[str]:
+    return [r for g in task for r in _cell_ids(g)]
+
+
 def launch_sweep(
     groups: list,
     sweep_dir: Path,
@@ -500,11 +593,13 @@ def launch_sweep(
             busy.append(g)  # still queued or running from an earlier submission: do not submit it twice
         else:
             todo.append(g)
-    options = opts.sbatch_options(len(todo), name)
+    tasks = pack_tasks(todo, opts.runs_per_task)
+    options = opts.sbatch_options(len(tasks), name)
     if dry_run:
         console.print(
-            f"{name}: {len(todo)} cell(s) to submit ({sum(len(g) for g in todo)} runs), "
-            f"{len(busy)} still queued, {len(groups) - len(todo) - len(busy)} final",
+            f"{name}: {len(todo)} cell(s) to submit ({sum(len(g) for g in todo)} runs)"
+            + (f" in {len(tasks)} task(s)" if opts.runs_per_task > 1 else "")
+            + f", {len(busy)} still queued, {len(groups) - len(todo) - len(busy)} final",
             highlight=False,
             soft_wrap=True,
         )
@@ -512,11 +607,11 @@ def launch_sweep(
             console.print(
                 sbatch_command_line(options) + f"  # output: {folder}/%A_%a_0_log.out", highlight=False, soft_wrap=True
             )
-        for i, g in enumerate(todo):
-            console.print(f"  task {i}: {', '.join(_cell_ids(g))}", highlight=False, soft_wrap=True)
+        for i, task in enumerate(tasks):
+            console.print(f"  task {i}: {', '.join(_task_ids(task))}", highlight=False, soft_wrap=True)
         return 0
     if launcher == "slurm":
-        check_slurm(opts, len(todo), name)
+        check_slurm(opts, len(tasks), name)
     file_data = {(c.cfg.data.name, c.cfg.data.dir) for g in todo for c in g}
     from resexp.datasets import FILE_DATASETS, locate
 
@@ -547,21 +642,22 @@ def launch_sweep(
             _report(sweep_dir, console, err_console, grid_dir)
         return 0
     folder.mkdir(parents=True, exist_ok=True)
-    jobs = _submit(launcher, folder, opts, options, todo, sweep_dir)
+    jobs = _submit(launcher, folder, opts, options, tasks, sweep_dir)
     entries = []
-    for g, job in zip(todo, jobs, strict=True):
+    for task, job in zip(tasks, jobs, strict=True):
         entry: dict[str, Any] = {"launcher": launcher, "job_id": str(job.job_id), "submitted": time.time()}
         if launcher == "local":
             entry["pid"] = int(job.job_id)
-        for r in _cell_ids(g):
+        for r in _task_ids(task):
             record[r] = entry
         entries.append(entry)
     write_json(folder / RECORD, record)
     array = str(jobs[0].job_id).split("_")[0]
+    packed = f", {opts.runs_per_task} runs each" if opts.runs_per_task > 1 else ""
     what = (
-        f"array {array} ({len(todo)} tasks, {options['array'].rsplit('%', 1)[1]} at a time)"
+        f"array {array} ({len(tasks)} tasks{packed}, {options['array'].rsplit('%', 1)[1]} at a time)"
         if launcher == "slurm"
-        else f"{len(todo)} local jobs (pids {', '.join(str(j.job_id) for j in jobs)})"
+        else f"{len(tasks)} local jobs{packed} (pids {', '.join(str(j.job_id) for j in jobs)})"
     )
     err_console.print(f"[bold]{name}[/]: submitted {what}; logs in {folder}", highlight=False, soft_wrap=True)
     if not wait:
@@ -573,23 +669,25 @@ def launch_sweep(
             soft_wrap=True,
         )
         return 0
-    return _wait(launcher, entries, todo, sweep_dir, name, err_console, console, jobs=jobs, grid_dir=grid_dir)
+    flat = [[c for g in task for c in g] for task in tasks]  # _wait follows runs, task by task
+    return _wait(launcher, entries, flat, sweep_dir, name, err_console, console, jobs=jobs, grid_dir=grid_dir)
 
 
-def _submit(launcher: str, folder: Path, opts: SlurmOptions, options: dict, todo: list, sweep_dir: Path) -> list:
+def _submit(launcher: str, folder: Path, opts: SlurmOptions, options: dict, tasks: list, sweep_dir: Path) -> list:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     slots = (opts.max_parallel or 1) if launcher == "local" else 0
     ex = _executor(launcher, folder, opts, options)
     payloads = [
         CellJob(
-            [c.cfg.model_dump(mode="json") for c in g],
-            [c.keys for c in g],
+            [[c.cfg.model_dump(mode="json") for c in g] for g in task],
+            [[c.keys for c in g] for g in task],
             str(sweep_dir),
             launcher,
             slots=slots,
             cuda_visible_devices=visible,
+            runs_per_task=opts.runs_per_task,
         )
-        for g in todo
+        for task in tasks
     ]
     guard = _detached_stdio(folder / "local-controllers.log") if launcher == "local" else nullcontext()
     try:

@@ -33,6 +33,7 @@ from typing import Any
 
 from resexp.config import Config, ConfigError, apply_overrides, check_key, parse_value, run_id, with_updates
 from resexp.errors import UserError
+from resexp.placement import Placement, plan, visible_gpus
 from resexp.runs import read_summary, write_json
 
 MANIFEST = "sweep.json"
@@ -196,12 +197,18 @@ def group_seeds(cells: list[Cell], size: int) -> list[list[Cell]]:
     return groups
 
 
-def _train_group(cells: list[Cell], sweep_dir: Path, progress: bool) -> list[dict]:
+def _train_group(cells: list[Cell], sweep_dir: Path, progress: bool, extra_summary: dict | None = None) -> list[dict]:
     """Train one group; a crash becomes a `failed` summary so the sweep goes on."""
     from resexp.train import train_runs
 
     try:
-        outcomes = train_runs([c.cfg for c in cells], sweep_dir, progress=progress, sweep_keys=[c.keys for c in cells])
+        outcomes = train_runs(
+            [c.cfg for c in cells],
+            sweep_dir,
+            progress=progress,
+            sweep_keys=[c.keys for c in cells],
+            extra_summary=extra_summary,
+        )
         return [
             {
                 "run_id": o.run_dir.name,
@@ -238,43 +245,80 @@ def _train_group(cells: list[Cell], sweep_dir: Path, progress: bool) -> list[dic
         return results
 
 
-def _worker(payload: tuple[list[dict], list[dict], str]) -> list[dict]:
+def _init_worker(slots, placements: list[Placement]) -> None:
+    """A pool worker's first act, before JAX: take a free slot and its placement (GPU, memory)."""
+    from resexp.placement import apply
+
+    apply(placements[slots.get()])
+
+
+def _worker(payload: tuple[list[dict], list[dict], str, dict | None]) -> list[dict]:
     from resexp.runtime import configure_jax
 
     configure_jax()
-    cfg_dicts, keys, sweep_dir = payload
+    cfg_dicts, keys, sweep_dir, extra_summary = payload
     cells = [Cell(Config.model_validate(d), k) for d, k in zip(cfg_dicts, keys, strict=True)]
-    return _train_group(cells, Path(sweep_dir), progress=False)
+    return _train_group(cells, Path(sweep_dir), progress=False, extra_summary=extra_summary)
 
 
-class _forward_sigterm:
-    """SIGTERM to the parent of a `--jobs K` sweep (a scheduler's stop, `kill PID`) reaches its
+class Stopped(KeyboardInterrupt):
+    """The parent of a `--jobs K` pool was asked to stop by `signum`; its workers were told too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _forward_stops:
+    """A stop signal to the parent of a `--jobs K` pool (a scheduler's stop, `kill PID`) reaches its
     workers too: each checkpoints its run and exits as on Ctrl-C, and the parent stops like
-    Ctrl-C. Without it the parent would die at once and leave its workers training orphaned."""
+    Ctrl-C (raising `Stopped`). Without it the parent would die at once and leave its workers
+    training orphaned. SIGUSR1/SIGUSR2 (SLURM's `--signal=B:...`, sent to the batch shell only)
+    are always passed on; SIGTERM only when `sigterm` is true: inside a SLURM job, SLURM sends
+    it to every process of the job itself, and a second signal would stop a worker at once,
+    without its checkpoint. Ctrl-C (SIGINT) reaches the workers from the terminal directly."""
 
-    def __init__(self, pool: ProcessPoolExecutor):
-        self.pool, self.previous = pool, None
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+    def __init__(self, pool: ProcessPoolExecutor, sigterm: bool):
+        self.pool, self.sigterm = pool, sigterm
+        self.previous: dict[int, Any] = {}
 
     def _handler(self, signum, _frame) -> None:
-        for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
-            with contextlib.suppress(ProcessLookupError, OSError):
-                os.kill(proc.pid, signal.SIGTERM)
-        raise KeyboardInterrupt
+        if signum != signal.SIGTERM or self.sigterm:
+            for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    os.kill(proc.pid, signum)
+        raise Stopped(signum)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._handler)
+            self.previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def run_sweep(
-    groups: list[list[Cell]], sweep_dir: Path, *, jobs: int = 1, progress: bool = True, console=None
+    groups: list[list[Cell]],
+    sweep_dir: Path,
+    *,
+    jobs: int = 1,
+    progress: bool = True,
+    console=None,
+    placements: list[Placement] | None = None,
+    extra_summary: dict | None = None,
+    forward_sigterm: bool | None = None,
 ) -> list[dict]:
-    """Train every group (skipping finished runs), `jobs` at a time; returns one result per run."""
+    """Train every group (skipping finished runs), `jobs` at a time; returns one result per run.
+
+    With `jobs` > 1 the groups go to a pool of worker processes, each placed by
+    `resexp.placement.plan` (its own GPU, a share of its memory) unless `placements` says where.
+    `extra_summary` is merged into every summary.json (a launcher's job id). `forward_sigterm`
+    (default: unless this process is inside a SLURM job) passes a SIGTERM on to the workers.
+    """
     results: list[dict] = []
     total = sum(len(g) for g in groups)
 
@@ -291,15 +335,32 @@ def run_sweep(
 
     if jobs <= 1:
         for group in groups:
-            done = _train_group(group, sweep_dir, progress)
+            done = _train_group(group, sweep_dir, progress, extra_summary)
             report(done)
             if any(r["status"] == "interrupted" for r in done):
                 break  # Ctrl-C/SIGTERM stops the sweep, not just the run in flight; a re-run resumes
         return results
+    workers = max(1, min(jobs, len(groups)))
+    if placements is None:
+        placements = plan(workers, visible_gpus())
+    workers = min(workers, len(placements))
+    if forward_sigterm is None:
+        forward_sigterm = "SLURM_JOB_ID" not in os.environ
     ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool, _forward_sigterm(pool):
+    slots = ctx.Queue()
+    for i in range(workers):
+        slots.put(i)
+    with (
+        ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(slots, placements)
+        ) as pool,
+        _forward_stops(pool, forward_sigterm),
+    ):
         futures = [
-            pool.submit(_worker, ([c.cfg.model_dump(mode="json") for c in g], [c.keys for c in g], str(sweep_dir)))
+            pool.submit(
+                _worker,
+                ([c.cfg.model_dump(mode="json") for c in g], [c.keys for c in g], str(sweep_dir), extra_summary),
+            )
             for g in groups
         ]
         try:

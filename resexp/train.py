@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from resexp import __version__, diagnostics, optim, parallel
+from resexp import __version__, diagnostics, optim, parallel, placement
 from resexp.checkpoint import Checkpoints
 from resexp.config import Config, config_hash, run_id
 from resexp.data import Data, augmented_batch, batch_indices, load_data
@@ -710,6 +710,7 @@ def _write_summary(
         "images_per_second": round(ips, 1) if ips else None,
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
+        "placement": placement.record(),  # which GPU(s), shared with how many runs, under which memory rule
         "vmapped_seeds": engine.seeds,
         "resexp_version": __version__,
         **provenance(),  # software (jax, jaxlib, flax, optax), machine (CPU model), XLA flags

@@ -112,7 +112,10 @@ start_accounting() {
       >/var/log/slurm/mariadb.log 2>&1 </dev/null &
   fi
   wait_for 30 mariadb -e "select 1" || { tail -20 /var/log/slurm/mariadb.log; exit 1; }
+  # CREATE USER IF NOT EXISTS keeps an existing user's password: ALTER USER sets the one
+  # slurmdbd.conf below gives (a `slurm` user left with another one would lock slurmdbd out).
   mariadb -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'resexp';
+              ALTER USER 'slurm'@'localhost' IDENTIFIED BY 'resexp';
               CREATE DATABASE IF NOT EXISTS slurm_acct_db; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';"
   cat > $CONF/slurmdbd.conf <<EOF
 AuthType=auth/munge

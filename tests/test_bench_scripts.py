@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, tiny_dict, write_config
 
 SCRIPT = ROOT / "scripts" / "gpu_bench.sh"
 
@@ -97,3 +97,90 @@ def test_ab_xla_workers_take_turns_with_their_own_flags():
     for v in (base, legacy):
         assert len(v["repeats"]) == 2 and all(x > 0 for x in v["repeats"]) and v["compile_s"] > 0
     assert base["ratio_vs_base"] == 1.0
+
+
+# --------------------------------------------------------------------------- scripts/gpu_packing.sh
+
+PACKING = ROOT / "scripts" / "gpu_packing.sh"
+
+
+def gpu_packing(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PY": sys.executable, "JAX_PLATFORMS": "cpu"}  # the suite's compile cache is inherited
+    return subprocess.run(["bash", str(PACKING), *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_gpu_packing_smoke_measures_each_packing_and_the_study_at_the_best_one_over_two_calls(tmp_path: Path):
+    """The GPU script's pipeline, tiny, on the CPU: the K=1 sweep and its K=2 twin (their numbers
+    compared run by run), bench.py's part, then in a second call the study at the best K read
+    back from the first call's parts."""
+    out = tmp_path / "out"
+    run = gpu_packing("--smoke", "--parts", "packing,table6", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert {p.name for p in (out / "parts").iterdir()} == {"jobs1.json", "jobs2_fraction.json", "table6_bench.json"}
+    result = json.loads((out / "gpu_packing.json").read_text())
+    one, two = result["packing"]["rows"]
+    assert (one["jobs"], two["jobs"], two["rule"]) == (1, 2, "fraction")
+    for row in (one, two):  # 2 runs x 6 steps x batch 32, all completed, numbers identical to K=1's
+        assert row["rc"] == 0 and row["runs_completed"] == 2 and row["images"] == 2 * 6 * 32
+        assert row["images_per_s"] == round(row["images"] / row["wall_s"], 1)
+        assert row["identical_to_jobs_1"] and row["mismatched_runs"] == []
+    ips = [row["images"] / row["wall_s"] for row in (one, two)]
+    assert two["speedup_vs_jobs_1"] == round(ips[1] / ips[0], 3)
+    assert (one["runs_sharing_device"], two["runs_sharing_device"]) == ([1], [2])  # from each run's summary.json
+    assert result["packing"]["best"]["jobs"] == 2 and result["packing"]["target_speedup"] == 1.6
+    assert set(result["table6"]["images_per_s_by_depth"]) == {"8"} and result["table6"]["depths_missing"] == [
+        20,
+        32,
+        44,
+        56,
+        110,
+    ]
+    assert result["study"] is None
+
+    study = write_config(
+        tmp_path / "study.yaml",
+        tiny_dict(name="smokestudy", sweep={"model.shortcut": [False, True]}),
+    )
+    # a second call into an empty folder (as a lent GPU machine's $OUT is), given the first's parts
+    second = tmp_path / "second"
+    run = gpu_packing(
+        "--smoke", "--parts", "study", "--study-config", str(study), "--previous", str(out), "--out", str(second)
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads((second / "gpu_packing.json").read_text())
+    s = result["study"]
+    assert (s["jobs"], s["rc"], s["statuses"]) == (2, 0, {"completed": 2})  # the best K of the first call
+    assert s["wall_s"] > 0 and result["packing"]["rows"] == [one, two]  # the first call's results, merged
+    assert {p.name for p in (second / "study").iterdir()} >= {"results.csv", "aggregate.csv", "results.json"}
+    assert [r["steps"] for r in json.loads((second / "parts" / "study.json").read_text())["runs"]] == [4, 4]
+
+
+def test_gpu_packing_refuses_without_a_gpu_and_skips_a_missing_study_config(tmp_path: Path):
+    run = gpu_packing("--out", str(tmp_path / "x"))
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "gpu_packing.sh: JAX sees no GPU (install resexp with the [cuda] extra; --smoke to check the script anywhere)"
+    ]
+    assert not (tmp_path / "x").exists()
+    run = gpu_packing(
+        "--smoke", "--parts", "study", "--study-config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "y")
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "y" / "gpu_packing.json").read_text())["study"] == {
+        "label": "study",
+        "skipped": f"{tmp_path / 'nope.yaml'} not found",
+    }
+
+
+def test_table6_gpu_hours_from_measured_images_per_s():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from packing_report import table6
+
+    ips = {20: 40_000.0, 32: 25_000.0, 44: 20_000.0, 56: 15_000.0, 110: 8_000.0}
+    bench = {"table6_bench": {"device": "GPU", "results": [{"depth": d, "images_per_s": v} for d, v in ips.items()]}}
+    hours = sum(5 * 64_000 * 128 / v for v in ips.values()) / 3600
+    out = table6(bench, {"jobs": 4, "speedup_vs_jobs_1": 2.0})
+    assert out is not None
+    assert out["gpu_hours_one_after_another"] == round(hours, 2) and out["depths_missing"] == []
+    assert out["gpu_hours_packed_estimate"] == round(hours / 2.0, 2) and "estimate" in out["packed_how"]
+    assert "gpu_hours_packed_estimate" not in (table6(bench, None) or {})

@@ -12,6 +12,7 @@ import csv
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -166,22 +167,22 @@ def grid_reference(tmp_path_factory):
 
 
 class LongReference:
-    """The long cell trained uninterrupted by `resexp train` in a subprocess, started early
-    (beside the grid test) and read by the preemption and time-limit tests."""
+    """The long cell, seeds 0 and 1, trained uninterrupted by a local `resexp sweep` in a subprocess,
+    started early (beside the grid test) and read by the preemption and time-limit tests."""
 
     def __init__(self, root: Path):
         self.root = root
-        path = write_config(root / "long.yaml", {**LONG, "sweep": {}})
-        self.proc = _start_cli(root / "train.log", "train", path, "--out", root / "runs", "--no-progress")
+        path = write_config(root / "long.yaml", {**LONG, "sweep": {"train.seed": [0, 1]}})
+        self.proc = _start_cli(root / "sweep.log", "sweep", path, "--out", root / "runs", "--no-progress")
 
-    def summary(self) -> dict:
-        rc = self.proc.wait(timeout=240)
-        assert rc == 0, (self.root / "train.log").read_text()
-        run_dir = _single_run_dir(self.root / "runs")
-        assert run_dir is not None, (self.root / "train.log").read_text()
-        summary = read_summary(run_dir)
-        assert summary is not None, (self.root / "train.log").read_text()
-        return summary
+    def summary(self, seed: int = 0) -> dict:
+        rc = self.proc.wait(timeout=300)
+        log = (self.root / "sweep.log").read_text()
+        assert rc == 0, log
+        summaries = [read_summary(p) for p in (self.root / "runs" / LONG["name"]).iterdir() if p.is_dir()]
+        mine = [s for s in summaries if s and s["config"]["train"]["seed"] == seed]
+        assert len(mine) == 1, log
+        return mine[0]
 
 
 @pytest.fixture(scope="module")
@@ -330,24 +331,26 @@ def test_2_rerun_submits_nothing(slurm_grid):
     assert (sweep_dir / "results.csv").exists()
 
 
-# --------------------------------------------------------------------------- 3: preemption
+# --------------------------------------------------------------------------- 3: preemption of a packed task
 
 
-def test_3_preempted_cell_is_requeued_resumes_and_matches_an_uninterrupted_run(cluster, long_reference, tmp_path):
-    path = write_config(tmp_path / "long.yaml", {**LONG, "name": "slurmtest-preempt"})
+def test_3_preempted_packed_task_is_requeued_and_each_run_resumes_exactly(cluster, long_reference, tmp_path):
+    """Two cells packed into one array task (`--runs-per-task 2`) on one (fake) GPU, preempted
+    mid-training: the task is requeued as one and each run resumes from its own checkpoint."""
+    path = write_config(tmp_path / "long.yaml", {**LONG, "name": "slurmtest-preempt", "sweep": {"train.seed": [0, 1]}})
     proc = _start_cli(
-        tmp_path / "sweep.log",
-        "sweep",
-        path,
-        "--out",
-        tmp_path / "runs",
-        *GPU_FLAGS,
+        tmp_path / "sweep.log", "sweep", path, "--out", tmp_path / "runs", *GPU_FLAGS, "--runs-per-task", "2"
     )
     sweep_dir = tmp_path / "runs" / "slurmtest-preempt"
+
+    def run_dirs() -> list[Path]:
+        dirs = [p for p in sweep_dir.iterdir() if (p / "config.yaml").exists()] if sweep_dir.exists() else []
+        return dirs if len(dirs) == 2 else []
+
     try:
-        run_dir = _wait_until(lambda: _single_run_dir(sweep_dir), 60, "the run directory")
-        _wait_until(lambda: _first_checkpoint(run_dir), 60, "training under way (a first checkpoint)")
-        urgent = subprocess.run(
+        dirs = _wait_until(run_dirs, 60, "both run directories")
+        _wait_until(lambda: all(_first_checkpoint(d) for d in dirs), 90, "both runs under way (first checkpoints)")
+        subprocess.run(
             [
                 "sbatch",
                 "--parsable",
@@ -364,24 +367,30 @@ def test_3_preempted_cell_is_requeued_resumes_and_matches_an_uninterrupted_run(c
             text=True,
             check=True,
         )
-        assert urgent.returncode == 0
-        rc = proc.wait(timeout=150)
+        rc = proc.wait(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
     log = (tmp_path / "sweep.log").read_text()
     assert rc == 0, log
-    s = read_summary(run_dir)
-    assert s["status"] == "completed" and s["restarts"] >= 1, s
-    job_log = (sweep_dir / ".submitit" / f"{s['slurm_job_id']}_0_log.out").read_text()
-    resumed = [int(m) for m in re.findall(r"\(restart [1-9]\d*\): \S+ from step (\d+)", job_log)]
-    assert resumed and resumed[0] > 0, job_log
+    assert re.search(r"submitted array \d+ \(1 tasks, 2 runs each", log), log
+    summaries = [read_summary(d) for d in dirs]
+    job = summaries[0]["slurm_job_id"]
+    job_log = (sweep_dir / ".submitit" / f"{job}_0_log.out").read_text()
     # SLURM sends the job's --signal (USR1) at preemption (SlurmctldParameters=preempt_send_user_signal)
     assert re.search(r"SIGUSR1: checkpointed; scontrol requeue \S+: ok", job_log), job_log
-    ref = long_reference.summary()
-    assert s["final_train_loss"] == ref["final_train_loss"]  # bit for bit: same program, same machine
-    assert s["eval_loss"] == ref["eval_loss"]
-    states = [state for _, state, _ in _sacct(s["slurm_job_id"].split("_")[0], duplicates=True)]
+    for s in summaries:
+        assert s["status"] == "completed" and s["restarts"] >= 1 and s["slurm_job_id"] == job, s
+        # both trained at once on the task's GPU (CUDA_VISIBLE_DEVICES from SLURM's --gres)
+        assert s["placement"]["runs_sharing_device"] == 2, s["placement"]
+        assert s["placement"]["cuda_visible_devices"] in ("0", "1"), s["placement"]
+        resumed = [int(m) for m in re.findall(rf"\(restart [1-9]\d*\): {s['run_id']} from step (\d+)", job_log)]
+        assert resumed and resumed[0] > 0, job_log
+        ref = long_reference.summary(seed=s["config"]["train"]["seed"])
+        assert s["final_train_loss"] == ref["final_train_loss"]  # bit for bit: same program, same machine
+        assert s["eval_loss"] == ref["eval_loss"]
+    assert len(_sacct(job.split("_")[0])) == 1  # one array task for both runs
+    states = [state for _, state, _ in _sacct(job.split("_")[0], duplicates=True)]
     assert "COMPLETED" in states and any(st in ("REQUEUED", "PREEMPTED") for st in states), states
 
 
@@ -457,11 +466,26 @@ def test_7_local_launcher_grid_rerun_and_no_wait(grid_reference, tmp_path):
     assert re.search(r"submitted: cells [\d ]+, report \d+", r.stdout), r.stdout
     assert time.time() - t0 < 30  # it did not wait for the cell
 
+    # packed: 2 tasks of 2 cells, both at once, so 4 runs share the machine (and would share its GPUs)
     path = write_config(tmp_path / "grid.yaml", GRID)
-    r = run_cli("sweep", path, "--out", tmp_path / "runs", "--launcher", "local", "--max-parallel", "2", timeout=240)
+    r = run_cli(
+        "sweep",
+        path,
+        "--out",
+        tmp_path / "runs",
+        "--launcher",
+        "local",
+        "--max-parallel",
+        "2",
+        "--runs-per-task",
+        "2",
+        timeout=240,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "submitted 2 local jobs, 2 runs each" in r.stderr, r.stderr
     sweep_dir = tmp_path / "runs" / GRID["name"]
     assert _rows(sweep_dir / "results.csv") == grid_reference
+    assert {read_summary(sweep_dir / rid)["placement"]["runs_sharing_device"] for rid in grid_reference} == {4}
     before = sorted(p.name for p in (sweep_dir / ".submitit").iterdir())
     again = run_cli("sweep", path, "--out", tmp_path / "runs", "--launcher", "local")
     assert again.returncode == 0 and "nothing to submit" in again.stderr, again.stderr
@@ -526,6 +550,8 @@ def test_flags_slurm_refuses_fail_before_submitting(cluster, tmp_path, flags, me
         (["--launcher", "pbs"], r"--launcher 'pbs': choose one of slurm, local"),
         (["--partition", "gpu"], r"--partition needs --launcher slurm"),
         (["--launcher", "slurm", "--time", "ten"], r"--time 'ten': expected HH:MM:SS"),
+        (["--runs-per-task", "2"], r"--runs-per-task needs --launcher slurm \(or --launcher local\)"),
+        (["--launcher", "slurm", "--runs-per-task", "2", "--mem", "4GB"], r"--mem '4GB': expected a whole number"),
     ],
 )
 def test_flags_checked_without_a_cluster(tmp_path, flags, message):
@@ -572,6 +598,34 @@ def test_dry_run_prints_the_sbatch_line_without_slurm(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_dry_run_packs_cells_into_tasks_with_cpus_and_memory_per_run(tmp_path):
+    path = write_config(tmp_path / "grid.yaml", GRID)
+    r = run_cli(
+        "sweep",
+        path,
+        "--out",
+        tmp_path / "runs",
+        *GPU_FLAGS,
+        "--runs-per-task",
+        "3",
+        "--cpus-per-run",
+        "2",
+        "--mem",
+        "4G",
+        "--dry-run",
+        env={"PATH": str(Path(sys.executable).parent)},
+    )
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("sbatch ")).split()
+    # 4 cells, 3 to a task: 2 tasks; a task's runs share its GPU, each has its own CPUs and memory
+    for flag in ("--array=0-1%2", "--gres=gpu:1", "--cpus-per-task=6", "--mem=12G"):
+        assert flag in line, (flag, line)
+    tasks = re.findall(r"task (\d): (.*)", r.stdout)
+    assert [(i, len(ids.split(", "))) for i, ids in tasks] == [("0", 3), ("1", 1)], r.stdout
+    assert "4 cell(s) to submit (4 runs) in 2 task(s)" in r.stdout
+    assert not (tmp_path / "runs").exists()
+
+
 def test_time_limits_and_the_signal_lead_time():
     assert [time_limit_minutes(t) for t in ("90", "1:30", "0:10:00", "2-0", "1-2:30", "0:00:01")] == [
         90,
@@ -590,3 +644,54 @@ def test_time_limits_and_the_signal_lead_time():
     opts = SlurmOptions.from_flags(slurm_args=["--constraint=a100", "exclusive"], partition="gpu", max_parallel=9)
     assert opts.sbatch_options(3, "x")["array"] == "0-2%3"  # the throttle never exceeds the tasks
     assert opts.sbatch_options(3, "x")["constraint"] == "a100" and opts.sbatch_options(3, "x")["exclusive"] is True
+
+
+# ------------------------------------------------------------- the local cluster's own script
+
+
+def test_slurm_local_up_again_restores_the_accounting_password(cluster):
+    """`scripts/slurm_local.sh up` on a cluster whose MariaDB `slurm` user has another password
+    (CREATE USER IF NOT EXISTS keeps an old one) resets it, so slurmdbd connects again. Last in
+    the file: slurmdbd is restarted, and SLURM holds accounting records for it meanwhile."""
+    if shutil.which("mariadb") is None or not Path("/run/slurmdbd.pid").exists():
+        pytest.skip("the local cluster runs without accounting (ACCOUNTING=0)")
+
+    def as_slurm(password: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["mariadb", "-u", "slurm", f"-p{password}", "-h", "localhost", "-e", "select 1", "slurm_acct_db"],
+            capture_output=True,
+            text=True,
+        )
+
+    def set_password(password: str) -> None:
+        subprocess.run(
+            ["mariadb", "-e", f"ALTER USER 'slurm'@'localhost' IDENTIFIED BY '{password}'"], check=True, timeout=30
+        )
+
+    pid = int(Path("/run/slurmdbd.pid").read_text())
+    try:
+        set_password("not-the-scripts-one")
+        assert as_slurm("resexp").returncode != 0
+        os.kill(pid, signal.SIGTERM)  # so that `up` starts slurmdbd again, with the password it writes
+        _wait_until(lambda: not _slurmdbd_running(), 20, "slurmdbd to stop")
+        up = subprocess.run(
+            ["bash", str(Path(__file__).parent.parent / "scripts" / "slurm_local.sh"), "up"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert as_slurm("resexp").returncode == 0
+        clusters = subprocess.run(
+            ["sacctmgr", "-n", "show", "cluster", "format=cluster"], capture_output=True, text=True
+        )
+        assert clusters.stdout.split() == ["resexp"], clusters.stderr
+    finally:  # leave the cluster as it was, whatever happened
+        set_password("resexp")
+        if not _slurmdbd_running():
+            subprocess.run(["/usr/sbin/slurmdbd"], check=False)
+
+
+def _slurmdbd_running() -> bool:
+    pidfile = Path("/run/slurmdbd.pid")
+    return pidfile.exists() and Path(f"/proc/{pidfile.read_text().strip()}").exists()

@@ -15,7 +15,9 @@ from conftest import run_cli, tiny_dict, write_config
 from tb_server import TensorBoardServer
 
 from resexp.config import Config, ConfigError
+from resexp.placement import plan
 from resexp.report import build_report
+from resexp.runs import read_summary
 from resexp.sweep import expand_grid, group_seeds, parse_grid, run_sweep, shard_cells
 
 GRID = {"model.depth": [8, 14], "model.shortcut": [False, True], "train.seed": [0, 1]}
@@ -146,6 +148,29 @@ def test_rerun_skips_completed_runs(swept):
     again = run_sweep([[c] for c in expand_grid(Config.model_validate(SWEEP))], sweep_dir, progress=False)
     assert all(r["skipped"] and r["status"] == "completed" for r in again)
     assert time.perf_counter() - start < 30
+
+
+def test_jobs_2_workers_are_pinned_share_memory_and_match_their_sequential_twins(swept, tmp_path):
+    """Two pool workers placed on one GPU ("7": CUDA_VISIBLE_DEVICES, a memory share each, as on a
+    GPU machine; here JAX runs on the CPU and ignores both) train exactly what one process did,
+    and each run's summary.json says where it ran and with how many others."""
+    sweep_dir, _, _ = swept
+    cells = [c for c in expand_grid(Config.model_validate(SWEEP)) if c.cfg.model.depth == 8 and c.cfg.model.shortcut]
+    assert len(cells) == 2  # seeds 0 and 1: one compiled program
+    results = run_sweep([[c] for c in cells], tmp_path, jobs=2, progress=False, placements=plan(2, ["7"], environ={}))
+    assert [r["status"] for r in results] == ["completed"] * 2
+    for c in cells:
+        packed, alone = read_summary(tmp_path / c.run_id), read_summary(sweep_dir / c.run_id)
+        assert packed["history"] == alone["history"] and packed["eval_loss"] == alone["eval_loss"]
+        assert packed["placement"] == {
+            "device": alone["device"],
+            "device_count": 1,
+            "cuda_visible_devices": "7",
+            "runs_sharing_device": 2,
+            "gpu_memory_rule": "fraction",
+            "gpu_memory": {"XLA_CLIENT_MEM_FRACTION": "0.45"},
+        }
+        assert alone["placement"]["runs_sharing_device"] == 1 and alone["placement"]["gpu_memory_rule"] == "default"
 
 
 def test_killed_sweep_resumes_to_the_same_results(swept, tmp_path):
