@@ -39,6 +39,7 @@ SKIPPED = [
     ("make docs", "builds the site into the repo's site/; .ci/run runs it before the tests"),
     ("--launcher slurm", "needs a SLURM cluster; tests/test_slurm.py runs these against a real one"),
     ("srun ", "needs a SLURM cluster with GPUs; tests/test_distributed.py runs one run over two processes"),
+    ("resexp analyze runs/demo", "five analyses of every demo run, minutes; tests/test_analysis.py runs `analyze`"),
     ("resexp data download", "needs the network"),
     ("resexp sweep configs/cifar10", "needs the CIFAR-10 files (and a GPU for the full recipe)"),
     ("resexp train configs/cifar10", "needs the CIFAR-10 files (and a GPU for the full recipe)"),
