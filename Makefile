@@ -9,7 +9,7 @@ OUT    ?= runs
 LOCK   ?= requirements/ci.lock
 LINTED := resexp scripts tests
 
-.PHONY: install demo test lint fmt lock bench bench-torch tensorboard clean slurm-up slurm-down
+.PHONY: install demo test lint fmt docs lock bench bench-torch tensorboard clean slurm-up slurm-down
 
 # The lock (exact versions + sha256, what CI tested) first, then resexp itself; `make install LOCK=`
 # skips the lock (another platform), `pip install .` alone keeps pyproject's ranges.
@@ -32,6 +32,9 @@ lint: $(STAMP)  ## ruff check, ruff format --check and mypy on resexp/ scripts/ 
 fmt: $(STAMP)  ## apply ruff's safe fixes and its formatter; then `make lint` lists what is left to fix by hand
 	$(BIN)/ruff check --fix $(LINTED)
 	$(BIN)/ruff format $(LINTED)
+
+docs: $(STAMP)  ## the documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link, anchor or nav entry fails
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 lock: $(STAMP)  ## rewrite requirements/ci.lock from .venv (after the tests pass in it)
 	$(BIN)/python scripts/lock.py $(LOCK)
@@ -62,4 +65,4 @@ slurm-down:  ## stop it (cancels every job first)
 	bash scripts/slurm_local.sh down
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

@@ -4,7 +4,7 @@
   ResNet's training chunk in seconds, and a sweep, a resumed run, or the test suite
   compiles the same programs again and again. Set RESEXP_COMPILE_CACHE=off to disable,
   or to a directory to move it.
-* Two XLA:CPU flags that won on this model (scripts/bench.py, README "Performance"):
+* Two XLA:CPU flags that won on this model (scripts/bench.py; docs/performance.md):
   - `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`: jaxlib 0.10 routes
     convolutions to YNNPACK, which ran the 16x16x32 and 8x8x64 CIFAR convs single-threaded
     and ~2x slower than Eigen's; ResNet-20 training +28% images/s without it.
@@ -18,7 +18,7 @@
 * On a GPU, `--xla_gpu_deterministic_ops=true`: XLA:GPU's default kernels (atomics in
   reductions, autotuned conv algorithms) make two runs of one config differ in the last bits,
   and training amplifies that, so a resumed run left the never-stopped one from its first
-  step after the resume on an H100 (README "GPU"). With the flag a run is again a pure
+  step after the resume on an H100 (docs/reliability.md). With the flag a run is again a pure
   function of its config and seed, and a preempted-and-requeued SLURM job resumes exactly,
   for 0.76-0.79x the images/s (H100, ResNet-20/56/110, scripts/ab_xla.py). RESEXP_GPU_DETERMINISTIC=off
   trades that back for speed; a user's own XLA_FLAGS setting of it wins.
@@ -36,7 +36,7 @@ CPU_XLA_FLAGS = {
     "xla_cpu_experimental_ynn_fusion_type": "-individual_convolution",
     "xla_backend_optimization_level": "2",
 }
-_TESTED_JAXLIB = "0.10."  # on 0.11.2 both flags exist but no longer win (0.988x, README "jax 0.11")
+_TESTED_JAXLIB = "0.10."  # on 0.11.2 both flags exist but no longer win (0.988x, docs/performance.md)
 GPU_XLA_FLAGS = {"xla_gpu_deterministic_ops": "true"}
 _OFF = ("off", "0", "false", "no")
 

@@ -77,7 +77,7 @@ class Engine:
     # How S seeds share one program: "vmap" batches them, "map" loops over them inside the program.
     # vmap turns every conv into a grouped conv, which XLA:CPU runs ~2x slower per image than S
     # separate ones, and an H100's cuDNN 1.27x slower (8 seeds of ResNet-20: 25.5 vs 20.1 ms a
-    # step, README "GPU"). None: "map" on CPU and GPU, "vmap" on TPU (not measured there).
+    # step, docs/performance.md). None: "map" on CPU and GPU, "vmap" on TPU (not measured there).
     seed_loop: str | None = None
     # The backend the programs are built for ("cpu", "gpu", "cuda", "rocm", "tpu"); None: this process's.
     # Another one only makes sense for lowering/exporting (tests/test_export.py).
@@ -281,7 +281,7 @@ class RunRecord:
     initial_loss: float | None = None  # the first step's loss: the scale of "exploded" (train.max_loss_factor)
     last_eval: dict = field(default_factory=dict)
     diagnostics: dict | None = None
-    wall_before: float = 0.0  # wall seconds spent in earlier (interrupted) sessions
+    wall_before: float = 0.0  # wall seconds spent before earlier interruptions
     sweep_keys: dict | None = None
     warmup_end: int | None = None  # constant warm-up: the step the base schedule takes over
     extra: dict | None = None  # launcher fields for summary.json (slurm_job_id, restarts)
@@ -474,7 +474,7 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
     interrupt = Interrupt()
     compile_before = engine.compile_seconds
     steady_time, steady_images = 0.0, 0
-    saved: set[int] = set()  # steps checkpointed in this session
+    saved: set[int] = set()  # steps checkpointed by this process
 
     def checkpoint(end: int, save: bool) -> None:
         """Checkpoint the state at `end` (if `save`), mark an interrupted run, write the summaries."""

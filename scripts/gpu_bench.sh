@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything the README's GPU table needs, measured in one command on a GPU machine, as one JSON.
+# Everything the H100 tables of docs/performance.md need, measured in one command on a GPU machine, as one JSON.
 #
 #   scripts/gpu_bench.sh [--out FILE] [--depths 20,56,110] [--dtypes float32,bfloat16] [--parts DIR]
 #                        [--torch-compile MODE|none] [--repeats N] [--smoke] [--merge-only]
@@ -96,7 +96,7 @@ done
 [ "$MERGE_ONLY" = 1 ] || [ -s "$PARTS/cost.json" ] || JAX_PLATFORMS=cpu bench cost --compile-only --cost
 
 "$PY" - "$PARTS" "$OUT" <<'EOF'
-"""Merge the bench.py runs into one row per (depth, dtype): the README's GPU table."""
+"""Merge the bench.py runs into one row per (depth, dtype): the GPU table of docs/performance.md."""
 import json, sys
 from pathlib import Path
 

@@ -1,7 +1,7 @@
 """Shared test plumbing: the real CLI in subprocesses, tiny configs, one compile cache.
 
 Every test that trains uses tiny nets (depth 8, widths 4/8/8) on the embedded digits,
-and all processes of the session share one persistent XLA compile cache, so the same
+and all processes of a test run share one persistent XLA compile cache, so the same
 tiny program is compiled once for the whole suite, not once per subprocess.
 """
 

@@ -1,7 +1,7 @@
 """The measurement scripts run for real, tiny, on CPU (their numbers are not asserted: speed
 is measured by running them, not by tests).
 
-scripts/gpu_bench.sh, the one command a GPU machine runs, ran on an H100 (README "GPU"); here
+scripts/gpu_bench.sh, the one command a GPU machine runs, ran on an H100 (docs/performance.md); here
 --smoke runs its pipeline: each bench.py part, the CPU-backend cost analysis, the merge into
 one row per (depth, dtype), the split over calls (--parts) and the rebuild from parts alone
 (--merge-only). scripts/ab_xla.py: its per-variant workers and interleaved rounds.

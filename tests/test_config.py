@@ -98,7 +98,7 @@ def test_run_id_is_readable_stable_and_ignores_bookkeeping(tmp_path):
     assert run_id(plain).startswith("plain8-")
 
 
-def test_every_issue_contract_key_exists():
+def test_every_documented_core_key_exists():
     contract = [
         "model.kind",
         "model.depth",

@@ -69,7 +69,7 @@ def test_chunk_eval_and_init_lower_for_cuda_and_tpu_without_cpu_constructs(
         )
     )
     engine = Engine(cfg, digits, seeds=seeds, platform="cuda", seed_loop=seed_loop)
-    assert engine.seed_loop == (seed_loop or "map")  # measured on an H100: map beats vmap (README "GPU")
+    assert engine.seed_loop == (seed_loop or "map")  # measured on an H100: map beats vmap (docs/performance.md)
     convs = conv_modules(engine)
     assert len(convs) == 13 + (2 if projection == "learned" and shortcut else 0)
     assert all(c.conv_general_dilated is lax.conv_general_dilated for c in convs)  # not the CPU conv

@@ -114,7 +114,7 @@ def test_divergence_stops_the_run_with_exit_3(tmp_path, reference):
 
 
 def test_an_exploded_finite_loss_is_divergence_too(tmp_path):
-    """The issue's command: lr 1e4 on the demo's ResNet-8 stays finite but explodes (~1e16): diverged, exit 3.
+    """The documented command: lr 1e4 on the demo's ResNet-8 stays finite but explodes (~1e16): diverged, exit 3.
     With the rule off (`train.max_loss_factor: null`) the same run 'completes' at chance accuracy."""
     demo = ROOT / "configs" / "demo.yaml"
     args = [

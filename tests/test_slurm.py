@@ -38,7 +38,7 @@ GRID = tiny_dict(
 # check, ~6 s into the job); checkpoints every 500 steps show the test when training is under way.
 LONG = tiny_dict(name="slurmtest-long", train={"steps": 6000, "log_every": 20, "checkpoint_every": 500})
 ONE = tiny_dict(name="slurmtest-one", train={"steps": 20, "log_every": 10, "checkpoint_every": 20})
-# The grid command: one fake GPU per cell on the `gpu` partition, 10 minutes each.
+# The documented grid command (docs/slurm.md): one fake GPU per cell on the `gpu` partition, 10 minutes each.
 GPU_FLAGS = ("--launcher", "slurm", "--partition", "gpu", "--gpus-per-run", "1", "--time", "0:10:00")
 COMPARED = ("run_id", "status", "final_train_loss", "final_train_accuracy", "eval_loss", "eval_accuracy")
 

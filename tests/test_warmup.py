@@ -75,7 +75,7 @@ def test_resume_across_the_switch_is_exact(switched, tmp_path):
     assert resumed.summary["status"] == "completed"
     assert resumed.summary["history"] == outcome.summary["history"]  # same program, same machine: exact
     assert resumed.summary["warmup"] == outcome.summary["warmup"]
-    assert _scalars(run, "train/warmup_end_step") == [(30, 30.0)]  # logged once, by the resumed session
+    assert _scalars(run, "train/warmup_end_step") == [(30, 30.0)]  # logged once, by the resumed run
 
 
 def test_the_step_cap_ends_the_warmup_when_the_error_has_not_dropped_yet(tmp_path):
