@@ -34,6 +34,8 @@ SKIPPED = [
     ("make tensorboard", "a server that runs until stopped; tests/test_report.py serves the same logdir"),
     ("make bench", "benchmarks measure, they do not test; tests/test_perf.py runs the script briefly"),
     ("make slurm", "starts a SLURM cluster; tests/test_slurm.py does"),
+    ("make check-wheel", "builds and installs the package; .ci/run runs it after the tests"),
+    ("resexp sweep demo", "the demo by name: scripts/check_wheel.sh runs it from the installed wheel"),
     ("--launcher slurm", "needs a SLURM cluster; tests/test_slurm.py runs these against a real one"),
     ("resexp data download", "needs the network"),
     ("resexp sweep configs/cifar10", "needs the CIFAR-10 files (and a GPU for the full recipe)"),
