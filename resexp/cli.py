@@ -29,7 +29,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: download and inspect.")
 app.add_typer(data_app, name="data")
-configs_app = typer.Typer(help="The configs that ship with resexp: list them, print one to copy and edit.")
+configs_app = typer.Typer()  # its help: configs_list's docstring
 app.add_typer(configs_app, name="configs")
 
 out_console = Console()
@@ -692,10 +692,11 @@ def data_info(config: ConfigArg, set_: SetOpt = None) -> None:
 @configs_app.callback(invoke_without_command=True)
 @user_errors
 def configs_list(ctx: typer.Context) -> None:
-    """List the bundled configs and their purpose; each works by name anywhere (resexp sweep demo).
+    """The configs that ship with resexp and their purpose; `show NAME` prints one to copy and edit.
 
-    A file in the current directory wins over a bundled name: `resexp configs show demo > demo.yaml`,
-    edit it, and `resexp sweep demo` runs your copy.
+    Every command takes a bundled config's name where it takes a config: resexp sweep demo. A file in
+    the current directory wins over a bundled name: `resexp configs show demo > demo.yaml`, edit it,
+    and `resexp sweep demo` runs your copy.
     """
     if ctx.invoked_subcommand is not None:
         return
