@@ -37,10 +37,10 @@ def test_the_bundled_configs_are_the_repository_configs():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_config_states_its_purpose_on_its_first_line(path):
-    """`resexp configs` shows a config's first comment line: it must be a whole line of its own."""
+    """`resexp configs` shows a config's first comment line: a sentence of its own, not the start of one."""
     purpose = config_purpose(path)
-    assert purpose and path.read_text().startswith("#"), f"{path.name}: start it with '# <one-line purpose>'"
-    assert not purpose.endswith((",", ":", ";")), f"{path.name}: the first comment line runs on: {purpose!r}"
+    assert purpose and path.read_text().startswith("#"), f"{path.name}: start it with '# <one-line purpose>.'"
+    assert purpose[-1] in ".!?)", f"{path.name}: the first comment line runs on (end it with a full stop): {purpose!r}"
 
 
 def test_resexp_configs_lists_and_shows_them(tmp_path):
