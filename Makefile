@@ -9,7 +9,7 @@ OUT    ?= runs
 LOCK   ?= requirements/ci.lock
 LINTED := resexp scripts tests
 
-.PHONY: install demo test lint fmt docs lock bench bench-torch tensorboard clean slurm-up slurm-down
+.PHONY: install demo test lint fmt docs lock check-wheel bench bench-torch tensorboard clean slurm-up slurm-down
 
 # The lock (exact versions + sha256, what CI tested) first, then resexp itself; `make install LOCK=`
 # skips the lock (another platform), `pip install .` alone keeps pyproject's ranges.
@@ -46,6 +46,9 @@ demo: $(STAMP)  ## the embedded depth sweep: plain vs residual, depth 8..56, on 
 test: $(STAMP)  ## the whole test suite on 2 workers, a test file each (pytest exit 5, 'no tests collected', is a failure)
 	@$(BIN)/python -m pytest -q -n 2 --dist loadfile; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
+
+check-wheel: $(STAMP)  ## build the sdist and wheel, install the wheel in a fresh venv outside the clone, run the demo by name there
+	PYTHON=$(PYTHON) LOCK=$(LOCK) bash scripts/check_wheel.sh
 
 bench: $(STAMP)  ## compile time and images/s for ResNet-20/56/110 on this machine (JSON)
 	$(BIN)/python scripts/bench.py --depths 20,56,110 --json

@@ -4,4 +4,15 @@ One path, top to bottom: config -> data -> model -> train loop -> run directory
 -> sweep aggregation -> dashboards.
 """
 
-__version__ = "0.1.0"
+from importlib import metadata
+
+
+def package_version() -> str:
+    """The installed distribution's version: pyproject.toml's `version` is its only source."""
+    try:
+        return metadata.version("resexp")
+    except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+        return "unknown"
+
+
+__version__ = package_version()

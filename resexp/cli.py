@@ -29,12 +29,19 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: download and inspect.")
 app.add_typer(data_app, name="data")
+configs_app = typer.Typer()  # its help: configs_list's docstring
+app.add_typer(configs_app, name="configs")
 
 out_console = Console()
 err_console = Console(stderr=True)
 
 ConfigArg = Annotated[
-    Path, typer.Argument(metavar="CONFIG", help="YAML experiment config (see configs/).", show_default=False)
+    Path,
+    typer.Argument(
+        metavar="CONFIG",
+        help="A YAML experiment config: a path, or a bundled config's name (resexp configs).",
+        show_default=False,
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -97,6 +104,24 @@ def _env_overrides() -> list[str]:
         return []
     err_console.print(f"RESEXP_SET: applying --set {' --set '.join(shlex.split(text))}", highlight=False)
     return shlex.split(text)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from resexp import package_version
+
+        print(f"resexp {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print resexp's version and exit."),
+    ] = False,
+) -> None:
+    """Measure why residual networks can be made deep: train, sweep depth, look."""
 
 
 def _setup() -> None:
@@ -690,6 +715,41 @@ def data_info(config: ConfigArg, set_: SetOpt = None) -> None:
         f"{d.name}: {d.num_train} train / {d.x_test.shape[0]} test, images {d.image_shape}, "
         f"{d.num_classes} classes, augment={d.augment}"
     )
+
+
+@configs_app.callback(invoke_without_command=True)
+@user_errors
+def configs_list(ctx: typer.Context) -> None:
+    """The configs that ship with resexp and their purpose; `show NAME` prints one to copy and edit.
+
+    Every command takes a bundled config's name where it takes a config: resexp sweep demo. A file in
+    the current directory wins over a bundled name: `resexp configs show demo > demo.yaml`, edit it,
+    and `resexp sweep demo` runs your copy.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from resexp.bundled import bundled_configs, bundled_dir, config_purpose
+
+    configs = bundled_configs()
+    if not configs:
+        raise UserError(f"no bundled configs in {bundled_dir()}")
+    table = Table(title=f"bundled configs ({bundled_dir()})", title_justify="left")
+    table.add_column("name", no_wrap=True)
+    table.add_column("purpose")
+    for name, path in configs.items():
+        table.add_row(name, config_purpose(path) or "-")
+    out_console.print(table)
+
+
+@configs_app.command("show")
+@user_errors
+def configs_show(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A bundled config (resexp configs).", show_default=False)],
+) -> None:
+    """Print a bundled config, to copy and edit: resexp configs show demo > my.yaml"""
+    from resexp.bundled import find_bundled
+
+    sys.stdout.write(find_bundled(name).read_text(encoding="utf-8"))
 
 
 def main() -> None:  # pragma: no cover

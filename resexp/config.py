@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from resexp.bundled import is_bundled, resolve_config
 from resexp.errors import ConfigError
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist")
@@ -231,8 +232,7 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def _read_yaml(path: Path) -> dict:
-    source = str(path)
+def _read_yaml(path: Path, source: str) -> dict:
     if not path.exists():
         raise ConfigError(source, None, "no such file")
     if path.is_dir():
@@ -360,17 +360,19 @@ def _validate(raw: dict, source: str, origins: dict[str, str]) -> Config:
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config, apply `key=value` overrides, validate the whole thing."""
-    path = Path(path)
-    raw = _read_yaml(path)
+    """Read a YAML config (a path or a bundled config's name, see `resexp.bundled`), apply
+    `key=value` overrides, validate the whole thing."""
+    path = resolve_config(path)
+    source = path.stem if is_bundled(path) else str(path)  # messages name `demo`, not site-packages/...
+    raw = _read_yaml(path, source)
     origins: dict[str, str] = {}
     for text in overrides:
-        key, value = parse_assignment(f"{path} (--set {text})", text)
+        key, value = parse_assignment(f"{source} (--set {text})", text)
         set_dotted(raw, key, parse_value(value))
         origins[key] = f"--set {text}"
     raw.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem) or "experiment")
-    cfg = _validate(raw, str(path), origins)
-    check_sweep(cfg, str(path))
+    cfg = _validate(raw, source, origins)
+    check_sweep(cfg, source)
     return cfg
 
 

@@ -1,8 +1,9 @@
 """What a run's numbers were measured with: the JAX stack's versions, the machine's CPU, XLA's flags.
 
-Written into every ``summary.json`` (``software``, ``machine``, ``xla_flags``), so a row of a results
-table can be traced to its software and hardware. Virtual machines often report only a
-family name ("AMD EPYC"), so the CPU's vendor, family and model numbers are kept too.
+Written into every ``summary.json`` (``software``, resexp's own version included, ``machine``,
+``xla_flags``), so a row of a results table can be traced to its software and hardware. Virtual
+machines often report only a family name ("AMD EPYC"), so the CPU's vendor, family and model
+numbers are kept too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 __all__ = ["PACKAGES", "cpu_info", "provenance"]
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax")
+PACKAGES = ("resexp", "jax", "jaxlib", "flax", "optax")  # resexp: its package metadata, as `resexp --version`
 
 
 def _version(package: str) -> str | None:
@@ -54,7 +55,7 @@ def cpu_info() -> dict[str, Any]:
 
 
 def provenance() -> dict[str, Any]:
-    """``{"software": {jax, jaxlib, flax, optax, python}, "machine": cpu_info(), "xla_flags": ...}``:
+    """``{"software": {resexp, jax, jaxlib, flax, optax, python}, "machine": cpu_info(), "xla_flags": ...}``:
     the XLA flags too, since they change a run's last bits (GPU determinism, CPU kernel choices)."""
     software = {name: _version(name) for name in PACKAGES}
     software["python"] = platform.python_version()

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from resexp import __version__, diagnostics, optim, parallel, placement
+from resexp import diagnostics, optim, parallel, placement
 from resexp.checkpoint import Checkpoints
 from resexp.config import Config, config_hash, run_id
 from resexp.data import Data, augmented_batch, batch_indices, load_data
@@ -712,8 +712,7 @@ def _write_summary(
         "device": str(jax.devices()[0].device_kind),
         "placement": placement.record(),  # which GPU(s), shared with how many runs, under which memory rule
         "vmapped_seeds": engine.seeds,
-        "resexp_version": __version__,
-        **provenance(),  # software (jax, jaxlib, flax, optax), machine (CPU model), XLA flags
+        **provenance(),  # software (resexp, jax, jaxlib, flax, optax), machine (CPU model), XLA flags
         "config": r.cfg.model_dump(mode="json"),
         "sweep": {"name": r.cfg.name, "keys": r.sweep_keys} if r.sweep_keys is not None else None,
         "warmup": _warmup_summary(r, steps),

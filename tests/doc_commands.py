@@ -37,6 +37,8 @@ SKIPPED = [
     ("make slurm", "starts a SLURM cluster; tests/test_slurm.py does"),
     ("make lint", "checks the code, not the docs; .ci/run runs it before the tests"),
     ("make docs", "builds the site into the repo's site/; .ci/run runs it before the tests"),
+    ("make check-wheel", "builds and installs the package; .ci/run runs it after the tests"),
+    ("resexp sweep demo", "the demo by name: scripts/check_wheel.sh runs it from the installed wheel"),
     ("--launcher slurm", "needs a SLURM cluster; tests/test_slurm.py runs these against a real one"),
     ("srun ", "needs a SLURM cluster with GPUs; tests/test_distributed.py runs one run over two processes"),
     ("resexp analyze runs/demo", "five analyses of every demo run, minutes; tests/test_analysis.py runs `analyze`"),

@@ -139,7 +139,7 @@ def test_custom_scalars_page_in_chromium(tb):
 
 
 def test_summaries_record_software_and_machine(sweep_dir):
-    """Every run's summary.json names the JAX stack's versions, the CPU it ran on and its XLA flags
+    """Every run's summary.json names resexp's and the JAX stack's versions, the CPU it ran on and its XLA flags
     (the runs are subprocesses of this one: they inherit its XLA_FLAGS, which configure_jax set)."""
     import json
     from importlib import metadata
@@ -147,7 +147,7 @@ def test_summaries_record_software_and_machine(sweep_dir):
     for summary_path in sweep_dir.glob("*/summary.json"):
         summary = json.loads(summary_path.read_text())
         assert summary["software"] == {
-            **{p: metadata.version(p) for p in ("jax", "jaxlib", "flax", "optax")},
+            **{p: metadata.version(p) for p in ("resexp", "jax", "jaxlib", "flax", "optax")},
             "python": platform.python_version(),
         }
         machine = summary["machine"]
