@@ -116,50 +116,44 @@ def view_logdir(path: Path) -> Iterator[Path]:
 def _build_view(root: Path, sweeps: list[Path], view: Path) -> None:
     """One family run per family for all `sweeps` (pinned first, as in a sweep), their layouts and
     figures under per-sweep names, and links to every run directory under `root`."""
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+    from tensorboard.compat.proto import summary_pb2
 
     from resexp.report import REPORT_SUFFIX, VS_DEPTH_DIR
     from resexp.tblog import EventWriter, event_files
 
-    layout = layout_pb2.Layout()
-    families: dict[float, list] = {}  # pinned time (= position) -> [family run name, [(step, tag, value)]]
-    images: list[tuple[str, bytes]] = []
+    layout = []
+    runs: dict[tuple[float | None, str], list] = {}  # (pinned time or None, run) -> [(step, value), ...]
     for sweep in sweeps:
-        prefix = sweep.name + "/"
         for f in event_files(sweep, REPORT_SUFFIX):
-            for event in EventFileLoader(str(f)).Load():
+            for event in LegacyEventFileLoader(str(f)).Load():
                 for v in event.summary.value:
                     if v.tag == "custom_scalars__config__":
-                        layout.category.extend(_prefixed_layout(v.tensor.string_val[0], sweep.name))
+                        layout += _prefixed_layout(v.tensor.string_val[0], sweep.name)
         for f in event_files(sweep / VS_DEPTH_DIR, REPORT_SUFFIX, recursive=True):
-            run = f.parent.relative_to(sweep / VS_DEPTH_DIR).as_posix()
-            points = []
-            wall = None
-            for event in EventFileLoader(str(f)).Load():
-                wall = event.wall_time if wall is None else wall
+            run = f.parent.relative_to(sweep).as_posix()
+            events = [e for e in LegacyEventFileLoader(str(f)).Load() if e.HasField("summary")]
+            pinned = events[0].wall_time if run != VS_DEPTH_DIR and events else None  # the family runs
+            values = runs.setdefault((pinned, run), [])
+            for event in events:
                 for v in event.summary.value:
-                    if v.HasField("simple_value"):
-                        points.append((event.step, prefix + v.tag, v.simple_value))
-                    elif v.HasField("image"):
-                        images.append((prefix + v.tag, v.image.encoded_image_string))
-            if run != "." and wall is not None:
-                families.setdefault(wall, [run, []])[1].extend(points)
+                    copy = summary_pb2.Summary.Value()
+                    copy.CopyFrom(v)
+                    copy.tag = f"{sweep.name}/{v.tag}"
+                    values.append((event.step, copy))
         for run_dir in sorted(p for p in sweep.iterdir() if (p / "summary.json").is_file()):
             _link(run_dir, view / sweep.name / run_dir.name)
     for run_dir in sorted(p for p in root.iterdir() if (p / "summary.json").is_file()):  # runs outside sweeps
         _link(run_dir, view / run_dir.name)
-    for wall, (run, points) in families.items():
-        with EventWriter(view / VS_DEPTH_DIR / run, REPORT_SUFFIX, wall_time=wall) as w:
-            for step, tag, value in points:
-                w.scalars(step, {tag: value})
-    if images:
-        with EventWriter(view / VS_DEPTH_DIR, REPORT_SUFFIX) as w:
-            for tag, png in images:
-                w.image(tag, png)
-    if layout.category:
+    for (pinned, run), values in runs.items():
+        with EventWriter(view / run, REPORT_SUFFIX, wall_time=pinned) as w:
+            for step, value in values:
+                w.add_summary(summary_pb2.Summary(value=[value]), step)
+    if layout:
+        from tensorboard.plugins.custom_scalar import layout_pb2
+
         with EventWriter(view, REPORT_SUFFIX) as w:
-            w.custom_scalars_layout(layout)
+            w.custom_scalars_layout(layout_pb2.Layout(category=layout))
 
 
 def _prefixed_layout(content: bytes, sweep: str) -> list:

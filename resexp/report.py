@@ -543,23 +543,24 @@ def grid_title(report: Report) -> str:
     return f"grid {where}" + (f" ({axes})" if axes else "")
 
 
+TABLE_NOTE = "mean±std: sample std (ddof=1) over completed seeds; diverged runs are counted, not averaged"
+
+
+def table_heading(report: Report) -> str:
+    """The line above a grid's table: which grid, how many cells and runs."""
+    return f"{grid_title(report)}: {len(report.cells)} cells from {sum(c.n for c in report.cells)} runs"
+
+
 def render_table(report: Report) -> Table:
-    """The aggregate as a rich table: one row per cell, diverged cells in red."""
+    """The aggregate as a rich table: one row per cell, diverged cells in red (its heading and
+    footnote are lines of their own, `table_heading` and `TABLE_NOTE`: a table wraps its title)."""
     from rich import box
 
     shown = [k for k in report.cell_keys if k not in (DEPTH_KEY, SHORTCUT_KEY)]
     short = {**_short_names(report.cell_keys), WD_KEY: "wd"}
     labels = [group_label({k: v for k, v in c.key.items() if k == SHORTCUT_KEY}, c.runs, c.key.get(DEPTH_KEY))
               for c in report.cells]  # fmt: skip
-    table = Table(
-        title=f"{grid_title(report)}: {len(report.cells)} cells from {sum(c.n for c in report.cells)} runs",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-        caption="mean±std: sample std (ddof=1) over completed seeds; diverged runs are counted, not averaged",
-        caption_justify="left",
-    )
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("net", no_wrap=True, min_width=max(map(len, labels), default=3))
     for k in shown:
         table.add_column(short[k], justify="right", no_wrap=True)
@@ -949,7 +950,9 @@ def build_reports(
     for report in reports:
         if show is not None and report.report_dir.resolve() != Path(show).resolve():
             continue
+        console.print(table_heading(report), highlight=False)
         console.print(render_table(report))
+        console.print(TABLE_NOTE, highlight=False)
         if report.comparison is not None:
             report.comparison.print(console)
         for note in report.notes:
