@@ -289,10 +289,10 @@ def chart_problems(charts: list[dict[str, Any]], family_colors: dict[str, str]) 
     return problems
 
 
-def take_screenshots(logdir: Path, out_dir: Path, *, width: int = 1400, height: int = 1000,
+def screenshot_pages(url: str, out_dir: Path, *, width: int = 1400, height: int = 1000,
                      chromium: str | None = None) -> tuple[list[Path], list[str]]:  # fmt: skip
-    """PNG of each page in `PAGES` in `out_dir`, plus the Custom Scalars page's text and charts;
-    returns the files and `chart_problems` (family colours from resexp.colors)."""
+    """PNG of each page in `PAGES` of the TensorBoard at `url` in `out_dir`, plus the Custom Scalars
+    page's text and charts; returns the files and `chart_problems` (family colours: resexp.colors)."""
     from resexp.colors import PLAIN_COLOR, RESNET_COLOR
 
     binary = chromium or find_chromium()
@@ -302,9 +302,9 @@ def take_screenshots(logdir: Path, out_dir: Path, *, width: int = 1400, height: 
     written = []
     problems: list[str] = []
     families = {"plain": PLAIN_COLOR, "plain-MLP": PLAIN_COLOR, "ResNet": RESNET_COLOR, "ResMLP": RESNET_COLOR}
-    with TensorBoard(logdir) as tb, Chromium(binary, width, height) as browser:
+    with Chromium(binary, width, height) as browser:
         for name, (fragment, expect) in PAGES.items():
-            text = browser.open(f"{tb.url}/{fragment}", expect=expect)
+            text = browser.open(f"{url}/{fragment}", expect=expect)
             if name == "custom_scalars":
                 charts = drawn_charts(browser)
                 problems = chart_problems(charts, families)
@@ -314,6 +314,12 @@ def take_screenshots(logdir: Path, out_dir: Path, *, width: int = 1400, height: 
             browser.screenshot(path)
             written.append(path)
     return written, problems
+
+
+def take_screenshots(logdir: Path, out_dir: Path, **options: Any) -> tuple[list[Path], list[str]]:
+    """`screenshot_pages` of `resexp tensorboard logdir`."""
+    with TensorBoard(logdir) as tb:
+        return screenshot_pages(tb.url, out_dir, **options)
 
 
 def main(argv: list[str] | None = None) -> int:

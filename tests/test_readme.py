@@ -11,11 +11,13 @@ with its reason: a README example can no longer crash unnoticed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,7 @@ SHRINK = (
 # (substring of the command, why it is not run here). Anything else in a code block runs.
 SKIPPED = [
     ("make test", "this test is part of `make test`"),
-    ("make tensorboard", "a server that runs until stopped; tests/test_report.py serves the same logdir"),
+    ("make tensorboard", "a server that runs until stopped: started last, checked in Chromium, then stopped"),
     ("make bench", "benchmarks measure, they do not test; tests/test_perf.py runs the script briefly"),
     ("make slurm", "starts a SLURM cluster; tests/test_slurm.py does"),
     ("--launcher slurm", "needs a SLURM cluster; tests/test_slurm.py runs these against a real one"),
@@ -92,6 +94,7 @@ def test_readme_has_the_commands_this_test_expects():
     assert commands[:2] == ["make demo", "make test"]  # the two commands, first
     assert any(c.startswith("resexp sweep configs/demo.yaml --grid optim.weight_decay") for c in commands)
     assert any(code == 1 for _, _, code in readme_commands())  # a stated non-zero exit is checked too
+    assert "make tensorboard" in commands  # Usage ends by opening the dashboard: checked in Chromium below
     run = [c for c in commands if not skip_reason(c)]
     assert len(run) >= 8, run
 
@@ -135,3 +138,40 @@ def test_readme_commands_run_in_order(workdir):
     )
     assert again.returncode == 0 and "Traceback" not in again.stdout + again.stderr, again.stderr[-3000:]
     assert "already done" in again.stderr
+    answer_in_the_browser(workdir, env)
+
+
+def answer_in_the_browser(workdir: Path, env: dict) -> None:
+    """Then `make tensorboard`, as the README's Usage ends: the bare address it serves, in a fresh
+    Chromium, shows every sweep's loss vs depth, every chart drawn, none clipped, plain blue and
+    ResNet orange."""
+    import signal
+    import urllib.request
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import dashboard_screenshots as dash
+
+    if dash.find_chromium() is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium); .ci/run installs it when it can")
+    port = dash.free_port()
+    argv = ["make", "-C", str(ROOT), "tensorboard", f"OUT={workdir / 'runs'}", f"PORT={port}"]
+    server = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(url + "/data/plugin/custom_scalars/layout", timeout=2) as resp:
+                    if json.loads(resp.read()).get("category"):
+                        break
+            except OSError:
+                time.sleep(0.5)
+        assert server.poll() is None, server.communicate()[0]
+        _, problems = dash.screenshot_pages(url, workdir / "dashboard")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # make and the resexp it started
+        server.wait(timeout=30)
+    assert not problems, problems
+    text = (workdir / "dashboard" / "custom_scalars.txt").read_text()
+    assert "demo: Loss vs depth" in text and "demo_seeds: Loss vs depth" in text, text[:2000]
