@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= runs
+PORT   ?= 6006
 
 LOCK   ?= requirements/ci.lock
 LINTED := resexp scripts tests
@@ -57,9 +58,8 @@ bench-torch: $(STAMP)  ## the same, side by side with PyTorch eager (torch goes 
 	@.venv-bench/bin/python -c 'import torch' 2>/dev/null || { $(PYTHON) -m venv .venv-bench && .venv-bench/bin/python -m pip install -q torch numpy; }
 	$(BIN)/python scripts/bench.py --depths 20,56,110 --steps 5 --repeats 3 --compare-torch --json
 
-tensorboard: $(STAMP)  ## dashboards for everything under runs/
-	@echo 'Open http://127.0.0.1:6006/#custom_scalars&_smoothingWeight=0 (the answer first, smoothing off)'
-	$(BIN)/tensorboard --logdir $(OUT) --host 127.0.0.1
+tensorboard: $(STAMP)  ## TensorBoard on every sweep under runs/, opened at the answer (OUT=runs/<name>: one sweep; PORT=6006)
+	$(BIN)/resexp tensorboard $(OUT) --port $(PORT)
 
 slurm-up:  ## a real single-node SLURM on this machine (root, Debian/Ubuntu; installs its packages): tests/test_slurm.py
 	bash scripts/slurm_local.sh up

@@ -18,22 +18,78 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from resexp.errors import ConfigError, UserError
 
-app = typer.Typer(
+
+def _console(*, stderr: bool = False) -> Console:
+    """A terminal gets rich's wrapping at its width; a file, a pipe or a CI log gets every line whole
+    (rich would otherwise wrap at 80 columns, splitting messages and table cells)."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=100_000, soft_wrap=True)
+
+
+out_console = _console()
+err_console = _console(stderr=True)
+
+
+def _flags_without_type(params: list) -> list:
+    """Flags (`--help`, `--dry-run`) take no value: show no `<bool>` type beside them in --help."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    """The command line's entry point: Typer's own usage errors (`--jobs 0`, an unknown option) are
+    one line on stderr and exit 2, like every other bad input, instead of a framed panel."""
+
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:  # click's usage errors
+            if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+                ctx = getattr(exc, "ctx", None)
+                hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+                err_console.print(f"error: {exc.format_message()}{hint}", highlight=False, markup=False)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            err_console.print("aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+class _Typer(typer.Typer):
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Measure why residual networks can be made deep: train, sweep depth, look.",
 )
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: download and inspect.")
+data_app = _Typer(cls=_Group, no_args_is_help=True, help="Datasets: download and inspect.")
 app.add_typer(data_app, name="data")
 configs_app = typer.Typer()  # its help: configs_list's docstring
 app.add_typer(configs_app, name="configs")
-
-out_console = Console()
-err_console = Console(stderr=True)
 
 ConfigArg = Annotated[
     Path,
@@ -242,8 +298,9 @@ def sweep(
         int | None,
         typer.Option(
             help="Runs trained at once on this machine, a process each, spread over its GPUs "
-            "(several on one GPU share its memory: RESEXP_GPU_SHARING); default 1.",
+            r"(several on one GPU share its memory: RESEXP_GPU_SHARING). \[default: 1]",
             min=1,
+            show_default=False,
         ),
     ] = None,
     shard: Annotated[
@@ -449,10 +506,16 @@ def sweep(
     out_console.print(
         f"\nResults: {report.report_dir / 'results.csv'}"
         + (f", figure: {figure}" if figure else "")
-        + f"\nTensorBoard: tensorboard --logdir {sweep_dir}",
+        + f"\n{_tensorboard_hint(sweep_dir)}",
         highlight=False,
     )
     raise typer.Exit(130 if interrupted else 1 if failed else 0)
+
+
+def _tensorboard_hint(path: Path) -> str:
+    from resexp.dashboard import tensorboard_hint
+
+    return tensorboard_hint(path)
 
 
 def _record_grid(sweep_dir: Path, *args):
@@ -503,6 +566,25 @@ def status(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (ru
     print_status(sweep_dir, out_console)
 
 
+@app.command("tensorboard")
+@user_errors
+def tensorboard_(
+    path: Annotated[
+        Path,
+        typer.Argument(metavar="PATH", help="A sweep directory (runs/<name>) or a directory of sweeps (runs)."),
+    ] = Path("runs"),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 6006,
+) -> None:
+    """TensorBoard opened at the answer: loss vs depth, smoothing 0, every depth in view, one colour per family.
+
+    Example: resexp tensorboard runs/demo
+    """
+    from resexp.dashboard import serve
+
+    serve(path, host=host, port=port, console=out_console)
+
+
 @app.command()
 @user_errors
 def report(
@@ -517,7 +599,7 @@ def report(
     from resexp.report import build_reports
 
     build_reports(sweep_dir, console=out_console)
-    out_console.print(f"TensorBoard: tensorboard --logdir {sweep_dir}", highlight=False)
+    out_console.print(_tensorboard_hint(sweep_dir), highlight=False)
 
 
 @app.command()

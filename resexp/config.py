@@ -296,6 +296,20 @@ def _suggest(key: str) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def _suggest_value(value: Any, expected: str) -> str:
+    """The allowed value a slip was meant to be (``fashion-mnist`` -> ``fashion_mnist``, ``SGD`` ->
+    ``sgd``), from pydantic's list of a Literal field's values (``'a', 'b' or 'c'``)."""
+    choices = re.findall(r"'([^']*)'", expected)
+    if not isinstance(value, str) or not choices:
+        return ""
+    plain = {re.sub(r"[^a-z0-9]", "", c.lower()): c for c in choices}
+    close = plain.get(re.sub(r"[^a-z0-9]", "", value.lower()))
+    if close is None:
+        matches = difflib.get_close_matches(value.lower(), choices, n=1, cutoff=0.6)
+        close = matches[0] if matches else None
+    return f" (did you mean {close}?)" if close else ""
+
+
 def check_key(source: str, key: str) -> None:
     if key not in valid_keys():
         raise ConfigError(source, key, f"unknown key{_suggest(key)}")
@@ -348,7 +362,8 @@ def _validate(raw: dict, source: str, origins: dict[str, str]) -> Config:
         if err["type"] == "extra_forbidden":
             msg = f"unknown key{_suggest(key or '')}"
         elif err["type"] == "literal_error":
-            msg = f"{err.get('input')!r} is not one of: {err['ctx']['expected']}"
+            expected = err["ctx"]["expected"]
+            msg = f"{err.get('input')!r} is not one of: {expected}{_suggest_value(err.get('input'), expected)}"
         elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
             msg = f"{msg} (got {err['input']!r})"
         # Name the --set that supplied the bad value, if one did.

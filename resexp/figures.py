@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from resexp.colors import family_color, family_shades
 from resexp.report import (
     DEPTH_KEY,
     SHORTCUT_KEY,
@@ -25,7 +26,6 @@ from resexp.report import (
     _fmt_value,
     _group_runs,
     _groups,
-    _is_plain,
     _net_name,
     _num,
     _qualifiers,
@@ -34,40 +34,50 @@ from resexp.report import (
     mean_std,
 )
 
-_PLAIN_COLORS = ["#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#bcbd22"]
-_RES_COLORS = ["#1f77b4", "#2ca02c", "#17becf", "#9467bd", "#7f7f7f"]
+# Other swept keys (weight decay, projection, ...) get a line style and a marker each; colour is the family's.
+_LINESTYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+_UNKNOWN_FAMILY = "0.35"  # a group mixing plain and residual nets (shortcut not swept, runs disagree)
 
 
-_TAB10 = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
-
-
-def _linestyle(runs: Sequence[RunRecord], group: Mapping[str, Any]) -> str:
+def _family(runs: Sequence[RunRecord], group: Mapping[str, Any]) -> bool | None:
+    """True: residual, False: plain, None: a mix."""
     name = _net_name(runs, group)
-    return "--" if name.startswith("plain") else ":" if name == "net" else "-"
+    return None if name == "net" else not name.startswith("plain")
+
+
+def _hue(family: bool | None) -> str:
+    return _UNKNOWN_FAMILY if family is None else family_color(family)
 
 
 def _group_styles(groups: Mapping[tuple, list[Cell]], group_keys: Sequence[str]) -> dict[tuple, dict[str, Any]]:
-    """Line style by net (plain dashed, ResNet solid, as in He et al.); colour by
-    the other swept keys (e.g. one colour per weight decay), or red plain vs blue
-    ResNet when nothing else is swept."""
+    """Colour by family (`resexp.colors`: plain blue, ResNet orange); the other swept keys (one
+    combination per group, e.g. a weight decay) by line style and marker. With nothing else
+    swept, plain is dashed and ResNet solid, as in He et al."""
     others = [k for k in group_keys if k != SHORTCUT_KEY]
-    other_values = sorted(
+    combos = sorted(
         {tuple(dict(zip(group_keys, g, strict=True))[k] for k in others) for g in groups},
         key=lambda t: tuple(_sort_key(v) for v in t),
     )
     styles: dict[tuple, dict[str, Any]] = {}
-    n_plain = n_res = 0
     for gkey, cells in groups.items():
         group = dict(zip(group_keys, gkey, strict=True))
-        ls = _linestyle(_group_runs(cells), group)
+        family = _family(_group_runs(cells), group)
         if others:
-            color = _TAB10[other_values.index(tuple(group[k] for k in others)) % len(_TAB10)]
-        elif ls == "--":
-            color, n_plain = _PLAIN_COLORS[n_plain % len(_PLAIN_COLORS)], n_plain + 1
+            i = combos.index(tuple(group[k] for k in others))
+            linestyle, marker = _LINESTYLES[i % len(_LINESTYLES)], _MARKERS[i % len(_MARKERS)]
         else:
-            color, n_res = _RES_COLORS[n_res % len(_RES_COLORS)], n_res + 1
-        styles[gkey] = {"color": color, "linestyle": ls}
+            linestyle, marker = ("--" if family is False else "-"), "o"
+        styles[gkey] = {"color": _hue(family), "linestyle": linestyle, "marker": marker}
     return styles
+
+
+def _legend_below(ax, handles=None, labels=None, **kwargs):
+    """A legend under the axes, outside them, so it never covers a line."""
+    handles, labels = (handles, labels) if handles is not None else ax.get_legend_handles_labels()
+    ncols = min(len(handles), 3) or 1
+    return ax.legend(handles, labels, frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.13),
+                     ncols=ncols, **kwargs)  # fmt: skip
 
 
 def _slice(cells: Sequence[Cell], report: Report) -> tuple[list[Cell], str]:
@@ -138,14 +148,14 @@ def _mean_curve(runs: Sequence[RunRecord], key: str = "train_loss") -> tuple[lis
     return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
 
 
-def _depth_colors(depths: Sequence[Any]) -> dict[Any, Any]:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["viridis"]
-    uniq = sorted(set(depths), key=_sort_key)
-    if len(uniq) == 1:
-        return {uniq[0]: cmap(0.35)}
-    return {d: cmap(0.85 * i / (len(uniq) - 1)) for i, d in enumerate(uniq)}
+def _depth_shades(lines: Sequence[tuple[bool | None, Any]]) -> dict[tuple[bool | None, Any], Any]:
+    """(family, depth) -> colour: the family's hue, lighter for shallower nets."""
+    out: dict[tuple[bool | None, Any], Any] = {}
+    for family in {f for f, _ in lines}:
+        depths = sorted({d for f, d in lines if f == family}, key=_sort_key)
+        shades = family_shades(family, len(depths)) if family is not None else [_UNKNOWN_FAMILY] * len(depths)
+        out.update({(family, d): shade for d, shade in zip(depths, shades, strict=True)})
+    return out
 
 
 def _several_seeds(report: Report) -> bool:
@@ -154,8 +164,15 @@ def _several_seeds(report: Report) -> bool:
 
 
 def plot_loss_vs_depth(report: Report, title: str) -> bytes:
-    """Panel 1: final training loss vs depth per group (mean ± std over seeds,
-    diverged cells as x at the top). Panel 2: training-loss curves per depth."""
+    """`draw_loss_vs_depth` as PNG bytes."""
+    return _png(draw_loss_vs_depth(report, title))
+
+
+def draw_loss_vs_depth(report: Report, title: str):
+    """Panel 1: final training loss vs depth per group (mean ± std over seeds, diverged cells
+    as x at the top): colour = family, line style and marker = the other swept keys. Panel 2:
+    training-loss curves per depth: colour = family, lighter for shallower. Legends sit under
+    the panels. Returns the matplotlib Figure."""
     from matplotlib.lines import Line2D
     from matplotlib.transforms import blended_transform_factory
 
@@ -182,7 +199,7 @@ def plot_loss_vs_depth(report: Report, title: str) -> bytes:
         lo = [max(means[i] - stds[i], means[i] * 0.05) if means[i] > 0 else means[i] - stds[i] for i in ok]
         hi = [means[i] + stds[i] for i in ok]
         all_values += m_ok + lo + hi
-        ax.plot(x_ok, m_ok, marker="o", ms=5, lw=2, label=label, **st)
+        ax.plot(x_ok, m_ok, ms=5, lw=2, label=label, **st)
         if len(x_ok) > 1:
             ax.fill_between(x_ok, lo, hi, color=st["color"], alpha=0.18, lw=0)
         else:
@@ -204,7 +221,7 @@ def plot_loss_vs_depth(report: Report, title: str) -> bytes:
     ax.set_xticklabels([_fmt_num(d) for d in depths])
     if depths:
         pad = (depths[-1] - depths[0]) * 0.06 or 1.0
-        ax.set_xlim(depths[0] - pad, depths[-1] + pad * 1.8)
+        ax.set_xlim(depths[0] - pad, depths[-1] + pad)
     ax.set_xlabel("depth (weighted layers)")
     ax.set_ylabel("final training loss")
     spread = "mean ± std over seeds" if _several_seeds(report) else "one run per point"
@@ -213,10 +230,10 @@ def plot_loss_vs_depth(report: Report, title: str) -> bytes:
     if any_diverged:
         handles.append(Line2D([], [], ls="", marker="x", mew=2.5, ms=8, color="0.3"))
         labels.append("diverged (k/n seeds)")
-    ax.legend(handles, labels, frameon=False, loc="upper left", bbox_to_anchor=(0.0, 0.92), fontsize=9)
+    _legend_below(ax, handles, labels)
 
     # Panel 2: He et al. Fig. 6 view.
-    colors = _depth_colors([c.key[DEPTH_KEY] for c in report.cells])
+    colors = _depth_shades([(_family(c.runs, c.key), c.key[DEPTH_KEY]) for c in report.cells])
     curve_values: list[float] = []
     lines = []
     shown_cells, slice_desc = _slice(report.cells, report)
@@ -234,7 +251,8 @@ def plot_loss_vs_depth(report: Report, title: str) -> bytes:
             label = group_label(net, c.runs, depth=c.key[DEPTH_KEY])
             if c.all_diverged:
                 label += " (diverged)"
-            lines.append((label, steps, loss, colors[c.key[DEPTH_KEY]], styles[gkey]["linestyle"]))
+            color = colors[(_family(c.runs, c.key), c.key[DEPTH_KEY])]
+            lines.append((label, steps, loss, color, "--" if _family(c.runs, c.key) is False else "-"))
     for label, steps, loss, color, ls in lines:
         ax2.plot(steps, loss, color=color, ls=ls, lw=1.6, label=label)
     _maybe_log(ax2, curve_values)
@@ -245,20 +263,21 @@ def plot_loss_vs_depth(report: Report, title: str) -> bytes:
         f"Training loss during training{where}" + (", mean over seeds" if _several_seeds(report) else ""), fontsize=11
     )
     if lines:
-        if len(lines) <= 14:
-            ax2.legend(frameon=False, fontsize=8, ncols=2 if len(lines) > 6 else 1)
-        else:  # too many to list: one legend for colour (depth), one for line style (group)
-            depth_handles = [Line2D([], [], color=col, lw=2) for col in colors.values()]
-            leg = ax2.legend(depth_handles, [f"depth {_fmt_value(d)}" for d in colors], frameon=False,
-                             fontsize=8, loc="upper right")  # fmt: skip
-            ax2.add_artist(leg)
-            style_handles = [Line2D([], [], color="0.3", ls=styles[g]["linestyle"]) for g in groups]
-            style_labels = [group_label(dict(zip(gkeys, g, strict=True)), _group_runs(cs)) for g, cs in groups.items()]
-            ax2.legend(style_handles, style_labels, frameon=False, fontsize=8, loc="lower left")
+        if len(lines) <= 15:
+            _legend_below(ax2)
+        else:  # too many to list: the shades stand for depth, light to dark
+            depth_list = sorted({d for _, d in colors}, key=_sort_key)
+            handles = [Line2D([], [], color=_hue(f), ls="--" if f is False else "-", lw=2) for f in sorted(
+                {f for f, _ in colors}, key=lambda f: (f is None, f))]  # fmt: skip
+            labels = [group_label({SHORTCUT_KEY: f} if f is not None else {}, report.runs) for f in sorted(
+                {f for f, _ in colors}, key=lambda f: (f is None, f))]  # fmt: skip
+            labels = [f"{lab}, depth {_fmt_value(depth_list[0])} (light) to {_fmt_value(depth_list[-1])} (dark)"
+                      for lab in labels]  # fmt: skip
+            _legend_below(ax2, handles, labels)
     else:
         ax2.text(0.5, 0.5, "no training history in the summaries", ha="center", va="center", transform=ax2.transAxes)
     fig.suptitle(title, fontsize=13, fontweight="bold")
-    return _png(fig)
+    return fig
 
 
 def _diag(run: RunRecord) -> dict[str, Any]:
@@ -282,7 +301,8 @@ def _mean_vector(runs: Sequence[RunRecord], name: str) -> list[float]:
 
 def plot_response_std(report: Report, title: str) -> bytes | None:
     """He et al. Fig. 7: std of 3x3-layer responses (after BN, before add/ReLU)
-    by layer index (top) and sorted in descending order (bottom)."""
+    by layer index (top) and sorted in descending order (bottom); colour = family,
+    lighter for shallower nets, plain dashed."""
     lines = []
     cells, slice_desc = _slice(report.cells, report)
     for c in cells:
@@ -292,22 +312,22 @@ def plot_response_std(report: Report, title: str) -> bytes | None:
             continue
         group = {k: v for k, v in c.key.items() if k == SHORTCUT_KEY}
         depth = c.key.get(DEPTH_KEY, runs[0].config(DEPTH_KEY))
-        lines.append((group_label(group, runs, depth=depth), depth, _is_plain(runs, group), vec))
+        lines.append((group_label(group, runs, depth=depth), depth, _family(runs, group), vec))
     if not lines:
         return None
-    lines.sort(key=lambda line: (not line[2], _sort_key(line[1])))  # plain first, then by depth
-    colors = _depth_colors([d for _, d, _, _ in lines])
+    lines.sort(key=lambda line: (line[2] is not False, _sort_key(line[1])))  # plain first, then by depth
+    colors = _depth_shades([(family, d) for _, d, family, _ in lines])
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9.0, 7.5), dpi=110, layout="constrained")
+    fig = Figure(figsize=(9.0, 8.0), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     ax1, ax2 = fig.subplots(2, 1)
-    for label, depth, plain, vec in lines:
-        ls = "--" if plain else "-"
+    for label, depth, family, vec in lines:
+        ls = "--" if family is False else "-"
         xs = list(range(1, len(vec) + 1))
-        ax1.plot(xs, vec, ls=ls, color=colors[depth], lw=1.5, label=label)
-        ax2.plot(xs, sorted(_finite(vec), reverse=True), ls=ls, color=colors[depth], lw=1.5, label=label)
+        ax1.plot(xs, vec, ls=ls, color=colors[(family, depth)], lw=1.5, label=label)
+        ax2.plot(xs, sorted(_finite(vec), reverse=True), ls=ls, color=colors[(family, depth)], lw=1.5, label=label)
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
@@ -317,7 +337,7 @@ def plot_response_std(report: Report, title: str) -> bytes | None:
     where = f" [{slice_desc}]" if slice_desc else ""
     ax1.set_title(f"Std of 3×3 layer responses (after BN, before add/ReLU){where}; plain dashed, ResNet solid",
                   fontsize=10)  # fmt: skip
-    ax1.legend(frameon=False, fontsize=8, ncols=2 if len(lines) > 6 else 1)
+    ax1.legend(frameon=False, fontsize=8, ncols=min(len(lines), 4), loc="lower left", bbox_to_anchor=(0.0, 1.08))
     fig.suptitle(title, fontsize=13, fontweight="bold")
     return _png(fig)
 
@@ -329,6 +349,7 @@ def plot_residual_ratio_vs_wd(report: Report, title: str) -> bytes | None:
     other = [k for k in report.cell_keys if k != WD_KEY]
     series: dict[tuple, list[tuple[float, float, float]]] = {}
     labels: dict[tuple, str] = {}
+    families: dict[tuple, bool | None] = {}
     for c in report.cells:
         runs = c.completed or c.runs
         per_run = []
@@ -343,18 +364,23 @@ def plot_residual_ratio_vs_wd(report: Report, title: str) -> bytes | None:
         group = dict(zip(other, okey, strict=True))
         depth = group.pop(DEPTH_KEY, None)
         labels[okey] = group_label(group, runs, depth=depth)
+        families[okey] = _family(runs, group)
         series.setdefault(okey, []).append((float(c.key[WD_KEY]), mean, std))
     if not series:
         return None
-    fig, (ax,) = _new_figure(7.5, 5.0)
+    fig, (ax,) = _new_figure(7.5, 5.6)
     depth_pos = other.index(DEPTH_KEY) if DEPTH_KEY in other else None
-    colors = _depth_colors([k[depth_pos] for k in series]) if depth_pos is not None else {}
+    colors = _depth_shades([(families[k], k[depth_pos] if depth_pos is not None else None) for k in series])
+    rest = [i for i, k in enumerate(other) if k not in (DEPTH_KEY, SHORTCUT_KEY)]  # by line style and marker
+    combos = sorted({tuple(k[i] for i in rest) for k in series}, key=lambda t: tuple(_sort_key(v) for v in t))
     wds = sorted({p[0] for pts in series.values() for p in pts})
-    for i, (okey, pts) in enumerate(sorted(series.items(), key=lambda kv: tuple(_sort_key(v) for v in kv[0]))):
+    for okey, pts in sorted(series.items(), key=lambda kv: tuple(_sort_key(v) for v in kv[0])):
         pts.sort()
         xs, ms, ss = zip(*pts, strict=True)
-        color = colors.get(okey[depth_pos]) if depth_pos is not None else f"C{i}"
-        ax.errorbar(xs, ms, yerr=ss, marker="o", ms=5, lw=1.8, capsize=3, color=color, label=labels[okey])
+        color = colors[(families[okey], okey[depth_pos] if depth_pos is not None else None)]
+        j = combos.index(tuple(okey[i] for i in rest))
+        ax.errorbar(xs, ms, yerr=ss, marker=_MARKERS[j % len(_MARKERS)], ls=_LINESTYLES[j % len(_LINESTYLES)],
+                    ms=5, lw=1.8, capsize=3, color=color, label=labels[okey])  # fmt: skip
     positive = [w for w in wds if w > 0]
     ax.set_xscale("symlog", linthresh=min(positive) if positive else 1e-5)
     ax.set_xticks(wds)
@@ -365,7 +391,7 @@ def plot_residual_ratio_vs_wd(report: Report, title: str) -> bytes | None:
         "Residual ratio vs weight decay (mean over blocks" + ("; ± std over seeds)" if _several_seeds(report) else ")"),
         fontsize=10,
     )
-    ax.legend(frameon=False, fontsize=9)
+    _legend_below(ax)
     fig.suptitle(title, fontsize=13, fontweight="bold")
     return _png(fig)
 
@@ -377,7 +403,7 @@ def plot_test_error_vs_paper(report: Report, comparison, title: str) -> bytes:
     groups = _groups(report.cells, gkeys)
     styles = _group_styles(groups, gkeys)
     extra = {id(c): e for c, e in zip(report.cells, comparison.per_cell, strict=True)}
-    fig, (ax,) = _new_figure(7.5, 5.0)
+    fig, (ax,) = _new_figure(7.5, 5.6)
     depths: set[float] = set()
     for gkey, cells in groups.items():
         pts = [
@@ -390,7 +416,7 @@ def plot_test_error_vs_paper(report: Report, comparison, title: str) -> bytes:
         xs, ms, ss = zip(*pts, strict=True)
         depths.update(xs)
         label = group_label(dict(zip(gkeys, gkey, strict=True)), _group_runs(cells)) + " (yours)"
-        ax.errorbar(xs, ms, yerr=ss, marker="o", ms=5, lw=1.8, capsize=3, label=label, **styles[gkey])
+        ax.errorbar(xs, ms, yerr=ss, ms=5, lw=1.8, capsize=3, label=label, **styles[gkey])
     rows = [r for r in comparison.reference.rows if r.depth in depths]
     if rows:
         ax.plot(
@@ -423,6 +449,6 @@ def plot_test_error_vs_paper(report: Report, comparison, title: str) -> bytes:
     ax.set_xlabel("depth (weighted layers)")
     ax.set_ylabel("test error (%)")
     ax.set_title("Test error vs depth: yours (mean ± std over seeds) and the paper's", fontsize=10)
-    ax.legend(frameon=False, fontsize=9)
+    _legend_below(ax)
     fig.suptitle(title, fontsize=13, fontweight="bold")
     return _png(fig)

@@ -866,13 +866,19 @@ def _report(sweep_dir: Path, console, err_console, grid_dir: Path | None = None)
         return
     figure = report.paths.get("loss_vs_depth.png", report.report_dir / "loss_vs_depth.png")
     console.print(f"\nResults: {report.report_dir / 'results.csv'}, figure: {figure}", highlight=False, soft_wrap=True)
+    from resexp.dashboard import tensorboard_hint
+
+    console.print(tensorboard_hint(sweep_dir), highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- resexp status
 
 
 def sweep_status(sweep_dir: Path) -> list[dict]:
-    """One row per run: the run directory's status and step, plus its job's id, state and restarts."""
+    """One row per run: the run directory's status and step, its net (depth, shortcut, seed),
+    plus its job's id, state and restarts. A summary.json that cannot be read is `unreadable`."""
+    if not sweep_dir.exists():
+        raise UserError(f"{sweep_dir}: does not exist")
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir}: not a sweep directory")
     record = _load_record(sweep_dir)
@@ -891,7 +897,7 @@ def sweep_status(sweep_dir: Path) -> list[dict]:
     finished = _sacct([j for j in slurm_ids if j not in queued]) if slurm_ids else {}
     rows = []
     for r in run_ids:
-        s = read_summary(sweep_dir / r) or {}
+        s, unreadable = _summary_or_problem(sweep_dir / r)
         e = record.get(r, {})
         job = s.get("slurm_job_id") or e.get("job_id")
         state = None
@@ -901,12 +907,19 @@ def sweep_status(sweep_dir: Path) -> list[dict]:
         elif e.get("launcher") == "local" and e.get("pid"):
             state = "RUNNING" if _alive(e["pid"]) else "ENDED"
         status = s.get("status") or ("queued" if state in ("PENDING", "RUNNING") else "not started")
+        net = s.get("config") or _config_of(sweep_dir / r)
         rows.append(
             {
                 "run_id": r,
-                "status": status,
+                "status": "unreadable" if unreadable else status,
+                "problem": unreadable,
                 "steps": s.get("steps"),
                 "total_steps": s.get("total_steps"),
+                "final_train_loss": s.get("final_train_loss"),
+                "wall_seconds": s.get("wall_seconds"),
+                "depth": (net.get("model") or {}).get("depth"),
+                "shortcut": (net.get("model") or {}).get("shortcut"),
+                "seed": (net.get("train") or {}).get("seed"),
                 "job_id": job,
                 "job_state": state,
                 "restarts": s.get("restarts"),
@@ -915,20 +928,83 @@ def sweep_status(sweep_dir: Path) -> list[dict]:
     return rows
 
 
+def _summary_or_problem(run_dir: Path) -> tuple[dict, str | None]:
+    """(summary, None); ({}, None) when there is none yet; ({}, why) when it cannot be read."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return {}, None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {}, f"{type(exc).__name__}: {exc}"
+    return (summary, None) if isinstance(summary, dict) else ({}, "not a JSON object")
+
+
+def _config_of(run_dir: Path) -> dict:
+    """A run's resolved config from its config.yaml (a run without a readable summary yet)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _status_order(row: dict) -> tuple:
+    """By depth (as a number: 8 before 20), then plain before ResNet, then seed, then run id."""
+    depth, seed = row["depth"], row["seed"]
+    return (
+        (0, depth) if isinstance(depth, (int, float)) else (1, 0),
+        row["shortcut"] is not False,
+        (0, seed) if isinstance(seed, (int, float)) else (1, 0),
+        row["run_id"],
+    )
+
+
 def print_status(sweep_dir: Path, console) -> None:
-    rows = sweep_status(sweep_dir)
+    """A table of the sweep's runs sorted by depth, with a header and the counts per status; job
+    columns only for runs a launcher submitted (SLURM or local jobs)."""
+    from collections import Counter
+
+    from rich import box
+    from rich.table import Table
+
+    rows = sorted(sweep_status(sweep_dir), key=_status_order)
     if not rows:
         raise UserError(f"{sweep_dir}: no runs and no submitted cells")
-    width = max(len(r["run_id"]) for r in rows)
+    jobs = any(r["job_id"] or r["job_state"] for r in rows)
+    counts = Counter(r["status"] for r in rows)
+    table = Table(
+        title=f"{sweep_dir}: {len(rows)} runs, "
+        + ", ".join(f"{n} {status}" for status, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("run", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("step", justify="right", no_wrap=True)
+    table.add_column("train loss", justify="right", no_wrap=True)
+    table.add_column("wall s", justify="right", no_wrap=True)
+    if jobs:
+        table.add_column("job", no_wrap=True)
+        table.add_column("restarts", justify="right", no_wrap=True)
     for r in rows:
         done, total = (r[k] if r[k] is not None else "-" for k in ("steps", "total_steps"))
-        step = f"{done}/{total}"
-        job = r["job_id"] or "-"
-        if r["job_state"]:
-            job += f" ({r['job_state']})"
-        console.print(
-            f"{r['run_id']:<{width}}  {r['status']:<11}  step {step:<11}  job {job:<22}  "
-            f"restarts {r['restarts'] if r['restarts'] is not None else '-'}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        loss, wall = r["final_train_loss"], r["wall_seconds"]
+        cells = [
+            r["run_id"],
+            r["status"],
+            f"{done}/{total}" if r["steps"] is not None else "-",
+            f"{loss:.4g}" if isinstance(loss, (int, float)) and math.isfinite(loss) else "-",
+            f"{wall:.1f}" if isinstance(wall, (int, float)) else "-",
+        ]
+        if jobs:
+            job = str(r["job_id"] or "-") + (f" ({r['job_state']})" if r["job_state"] else "")
+            cells += [job, str(r["restarts"]) if r["restarts"] is not None else "-"]
+        table.add_row(*cells, style="red" if r["status"] in ("failed", "unreadable", "diverged") else None)
+    console.print(table)
+    for r in rows:
+        if r["problem"] is not None:
+            console.print(f"note: {r['run_id']}: unreadable summary.json ({r['problem']})", highlight=False)

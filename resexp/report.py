@@ -12,9 +12,12 @@ Every grid's report is written beside its manifest and shows exactly that grid's
   completed runs, the number of runs and of diverged runs;
 * figures (``resexp.figures``): ``loss_vs_depth.png``, ``response_std.png`` and
   ``residual_ratio_vs_wd.png`` when the grid allows;
-* TensorBoard: ``vs_depth/<group>/`` scalar series with step = depth and the figures as
-  images, beside the manifest; and, for the whole directory, the HParams dashboard
-  (experiment at ``SWEEP/``, one session per run in ``SWEEP/<run-id>/``).
+* TensorBoard, for the whole directory (every grid's runs pooled by config): the answer in
+  ``SWEEP/vs_depth/<family>/``, one run per family (plain, ResNet) whose series step over
+  depth and name the other swept keys in their tags, and every grid's figures as images in
+  ``SWEEP/vs_depth/``; the Custom Scalars layout and the HParams experiment at ``SWEEP/``,
+  one HParams session per run in ``SWEEP/<run-id>/``. One run per family, written first,
+  is what keeps a family's colour in TensorBoard (`resexp.colors`).
 
 A run's swept values are always read from its own resolved config (``summary.json`` →
 ``config``), never from what happened to be swept when it was launched, so runs reused by
@@ -39,12 +42,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from resexp.colors import family_position
 from resexp.errors import UserError
 from resexp.tblog import (
-    COUNTS_PREFIX,
     EventWriter,
+    answer_wall_time,
     by_depth_tag,
     by_layer_tag,
+    counts_tag,
     event_files,
     hparam_domains,
     metric_tag,
@@ -198,6 +203,7 @@ class Report:
     runs: list[RunRecord] = field(repr=False)
     notes: list[str] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)  # name -> file written
+    figures: dict[str, bytes] = field(default_factory=dict, repr=False)  # file name -> PNG drawn
     event_files: list[Path] = field(default_factory=list)  # TensorBoard files written
     comparison: Any = None  # resexp.references.Comparison when the config names a paper to compare with
 
@@ -385,8 +391,9 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[
 # ----------------------------------------------------------------------------- loading
 
 
-def load_runs(sweep_dir: Path, notes: list[str]) -> list[RunRecord]:
-    """Every ``<run-id>/summary.json`` under `sweep_dir`; problems become notes."""
+def load_runs(sweep_dir: Path, notes: list[str], unreadable: dict[str, str] | None = None) -> list[RunRecord]:
+    """Every ``<run-id>/summary.json`` under `sweep_dir`; problems become notes, and a summary that
+    cannot be read is also recorded in `unreadable` (run id -> why)."""
     runs = []
     for child in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
         if child.name.startswith(".") or child.name in (VS_DEPTH_DIR, GRIDS_DIR, ANALYSIS_VS_DEPTH_DIR):
@@ -401,6 +408,8 @@ def load_runs(sweep_dir: Path, notes: list[str]) -> list[RunRecord]:
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as exc:
             notes.append(f"{child.name}: unreadable summary.json ({exc}) - skipped")
+            if unreadable is not None:
+                unreadable[child.name] = str(exc)
             continue
         status = str(summary.get("status") or "unknown")
         runs.append(RunRecord(child.name, child, status, {}, summary))
@@ -454,10 +463,15 @@ def read_grids(sweep_dir: Path) -> list[Grid]:
     return [Grid(m.report_dir, m.name, list(m.axes), list(m.run_ids)) for m in read_manifests(sweep_dir)]
 
 
-def _grid_runs(grid: Grid, runs: Mapping[str, RunRecord], notes: list[str]) -> list[RunRecord]:
+def _grid_runs(
+    grid: Grid, runs: Mapping[str, RunRecord], notes: list[str], unreadable: Mapping[str, str]
+) -> list[RunRecord]:
     """The grid's runs, each a copy keyed by the grid's axes read from the run's resolved config."""
     ids = list(runs) if grid.run_ids is None else grid.run_ids
-    missing = [rid for rid in ids if rid not in runs]
+    broken = [rid for rid in ids if rid in unreadable]
+    if broken and grid.run_ids is not None:  # (a directory without manifests has its load notes already)
+        notes += [f"{rid}: unreadable summary.json ({unreadable[rid]}) - skipped" for rid in broken]
+    missing = [rid for rid in ids if rid not in runs and rid not in unreadable]
     if missing:
         notes.append(
             f"{len(missing)} of this grid's {len(ids)} runs have no summary yet (not started): "
@@ -519,23 +533,34 @@ def _pm(mean: float, std: float, pct: bool = False) -> str:
     return f"{mean:.3g}±{std:.1g}".replace("e-0", "e-") if std else f"{mean:.3g}"
 
 
+def grid_title(report: Report) -> str:
+    """Which grid a table shows: ``grid demo (depth x shortcut)`` for a directory's first grid,
+    ``grid demo/grids/weight_decay=0,0.001-3fa2b1 (depth x shortcut x weight_decay)`` for a later one."""
+    where = report.sweep_dir.name
+    if report.report_dir.resolve() != report.sweep_dir.resolve():
+        where += "/" + report.report_dir.relative_to(report.sweep_dir).as_posix()
+    axes = " x ".join(_short_names(report.cell_keys).values())
+    return f"grid {where}" + (f" ({axes})" if axes else "")
+
+
+TABLE_NOTE = "mean±std: sample std (ddof=1) over completed seeds; diverged runs are counted, not averaged"
+
+
+def table_heading(report: Report) -> str:
+    """The line above a grid's table: which grid, how many cells and runs."""
+    return f"{grid_title(report)}: {len(report.cells)} cells from {sum(c.n for c in report.cells)} runs"
+
+
 def render_table(report: Report) -> Table:
-    """The aggregate as a rich table: one row per cell, diverged cells in red."""
+    """The aggregate as a rich table: one row per cell, diverged cells in red (its heading and
+    footnote are lines of their own, `table_heading` and `TABLE_NOTE`: a table wraps its title)."""
     from rich import box
 
     shown = [k for k in report.cell_keys if k not in (DEPTH_KEY, SHORTCUT_KEY)]
     short = {**_short_names(report.cell_keys), WD_KEY: "wd"}
     labels = [group_label({k: v for k, v in c.key.items() if k == SHORTCUT_KEY}, c.runs, c.key.get(DEPTH_KEY))
               for c in report.cells]  # fmt: skip
-    table = Table(
-        title=f"sweep {report.sweep_name}: {len(report.cells)} cells from {sum(c.n for c in report.cells)} runs",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-        caption="mean±std: sample std (ddof=1) over completed seeds; diverged runs are counted, not averaged",
-        caption_justify="left",
-    )
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("net", no_wrap=True, min_width=max(map(len, labels), default=3))
     for k in shown:
         table.add_column(short[k], justify="right", no_wrap=True)
@@ -623,12 +648,8 @@ def _write_hparams(sweep_dir: Path, runs: Sequence[RunRecord], shown: Mapping[st
                 values["diverged"] = 1.0 if r.diverged else 0.0
                 w.hparams_metrics(step, values)
             written.append(w.path)
-    # "Why" analyses (`resexp analyze`): each cached result is RUN/analysis/<name>.json, its scalars are
-    # tagged analysis/<name>/... (a summary.json `analysis` block may name more)
-    analyses = {p.stem for r in runs for p in (r.path / ANALYSIS_DIR).glob("*.json")}
-    analyses |= {name for r in runs for name in (r.summary.get("analysis") or {}) if isinstance(name, str)}
     layout = sweep_layout(vs_depth=shown["vs_depth"], depths=shown["depths"], diagnostics=shown["diagnostics"],
-                          analyses=analyses)  # fmt: skip
+                          analyses=shown["analyses"])  # fmt: skip
     metrics = {metric_tag(m): _METRIC_NAMES[m] for m in (*AGGREGATE_METRICS, "diverged")}
     # Every report file outside run dirs opens with a START at step 0: a live TensorBoard then drops
     # what it read from the previous report's files (the first START of a run is ignored, so a fresh
@@ -642,49 +663,108 @@ def _write_hparams(sweep_dir: Path, runs: Sequence[RunRecord], shown: Mapping[st
     return written
 
 
-def _write_vs_depth(report: Report, figures: Mapping[str, bytes], shown: dict[str, set]) -> list[Path]:
-    """Beside the grid's manifest, in ``vs_depth/``: per group (all swept keys but depth and seed)
-    one run `vs_depth/<group>` with the metrics at step = depth, and per depth the seed-mean
-    training curve and layer profiles under tags that name the depth, so Custom Scalars overlays
-    plain-N and ResNet-N on one chart; and the figures as images. Adds what it charted to `shown`."""
-    out_dir = report.report_dir / VS_DEPTH_DIR
-    written: list[Path] = []
-    if DEPTH_KEY in report.cell_keys:
-        gkeys = report.group_keys
-        for gkey, cells in _groups(report.cells, gkeys).items():
-            name = group_dirname(dict(zip(gkeys, gkey, strict=True)))
-            with EventWriter(out_dir / name, REPORT_SUFFIX) as w:
-                w.session_start(0)
-                depths = [(int(_num(c.key[DEPTH_KEY])), c) for c in cells if math.isfinite(_num(c.key[DEPTH_KEY]))]
-                for depth, c in depths:
-                    point: dict[str, float | None] = {
-                        COUNTS_PREFIX + "runs": float(c.n),
-                        COUNTS_PREFIX + "diverged_runs": float(c.n_diverged),
-                    }
-                    for m in AGGREGATE_METRICS:
-                        if math.isfinite(c.mean[m]):
-                            point[vs_depth_tag(m)] = c.mean[m]
-                            point[vs_depth_tag(m, "std")] = c.std[m]
-                            shown["vs_depth"].add(m)
-                    w.scalars(depth, point)
-                for depth, c in depths:
-                    for step, v in _mean_series(c.runs, _train_curve):
-                        w.scalars(step, {by_depth_tag(depth): v})
-                        shown["depths"].add(depth)
-                    for diag in ("residual_ratio", "response_std"):
-                        for index, v in _mean_series(c.runs, _profile(diag)):
-                            w.scalars(index, {by_layer_tag(diag, depth): v})
-                            shown["diagnostics"].add(diag)
-                written.append(w.path)
-    if any((r.summary.get("diagnostics") or {}).get("residual_ratio") for r in report.runs):
-        shown["diagnostics"].add("residual_ratio_mean")  # training wrote diag/residual_ratio_mean
-    if figures:
+def _answer_keys(runs: Sequence[RunRecord], grids: Sequence[Grid]) -> list[str]:
+    """What tells the directory's nets apart besides family, depth and seed: every axis a grid
+    swept, and any config key whose value differs between the runs (two grids swept with
+    different `--set`s), so runs of different configs are never averaged together."""
+    keys = [k for g in grids for k in g.axes]
+    flat = [_flatten(r.summary.get("config") or {}) for r in runs]
+    for k in sorted({k for f in flat for k in f}):
+        if len({repr(f.get(k)) for f in flat}) > 1:
+            keys.append(k)
+    return [k for k in dict.fromkeys(keys) if k not in (SEED_KEY, DEPTH_KEY, SHORTCUT_KEY, "name", "data.dir")]
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
+def _family_runs(runs: Sequence[RunRecord]) -> dict[bool, str]:
+    """TensorBoard run name (under ``vs_depth/``) of each family: ``plain`` and ``ResNet`` (MLPs:
+    ``plain-MLP``, ``ResMLP``). Both always exist: the residual run must sit first in the run
+    list and the plain run second for each to get its colour, whatever the sweep holds."""
+    names = {}
+    for shortcut in (True, False):
+        members = [r for r in runs if (r.config(SHORTCUT_KEY) is not False) == shortcut] or list(runs)
+        names[shortcut] = _net_name(members, {SHORTCUT_KEY: shortcut})
+    return names
+
+
+def _write_answer(
+    sweep_dir: Path, runs: Sequence[RunRecord], grids: Sequence[Grid], reports: Sequence[Report]
+) -> tuple[list[Path], dict[str, set]]:
+    """The directory's answer for TensorBoard, in ``vs_depth/``: one run per family whose series
+    (step = depth, or step = training step / layer index for the per-depth curves and profiles) pool
+    every finished run of the directory by config, each group of other swept keys in its own tags;
+    and every grid's figures as images. Returns the files and what was charted (for the layout)."""
+    from resexp.analysis import HEADLINE, headline_metrics
+
+    keys = _answer_keys(runs, grids)
+    cell_keys = [SHORTCUT_KEY, *keys, DEPTH_KEY]
+    records = [replace(r, keys={k: _hashable(_swept_value(r, k)) for k in cell_keys}) for r in runs]
+    cells = _aggregate(records, cell_keys)
+    analysis = {r.run_id: headline_metrics(r.path) for r in runs}
+    shown: dict[str, set] = {"vs_depth": set(), "depths": set(), "diagnostics": set(), "analyses": set()}
+    out_dir = sweep_dir / VS_DEPTH_DIR
+    written = []
+    for shortcut, run_name in _family_runs(runs).items():
+        members = [c for c in cells if (c.key[SHORTCUT_KEY] is not False) == shortcut]
+        with EventWriter(out_dir / run_name, REPORT_SUFFIX, wall_time=answer_wall_time(family_position(shortcut))) as w:
+            w.session_start(0)  # a live TensorBoard drops what it read from the previous report (see tblog)
+            for c in members:
+                depth = _num(c.key[DEPTH_KEY])
+                if math.isfinite(depth):
+                    group = group_dirname({k: c.key[k] for k in keys}) if keys else ""
+                    _write_cell(w, c, int(depth), group, analysis, shown)
+            written.append(w.path)
+    shown["analyses"] = {col for col in HEADLINE if col in shown["analyses"]}  # in HEADLINE order
+    images = {f"figures/{n.removesuffix('.png')}": png for n, png in reports[0].figures.items()}
+    for report in reports[1:]:
+        images |= {
+            f"figures/{report.report_dir.name}/{n.removesuffix('.png')}": png for n, png in report.figures.items()
+        }
+    if images:
         with EventWriter(out_dir, REPORT_SUFFIX) as w:
             w.session_start(0)
-            for fname, png in figures.items():
-                w.image(f"figures/{fname.removesuffix('.png')}", png, step=0)
+            for tag, png in images.items():
+                w.image(tag, png, step=0)
             written.append(w.path)
-    return written
+    return written, shown
+
+
+def _write_cell(
+    w: EventWriter, c: Cell, depth: int, group: str, analysis: Mapping[str, dict], shown: dict[str, set]
+) -> None:
+    """One depth of one group: the metrics at step = depth, the seed-mean training curve, the
+    layer profiles and the analyses' headline numbers; records in `shown` what it wrote."""
+    point: dict[str, float | None] = {counts_tag("runs", group): float(c.n),
+                                      counts_tag("diverged_runs", group): float(c.n_diverged)}  # fmt: skip
+    columns = {m: (c.mean[m], c.std[m]) for m in AGGREGATE_METRICS}
+    ratios = [_finite(_num(v) for v in (r.summary.get("diagnostics") or {}).get("residual_ratio") or [])
+              for r in c.completed]  # fmt: skip
+    columns["residual_ratio_mean"] = mean_std([sum(v) / len(v) for v in ratios if v])
+    for col in {k for r in c.completed for k in analysis[r.run_id]}:
+        columns[col] = mean_std([analysis[r.run_id].get(col, math.nan) for r in c.completed])
+    for name, (mean, std) in columns.items():
+        if math.isfinite(mean):
+            point[vs_depth_tag(name, "mean", group)] = mean
+            point[vs_depth_tag(name, "std", group)] = std
+            kind = (
+                "diagnostics"
+                if name == "residual_ratio_mean"
+                else "vs_depth"
+                if name in AGGREGATE_METRICS
+                else "analyses"
+            )
+            shown[kind].add(name)
+    w.scalars(depth, point)
+    for step, v in _mean_series(c.runs, _train_curve):
+        w.scalars(step, {by_depth_tag(depth, "train_loss", group): v})
+        shown["depths"].add(depth)
+    for diag in ("residual_ratio", "response_std"):
+        for index, v in _mean_series(c.runs, _profile(diag)):
+            w.scalars(index, {by_layer_tag(diag, depth, group): v})
+            shown["diagnostics"].add(diag)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -692,6 +772,8 @@ def _write_vs_depth(report: Report, figures: Mapping[str, bytes], shown: dict[st
 
 def _check_sweep_dir(sweep_dir: Path) -> None:
     """A clear one-line refusal for the directories people pass by mistake."""
+    if not sweep_dir.exists():
+        raise UserError(f"{sweep_dir}: does not exist")
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir}: not a sweep directory")
     if (sweep_dir / "summary.json").is_file():
@@ -721,12 +803,11 @@ def _build_grid(
     grid: Grid,
     runs: Mapping[str, RunRecord],
     notes: list[str],
-    write_tensorboard: bool,
-    shown: dict[str, set],
+    unreadable: Mapping[str, str],
 ) -> Report:
     """Aggregate, tabulate and draw one grid, writing its files beside its manifest."""
     out_dir = grid.report_dir
-    grid_runs = _grid_runs(grid, runs, notes)
+    grid_runs = _grid_runs(grid, runs, notes, unreadable)
     swept = list(grid.axes)
     for r in grid_runs:
         if not r.finished:
@@ -820,8 +901,7 @@ def _build_grid(
             report.paths[fname] = path
         elif path.exists():  # a figure this grid no longer supports: don't leave a stale one
             path.unlink(missing_ok=True)
-    if write_tensorboard:
-        report.event_files = _write_vs_depth(report, figures, shown)
+    report.figures = figures
     report.comparison = comparison
     return report
 
@@ -841,7 +921,8 @@ def build_reports(
     _check_sweep_dir(sweep_dir)
     console = console if console is not None else Console()
     load_notes: list[str] = []
-    runs = {r.run_id: r for r in load_runs(sweep_dir, load_notes)}
+    unreadable: dict[str, str] = {}
+    runs = {r.run_id: r for r in load_runs(sweep_dir, load_notes, unreadable)}
     if not runs:
         raise UserError(f"{sweep_dir}: no run with a summary.json to report on")
     grids = read_grids(sweep_dir)
@@ -858,18 +939,20 @@ def build_reports(
     if write_tensorboard:
         _clear_report_events(sweep_dir)
     reports = []
-    shown: dict[str, set] = {"vs_depth": set(), "depths": set(), "diagnostics": set()}  # what the grids charted
     for grid in grids:
         notes = list(load_notes) if grid.run_ids is None else []
-        reports.append(_build_grid(sweep_dir, grid, runs, notes, write_tensorboard, shown))
+        reports.append(_build_grid(sweep_dir, grid, runs, notes, unreadable))
     if write_tensorboard:
+        answer, shown = _write_answer(sweep_dir, list(runs.values()), grids, reports)
         axes = [k for g in grids for k in g.axes]
         every = [replace(r, keys={k: _swept_value(r, k) for k in dict.fromkeys(axes)}) for r in runs.values()]
-        reports[0].event_files = _write_hparams(sweep_dir, every, shown) + reports[0].event_files
+        reports[0].event_files = _write_hparams(sweep_dir, every, shown) + answer
     for report in reports:
         if show is not None and report.report_dir.resolve() != Path(show).resolve():
             continue
+        console.print(table_heading(report), highlight=False)
         console.print(render_table(report))
+        console.print(TABLE_NOTE, highlight=False)
         if report.comparison is not None:
             report.comparison.print(console)
         for note in report.notes:

@@ -27,13 +27,24 @@ tags. So a chart can only overlay plain-56 and ResNet-56 if both runs carry a ta
 that names depth 56: the report writes `by_depth_tag` series for that reason.
 TensorBoard merges the layouts of every run that has one; write ONE per sweep,
 in the sweep root (run ``.``).
+
+Colours: a chart colours each RUN by the run's position in TensorBoard's run list
+(ordered by the time of the run's first event, then by name); the series of one run
+share its colour and differ by marker. The report therefore writes one run per
+family (plain / residual), the other swept keys in the tags (`vs_depth_tag(...,
+group=...)`), and pins those runs' event times (`EventWriter(wall_time=...)`,
+`answer_wall_time`) before any real run, so each family keeps its hue
+(`resexp.colors`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
+import os
 import re
+import socket
 import struct
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -47,6 +58,7 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hp_metadata
 from tensorboard.plugins.hparams import summary_v2 as hp
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 __all__ = [
     "ANALYSIS_PREFIX",
@@ -55,11 +67,14 @@ __all__ = [
     "DIAG_SERIES",
     "LAYOUT_CATEGORIES",
     "METRIC_PREFIX",
+    "VS_DEPTH_METRICS",
     "EventWriter",
     "HParamScalar",
+    "answer_wall_time",
     "by_depth_tag",
     "by_layer_tag",
     "coerce_hparams",
+    "counts_tag",
     "event_files",
     "hparam_domains",
     "metric_tag",
@@ -208,48 +223,63 @@ BY_LAYER_PREFIX = "by_layer/"
 """Per-run series whose step is a layer (or block) index: ``by_layer/response_std``."""
 
 ANALYSIS_PREFIX = "analysis/"
-"""Tags of the "why" analyses (``analysis/<name>/...``); `sweep_layout(analyses=...)` charts them."""
+"""Tags a run's "why" analyses write (``analysis/<name>/...``, in the run itself: the Scalars tab)."""
 
 LAYOUT_CATEGORIES = ("Loss vs depth", "Training curves by depth", "Identity diagnostics", "Why: analyses")
 """Custom Scalars categories, in the order the dashboard shows them (empty ones are left out)."""
 
-# The vs-depth charts, in the order the "Loss vs depth" category shows them.
-_VS_DEPTH_CHARTS = ("final_train_loss", "eval_loss", "eval_accuracy", "final_train_accuracy")
+VS_DEPTH_METRICS = ("final_train_loss", "eval_loss", "eval_accuracy", "final_train_accuracy")
+"""The vs-depth charts of the "Loss vs depth" category, in the order it shows them."""
 
+# Diagnostics charted in the "Identity diagnostics" category: name -> chart title. `residual_ratio_mean`
+# is a vs-depth series (mean over blocks at the end of training), the others are layer profiles.
 DIAG_SERIES = {
-    # name -> (regex, chart title); the report says which exist for a sweep
-    "residual_ratio_mean": (
-        r"^diag/residual_ratio_mean$",
-        "residual ratio ||F(x)|| / ||shortcut(x)||, mean over blocks, during training",
-    ),
-    "residual_ratio": (
-        rf"^{BY_LAYER_PREFIX}residual_ratio/",
-        "residual ratio per block at the end (x = block index; smoothing 0)",
-    ),
-    "response_std": (
-        rf"^{BY_LAYER_PREFIX}response_std/",
-        "layer response std at the end (x = layer index; He et al. Fig. 7; smoothing 0)",
-    ),
+    "residual_ratio_mean": "residual ratio ||F(x)|| / ||shortcut(x)|| at the end, mean over blocks, vs depth",
+    "residual_ratio": "residual ratio per block at the end (x = block index; smoothing 0)",
+    "response_std": "layer response std at the end (x = layer index; He et al. Fig. 7; smoothing 0)",
 }
 
+ANSWER_EPOCH = 1_000_000_000.0
+"""Event time of the family runs (2001-09-09): earlier than any real run, see `answer_wall_time`."""
 
-def by_layer_tag(name: str, depth: int) -> str:
+
+def answer_wall_time(position: int) -> float:
+    """The pinned event time of the run that must be `position`-th in TensorBoard's run list
+    (which is ordered by each run's first event time): the family runs sort first, in order."""
+    return ANSWER_EPOCH + position
+
+
+def _with_group(prefix: str, group: str, last: str) -> str:
+    return f"{prefix}/{group}/{last}" if group else f"{prefix}/{last}"
+
+
+def by_layer_tag(name: str, depth: int, group: str = "") -> str:
     """Tag of a diagnostic profile over layers (step = layer or block index) at one depth."""
-    return f"{BY_LAYER_PREFIX}{name}/depth_{int(depth):03d}"
+    return f"{BY_LAYER_PREFIX}{name}/depth_{int(depth):03d}" + (f"/{group}" if group else "")
 
 
-def vs_depth_tag(metric: str, stat: str = "mean") -> str:
-    """Tag of a metric's per-depth aggregate in the ``vs_depth/<group>`` runs (step = depth)."""
-    return f"{metric}_vs_depth/{stat}"
+def vs_depth_tag(metric: str, stat: str = "mean", group: str = "") -> str:
+    """Tag of a metric's per-depth aggregate (step = depth): ``<metric>_vs_depth/[<group>/]<stat>``,
+    `group` naming the other swept keys (``weight_decay=0.001``) within a family run."""
+    return _with_group(f"{metric}_vs_depth", group, stat)
 
 
-def by_depth_tag(depth: int, series: str = "train_loss") -> str:
-    """Tag of a run's curve that names its depth, so one chart can overlay every run of that depth."""
-    return f"by_depth/depth_{int(depth):03d}/{series}"
+def by_depth_tag(depth: int, series: str = "train_loss", group: str = "") -> str:
+    """Tag of a curve that names its depth, so one chart can overlay every net of that depth."""
+    return _with_group(f"by_depth/depth_{int(depth):03d}", group, series)
+
+
+def counts_tag(name: str, group: str = "") -> str:
+    """Tag of a run count per depth (``runs``, ``diverged_runs``)."""
+    return COUNTS_PREFIX + (f"{group}/{name}" if group else name)
 
 
 def _multiline(title: str, *regexes: str) -> layout_pb2.Chart:
     return layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=list(regexes)))
+
+
+def _vs_depth_regex(metric: str) -> str:
+    return f"^{re.escape(metric)}_vs_depth/(.+/)?mean$"
 
 
 def sweep_layout(
@@ -261,28 +291,35 @@ def sweep_layout(
 ) -> layout_pb2.Layout:
     """The Custom Scalars layout of one sweep, from what its report wrote.
 
-    `vs_depth`: metrics with a `vs_depth_tag` mean series (charted in the order of
-    ``final_train_loss, eval_loss, eval_accuracy, final_train_accuracy``); `depths`:
-    depths with `by_depth_tag` train-loss curves; `diagnostics`: keys of `DIAG_SERIES`
-    that exist; `analyses`: names of "why" analyses whose tags live under
-    ``analysis/<name>/`` (one chart each). Charts whose tags do not exist are left
-    out, so every regex of the layout matches something.
+    `vs_depth`: metrics with `vs_depth_tag` mean series (charted in `VS_DEPTH_METRICS`
+    order); `depths`: depths with `by_depth_tag` train-loss curves; `diagnostics`: keys of
+    `DIAG_SERIES` that exist; `analyses`: headline columns of the "why" analyses with
+    vs-depth series (``lesion_median_accuracy``: one chart each). Each regex matches every
+    group's series of its metric, in both family runs; charts whose tags do not exist are
+    left out, so every regex of the layout matches something.
     """
     categories: list[layout_pb2.Category] = []
-    charts = [_multiline(f"{m.replace('_', ' ')} vs depth (x = depth; set smoothing to 0)",
-                         f"^{re.escape(vs_depth_tag(m))}$") for m in _VS_DEPTH_CHARTS if m in vs_depth]  # fmt: skip
+    charts = [_multiline(f"{m.replace('_', ' ')} vs depth (x = depth; colour = family, marker = other keys)",
+                         _vs_depth_regex(m)) for m in VS_DEPTH_METRICS if m in vs_depth]  # fmt: skip
     if charts:
         categories.append(layout_pb2.Category(title=LAYOUT_CATEGORIES[0], chart=charts))
     charts = [
-        _multiline(f"train loss at depth {d}: one line per net (mean over seeds)", f"^{re.escape(by_depth_tag(d))}$")
+        _multiline(
+            f"train loss at depth {d}: one line per net (mean over seeds)",
+            f"^by_depth/depth_{int(d):03d}/(.+/)?train_loss$",
+        )
         for d in sorted(set(depths))
     ]
     if charts:
         categories.append(layout_pb2.Category(title=LAYOUT_CATEGORIES[1], chart=charts))
-    charts = [_multiline(title, regex) for name, (regex, title) in DIAG_SERIES.items() if name in diagnostics]
+    charts = []
+    for name, title in DIAG_SERIES.items():
+        if name in diagnostics:
+            regex = _vs_depth_regex(name) if name == "residual_ratio_mean" else f"^{BY_LAYER_PREFIX}{name}/"
+            charts.append(_multiline(title, regex))
     if charts:
         categories.append(layout_pb2.Category(title=LAYOUT_CATEGORIES[2], chart=charts))
-    charts = [_multiline(name, f"^{re.escape(ANALYSIS_PREFIX + name)}(/|$)") for name in sorted(set(analyses))]
+    charts = [_multiline(f"{col.replace('_', ' ')} vs depth", _vs_depth_regex(col)) for col in analyses]
     if charts:
         categories.append(layout_pb2.Category(title=LAYOUT_CATEGORIES[3], chart=charts))
     return layout_pb2.Layout(category=categories)
@@ -291,20 +328,49 @@ def sweep_layout(
 # ----------------------------------------------------------------------------- writer
 
 
+_file_counter = itertools.count()
+
+
+class _PinnedEventFile:
+    """An event file whose every event, the file-version header included, carries `wall_time`:
+    TensorBoard orders runs by their first event's time (see `answer_wall_time`)."""
+
+    def __init__(self, logdir: Path, suffix: str, wall_time: float):
+        name = f"events.out.tfevents.{int(wall_time):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_counter)}"
+        self._file_name = str(logdir / (name + suffix))
+        self._records = RecordWriter(open(self._file_name, "wb"))  # noqa: SIM115 (closed by close())
+        self.add_event(event_pb2.Event(wall_time=wall_time, file_version="brain.Event:2"))
+
+    def add_event(self, event: event_pb2.Event) -> None:
+        self._records.write(event.SerializeToString())
+
+    def flush(self) -> None:
+        self._records.flush()
+
+    def close(self) -> None:
+        self._records.close()
+
+
 class EventWriter:
     """One TensorBoard event file in `logdir` (created if missing).
 
     `filename_suffix` is appended to the file name (e.g. ``".resexp-report"``),
-    which lets a tool find and replace exactly the files it wrote.
+    which lets a tool find and replace exactly the files it wrote. `wall_time` pins the
+    time of every event (written synchronously), else events carry the current time.
     A context manager: closes (and flushes) on exit.
     """
 
-    def __init__(self, logdir: str | Path, filename_suffix: str = ""):
+    def __init__(self, logdir: str | Path, filename_suffix: str = "", *, wall_time: float | None = None):
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self._writer = EventFileWriter(
-            str(self.logdir), max_queue_size=100, flush_secs=10, filename_suffix=filename_suffix
-        )
+        self.wall_time = wall_time
+        self._writer: EventFileWriter | _PinnedEventFile
+        if wall_time is None:
+            self._writer = EventFileWriter(
+                str(self.logdir), max_queue_size=100, flush_secs=10, filename_suffix=filename_suffix
+            )
+        else:
+            self._writer = _PinnedEventFile(self.logdir, filename_suffix, wall_time)
         self._closed = False
 
     @property
@@ -312,11 +378,13 @@ class EventWriter:
         """The event file being written."""
         return Path(self._writer._file_name)  # no public accessor
 
+    def _now(self) -> float:
+        return time.time() if self.wall_time is None else self.wall_time
+
     # -- low level ------------------------------------------------------------
     def add_summary(self, summary: summary_pb2.Summary, step: int, wall_time: float | None = None) -> None:
-        event = event_pb2.Event(
-            wall_time=time.time() if wall_time is None else wall_time, step=int(step), summary=summary
-        )
+        event = event_pb2.Event(wall_time=self._now() if wall_time is None else wall_time, step=int(step),
+                                summary=summary)  # fmt: skip
         self._writer.add_event(event)
 
     # -- training-time writes -------------------------------------------------
@@ -348,7 +416,7 @@ class EventWriter:
         resume from an earlier checkpoint rewrites). Both loaders (Python and
         ``--load_fast``) do this, for a live server as well as a fresh one."""
         event = event_pb2.Event(
-            wall_time=time.time(),
+            wall_time=self._now(),
             step=int(step),
             session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
         )

@@ -1,17 +1,20 @@
-"""Screenshots of a sweep's TensorBoard dashboards, taken in a real (headless) Chromium.
+"""Screenshots of a sweep's TensorBoard dashboards, taken in a real (headless) Chromium, and a
+check that every Custom Scalars chart shows its data: not empty, not clipped, one colour per family.
 
     python scripts/dashboard_screenshots.py runs/demo docs/screenshots
-    -> custom_scalars.png, images.png, hparams.png (and custom_scalars.txt: the page's text)
+    -> custom_scalars.png, images.png, hparams.png, custom_scalars.txt (the page's text) and
+       custom_scalars.json (every chart: its y range and its series' values and colours);
+       exit 1 if a chart is empty, clipped or coloured against its family
 
-Starts TensorBoard on 127.0.0.1 (a free port), drives Debian's `chromium` over the
-DevTools protocol on a pipe (`--remote-debugging-pipe`: no port, no websocket library),
-and waits until each page shows what it should before taking its PNG.
+Serves the directory the way a user does, with `resexp tensorboard` (a sweep, or a directory of
+sweeps) on 127.0.0.1 (a free port), drives Debian's `chromium` over the DevTools protocol on a
+pipe (`--remote-debugging-pipe`: no port, no websocket library), opens the bare address in a fresh
+browser profile (what a new user gets: no setting changed by hand) and waits until each page
+shows what it should before taking its PNG.
 
-Why DevTools instead of `chromium --screenshot/--dump-dom`: TensorBoard's dashboards are
-Polymer elements whose content lives in shadow roots, which `--dump-dom` leaves out; and
-"Ignore outliers in chart scaling" is a browser-local setting (localStorage) that clips the
-deep plain net's point off the vs-depth charts unless it is switched off before loading.
-Smoothing is set through the URL (``#custom_scalars&_smoothingWeight=0``).
+Why DevTools instead of `chromium --screenshot/--dump-dom`: TensorBoard's dashboards are Polymer
+elements whose content lives in shadow roots, which `--dump-dom` leaves out, and the charts'
+data and y ranges are only in the live page (`CHARTS_JS`).
 """
 
 from __future__ import annotations
@@ -41,10 +44,11 @@ CHROMIUM_FLAGS = [
     "--hide-scrollbars", "--remote-debugging-pipe",
 ]  # fmt: skip
 
-# page name -> (URL fragment, text that must be on the page before the screenshot)
+# page name -> (address after the host, text that must be on the page before the screenshot). The bare
+# address is what `resexp tensorboard` prints and opens at the answer (Custom Scalars).
 PAGES = {
-    "custom_scalars": ("#custom_scalars&_smoothingWeight=0", "Loss vs depth"),
-    "images": ("#images", "figures/loss_vs_depth"),
+    "custom_scalars": ("", "Loss vs depth"),
+    "images": ("#images&regexInput=%5Evs_depth", "figures/loss_vs_depth"),
     "hparams": ("#hparams", "model.depth"),
 }
 
@@ -65,8 +69,29 @@ PAGE_TEXT_JS = """(() => {
   return out.join("\\n");
 })()"""
 
-# TensorBoard's Polymer settings are stored under their property name; false = show every point.
-SETTINGS_JS = "localStorage.setItem('_ignoreYOutliers', 'false'); true"
+# Every Custom Scalars chart as drawn: its title, its x and y ranges, and per series (tag and run) the
+# colour it is drawn in and its points. Reads TensorBoard 2.21's chart objects (vz-line-chart2's _chart).
+CHARTS_JS = """(() => {
+  const all = (root, name, out) => {
+    for (const el of root.querySelectorAll("*")) {
+      if (el.localName === name) out.push(el);
+      if (el.shadowRoot) all(el.shadowRoot, name, out);
+    }
+    return out;
+  };
+  return all(document, "tf-custom-scalar-multi-line-chart-card", []).map((card) => {
+    const charts = all(card.shadowRoot, "vz-line-chart2", []);
+    const chart = charts.length ? charts[0]._chart : null;
+    if (!chart) return {title: card.title, series: [], x: null, y: null};
+    return {
+      title: card.title, x: chart.xScale.domain(), y: chart.yScale.domain(),
+      series: chart.datasets.map((d) => ({
+        name: d.metadata().name, color: card._colorScale.scale(d.metadata().name),
+        points: d.data().map((p) => [p.step, p.scalar]),
+      })),
+    };
+  });
+})()"""
 
 
 def find_chromium() -> str | None:
@@ -99,7 +124,7 @@ def stop_process(proc: subprocess.Popen, *, terminate: bool = True) -> None:
 
 
 class TensorBoard:
-    """`python -m tensorboard.main` on `logdir`, bound to 127.0.0.1; a context manager."""
+    """`resexp tensorboard LOGDIR` bound to 127.0.0.1 on a free port; a context manager."""
 
     def __init__(self, logdir: Path, timeout: float = 90.0):
         self.logdir, self.timeout = logdir, timeout
@@ -112,13 +137,12 @@ class TensorBoard:
             return json.loads(resp.read())
 
     def __enter__(self) -> TensorBoard:
-        cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(self.logdir), "--host", "127.0.0.1",
-               "--port", str(self.port), "--load_fast", "false", "--reload_interval", "2"]  # fmt: skip
+        cmd = [sys.executable, "-m", "resexp", "tensorboard", str(self.logdir), "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:  # up, and the report's layout loaded
             if self.proc.poll() is not None:
-                raise RuntimeError(f"tensorboard exited with {self.proc.returncode}")
+                raise RuntimeError(f"resexp tensorboard exited with {self.proc.returncode}")
             try:
                 if self.get_json("/data/plugin/custom_scalars/layout").get("category"):
                     return self
@@ -229,50 +253,102 @@ class Chromium:
         path.write_bytes(base64.b64decode(data))
 
 
-def take_screenshots(sweep_dir: Path, out_dir: Path, *, width: int = 1400, height: int = 1000,
-                     chromium: str | None = None) -> list[Path]:  # fmt: skip
-    """PNG of each page in `PAGES` (plus the Custom Scalars page's text) in `out_dir`."""
+def drawn_charts(browser: Chromium, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """The Custom Scalars charts of the open page (`CHARTS_JS`), once every chart has drawn its
+    data (or `timeout` has passed: then as they are)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        charts = list(browser.evaluate(CHARTS_JS) or [])
+        if (charts and all(any(s["points"] for s in c["series"]) for c in charts)) or time.monotonic() > deadline:
+            return charts
+        time.sleep(0.5)
+
+
+def chart_problems(charts: list[dict[str, Any]], family_colors: dict[str, str]) -> list[str]:
+    """What is wrong with the drawn charts: none at all, a chart without data, a point outside
+    the drawn x or y range (clipped), a family run in another colour than its family's.
+    `family_colors`: family run name ("plain", "ResNet") -> colour."""
+    problems = [] if charts else ["no Custom Scalars chart on the page"]
+    for chart in charts:
+        title = chart["title"]
+        points = [p for s in chart["series"] for p in s["points"] if p[1] is not None]
+        if not points:
+            problems.append(f"{title}: empty")
+            continue
+        (x0, x1), (y0, y1) = chart["x"], chart["y"]
+        for series in chart["series"]:
+            outside = [p for p in series["points"] if p[1] is not None and not (x0 <= p[0] <= x1 and y0 <= p[1] <= y1)]
+            if outside:
+                problems.append(f"{title}: {series['name']}: {len(outside)} point(s) outside the drawn range, "
+                                f"e.g. {outside[0]} not in x {chart['x']}, y {chart['y']}")  # fmt: skip
+            run = series["name"].rsplit(" (", 1)[-1].rstrip(")")
+            family = run.rsplit("/", 1)[-1]
+            want = family_colors.get(family)
+            if want is not None and series["color"].lower() != want.lower():
+                problems.append(f"{title}: {series['name']} drawn in {series['color']}, not its family's {want}")
+    return problems
+
+
+def screenshot_pages(url: str, out_dir: Path, *, width: int = 1400, height: int = 1000,
+                     chromium: str | None = None) -> tuple[list[Path], list[str]]:  # fmt: skip
+    """PNG of each page in `PAGES` of the TensorBoard at `url` in `out_dir`, plus the Custom Scalars
+    page's text and charts; returns the files and `chart_problems` (family colours: resexp.colors)."""
+    from resexp.colors import PLAIN_COLOR, RESNET_COLOR
+
     binary = chromium or find_chromium()
     if binary is None:
         raise RuntimeError("no chromium on PATH (Debian: apt-get install chromium)")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    with TensorBoard(sweep_dir) as tb, Chromium(binary, width, height) as browser:
-        browser.open(tb.url + "/", expect="TensorBoard", settle=0)
-        browser.evaluate(SETTINGS_JS)  # before any dashboard reads it
+    problems: list[str] = []
+    families = {"plain": PLAIN_COLOR, "plain-MLP": PLAIN_COLOR, "ResNet": RESNET_COLOR, "ResMLP": RESNET_COLOR}
+    with Chromium(binary, width, height) as browser:
         for name, (fragment, expect) in PAGES.items():
-            text = browser.open(f"{tb.url}/?_={name}{fragment}", expect=expect)
+            text = browser.open(f"{url}/{fragment}", expect=expect)
+            if name == "custom_scalars":
+                charts = drawn_charts(browser)
+                problems = chart_problems(charts, families)
+                (out_dir / f"{name}.txt").write_text(text + "\n")
+                (out_dir / f"{name}.json").write_text(json.dumps(charts, indent=1) + "\n")
             path = out_dir / f"{name}.png"
             browser.screenshot(path)
             written.append(path)
-            if name == "custom_scalars":
-                (out_dir / f"{name}.txt").write_text(text + "\n")
-    return written
+    return written, problems
+
+
+def take_screenshots(logdir: Path, out_dir: Path, **options: Any) -> tuple[list[Path], list[str]]:
+    """`screenshot_pages` of `resexp tensorboard logdir`."""
+    with TensorBoard(logdir) as tb:
+        return screenshot_pages(tb.url, out_dir, **options)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dir", type=Path, help="a sweep directory with a report (runs/<name>)")
+    parser.add_argument("logdir", type=Path, help="a sweep directory with a report (runs/<name>), or runs/")
     parser.add_argument("out_dir", type=Path, help="where the PNGs go")
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=1000)
     parser.add_argument("--chromium", help="the browser binary (default: chromium on PATH)")
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        print(f"error: {args.sweep_dir}: not a directory", file=sys.stderr)
+    if not args.logdir.is_dir():
+        print(f"error: {args.logdir}: not a directory", file=sys.stderr)
         return 2
-    if not any(args.sweep_dir.glob("events.out.tfevents.*.resexp-report")):
-        print(f"error: {args.sweep_dir}: no report yet (run `resexp report {args.sweep_dir}` first)", file=sys.stderr)
+    if not any(args.logdir.glob("events.out.tfevents.*.resexp-report")) and not any(
+        args.logdir.glob("*/events.out.tfevents.*.resexp-report")
+    ):
+        print(f"error: {args.logdir}: no report yet (run `resexp report {args.logdir}` first)", file=sys.stderr)
         return 2
     try:
-        paths = take_screenshots(args.sweep_dir, args.out_dir, width=args.width, height=args.height,
-                                 chromium=args.chromium)  # fmt: skip
+        paths, problems = take_screenshots(args.logdir, args.out_dir, width=args.width, height=args.height,
+                                           chromium=args.chromium)  # fmt: skip
     except (RuntimeError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for path in paths:
         print(path)
-    return 0
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

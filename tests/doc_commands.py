@@ -32,7 +32,7 @@ SHRINK = (
 # (substring of the command, why it is not run here). Anything else in a code block runs.
 SKIPPED = [
     ("make test", "this test is part of `make test`"),
-    ("make tensorboard", "a server that runs until stopped; tests/test_report.py serves the same logdir"),
+    ("make tensorboard", "a server that runs until stopped: started last, checked in Chromium, then stopped"),
     ("make bench", "benchmarks measure, they do not test; tests/test_perf.py runs the script briefly"),
     ("make slurm", "starts a SLURM cluster; tests/test_slurm.py does"),
     ("make lint", "checks the code, not the docs; .ci/run runs it before the tests"),

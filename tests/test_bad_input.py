@@ -176,6 +176,21 @@ CASES = [
         ("tiny.yaml", "--set model.depth=9", "model.depth", "6n+2"),
     ),
     Case("set-markup-chars", cmd("train", T, "--set", "model.x[/a]=1"), ("model.x[/a]", "unknown key")),
+    Case(
+        "set-value-slip",
+        cmd("train", T, "--set", "data.name=fashion-mnist"),
+        ("tiny.yaml", "data.name", "'fashion-mnist' is not one of", "did you mean fashion_mnist?"),
+    ),
+    Case("set-value-case", cmd("train", T, "--set", "optim.name=SGD"), ("optim.name", "did you mean sgd?")),
+    # ---- the command line itself (Typer's own errors: one line too)
+    Case("jobs-zero", cmd("sweep", T, "--jobs", "0"), ("--jobs", "greater than or equal to 1", "resexp sweep --help")),
+    Case("unknown-option", cmd("train", T, "--stepz", "3"), ("No such option: --stepz", "resexp train --help")),
+    Case("missing-argument", lambda d: ["train"], ("Missing argument 'CONFIG'", "resexp train --help")),
+    Case("report-nonexistent", lambda d: ["report", str(d / "nonexistent")], ("nonexistent", "does not exist")),
+    Case("status-nonexistent", lambda d: ["status", str(d / "nonexistent")], ("nonexistent", "does not exist")),
+    Case(
+        "tensorboard-nonexistent", lambda d: ["tensorboard", str(d / "nonexistent")], ("nonexistent", "does not exist")
+    ),
     # ---- sweep axes and shards
     Case(
         "sweep-empty-axis",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import platform
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,6 @@ from resexp.config import Config
 from resexp.report import build_report
 from resexp.sweep import expand_grid, run_sweep
 from resexp.tblog import LAYOUT_CATEGORIES, by_depth_tag, sweep_layout, vs_depth_tag
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import dashboard_screenshots
 
 DEPTHS = (8, 14)
 # The same tiny grid as test_sweep (one seed), so the compile cache is shared.
@@ -45,7 +41,7 @@ def sweep_dir(tmp_path_factory) -> Path:
 def tb(sweep_dir):
     with TensorBoardServer(sweep_dir) as server:
         server.wait_for(lambda: server.get_json("/data/plugin/custom_scalars/layout").get("category"))
-        server.wait_for(lambda: "vs_depth/shortcut=true" in server.runs())
+        server.wait_for(lambda: {"vs_depth/plain", "vs_depth/ResNet"} <= set(server.runs()))
         yield server
 
 
@@ -55,22 +51,25 @@ def test_layout_through_the_http_api(tb):
     assert titles == ["Loss vs depth", "Training curves by depth", "Identity diagnostics"]  # no analyses yet
     regexes = {c["title"]: [r for chart in c["chart"] for r in chart["multiline"]["tag"]] for c in layout["category"]}
     assert regexes["Loss vs depth"][:3] == [
-        "^final_train_loss_vs_depth/mean$",
-        "^eval_loss_vs_depth/mean$",
-        "^eval_accuracy_vs_depth/mean$",
+        "^final_train_loss_vs_depth/(.+/)?mean$",
+        "^eval_loss_vs_depth/(.+/)?mean$",
+        "^eval_accuracy_vs_depth/(.+/)?mean$",
     ]
-    assert regexes["Training curves by depth"] == [f"^{re.escape(by_depth_tag(d))}$" for d in DEPTHS]
-    assert "^diag/residual_ratio_mean$" in regexes["Identity diagnostics"]
+    assert regexes["Training curves by depth"] == [f"^by_depth/depth_{d:03d}/(.+/)?train_loss$" for d in DEPTHS]
+    assert "^residual_ratio_mean_vs_depth/(.+/)?mean$" in regexes["Identity diagnostics"]
 
-    # Every regex selects tags that exist; each depth chart overlays the plain and the ResNet curve.
+    # Every regex selects tags that exist, all in the two family runs; each chart of the answer
+    # overlays the plain and the ResNet series (the residual ratio exists for ResNets only).
     tags = tb.scalar_tags()
     for title, patterns in regexes.items():
         for pattern in patterns:
             runs = {run for run, run_tags in tags.items() if any(re.match(pattern, t) for t in run_tags)}
             assert runs, f"{title}: {pattern} matches no tag"
+            assert runs <= {"vs_depth/plain", "vs_depth/ResNet"}, (pattern, runs)
             if title != "Identity diagnostics":
-                assert runs == {"vs_depth/shortcut=false", "vs_depth/shortcut=true"}, (pattern, runs)
-    assert "^diag/residual_ratio_mean$" not in tags["vs_depth/shortcut=true"]  # it is the runs' own tag
+                assert runs == {"vs_depth/plain", "vs_depth/ResNet"}, (pattern, runs)
+    # the family runs come first in the run list, ResNet then plain: TensorBoard's orange and blue
+    assert tb.runs()[:2] == ["vs_depth/ResNet", "vs_depth/plain"]
 
 
 def test_curves_by_depth_are_the_runs_training_curves(tb, sweep_dir):
@@ -78,25 +77,27 @@ def test_curves_by_depth_are_the_runs_training_curves(tb, sweep_dir):
     (plain8,) = [p.name for p in sweep_dir.iterdir() if p.name.startswith("plain8-")]
     own = tb.scalars(plain8, "train/loss")
     assert len(own) == 2  # steps 10 and 20; the rewritten report added no duplicates below
-    assert tb.scalars("vs_depth/shortcut=false", by_depth_tag(8)) == own  # the same float32, written twice
-    points = tb.scalars("vs_depth/shortcut=true", vs_depth_tag("final_train_loss"))
+    assert tb.scalars("vs_depth/plain", by_depth_tag(8)) == own  # the same float32, written twice
+    points = tb.scalars("vs_depth/ResNet", vs_depth_tag("final_train_loss"))
     assert [step for step, _ in points] == list(DEPTHS)  # step = depth
     # the run counts sort after the answer, in a section of their own
-    assert "vs_depth_counts/diverged_runs" in tb.scalar_tags()["vs_depth/shortcut=false"]
+    assert "vs_depth_counts/diverged_runs" in tb.scalar_tags()["vs_depth/plain"]
 
 
 def test_analysis_hook():
-    """Analyses named by the report get one chart each in a last category, matching analysis/<name>/..."""
-    layout = sweep_layout(vs_depth={"final_train_loss"}, depths=[20], analyses=["gradient_flow"])
+    """Analysis headline columns get one chart each in a last category, matching every group's series."""
+    layout = sweep_layout(vs_depth={"final_train_loss"}, depths=[20], analyses=["lesion_median_accuracy"])
     assert [c.title for c in layout.category] == ["Loss vs depth", "Training curves by depth", LAYOUT_CATEGORIES[3]]
     (chart,) = layout.category[-1].chart
     (pattern,) = chart.multiline.tag
-    assert re.match(pattern, "analysis/gradient_flow/block_03") and not re.match(pattern, "analysis/gradient_flows")
+    for tag in ("lesion_median_accuracy_vs_depth/mean", "lesion_median_accuracy_vs_depth/weight_decay=0/mean"):
+        assert re.match(pattern, tag)
+    assert not re.match(pattern, "lesion_median_accuracy_vs_depth/std")
 
 
-def test_report_charts_the_analyses_its_runs_name(tmp_path):
-    """A run whose summary.json has an `analysis` block gets that analysis charted (layout read
-    back from the report's event file in the sweep root)."""
+def test_report_charts_the_analyses_its_runs_have(tmp_path):
+    """Runs with cached analysis results (RUN/analysis/<name>.json) get the headline numbers per depth
+    in the family runs and a chart each (layout read back from the report's event file in the root)."""
     import io
     import json
 
@@ -109,30 +110,40 @@ def test_report_charts_the_analyses_its_runs_name(tmp_path):
 
     for depth in DEPTHS:
         run = tmp_path / f"plain{depth}"
-        run.mkdir()
+        (run / "analysis").mkdir(parents=True)
         summary = {"status": "completed", "steps": 10, "final_train_loss": 0.5, "sweep": {"name": "a",
                    "keys": {"model.depth": depth}}, "history": {"step": [10], "train_loss": [0.5]},
-                   "analysis": {"gradient_flow": {"note": "tags under analysis/gradient_flow/"}}}  # fmt: skip
+                   "config": {"model": {"depth": depth, "shortcut": False}}}  # fmt: skip
         (run / "summary.json").write_text(json.dumps(summary))
+        (run / "analysis" / "hessian.json").write_text(json.dumps({"lambda_max": 10.0 * depth}))
     build_report(tmp_path, console=Console(file=io.StringIO()))
     (root_file,) = event_files(tmp_path, REPORT_SUFFIX)
     (content,) = [v.tensor.string_val[0] for e in EventFileLoader(str(root_file)).Load() for v in e.summary.value
                   if v.tag == "custom_scalars__config__"]  # fmt: skip
     layout = layout_pb2.Layout.FromString(content)
     assert [c.title for c in layout.category] == ["Loss vs depth", "Training curves by depth", "Why: analyses"]
-    assert [ch.multiline.tag[0] for ch in layout.category[-1].chart] == [r"^analysis/gradient_flow(/|$)"]
+    assert [ch.multiline.tag[0] for ch in layout.category[-1].chart] == [r"^hessian_lambda_max_vs_depth/(.+/)?mean$"]
+    (plain_file,) = event_files(tmp_path / "vs_depth" / "plain", REPORT_SUFFIX)
+    points = [(e.step, v.tensor.float_val[0]) for e in EventFileLoader(str(plain_file)).Load()
+              for v in e.summary.value if v.tag == "hessian_lambda_max_vs_depth/mean"]  # fmt: skip
+    assert points == [(d, 10.0 * d) for d in DEPTHS]
 
 
-def test_custom_scalars_page_in_chromium(tb):
-    """The page a user opens shows the categories (read from the live DOM, shadow roots included)."""
-    binary = dashboard_screenshots.find_chromium()
-    if binary is None:
-        pytest.skip("no chromium on PATH (Debian: apt-get install chromium); .ci/run installs it when it can")
-    with dashboard_screenshots.Chromium(binary, 1200, 900) as browser:
-        text = browser.open(tb.url + "/#custom_scalars&_smoothingWeight=0", expect="Loss vs depth")
-    for title in ("Loss vs depth", "Training curves by depth", "Identity diagnostics"):
-        assert title in text
-    assert "train loss at depth 14: one line per net (mean over seeds)" in text
+def test_tensorboard_palette_is_the_installed_ones():
+    """resexp.colors names TensorBoard's run palette: the one its web page really uses (an upgrade
+    that changes it fails here, not silently in the dashboard's colours)."""
+    import zipfile
+
+    from tensorboard import assets
+
+    from resexp.colors import PLAIN_COLOR, RESNET_COLOR, TENSORBOARD_PALETTE
+
+    with assets.get_default_assets_zip_provider()() as fp, zipfile.ZipFile(fp) as z:
+        script = z.read("index.js").decode()
+    found = re.search(r"tensorboardColorBlindAssist:\[([^\]]*)\]", script)
+    assert found, "TensorBoard's run palette not found in its index.js"
+    assert tuple(re.findall(r'"(#[0-9a-fA-F]{6})"', found.group(1))) == TENSORBOARD_PALETTE
+    assert TENSORBOARD_PALETTE[:2] == (RESNET_COLOR, PLAIN_COLOR)  # orange, blue: the first two runs
 
 
 # ----------------------------------------------------------------------------- provenance and the lock

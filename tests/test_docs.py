@@ -146,3 +146,45 @@ def test_documented_commands_run_in_order(tmp_path):
     again = run_as_reader("make demo", workdir, env)
     assert again.returncode == 0 and "Traceback" not in again.stdout + again.stderr, again.stderr[-3000:]
     assert "already done" in again.stderr
+    answer_in_the_browser(workdir, env)
+
+
+def answer_in_the_browser(workdir: Path, env: dict) -> None:
+    """Then `make tensorboard`, as the README's Usage ends: the bare address it serves, in a fresh
+    Chromium, shows every sweep's loss vs depth, every chart drawn, none clipped, plain blue and
+    ResNet orange."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import dashboard_screenshots as dash
+
+    if dash.find_chromium() is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium); .ci/run installs it when it can")
+    port = dash.free_port()
+    argv = ["make", "-C", str(ROOT), "tensorboard", f"OUT={workdir / 'runs'}", f"PORT={port}"]
+    server = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(url + "/data/plugin/custom_scalars/layout", timeout=2) as resp:
+                    if json.loads(resp.read()).get("category"):
+                        break
+            except OSError:
+                time.sleep(0.5)
+        assert server.poll() is None, server.communicate()[0]
+        _, problems = dash.screenshot_pages(url, workdir / "dashboard")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # make and the resexp it started
+        server.wait(timeout=30)
+    assert not problems, problems
+    text = (workdir / "dashboard" / "custom_scalars.txt").read_text()
+    assert "demo: Loss vs depth" in text and "demo_seeds: Loss vs depth" in text, text[:2000]

@@ -17,5 +17,6 @@ def test_readme_has_the_commands_this_test_expects():
     assert codes[:2] == ["make demo", "make test"]  # the two commands, first
     assert any(c.startswith("resexp sweep configs/demo.yaml --grid optim.weight_decay") for c in codes)
     assert any(c.expected == 1 for c in found)  # a stated non-zero exit is checked too
+    assert "make tensorboard" in codes  # Usage ends by opening the dashboard: checked in Chromium (test_docs)
     run = [c for c in codes if not skip_reason(c)]
     assert len(run) >= 8, run

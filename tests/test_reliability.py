@@ -96,10 +96,12 @@ def reference(tmp_path_factory) -> tuple[Path, Path, dict]:
 
 def test_divergence_stops_the_run_with_exit_3(tmp_path, reference):
     config = reference[0]
-    proc = run_cli("train", config, *DIVERGE, "--out", tmp_path)
+    proc = run_cli("train", config, *DIVERGE, "--out", tmp_path, env={"COLUMNS": "80"})  # a log file's width
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     s = summary(only_run(tmp_path))
+    (message,) = proc.stdout.splitlines()  # one line, not folded at 80 columns
+    assert message.startswith("diverged at step") and message.endswith(f"Run: {only_run(tmp_path)}"), message
     assert s["status"] == "diverged"
     step = s["diverged_at_step"]
     assert isinstance(step, int) and 1 <= step < STEPS and s["steps"] == step

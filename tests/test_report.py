@@ -16,7 +16,7 @@ from rich.console import Console
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from resexp.errors import UserError
-from resexp.report import REPORT_SUFFIX, build_report
+from resexp.report import REPORT_SUFFIX, build_report, build_reports
 from resexp.tblog import EventWriter, event_files, png_size
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -281,15 +281,16 @@ def test_rebuild_is_idempotent(built):
 @pytest.fixture(scope="module")
 def tb(built):
     with TensorBoardServer(built["sweep"]) as server:
-        server.wait_for(lambda: {"vs_depth/shortcut=false", "vs_depth/shortcut=true", "vs_depth", "."}
-                        <= set(server.runs()))  # fmt: skip
+        server.wait_for(lambda: {"vs_depth/plain", "vs_depth/ResNet", "vs_depth", "."} <= set(server.runs()))
         server.wait_for(lambda: len(server.sessions()) == 13)
         yield server
 
 
 def test_tensorboard_vs_depth_scalars(tb):
+    """One run per family, the first two of the run list (TensorBoard colours runs by position)."""
+    assert tb.runs()[:2] == ["vs_depth/ResNet", "vs_depth/plain"]
     tags = tb.scalar_tags()
-    for group in ("vs_depth/shortcut=false", "vs_depth/shortcut=true"):
+    for group in ("vs_depth/plain", "vs_depth/ResNet"):
         assert tags[group], group
         assert all("depth" in t for t in tags[group])
         assert "final_train_loss_vs_depth/mean" in tags[group]
@@ -297,12 +298,12 @@ def test_tensorboard_vs_depth_scalars(tb):
         assert "eval_accuracy_vs_depth/mean" in tags[group]
     expected = expected_cells()
     for shortcut in (False, True):
-        run = f"vs_depth/shortcut={'true' if shortcut else 'false'}"
+        run = "vs_depth/ResNet" if shortcut else "vs_depth/plain"
         points = tb.scalars(run, "final_train_loss_vs_depth/mean")
         assert [s for s, _ in points] == list(DEPTHS)  # step = depth, no duplicates after the rebuild
         for depth, value in points:
             assert value == pytest.approx(expected[(depth, shortcut)]["loss_mean"], rel=1e-6)
-    diverged = tb.scalars("vs_depth/shortcut=false", "vs_depth_counts/diverged_runs")
+    diverged = tb.scalars("vs_depth/plain", "vs_depth_counts/diverged_runs")
     assert diverged == [(8, 0.0), (14, 0.0), (20, 1.0)]
 
 
@@ -505,3 +506,96 @@ def test_reports_over_random_mixtures_of_grids(tmp_path, trial):
             ]
             if losses:
                 assert cell.mean["final_train_loss"] == pytest.approx(statistics.mean(losses), rel=1e-12)
+
+
+# --------------------------------------------------------------------------- what each grid's figure and table say
+
+
+def weight_decay_grid(sweep: Path) -> None:
+    """The README's second grid: weight decay 0 / 1e-4 / 1e-3 x depth x plain/ResNet, two seeds."""
+    for net in ("plain", "resnet"):
+        for depth in DEPTHS:
+            for wd in (0.0, 1e-4, 1e-3):
+                for seed in SEEDS:
+                    keys = {"model.depth": depth, "model.shortcut": net == "resnet", "optim.weight_decay": wd,
+                            "train.seed": seed}  # fmt: skip
+                    summary = make_summary(net, depth, seed, keys=keys, wd=wd)
+                    write_summary(sweep / f"{net}{depth}-wd{wd:g}-s{seed}", summary)
+
+
+def test_weight_decay_figure_colours_by_family_and_keeps_its_legend_off_the_lines(tmp_path):
+    """In loss_vs_depth.png of a weight-decay grid, colour means plain (blue) vs ResNet (orange) in
+    both panels; each weight decay has its own line style and marker within a family; the legends
+    list every line and sit outside the axes, covering no point."""
+    import matplotlib.colors as mcolors
+
+    from resexp.colors import PLAIN_COLOR, RESNET_COLOR
+    from resexp.figures import draw_loss_vs_depth
+
+    weight_decay_grid(tmp_path / "wd")
+    report = build_report(tmp_path / "wd", console=Console(file=io.StringIO()), write_tensorboard=False)
+    fig = draw_loss_vs_depth(report, "wd")
+    fig.canvas.draw()
+    ax, ax2 = fig.axes[:2]
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 1]
+    assert len(lines) == 6  # 2 families x 3 weight decays
+    styles = {}
+    for ln in lines:
+        label = ln.get_label()
+        family = PLAIN_COLOR if label.startswith("plain") else RESNET_COLOR
+        assert mcolors.to_hex(ln.get_color()) == family, (label, ln.get_color())
+        styles.setdefault(family, set()).add((ln.get_linestyle(), ln.get_marker()))
+    assert all(len(s) == 3 for s in styles.values()), styles  # weight decay by style and marker
+    for line in ax2.get_lines():  # the curves: the family's hue, lighter for shallower nets
+        family = PLAIN_COLOR if line.get_label().startswith("plain") else RESNET_COLOR
+        hue = mcolors.rgb_to_hsv(mcolors.to_rgb(line.get_color()))[0]
+        assert abs(hue - mcolors.rgb_to_hsv(mcolors.to_rgb(family))[0]) < 0.02, line.get_label()
+    for axes in (ax, ax2):
+        legend = axes.get_legend()
+        assert legend is not None
+        box = legend.get_window_extent()
+        assert not box.overlaps(axes.get_window_extent()), "the legend sits on the axes"
+        for line in axes.get_lines():
+            xy = line.get_transform().transform(line.get_xydata())
+            assert not any(box.contains(x, y) for x, y in xy), line.get_label()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(set(labels)) == len(labels) and {"plain (wd=0)", "ResNet (wd=0.001)"} <= set(labels), labels
+
+
+def test_each_grid_table_is_titled_with_its_grid(tmp_path):
+    """Two grids in one directory (the README's demo, then a weight-decay grid swept into it):
+    each table says which grid it is, not twice "sweep demo"."""
+    sweep = tmp_path / "demo"
+    weight_decay_grid(sweep)
+    grids = {  # manifest -> (axes, run ids): the demo grid (weight decay 1e-4), then all of them
+        sweep / "sweep.json": (["model.depth", "model.shortcut", "train.seed"],
+                               [p.name for p in sweep.iterdir() if "-wd0.0001-" in p.name]),
+        sweep / "grids" / "weight_decay=0,0.0001,0.001-abc123" / "sweep.json": (
+            ["model.depth", "model.shortcut", "optim.weight_decay", "train.seed"], [p.name for p in sweep.iterdir()]),
+    }  # fmt: skip
+    for path, (axes, ids) in grids.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"name": "demo", "axes": {a: [] for a in axes}, "run_ids": ids}))
+    out = io.StringIO()
+    build_reports(sweep, console=Console(file=out, width=200), write_tensorboard=False)  # prints every grid
+    titles = [line.strip() for line in out.getvalue().splitlines() if line.startswith("grid ")]
+    assert titles == [
+        "grid demo (depth x shortcut): 6 cells from 12 runs",
+        "grid demo/grids/weight_decay=0,0.0001,0.001-abc123 (depth x shortcut x weight_decay): 18 cells from 36 runs",
+    ], out.getvalue()
+
+
+def test_an_unreadable_summary_is_reported_as_unreadable(tmp_path):
+    """A run of a grid whose summary.json is corrupt is named as unreadable, not as "not started"."""
+    sweep = make_sweep(tmp_path / "sweep")
+    (sweep / "sweep.json").write_text(json.dumps({"name": "unit", "axes": {"model.depth": [], "model.shortcut": [],
+                                                  "train.seed": []}, "run_ids": sorted(
+        p.name for p in sweep.iterdir() if p.is_dir())}))  # fmt: skip
+    (sweep / "plain14-s0" / "summary.json").write_text('{"status": "compl')  # cut off mid-write
+    out = io.StringIO()
+    report = build_report(sweep, console=Console(file=out, width=300), write_tensorboard=False)
+    notes = " | ".join(report.notes)
+    assert "plain14-s0: unreadable summary.json" in notes, notes
+    not_started = [n for n in report.notes if "no summary yet" in n]
+    assert not_started and all("plain14-s0" not in n for n in not_started), not_started  # plain8-s9 has none
+    assert "plain14-s0" not in [r["run_id"] for r in report.rows]

@@ -304,9 +304,9 @@ def test_1_slurm_grid_matches_the_local_sweep_one_completed_task_per_cell(slurm_
         assert s["slurm_job_id"].startswith(_array_id(r.stderr) + "_") and s["restarts"] == 0
     status = run_cli("status", sweep_dir)
     assert status.returncode == 0, status.stderr
-    lines = [ln for ln in status.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 4 and all(
-        re.search(r"completed\s+step 40/40\s+job \d+_\d+ \(COMPLETED\)\s+restarts 0", ln) for ln in lines
+    lines = [ln for ln in status.stdout.splitlines() if re.match(r"\s*(plain|resnet)\d+-", ln)]
+    assert len(lines) == 4 and all(  # run, status, step, train loss, wall s, job (state), restarts
+        re.search(r"completed\s+40/40\s+\S+\s+\S+\s+\d+_\d+ \(COMPLETED\)\s+0\s*$", ln) for ln in lines
     ), status.stdout
 
 
