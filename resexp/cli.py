@@ -7,7 +7,6 @@ run exits 3, an interrupted one 130. Bugs keep their tracebacks.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import threading
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
-from resexp.errors import ConfigError, UserError
+from resexp.errors import UserError
 
 
 def _console(*, stderr: bool = False) -> Console:
@@ -388,7 +387,7 @@ def sweep(
 
     Example: resexp sweep configs/demo.yaml --grid optim.weight_decay=0,1e-4 --jobs 2
     """
-    from resexp.sweep import expand_grid, grid_axes, group_seeds, parse_grid, parse_shard, run_sweep, shard_cells
+    from resexp.api import plan_sweep, record_plan, run_planned
 
     launch_opts = _launch_options(
         launcher,
@@ -411,79 +410,59 @@ def sweep(
         from resexp.placement import sharing_rule
 
         sharing_rule()  # an unknown RESEXP_GPU_SHARING fails here, before anything is written
-    cfg = _load(config, set_)
-    axes = parse_grid(grid or [], source=f"{config} (--grid)")
-    index, count = parse_shard(shard)
-    cells = expand_grid(cfg, axes, source=str(config))
-    mine = shard_cells(cells, index, count)
-    if (name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name)) or name in (".", ".."):
-        raise ConfigError("--name", None, f"{name!r}: use letters, digits, '_', '.' and '-' (a directory name)")
-    sweep_dir = out / (name or cfg.name)
-    groups = group_seeds(mine, cfg.train.vmap_seeds)
+    plan = plan_sweep(config, [*(set_ or []), *_env_overrides()], grid=grid, out=out, name=name, shard=shard)
     if launcher is not None:
         from resexp.launch import launch_sweep
 
-        def record() -> Path:  # the manifest, written by the launcher once its checks have passed
-            return _record_grid(sweep_dir, name or cfg.name, grid_axes(cfg, axes), axes, cells).report_dir
-
         raise typer.Exit(
             launch_sweep(
-                groups,
-                sweep_dir,
-                cfg.name,
+                plan.groups,
+                plan.sweep_dir,
+                plan.cfg.name,
                 launcher=launcher,
                 opts=launch_opts,
                 wait=wait,
                 dry_run=dry_run,
                 console=out_console,
                 err_console=err_console,
-                record_grid=record,
+                record_grid=lambda: record_plan(plan).report_dir,  # once the launcher's checks have passed
             )
         )
     if dry_run:
-        table = Table(
-            title=f"{cfg.name}: {len(mine)} of {len(cells)} runs" + (f" (shard {index}/{count})" if count > 1 else "")
-        )
-        table.add_column("run id")
-        keys = sorted({k for c in mine for k in c.keys})
-        for k in keys:
-            table.add_column(k)
-        table.add_column("state")
-        from resexp.runs import read_summary
-
-        for c in mine:
-            s = read_summary(sweep_dir / c.run_id)
-            table.add_row(c.run_id, *(str(c.keys.get(k, "")) for k in keys), (s or {}).get("status", "new"))
-        out_console.print(table)
+        out_console.print(_plan_table(plan))
         return
-    _setup()
-    if jobs == 1:
-        from resexp.data import load_data
-
-        load_data(cells[0].cfg.data, source=str(config))  # a missing dataset fails here, once, before any run
-    else:  # the workers load it (here it would hold device memory): only check that its files are there
-        from resexp.data import default_data_dir
-        from resexp.datasets import FILE_DATASETS, locate
-
-        for d in {(c.cfg.data.name, c.cfg.data.dir) for c in mine if c.cfg.data.name in FILE_DATASETS}:
-            locate(d[0], d[1] or default_data_dir())
-    manifest = _record_grid(sweep_dir, name or cfg.name, grid_axes(cfg, axes), axes, cells)
-    err_console.print(
-        f"[bold]{manifest.name}[/]: {len(mine)} runs"
-        + (f" (shard {index}/{count} of {len(cells)})" if count > 1 else "")
-        + f" -> {sweep_dir}",
-        highlight=False,
+    result, outcomes = run_planned(
+        plan, jobs=jobs, progress=progress and sys.stderr.isatty(), console=err_console, report_console=out_console
     )
-    results = run_sweep(groups, sweep_dir, jobs=jobs, progress=progress and sys.stderr.isatty(), console=err_console)
-    from resexp.report import build_report
+    raise typer.Exit(_print_sweep_end(result, outcomes))
 
-    report = build_report(sweep_dir, console=out_console, grid_dir=manifest.report_dir)
-    bad = [r for r in results if r["status"] not in ("completed", "diverged")]
+
+def _plan_table(plan) -> Table:
+    """`sweep --dry-run`: each run of this shard, its swept values, and its state on disk."""
+    from resexp.runs import read_summary
+
+    index, count = plan.shard
+    title = f"{plan.cfg.name}: {len(plan.mine)} of {len(plan.cells)} runs"
+    table = Table(title=title + (f" (shard {index}/{count})" if count > 1 else ""))
+    table.add_column("run id")
+    keys = sorted({k for c in plan.mine for k in c.keys})
+    for k in keys:
+        table.add_column(k)
+    table.add_column("state")
+    for c in plan.mine:
+        s = read_summary(plan.sweep_dir / c.run_id)
+        table.add_row(c.run_id, *(str(c.keys.get(k, "")) for k in keys), (s or {}).get("status", "new"))
+    return table
+
+
+def _print_sweep_end(result, outcomes: list[dict]) -> int:
+    """The runs that did not finish, where the results are, how to look; the sweep's exit code."""
+    from rich.markup import escape
+
+    bad = [r for r in outcomes if r["status"] not in ("completed", "diverged")]
     elsewhere = [r for r in bad if r["status"] == "running"]
     interrupted = [r for r in bad if r["status"] == "interrupted"]
     failed = [r for r in bad if r["status"] not in ("running", "interrupted")]
-    from rich.markup import escape
-
     for r in failed:
         err_console.print(
             f"[red]{r['status']}[/]: {r['run_id']}" + (f": {escape(r['error'])}" if r.get("error") else ""),
@@ -498,35 +477,22 @@ def sweep(
     if elsewhere:
         err_console.print(
             f"{len(elsewhere)} run(s) are being trained by another process; "
-            f"re-run `resexp report {sweep_dir}` when it finishes"
+            f"re-run `resexp report {result.sweep_dir}` when it finishes"
         )
-    figure = report.paths.get("loss_vs_depth.png") or next(
-        (p for n, p in report.paths.items() if n.endswith(".png")), None
-    )
+    figure = result.figures.get("loss_vs_depth.png") or next(iter(result.figures.values()), None)
     out_console.print(
-        f"\nResults: {report.report_dir / 'results.csv'}"
+        f"\nResults: {result.report_dir / 'results.csv'}"
         + (f", figure: {figure}" if figure else "")
-        + f"\n{_tensorboard_hint(sweep_dir)}",
+        + f"\n{_tensorboard_hint(result.sweep_dir)}",
         highlight=False,
     )
-    raise typer.Exit(130 if interrupted else 1 if failed else 0)
+    return 130 if interrupted else 1 if failed else 0
 
 
 def _tensorboard_hint(path: Path) -> str:
     from resexp.dashboard import tensorboard_hint
 
     return tensorboard_hint(path)
-
-
-def _record_grid(sweep_dir: Path, *args):
-    """The sweep's manifest (resexp.sweep.record_grid); an unwritable directory is one line, exit 2."""
-    from resexp.errors import RunError
-    from resexp.sweep import record_grid
-
-    try:
-        return record_grid(sweep_dir, *args)
-    except OSError as exc:
-        raise RunError(f"{sweep_dir}: cannot write the sweep manifest ({exc.strerror or exc})") from None
 
 
 def _launch_options(launcher, shard, jobs, *, wait, **flags):
@@ -678,36 +644,14 @@ def identity(
 
     Example: resexp identity configs/demo.yaml --set model.depth=20
     """
-    cfg = _load(config, set_)
-    _setup()
-    import jax.numpy as jnp
+    from resexp.api import identity as identity_fn
+    from resexp.diagnostics import TOLERANCE
 
-    from resexp.data import load_data
-    from resexp.diagnostics import TOLERANCE, identity_check
-    from resexp.models import build_model
-
-    data = load_data(cfg.data, source=str(config))
-    # The initialisation `resexp train` starts from (jitted, compute dtype included).
-    net = build_model(
-        cfg.model,
-        data.image_shape,
-        data.num_classes,
-        seed=cfg.train.seed if seed is None else seed,
-        dtype=cfg.train.dtype,
-    )
-    x = data.normalize(data.x_test[: min(examples, data.x_test.shape[0])])
-    rows = identity_check(net, jnp.asarray(x))
-    m = cfg.model
-    arch = (
-        f"{'ResNet' if m.shortcut else 'plain'}-{m.depth}"
-        if m.kind == "cnn"
-        else f"{'residual' if m.shortcut else 'plain'} MLP depth {m.depth}"
-    )
-    if m.shortcut:
-        arch += f", option {'ABC'[['zero_pad', 'learned', 'learned_all'].index(m.projection)]}"
+    res = identity_fn(config, [*(set_ or []), *_env_overrides()], seed=seed, examples=examples)
+    rows = res.rows
     table = Table(
-        title=f"identity check: {arch} ({cfg.train.dtype}), every branch's last layer zeroed, "
-        f"{x.shape[0]} {data.name} images"
+        title=f"identity check: {res.architecture} ({res.dtype}), every branch's last layer zeroed, "
+        f"{res.images} {res.dataset} images"
     )
     for col in ("block", "Ws", "max|out-a|", "vs relu(Ws a)", "verdict"):
         table.add_column(col, justify="right" if col.startswith(("max", "vs")) else "left", no_wrap=col == "block")
@@ -721,14 +665,13 @@ def identity(
         )
     out_console.print(table)
     ok = all(r["holds"] for r in rows)
-    if m.shortcut:
-        lowest = min(r["input_min"] for r in rows)
+    if res.shortcut:
         out_console.print(
-            f"Every block input a is a relu output, so non-negative (min over all blocks: {lowest:g}); "
+            f"Every block input a is a relu output, so non-negative (min over all blocks: {res.min_block_input:g}); "
             "hence relu(0 + a) = a.",
             highlight=False,
         )
-    if not m.shortcut:
+    if not res.shortcut:
         out_console.print(
             "[red]plain net[/]: with its last layer zeroed each block outputs relu(0) = 0, "
             "not its input: the signal is lost"
@@ -740,12 +683,12 @@ def identity(
         )
     else:
         bad = [r["block"] for r in rows if not r["holds"]]
-        why = " (option C: Ws is learned on every block)" if m.projection == "learned_all" else ""
+        why = " (option C: Ws is learned on every block)" if res.projection == "learned_all" else ""
         out_console.print(
             f"[red]does not hold[/] for {len(bad)} of {len(rows)} blocks{why}: {', '.join(bad[:4])}"
             f"{', ...' if len(bad) > 4 else ''}"
         )
-    raise typer.Exit(0 if ok and m.shortcut else 1)
+    raise typer.Exit(0 if res.holds else 1)
 
 
 @data_app.command("download")
