@@ -10,7 +10,7 @@ PORT   ?= 6006
 LOCK   ?= requirements/ci.lock
 LINTED := resexp scripts tests
 
-.PHONY: install demo test lint fmt docs lock check-wheel bench bench-torch tensorboard clean slurm-up slurm-down
+.PHONY: install demo test lint fmt docs lock check-wheel tutorial bench bench-torch tensorboard clean slurm-up slurm-down
 
 # The lock (exact versions + sha256, what CI tested) first, then resexp itself; `make install LOCK=`
 # skips the lock (another platform), `pip install .` alone keeps pyproject's ranges.
@@ -40,6 +40,9 @@ docs: $(STAMP)  ## the documentation site (docs/, mkdocs.yml) into site/; --stri
 lock: $(STAMP)  ## rewrite requirements/ci.lock from .venv (after the tests pass in it)
 	$(BIN)/python scripts/lock.py $(LOCK)
 	@touch $(STAMP)  # the venv is what the new lock describes: nothing to reinstall
+
+tutorial: $(STAMP)  ## docs/tutorial.ipynb run top to bottom in a real Jupyter kernel (what .ci/run checks); a failing cell fails
+	$(BIN)/python scripts/run_tutorial.py
 
 demo: $(STAMP)  ## the embedded depth sweep: plain vs residual, depth 8..56, on 2 CPU cores
 	$(BIN)/resexp sweep configs/demo.yaml --out $(OUT) --jobs 2

@@ -10,9 +10,11 @@ import types
 from importlib import metadata
 
 from resexp.api import (
+    AnalysisResult,
     IdentityResult,
     RunResult,
     SweepResult,
+    analyze,
     identity,
     load_sweep,
     report,
@@ -33,6 +35,7 @@ def package_version() -> str:
 __version__ = package_version()
 
 __all__ = [
+    "AnalysisResult",
     "ConfigError",
     "DataError",
     "IdentityResult",
@@ -41,6 +44,7 @@ __all__ = [
     "SweepResult",
     "UserError",
     "__version__",
+    "analyze",
     "identity",
     "load_sweep",
     "report",

@@ -21,10 +21,12 @@ from typing import Any
 from resexp.errors import ConfigError, UserError
 
 __all__ = [
+    "AnalysisResult",
     "IdentityResult",
     "RunResult",
     "SweepPlan",
     "SweepResult",
+    "analyze",
     "identity",
     "load_sweep",
     "plan_sweep",
@@ -360,4 +362,53 @@ def identity(
         shortcut=cfg.model.shortcut,
         projection=cfg.model.projection,
         min_block_input=min((r["input_min"] for r in rows), default=None) if cfg.model.shortcut else None,
+    )
+
+
+# ----------------------------------------------------------------------------- the why lab
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """What `analyze` did: the runs analysed, the figures against depth, and its notes."""
+
+    sweep_dir: Path
+    analysed: list[str]
+    diverged: list[str]
+    figures: dict[str, Path]
+    notes: list[str]
+    computed: int
+    cached: int
+
+
+def analyze(
+    sweep_dir: str | Path,
+    only: Sequence[str] | str | None = None,
+    *,
+    jobs: int = 1,
+    grid: str | None = None,
+    examples: int | None = None,
+    precise_bn_batches: int | None = None,
+) -> AnalysisResult:
+    """The why lab (lesion, gradients, paths, landscape, hessian, or `only` those) on every run of a
+    grid (the directory's first, `grid=NAME`, or `grid="all"`); results are cached per run, the
+    figures against depth and the report's columns are rewritten. `load_sweep` then shows the columns."""
+    from resexp.analysis import parse_only
+    from resexp.analysis.sweep import analyze_sweep
+
+    if jobs < 1:
+        raise UserError(f"jobs must be at least 1, not {jobs}")
+    names = parse_only(only if isinstance(only, str) or only is None else ",".join(only))
+    _configure()
+    res = analyze_sweep(
+        Path(sweep_dir), names, jobs=jobs, grid=grid, examples=examples, precise_bn_batches=precise_bn_batches
+    )
+    return AnalysisResult(
+        sweep_dir=res.sweep_dir,
+        analysed=list(res.analysed),
+        diverged=list(res.diverged),
+        figures=dict(res.figures),
+        notes=list(res.notes),
+        computed=res.computed,
+        cached=res.cached,
     )
