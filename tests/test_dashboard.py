@@ -13,7 +13,9 @@ from conftest import ROOT, tiny_dict
 from tb_server import TensorBoardServer
 from tensorboard.plugins.custom_scalar import layout_pb2
 
+from resexp.colors import PLAIN_COLOR, RESNET_COLOR
 from resexp.config import Config
+from resexp.dashboard import FRAGMENT
 from resexp.report import build_report
 from resexp.sweep import expand_grid, run_sweep
 from resexp.tblog import LAYOUT_CATEGORIES, answer_wall_time, by_depth_tag, sweep_layout, vs_depth_tag
@@ -229,3 +231,28 @@ def test_a_directory_of_sweeps_is_served_as_one_view(tmp_path):
         assert [c.title for c in layout.category] == ["a: Loss vs depth", "b: Loss vs depth"]
         assert layout.category[0].chart[0].multiline.tag[0] == "^a/final_train_loss_vs_depth/(.+/)?mean$"
     assert not view.exists()
+
+
+def test_the_chart_check_sees_what_a_plain_tensorboard_hides(tmp_path):
+    """The browser check is not vacuous: on a report whose deep plain net is the largest value, a
+    plain `tensorboard` (its default "ignore outliers") draws that point outside the chart, and
+    `chart_problems` says so. (`resexp tensorboard` shows it: tests/test_study.py.)"""
+    import io
+    import sys
+
+    from rich.console import Console
+    from test_report import make_sweep
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import dashboard_screenshots as dash
+
+    if dash.find_chromium() is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium); .ci/run installs it when it can")
+    sweep = make_sweep(tmp_path / "sweep")  # plain-20's loss is the largest
+    build_report(sweep, console=Console(file=io.StringIO()))
+    with TensorBoardServer(sweep) as tb, dash.Chromium(dash.find_chromium(), 1200, 900) as browser:
+        browser.open(f"{tb.url}/{FRAGMENT}", expect="Loss vs depth")
+        charts = dash.drawn_charts(browser)
+    problems = dash.chart_problems(charts, {"plain": PLAIN_COLOR, "ResNet": RESNET_COLOR})
+    assert any(p.startswith("final train loss vs depth") and "[20, 0.25] not in" in p for p in problems), problems
+    assert not any("drawn in" in p or "empty" in p for p in problems), problems  # colours and runs are right
