@@ -81,15 +81,11 @@ def tensorboard_hint(path: Path) -> str:
 
 
 def is_sweep_dir(path: Path) -> bool:
-    """A sweep directory: a manifest, a report, or run directories with summaries at its top."""
+    """A sweep directory: a grid's manifest or a report at its top."""
     from resexp.report import REPORT_SUFFIX
     from resexp.sweep import MANIFEST
 
-    return (
-        (path / MANIFEST).is_file()
-        or any(path.glob(f"events.out.tfevents.*{REPORT_SUFFIX}"))
-        or (any(path.glob("*/summary.json")) and not (path / "summary.json").exists())
-    )
+    return (path / MANIFEST).is_file() or any(path.glob(f"events.out.tfevents.*{REPORT_SUFFIX}"))
 
 
 def _sweeps_in(path: Path) -> list[Path]:
@@ -98,8 +94,9 @@ def _sweeps_in(path: Path) -> list[Path]:
 
 @contextmanager
 def view_logdir(path: Path) -> Iterator[Path]:
-    """The directory TensorBoard should read for `path`: `path` itself, or for a directory of
-    sweeps a combined view in a temporary directory (removed on exit)."""
+    """The directory TensorBoard should read for `path`: `path` itself, or for a directory holding
+    sweep directories (and maybe runs of `resexp train`) a combined view in a temporary directory
+    (removed on exit)."""
     if not path.exists():
         raise UserError(f"{path}: does not exist")
     if not path.is_dir():

@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, tiny_dict
 from tb_server import TensorBoardServer
+from tensorboard.plugins.custom_scalar import layout_pb2
 
+from resexp.colors import PLAIN_COLOR, RESNET_COLOR
 from resexp.config import Config
+from resexp.dashboard import FRAGMENT
 from resexp.report import build_report
 from resexp.sweep import expand_grid, run_sweep
-from resexp.tblog import LAYOUT_CATEGORIES, by_depth_tag, sweep_layout, vs_depth_tag
+from resexp.tblog import LAYOUT_CATEGORIES, answer_wall_time, by_depth_tag, sweep_layout, vs_depth_tag
 
 DEPTHS = (8, 14)
 # The same tiny grid as test_sweep (one seed), so the compile cache is shared.
@@ -183,3 +186,73 @@ def test_lock_pins_every_dependency_within_pyproject_ranges():
         name = req.name.lower().replace("_", "-")
         assert name in pins, f"{name} is not in the lock"
         assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} outside {req.specifier}"
+
+
+def test_a_directory_of_sweeps_is_served_as_one_view(tmp_path):
+    """`resexp tensorboard runs` with two reported sweeps and a run of `resexp train` beside them: a
+    view with one run per family holding both sweeps' answers (tags and categories prefixed by the
+    sweep), and every run directory linked one level down."""
+    import io
+    import json
+
+    from rich.console import Console
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from resexp.dashboard import view_logdir
+    from resexp.report import REPORT_SUFFIX
+    from resexp.tblog import event_files
+
+    runs = tmp_path / "runs"
+    for sweep in ("a", "b"):
+        for net, depth in (("plain", 8), ("resnet", 8), ("plain", 20), ("resnet", 20)):
+            run = runs / sweep / f"{net}{depth}"
+            run.mkdir(parents=True)
+            model = {"depth": depth, "shortcut": net == "resnet"}
+            summary = {"status": "completed", "steps": 10, "final_train_loss": depth / 100, "config": {"model": model},
+                       "sweep": {"name": sweep, "keys": {f"model.{k}": v for k, v in model.items()}}}  # fmt: skip
+            (run / "summary.json").write_text(json.dumps(summary))
+        build_report(runs / sweep, console=Console(file=io.StringIO()))
+    (runs / "plain8-alone").mkdir()
+    (runs / "plain8-alone" / "summary.json").write_text(json.dumps({"status": "completed"}))
+    with view_logdir(runs) as view:
+        assert view != runs
+        links = sorted(p.relative_to(view).as_posix() for p in view.rglob("*") if p.is_symlink())
+        assert links == ["a/plain20", "a/plain8", "a/resnet20", "a/resnet8", "b/plain20", "b/plain8", "b/resnet20",
+                         "b/resnet8", "plain8-alone"]  # fmt: skip
+        (plain,) = event_files(view / "vs_depth" / "plain", REPORT_SUFFIX)
+        first, *events = list(EventFileLoader(str(plain)).Load())
+        assert first.wall_time == answer_wall_time(1)  # second in the run list: blue
+        tags = {v.tag for e in events for v in e.summary.value}
+        assert {"a/final_train_loss_vs_depth/mean", "b/final_train_loss_vs_depth/mean"} <= tags
+        (root,) = event_files(view, REPORT_SUFFIX)
+        (content,) = [v.tensor.string_val[0] for e in EventFileLoader(str(root)).Load() for v in e.summary.value
+                      if v.tag == "custom_scalars__config__"]  # fmt: skip
+        layout = layout_pb2.Layout.FromString(content)
+        assert [c.title for c in layout.category] == ["a: Loss vs depth", "b: Loss vs depth"]
+        assert layout.category[0].chart[0].multiline.tag[0] == "^a/final_train_loss_vs_depth/(.+/)?mean$"
+    assert not view.exists()
+
+
+def test_the_chart_check_sees_what_a_plain_tensorboard_hides(tmp_path):
+    """The browser check is not vacuous: on a report whose deep plain net is the largest value, a
+    plain `tensorboard` (its default "ignore outliers") draws that point outside the chart, and
+    `chart_problems` says so. (`resexp tensorboard` shows it: tests/test_study.py.)"""
+    import io
+    import sys
+
+    from rich.console import Console
+    from test_report import make_sweep
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import dashboard_screenshots as dash
+
+    if dash.find_chromium() is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium); .ci/run installs it when it can")
+    sweep = make_sweep(tmp_path / "sweep")  # plain-20's loss is the largest
+    build_report(sweep, console=Console(file=io.StringIO()))
+    with TensorBoardServer(sweep) as tb, dash.Chromium(dash.find_chromium(), 1200, 900) as browser:
+        browser.open(f"{tb.url}/{FRAGMENT}", expect="Loss vs depth")
+        charts = dash.drawn_charts(browser)
+    problems = dash.chart_problems(charts, {"plain": PLAIN_COLOR, "ResNet": RESNET_COLOR})
+    assert any(p.startswith("final train loss vs depth") and "[20, 0.25] not in" in p for p in problems), problems
+    assert not any("drawn in" in p or "empty" in p for p in problems), problems  # colours and runs are right
