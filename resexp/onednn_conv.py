@@ -40,7 +40,7 @@ def library() -> ctypes.CDLL:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     threads = int(os.environ.get("RESEXP_ONEDNN_THREADS", "0")) or xla_threads()
     lib.resexp_onednn_set_threads(ctypes.c_int(threads))
-    lib.threads = threads
+    lib.threads = threads  # type: ignore[attr-defined]
     return lib
 
 

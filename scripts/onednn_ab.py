@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -114,9 +115,11 @@ def per_op(args) -> list[dict]:
         for op in ("fwd", "bwd_data", "bwd_weights"):
             if op == "bwd_data" and ci == 3:
                 continue  # the stem's input gradient is never computed in training
-            a = (lambda fn=today[op]: fn(x, w)) if op == "fwd" else (lambda fn=today[op]: fn(x, w, dy))
-            b = (lambda fn=onednn[op]: fn(x, w)) if op == "fwd" else (lambda fn=onednn[op]: fn(x, w, dy))
-            ta, tb = [], []
+            inputs = (x, w) if op == "fwd" else (x, w, dy)
+            a = functools.partial(today[op], *inputs)
+            b = functools.partial(onednn[op], *inputs)
+            ta: list[float] = []
+            tb: list[float] = []
             for r in range(args.op_repeats):
                 for who in ("a", "b") if r % 2 == 0 else ("b", "a"):
                     (ta if who == "a" else tb).append(timeit(a if who == "a" else b, args.inner))
@@ -197,10 +200,9 @@ def main(argv=None) -> int:
 
     skip = set(args.skip.split(","))
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     out: dict = {
-        "cpu": next(
-            (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"
-        ),
+        "cpu": next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?"),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "jax": jax.__version__,
