@@ -1,10 +1,13 @@
-"""2-D NHWC float32 convolutions on the CPU through oneDNN, as XLA FFI custom calls (a prototype).
+"""2-D NHWC float32 convolutions on the CPU through oneDNN, as XLA FFI custom calls.
 
 `conv(x, w, strides, pads)` is a `custom_vjp` whose forward, input gradient and kernel
-gradient are each one oneDNN primitive (csrc/onednn_conv.cc, built by
-scripts/build_onednn.sh into build/onednn/). oneDNN's OpenMP team is sized like XLA's
-Eigen pool (the CPUs this process may use, 1 when XLA_FLAGS turns the pool off), or
-RESEXP_ONEDNN_THREADS.
+gradient are each one oneDNN primitive (csrc/onednn_conv.cc, built by `make install`
+through scripts/build_onednn.sh into build/onednn/, or RESEXP_ONEDNN_LIBRARY). oneDNN's
+OpenMP team is sized like XLA's Eigen pool (the CPUs this process may use, 1 when
+XLA_FLAGS turns the pool off), or RESEXP_ONEDNN_THREADS.
+
+Where the extension is missing or does not load, `library()` is None and resexp keeps
+XLA's convolutions, saying so once on stderr.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
-LIBRARY = Path(__file__).resolve().parent.parent / "build" / "onednn" / "libresexp_onednn.so"
+BUILT = Path(__file__).resolve().parent.parent / "build" / "onednn" / "libresexp_onednn.so"
 TARGETS = {
     "resexp_onednn_conv_fwd": "OnednnConvFwd",
     "resexp_onednn_conv_bwd_data": "OnednnConvBwdData",
@@ -32,10 +36,26 @@ def xla_threads() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def library_path() -> Path:
+    return Path(os.environ.get("RESEXP_ONEDNN_LIBRARY") or BUILT)
+
+
 @functools.cache
-def library() -> ctypes.CDLL:
-    """Load the extension, register its three FFI targets for the CPU, size oneDNN's team."""
-    lib = ctypes.CDLL(str(LIBRARY))
+def library() -> ctypes.CDLL | None:
+    """The loaded extension (its FFI targets registered for the CPU, oneDNN's team sized), or
+    None after one line on stderr saying why XLA's convolutions are used instead."""
+    path = library_path()
+    try:
+        lib = load(path)
+    except OSError as err:
+        reason = "not built (`make install` builds it)" if not path.exists() else str(err).splitlines()[0]
+        print(f"resexp: CPU convolutions run on XLA's kernels: oneDNN extension {path}: {reason}", file=sys.stderr)
+        return None
+    return lib
+
+
+def load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
     for target, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     threads = int(os.environ.get("RESEXP_ONEDNN_THREADS", "0")) or xla_threads()
@@ -45,7 +65,7 @@ def library() -> ctypes.CDLL:
 
 
 def available() -> bool:
-    return LIBRARY.exists()
+    return library() is not None
 
 
 def attrs(strides, pads) -> dict:
@@ -110,6 +130,7 @@ conv.defvjp(conv_fwd, conv_bwd)
 def impl(kind: str, x_shape, w_shape, strides, pads) -> str:
     """oneDNN's implementation name for one op ('f', 'd' or 'w') of one shape."""
     lib = library()
+    assert lib is not None, "the oneDNN extension is not loaded"
     n, h, wd, c = x_shape
     kh, kw, _, o = w_shape
     _, oh, ow, _ = out_shape(x_shape, w_shape, strides, pads)

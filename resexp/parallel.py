@@ -34,9 +34,9 @@ from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 KERNEL_GRAD_GROUP = 8  # images per kernel-gradient conv on CPU (measured best for 8..32 px CIFAR stages)
-# "onednn": 2-D float32 convs on the CPU go to resexp.onednn_conv's custom calls (a prototype,
-# build it with scripts/build_onednn.sh); read when a program is traced.
-CPU_CONV = os.environ.get("RESEXP_CPU_CONV", "xla")
+# Where 2-D float32 convs go on the CPU, read when a program is traced: "auto" (oneDNN's kernels
+# through resexp.onednn_conv where its extension loads, else XLA's), "onednn" or "xla".
+CPU_CONV = os.environ.get("RESEXP_CPU_CONV", "auto")
 
 
 # --------------------------------------------------------------------------- data parallelism
@@ -256,10 +256,11 @@ def conv_general_dilated(
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:nd], strides, padding)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if CPU_CONV == "onednn" and nd == 2 and lhs.dtype == jnp.float32:
+    if nd == 2 and lhs.dtype == jnp.float32 and CPU_CONV != "xla":
         from resexp import onednn_conv
 
-        return onednn_conv.conv(lhs, rhs, strides, pads)
+        if onednn_conv.available():
+            return onednn_conv.conv(lhs, rhs, strides, pads)
     return _canonical_conv(lhs, rhs, strides, pads)
 
 
