@@ -200,6 +200,9 @@ def main(argv=None) -> int:
 
     skip = set(args.skip.split(","))
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    lib = onednn_conv.library()
+    if lib is None:
+        raise SystemExit("onednn_ab.py: the oneDNN extension is not built (scripts/build_onednn.sh)")
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     out: dict = {
         "cpu": next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?"),
@@ -207,7 +210,7 @@ def main(argv=None) -> int:
         "machine": platform.machine(),
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "onednn_threads": onednn_conv.library().threads,
+        "onednn_threads": lib.threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default)"),
         "uptime_before": uptime_before,
     }
