@@ -264,6 +264,15 @@ def conv_general_dilated(
     return _canonical_conv(lhs, rhs, strides, pads)
 
 
+def cpu_conv_path() -> str:
+    """Whose kernels run this process's float32 2-D convs on the CPU: "onednn" or "xla"."""
+    if CPU_CONV == "xla":
+        return "xla"
+    from resexp import onednn_conv
+
+    return "onednn" if onednn_conv.available() else "xla"
+
+
 def use_fast_conv(model) -> Any:
     """Point every `nnx.Conv` of `model` at `conv_general_dilated` (in place); returns the model."""
     from flax import nnx
