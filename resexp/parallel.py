@@ -16,6 +16,9 @@
   model (jax-ml/jax#12868). Written canonically they hit the Eigen kernels again.
   `use_fast_conv` swaps it into every `nnx.Conv` of a model; the Engine does so only for
   programs built for CPU (`Engine.platform`), so GPU/TPU programs keep lax's own convs.
+  Where resexp's oneDNN extension loads (`resexp.onednn_conv`), float32 2-D convs skip
+  Eigen altogether: forward and both gradients are oneDNN primitives (1.35-1.58x a
+  ResNet-20 step on an AVX-512 CPU; README "oneDNN convolutions on the CPU").
 """
 
 from __future__ import annotations
