@@ -241,7 +241,7 @@ def separate_runs(digits):
 
 
 @pytest.mark.parametrize("seed_loop", ["vmap", "map"])
-def test_vmapped_seeds_train_like_separate_runs(digits, seed_loop, separate_runs):
+def test_vmapped_seeds_train_like_separate_runs(digits, seed_loop, separate_runs, monkeypatch):
     """S seeds in one program (vmapped on accelerators, looped in-program on CPU) = S runs."""
     from resexp.train import Engine
 
@@ -249,15 +249,17 @@ def test_vmapped_seeds_train_like_separate_runs(digits, seed_loop, separate_runs
     engine = Engine(cfg, digits, seeds=2, seed_loop=seed_loop)
     together, state2 = losses_of(engine, [3, 4], digits)
     assert engine.seed_loop == seed_loop
-    convs = [
-        e
-        for e in all_eqns(
-            jax.make_jaxpr(engine._over_seeds(lambda st, seed, x, y: engine._chunk(st, seed, x, y, length=1), 2))(
-                engine._state_spec(), jnp.zeros((2,), jnp.int32), digits.x_train, digits.y_train
-            ).jaxpr
-        )
-        if e.primitive.name == "conv_general_dilated"
-    ]
+    with monkeypatch.context() as patch:
+        patch.setattr(parallel, "CPU_CONV", "xla")  # XLA's convs, whose batching the jaxpr shows
+        convs = [
+            e
+            for e in all_eqns(
+                jax.make_jaxpr(engine._over_seeds(lambda st, seed, x, y: engine._chunk(st, seed, x, y, length=1), 2))(
+                    engine._state_spec(), jnp.zeros((2,), jnp.int32), digits.x_train, digits.y_train
+                ).jaxpr
+            )
+            if e.primitive.name == "conv_general_dilated"
+        ]
     # vmap batches the two seeds' convs into grouped convs; map keeps one seed's convs
     assert convs and {e.params["feature_group_count"] for e in convs} == ({2} if seed_loop == "vmap" else {1})
     apart = separate_runs
