@@ -8,6 +8,7 @@ OUT    ?= runs
 PORT   ?= 6006
 
 LOCK   ?= requirements/ci.lock
+ONEDNN := build/onednn/libresexp_onednn.so
 LINTED := resexp scripts tests
 
 .PHONY: install demo test lint fmt docs lock check-wheel tutorial bench bench-torch tensorboard clean slurm-up slurm-down
@@ -21,7 +22,12 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP)  ## set up .venv with resexp and the test tools (versions from requirements/ci.lock)
+install: $(STAMP) $(ONEDNN)  ## set up .venv with resexp and the test tools (versions from requirements/ci.lock)
+
+# CPU convolutions through oneDNN (resexp/onednn_conv.py). Where it cannot build (no g++, not Linux
+# x86_64, no network) resexp runs XLA's convolutions instead, and says so once when it starts.
+$(ONEDNN): csrc/onednn_conv.cc requirements/onednn.txt scripts/build_onednn.sh | $(STAMP)
+	@bash scripts/build_onednn.sh || echo "note: the oneDNN extension did not build; resexp will use XLA's convolutions" >&2
 
 lint: $(STAMP)  ## ruff check, ruff format --check and mypy on resexp/ scripts/ tests/ (all three run; any finding fails)
 	@rc=0; \
@@ -41,23 +47,23 @@ lock: $(STAMP)  ## rewrite requirements/ci.lock from .venv (after the tests pass
 	$(BIN)/python scripts/lock.py $(LOCK)
 	@touch $(STAMP)  # the venv is what the new lock describes: nothing to reinstall
 
-tutorial: $(STAMP)  ## docs/tutorial.ipynb run top to bottom in a real Jupyter kernel (what .ci/run checks); a failing cell fails
+tutorial: $(STAMP) $(ONEDNN)  ## docs/tutorial.ipynb run top to bottom in a real Jupyter kernel (what .ci/run checks); a failing cell fails
 	$(BIN)/python scripts/run_tutorial.py
 
-demo: $(STAMP)  ## the embedded depth sweep: plain vs residual, depth 8..56, on 2 CPU cores
+demo: $(STAMP) $(ONEDNN)  ## the embedded depth sweep: plain vs residual, depth 8..56, on 2 CPU cores
 	$(BIN)/resexp sweep configs/demo.yaml --out $(OUT) --jobs 2
 
-test: $(STAMP)  ## the whole test suite on 2 workers, a test file each (pytest exit 5, 'no tests collected', is a failure)
+test: $(STAMP) $(ONEDNN)  ## the whole test suite on 2 workers, a test file each (pytest exit 5, 'no tests collected', is a failure)
 	@$(BIN)/python -m pytest -q -n 2 --dist loadfile; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
 
 check-wheel: $(STAMP)  ## build the sdist and wheel, install the wheel in a fresh venv outside the clone, run the demo by name there
 	PYTHON=$(PYTHON) LOCK=$(LOCK) bash scripts/check_wheel.sh
 
-bench: $(STAMP)  ## compile time and images/s for ResNet-20/56/110 on this machine (JSON)
+bench: $(STAMP) $(ONEDNN)  ## compile time and images/s for ResNet-20/56/110 on this machine (JSON)
 	$(BIN)/python scripts/bench.py --depths 20,56,110 --json
 
-bench-torch: $(STAMP)  ## the same, side by side with PyTorch eager (torch goes into .venv-bench, never .venv)
+bench-torch: $(STAMP) $(ONEDNN)  ## the same, side by side with PyTorch eager (torch goes into .venv-bench, never .venv)
 	@.venv-bench/bin/python -c 'import torch' 2>/dev/null || { $(PYTHON) -m venv .venv-bench && .venv-bench/bin/python -m pip install -q torch numpy; }
 	$(BIN)/python scripts/bench.py --depths 20,56,110 --steps 5 --repeats 3 --compare-torch --json
 

@@ -55,8 +55,16 @@ def cpu_info() -> dict[str, Any]:
 
 
 def provenance() -> dict[str, Any]:
-    """``{"software": {resexp, jax, jaxlib, flax, optax, python}, "machine": cpu_info(), "xla_flags": ...}``:
-    the XLA flags too, since they change a run's last bits (GPU determinism, CPU kernel choices)."""
+    """``{"software": {resexp, jax, jaxlib, flax, optax, python}, "machine": cpu_info(), "xla_flags": ...,
+    "cpu_conv": "onednn" | "xla" (on the CPU)}``: the XLA flags and conv kernels too, since they
+    change a run's last bits (GPU determinism, CPU kernel choices)."""
     software = {name: _version(name) for name in PACKAGES}
     software["python"] = platform.python_version()
-    return {"software": software, "machine": cpu_info(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    out: dict[str, Any] = {"software": software, "machine": cpu_info(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    import jax
+
+    if jax.default_backend() == "cpu":  # oneDNN's or XLA's conv kernels: a run's last bits depend on it
+        from resexp.parallel import cpu_conv_path
+
+        out["cpu_conv"] = cpu_conv_path()
+    return out

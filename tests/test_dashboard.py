@@ -158,6 +158,8 @@ def test_summaries_record_software_and_machine(sweep_dir):
     import json
     from importlib import metadata
 
+    from resexp.parallel import cpu_conv_path
+
     for summary_path in sweep_dir.glob("*/summary.json"):
         summary = json.loads(summary_path.read_text())
         assert summary["software"] == {
@@ -167,6 +169,7 @@ def test_summaries_record_software_and_machine(sweep_dir):
         machine = summary["machine"]
         assert machine["cpu"] and machine["cores"] == os.cpu_count()
         assert summary["xla_flags"] == os.environ.get("XLA_FLAGS", "")
+        assert summary["cpu_conv"] == cpu_conv_path()  # the runs load the same oneDNN extension, or none
 
 
 def test_lock_pins_every_dependency_within_pyproject_ranges():

@@ -289,7 +289,10 @@ def test_diagnostics_are_part_of_the_eval_program_and_can_be_turned_off(digits):
         d = digits
         shapes[on] = jax.eval_shape(engine._evaluate, engine.abstract_state, d.x_test, d.y_test)
         jaxpr = jax.make_jaxpr(engine._evaluate)(engine.abstract_state, d.x_test, d.y_test)
-        convs[on] = sum(e.primitive.name == "conv_general_dilated" for e in all_eqns(jaxpr.jaxpr))
+        convs[on] = sum(  # XLA's forward convs, or oneDNN's (the CPU default where its extension loads)
+            e.primitive.name == "conv_general_dilated" or e.params.get("target_name") == "resexp_onednn_conv_fwd"
+            for e in all_eqns(jaxpr.jaxpr)
+        )
     assert set(shapes[False]) == {"eval_loss", "eval_accuracy"}
     assert convs[False] > 0 and convs[True] == 2 * convs[False]  # one more forward pass, no backward
     diag = shapes[True]["diagnostics"]

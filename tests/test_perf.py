@@ -58,6 +58,17 @@ def losses_of(engine, seeds, data, chunks: int = 1, nudge: bool = False):
 # --------------------------------------------------------------------------- the CPU conv
 
 
+def onednn_or_skip() -> None:
+    """Skip where the oneDNN extension is not built, except in CI on Linux x86_64, where `make test` builds it."""
+    from resexp import onednn_conv
+
+    if not onednn_conv.available():
+        if os.environ.get("CI") and sys.platform == "linux" and os.uname().machine == "x86_64":
+            pytest.fail("the oneDNN extension did not build or load (scripts/build_onednn.sh)")
+        pytest.skip("the oneDNN extension is not built here")
+
+
+@pytest.mark.parametrize("cpu_conv", ["xla", "onednn"])
 @pytest.mark.parametrize(
     "stride,padding,kernel,dtype",
     [
@@ -70,7 +81,12 @@ def losses_of(engine, seeds, data, chunks: int = 1, nudge: bool = False):
         ((2, 2), ((1, 1), (1, 1)), (3, 3), "bfloat16"),
     ],
 )
-def test_fast_conv_has_the_gradients_of_lax_conv(stride, padding, kernel, dtype):
+def test_fast_conv_has_the_gradients_of_lax_conv(stride, padding, kernel, dtype, cpu_conv, monkeypatch):
+    if cpu_conv == "onednn":
+        if dtype != "float32":
+            pytest.skip("oneDNN takes float32 convs only; bf16 ones stay on XLA's path (the xla case)")
+        onednn_or_skip()
+    monkeypatch.setattr(parallel, "CPU_CONV", cpu_conv)
     dn = parallel._channels_last(2)
     x = jax.random.normal(jax.random.key(0), (12, 9, 8, 5)).astype(dtype)  # 12: kernel grad in 2 groups of 6
     w = jax.random.normal(jax.random.key(1), (*kernel, 5, 4)).astype(dtype)
@@ -100,15 +116,18 @@ def test_fast_conv_has_the_gradients_of_lax_conv(stride, padding, kernel, dtype)
     # and the rewrite is really in use on CPU (else this test would compare lax with itself)
     jaxpr = str(jax.make_jaxpr(loss(parallel.conv_general_dilated))(x, w))
     assert ("custom_vjp" in jaxpr) == (jax.default_backend() == "cpu")
+    assert ("resexp_onednn_conv" in jaxpr) == (jax.default_backend() == "cpu" and cpu_conv == "onednn")
 
 
-def test_engine_convs_stay_canonical_inside_the_scanned_stages(digits):
+def test_engine_convs_stay_canonical_inside_the_scanned_stages(digits, monkeypatch):
     """The fix for jax-ml/jax#12868: no conv of the training chunk falls off XLA:CPU's Eigen path.
 
     Without the custom VJP the backward convs inside the scan keep non-canonical dimension
     labels (`f01b_i01o->01bf`, `b01f_01oi->b01f`) and run 10-30x slower.
     """
     from resexp.train import Engine
+
+    monkeypatch.setattr(parallel, "CPU_CONV", "xla")
 
     # 16x16 inputs: on the 8x8 digits XLA rewrites the 2x2-pixel last stage's convs its own way
     cfg = Config.model_validate(
@@ -143,6 +162,71 @@ def test_engine_convs_stay_canonical_inside_the_scanned_stages(digits):
     assert set(labels) == {"b01f_01io->b01f"}, sorted(set(labels))
 
 
+def test_engine_convs_go_to_onednn_on_cpu(digits, monkeypatch):
+    """With the extension built, every conv of a CPU training chunk (forward, input and kernel
+    gradients, inside the scanned stages too) is a oneDNN custom call, and none is left to XLA."""
+    from resexp.train import Engine
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the oneDNN convs are XLA:CPU's")
+    onednn_or_skip()
+    monkeypatch.setattr(parallel, "CPU_CONV", "auto")
+    cfg = Config.model_validate(
+        tiny_dict(
+            data={"name": "synthetic", "num_train": 256, "num_test": 64, "image_size": 16, "channels": 3},
+            model={"depth": 14},
+            train={"steps": 100, "log_every": STEPS},
+        )
+    )
+    hlo = Engine(cfg, load_data(cfg.data)).chunk_fn(STEPS).as_text()
+    calls = re.findall(r'custom_call_target="(resexp_onednn_conv_\w+)"', hlo)
+    assert sorted(set(calls)) == [f"resexp_onednn_conv_{op}" for op in ("bwd_data", "bwd_weights", "fwd")]
+    assert len(calls) == 3 * 13 - 1  # forward, input and kernel grads of 13 convs (the stem has no input grad)
+    assert "convolution(" not in hlo
+
+
+def test_onednn_convs_are_deterministic_and_use_the_pool_size(monkeypatch):
+    """The same inputs give bit-identical outputs and gradients (a run stays a pure function of
+    its config, seed and machine), with oneDNN's team no larger than XLA's Eigen pool."""
+    from resexp import onednn_conv
+
+    onednn_or_skip()
+    lib = onednn_conv.library()
+    assert lib is not None and lib.threads == onednn_conv.xla_threads() <= len(os.sched_getaffinity(0))
+    x = jax.random.normal(jax.random.key(0), (16, 12, 12, 8))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 8, 16))
+    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(onednn_conv.conv(x, w, (2, 2), ((1, 1), (1, 1))))), (0, 1)))
+    first, second = grad(x, w), grad(x, w)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_without_the_onednn_extension_convs_fall_back_with_one_line(tmp_path):
+    """A missing extension costs speed, never a run: XLA's convolutions, and one line on stderr."""
+    code = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp
+        from resexp import parallel
+        dn = parallel._channels_last(2)
+        x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+        f = lambda x, w: jnp.sum(parallel.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn))
+        for _ in range(3):
+            g = jax.grad(f, (0, 1))(x, w)
+        print(float(g[1].sum()), "resexp_onednn" in str(jax.make_jaxpr(f)(x, w)))
+        """
+    )
+    env = {**os.environ, "RESEXP_ONEDNN_LIBRARY": str(tmp_path / "missing.so"), "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    dn = parallel._channels_last(2)
+    lax_dw = jax.grad(
+        lambda w: jnp.sum(jax.lax.conv_general_dilated(jnp.ones((2, 8, 8, 3)), w, (1, 1), "SAME", dimension_numbers=dn))
+    )(jnp.ones((3, 3, 3, 4)))
+    assert out.stdout.split() == [str(float(lax_dw.sum())), "False"]  # sums of ones: exact in any order
+    lines = [ln for ln in out.stderr.splitlines() if "oneDNN" in ln]
+    assert len(lines) == 1 and "missing.so" in lines[0] and "XLA" in lines[0], out.stderr
+
+
 # --------------------------------------------------------------------------- vmapped seeds
 
 
@@ -157,7 +241,7 @@ def separate_runs(digits):
 
 
 @pytest.mark.parametrize("seed_loop", ["vmap", "map"])
-def test_vmapped_seeds_train_like_separate_runs(digits, seed_loop, separate_runs):
+def test_vmapped_seeds_train_like_separate_runs(digits, seed_loop, separate_runs, monkeypatch):
     """S seeds in one program (vmapped on accelerators, looped in-program on CPU) = S runs."""
     from resexp.train import Engine
 
@@ -165,15 +249,17 @@ def test_vmapped_seeds_train_like_separate_runs(digits, seed_loop, separate_runs
     engine = Engine(cfg, digits, seeds=2, seed_loop=seed_loop)
     together, state2 = losses_of(engine, [3, 4], digits)
     assert engine.seed_loop == seed_loop
-    convs = [
-        e
-        for e in all_eqns(
-            jax.make_jaxpr(engine._over_seeds(lambda st, seed, x, y: engine._chunk(st, seed, x, y, length=1), 2))(
-                engine._state_spec(), jnp.zeros((2,), jnp.int32), digits.x_train, digits.y_train
-            ).jaxpr
-        )
-        if e.primitive.name == "conv_general_dilated"
-    ]
+    with monkeypatch.context() as patch:
+        patch.setattr(parallel, "CPU_CONV", "xla")  # XLA's convs, whose batching the jaxpr shows
+        convs = [
+            e
+            for e in all_eqns(
+                jax.make_jaxpr(engine._over_seeds(lambda st, seed, x, y: engine._chunk(st, seed, x, y, length=1), 2))(
+                    engine._state_spec(), jnp.zeros((2,), jnp.int32), digits.x_train, digits.y_train
+                ).jaxpr
+            )
+            if e.primitive.name == "conv_general_dilated"
+        ]
     # vmap batches the two seeds' convs into grouped convs; map keeps one seed's convs
     assert convs and {e.params["feature_group_count"] for e in convs} == ({2} if seed_loop == "vmap" else {1})
     apart = separate_runs
