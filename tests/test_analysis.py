@@ -126,6 +126,65 @@ def test_paths_sum_to_the_gradient(sweep):
     assert np.abs(terms[0]).max() > 1e-3 * np.abs(full).max()  # each term is a real share, not ~0
 
 
+def test_paths_with_a_zero_gradient_length_fit_the_rest(sweep):
+    """A branch whose last BN scale is 0 passes exactly no gradient: the one path through all 3
+    branches carries 0.0. The decay is fitted on the other lengths, the zero length is named, and
+    nothing divides by zero (the log of 0 used to warn and leave the decay null)."""
+    import warnings
+
+    from resexp.analysis.paths import compute, prepare
+
+    run = load_run(inspect_run(sweep["res"]))
+
+    def dead_first_branch(path, leaf):
+        keys = [str(getattr(p, "key", p)) for p in path]
+        return jnp.zeros_like(leaf) if keys[:4] == ["stages", "0", "first", "norm2"] and "scale" in keys else leaf
+
+    run.params = jax.tree_util.tree_map_with_path(dead_first_branch, run.params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        doc = compute(run, prepare(run.info, examples=32))
+    assert doc["mean_norm_per_path"][3] == 0.0 and min(doc["mean_norm_per_path"][:3]) > 0
+    assert doc["zero_gradient_lengths"] == [3] and "length 3" in doc["decay_note"]
+    assert doc["decay_per_branch"] is not None and np.isfinite(doc["decay_per_branch"])
+    assert doc["gradient_fraction_by_length"][3] == 0.0
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def test_sampled_analyses_agree_with_the_full_test_set(sweep):
+    """Each example-sampled analysis on the first 100 of the 297 test images against the same
+    analysis on all of them: the full answer lies within the interval the sample reports."""
+    from resexp.analysis import hessian, landscape, lesion
+
+    info = inspect_run(sweep["res"])
+    run = load_run(info)
+
+    def both(mod, small: dict, full: dict):
+        return mod.compute(run, mod.prepare(info, **small)), mod.compute(run, mod.prepare(info, **full))
+
+    def inside(value, interval, slack=1e-9):
+        return interval[0] - slack <= value <= interval[1] + slack
+
+    s, f = both(lesion, {"examples": 100}, {"examples": 297})
+    assert s["examples"] == 100 and f["examples"] == 297
+    assert inside(f["base_accuracy"], s["base_accuracy_ci95"])
+    for small_row, full_row in zip(s["single"], f["single"], strict=True):
+        assert inside(full_row["accuracy"], small_row["accuracy_ci95"]), (small_row, full_row)
+    assert inside(f["median_single_accuracy"], s["median_single_accuracy_ci95"])
+    assert s["median_single_accuracy_ci95"][1] - s["median_single_accuracy_ci95"][0] > 0  # a real interval
+
+    s, f = both(landscape, {"examples": 100, "grid": 5}, {"examples": 297, "grid": 5})
+    assert inside(f["center_loss"], s["center_loss_ci95"])
+    assert inside(f["local_minima"], s["local_minima_ci95"])
+    assert inside(f["nonconvex_fraction"], s["nonconvex_fraction_ci95"])
+
+    s, f = both(hessian, {"examples": 100}, {"examples": 297})
+    assert inside(f["lambda_max"], s["lambda_max_ci95"]), (s["lambda_max_ci95"], f["lambda_max"])
+
+
+
 # --------------------------------------------------------------------------- landscape
 
 
@@ -169,8 +228,8 @@ def test_power_iteration_matches_eigvalsh():
     cfg = Config.model_validate(tiny_dict(model={"kind": "mlp", "depth": 4, "widths": [3], "norm": "none"}))
     net = build_model(cfg.model, (2, 3, 1), 3, seed=0)
     graphdef, params, others = nnx.split(net, nnx.Param, ...)
-    x = jax.random.normal(jax.random.key(1), (16, 2, 3, 1))
-    y = jnp.arange(16) % 3
+    x = jax.random.normal(jax.random.key(1), (80, 2, 3, 1))  # 3 groups of the power step: 32, 32, 16
+    y = jnp.arange(80) % 3
     flat, unravel = ravel_pytree(params)
 
     def loss(v):
@@ -182,12 +241,13 @@ def test_power_iteration_matches_eigvalsh():
     eig = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(flat), np.float64))
     top = eig[np.argmax(np.abs(eig))]
     run = LoadedRun(cfg, None, graphdef, params, others)
-    lams, per_group = power_iteration(run, others, x, y, 400, 0, groups=4)
+    lams, per_group, sizes = power_iteration(run, others, x, y, 400, 0, tolerance=1e-7)
     # What up to 100 more iterations still change: the convergence error (0 once it stops changing)
     noise = abs(lams[-1] - lams[-min(100, len(lams))])
     assert lams[-1] == pytest.approx(top, abs=10 * noise + 1e-4 * abs(top))
-    # the groups' quotients at the last vector average to lambda (4 equal groups of 4 examples)
-    assert np.mean(per_group) == pytest.approx(lams[-1], rel=1e-4)
+    # the groups' quotients at the last vector average (weighted by size) to lambda
+    assert sizes.tolist() == [32, 32, 16] and len(set(per_group.tolist())) == 3
+    assert np.sum(per_group * sizes) / 80 == pytest.approx(lams[-1], rel=1e-4)
 
 
 # --------------------------------------------------------------------------- bad input

@@ -468,6 +468,32 @@ def example_batch(n_test: int, examples: int) -> int:
     return min(n_test if n_test <= SMALL_TEST else BATCH_CAP, examples)
 
 
+def pipelined(dispatches, total: int, progress: Callable[[int, int], None]) -> list:
+    """Host copies of the results of `dispatches` (an iterator of jitted calls, dispatched as it is
+    consumed), one call kept in flight: the device never waits for the host, and `progress` still
+    counts finished calls."""
+    import jax
+
+    out, pending = [], None
+    for done, result in enumerate(dispatches):
+        if pending is not None:
+            out.append(jax.device_get(pending))
+            progress(done, total)
+        pending = result
+    if pending is not None:
+        out.append(jax.device_get(pending))
+        progress(total, total)
+    return out
+
+
+def committed_like(tree, like):
+    """`tree` (NumPy) on the device of `like`'s arrays, committed as they are: a jitted program fed
+    both a host-made input and, later, its own output, would otherwise compile twice."""
+    import jax
+
+    return jax.device_put(tree, jax.tree.leaves(like)[0].sharding)
+
+
 def lesion_step(block, h, keep, train: bool):
     """The block, or what is left of it when deleted: relu(Ws h) (residual), h (plain)."""
     import jax
@@ -560,7 +586,7 @@ def evaluate_variants(
     orders = np.tile(np.arange(n_blocks), (m, 1)) if orders is None else np.asarray(orders)
     if directions is None:
         # Device arrays like the landscape's directions (NumPy inputs would compile the program again)
-        zeros = jax.device_put(jax.tree.map(lambda w: np.zeros(w.shape, w.dtype), run.params))
+        zeros = committed_like(jax.tree.map(lambda w: np.zeros(w.shape, w.dtype), run.params), run.params)
         directions = (zeros, zeros)
     chunk = 1 if jax.default_backend() == "cpu" else ACCEL_CHUNK
     pad_m = -m % chunk
@@ -575,17 +601,30 @@ def evaluate_variants(
     program = variant_program(run.graphdef, cal, n_per_stage, chunk)
     x_cal = x_cal if x_cal is not None else x[:1]
     batches = [(x[i : i + batch], y[i : i + batch]) for i in range(0, n + pad_n, batch)]
-    total, done = len(coords) // chunk * len(batches), 0
-    losses, correct = [], []
-    for i in range(0, len(coords), chunk):
-        v = (jnp.asarray(coords[i : i + chunk]), jnp.asarray(keeps[i : i + chunk]), jnp.asarray(orders[i : i + chunk]))
-        row_loss, row_correct = [], []
-        for xb, yb in batches:
-            lb, cb = program(run.params, others, *directions, *v, xb, yb, x_cal)
-            row_loss.append(np.asarray(lb))
-            row_correct.append(np.asarray(cb))
-            done += 1
-            run.progress(done, total)
-        losses.append(np.concatenate(row_loss, 1))
-        correct.append(np.concatenate(row_correct, 1))
+    calls = [
+        (i, xb, yb)
+        for i in range(0, len(coords), chunk)
+        for xb, yb in batches  # variant chunk i on every example batch, in order
+    ]
+    outs = pipelined(
+        (
+            program(
+                run.params,
+                others,
+                *directions,
+                coords[i : i + chunk],
+                keeps[i : i + chunk],
+                orders[i : i + chunk],
+                xb,
+                yb,
+                x_cal,
+            )
+            for i, xb, yb in calls
+        ),
+        len(calls),
+        run.progress,
+    )
+    per_batch = len(batches)
+    losses = [np.concatenate([o[0] for o in outs[j : j + per_batch]], 1) for j in range(0, len(outs), per_batch)]
+    correct = [np.concatenate([o[1] for o in outs[j : j + per_batch]], 1) for j in range(0, len(outs), per_batch)]
     return np.concatenate(losses)[:m, :n], np.concatenate(correct)[:m, :n]

@@ -6,14 +6,17 @@ the top eigenvector.
 Caveat (PyHessian, Yao et al. 2020): with BN the loss is invariant to a kernel's scale, so
 lambda_max scales as 1/||W||^2 and compares nets only at comparable weight norms.
 
-One compiled program per architecture does one power-iteration step: it normalises v and
-returns Hv, computed group by group over `GROUPS` disjoint groups of the examples. In eval mode
-the loss is a mean over independent examples, so v.Hv is the mean of the groups' v.H_g v, and
-their standard error at the final v is what the sample of examples leaves uncertain, for free.
-The host loops over the iterations (progress and time left per step).
+The examples are cut into groups of `GROUP_SIZE` (the last one padded with weight 0). One
+compiled program per architecture, whatever the number of examples, adds one group's share of
+Hv to a running sum; the host loops over groups and iterations (progress and time left). In
+eval mode the loss is a mean over independent examples, so v.Hv is the size-weighted mean of the
+groups' v.H_g v, and their standard error at the last v is what the sample of examples leaves
+uncertain, at no extra cost.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -24,13 +27,14 @@ from resexp.analysis.common import (
     bn_batch_size,
     bn_statistics,
     check_examples,
+    committed_like,
     precise_bn_setting,
     test_set_size,
 )
 
 NAME = "hessian"
 EXAMPLES = 256  # default sample: test images the loss is averaged over (README "Why, measured")
-GROUPS = 8
+GROUP_SIZE = 32  # examples per call of the compiled step; 256 examples make 8 groups
 # Stop once two successive steps change lambda by less than this (relative): far below the
 # sampling error over examples, which is percents.
 TOLERANCE = 1e-3
@@ -40,8 +44,11 @@ def prepare(info: RunInfo, iters: int = 20, examples: int | None = None, precise
     if iters < 1:
         raise AnalysisError(f"--iters {iters}: must be at least 1")
     examples = check_examples(examples, test_set_size(info.summary["config"]), EXAMPLES)
-    if examples < 2 * GROUPS:
-        raise AnalysisError(f"--examples {examples}: the Hessian needs at least {2 * GROUPS} ({GROUPS} groups of 2)")
+    if examples <= GROUP_SIZE:
+        raise AnalysisError(
+            f"--examples {examples}: the Hessian needs more than {GROUP_SIZE} (two groups of examples, for "
+            "the standard error)"
+        )
     return {
         "iters": iters,
         "examples": examples,
@@ -66,14 +73,14 @@ def random_direction(params, seed: int):
     import jax
 
     rng = np.random.default_rng(seed)
-    return jax.device_put(jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(p.dtype), params))
+    return committed_like(jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(p.dtype), params), params)
 
 
-def split_groups(x, y, groups: int):
-    """x, y (NumPy) cut into `groups` near-equal groups, (groups, size, ...), with weights 1 for
-    examples and 0 for the padding of the last groups."""
+def split_groups(x, y, size: int = GROUP_SIZE):
+    """x, y (NumPy) cut into groups of `size`, (groups, size, ...), with weights 1 for examples
+    and 0 for the padding of the last group."""
     n = x.shape[0]
-    size = -(-n // groups)
+    groups = -(-n // size)
     pad = size * groups - n
     weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]).reshape(groups, size)
     xs = np.concatenate([x, np.repeat(x[-1:], pad, 0)]).reshape(groups, size, *x.shape[1:])
@@ -81,61 +88,70 @@ def split_groups(x, y, groups: int):
     return xs, ys, weights
 
 
-def power_step_fn(graphdef):
-    """Jitted `(params, others, xs, ys, weights, v) -> (Hv, v.H_g v per group)` for the mean test
-    loss (eval-mode BN) at `params`, v normalised first; xs/ys/weights from `split_groups`."""
+@functools.lru_cache(maxsize=16)  # one compiled program per architecture, whichever run asks
+def group_step_fn(graphdef):
+    """Jitted `(params, others, x, y, w, total, v, hv) -> (hv + H_g v, v.H_g v)`: one group's share of
+    the Hessian-vector product of the mean loss over `total` examples (eval-mode BN), v normalised
+    first, and the group's own Rayleigh quotient (its mean loss's)."""
     import jax
     import jax.numpy as jnp
     import optax
     from flax import nnx
 
-    def step(params, others, xs, ys, weights, v):
+    def step(params, others, x, y, w, total, v, hv):
         norm = jnp.sqrt(_vdot(v, v))
         v = jax.tree.map(lambda t: t / norm, v)
-        total = jnp.sum(weights)
 
-        def group(carry, g):
-            xg, yg, wg = g
+        def loss(p):  # the group's share of the mean loss over all examples
+            logits = nnx.merge(graphdef, p, others, copy=True)(x, train=False)
+            return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y) * w) / total
 
-            def loss(p):  # the group's share of the mean loss over all examples
-                logits = nnx.merge(graphdef, p, others, copy=True)(xg, train=False)
-                return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, yg) * wg) / total
-
-            hv = jax.jvp(jax.grad(loss), (params,), (v,))[1]
-            share = jnp.sum(wg) / total
-            return jax.tree.map(jnp.add, carry, hv), _vdot(v, hv) / share
-
-        hv, quotients = jax.lax.scan(group, jax.tree.map(jnp.zeros_like, params), (xs, ys, weights))
-        return hv, quotients
+        hv_g = jax.jvp(jax.grad(loss), (params,), (v,))[1]
+        share = jnp.sum(w) / total
+        return jax.tree.map(jnp.add, hv, hv_g), _vdot(v, hv_g) / share
 
     return jax.jit(step)
 
 
-def power_iteration(
-    run, others, x, y, iters: int, seed: int, groups: int = GROUPS, progress=None, tolerance: float = 0.0
-):
-    """(lambda per iteration, v.H_g v per group at the last iteration): power iteration v <- Hv
-    on the Hessian of the mean loss over x, y, started from `random_direction`, for `iters` steps
-    or until two successive steps change lambda by less than `tolerance` (relative). Converges to
-    the eigenvalue of largest magnitude; the group quotients average (weighted by size) to it."""
+def grouped_standard_error(quotients: np.ndarray, sizes: np.ndarray) -> float | None:
+    """Standard error of the size-weighted mean of group quotients (the ratio estimator's; for
+    equal sizes the plain std/sqrt(G))."""
+    g = len(quotients)
+    if g < 2:
+        return None
+    share = sizes / sizes.sum()
+    mean = float(np.sum(share * quotients))
+    return float(np.sqrt(g / (g - 1) * np.sum(share**2 * (quotients - mean) ** 2)))
 
-    step = power_step_fn(run.graphdef)
-    xs, ys, weights = split_groups(np.asarray(x), np.asarray(y), groups)
-    v = random_direction(run.params, seed)
-    sizes = np.asarray(weights).sum(1)
-    lams, quotients = [], None
+
+def power_iteration(run, others, x, y, iters: int, seed: int, progress=None, tolerance: float = 0.0):
+    """(lambda per iteration, v.H_g v per group at the last iteration, group sizes): power
+    iteration v <- Hv on the Hessian of the mean loss over x, y, started from `random_direction`,
+    for `iters` steps or until two successive steps change lambda by less than `tolerance`
+    (relative). Converges to the eigenvalue of largest magnitude."""
+    import jax
+
+    step = group_step_fn(run.graphdef)
+    xs, ys, weights = split_groups(np.asarray(x), np.asarray(y))
+    sizes = weights.sum(1)
+    total = np.float32(sizes.sum())
+    zeros = committed_like(jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), run.params), run.params)
+    v = random_direction(run.params, seed)  # committed, as the step's outputs fed back are: one compile
+    lams: list[float] = []
+    quotients = np.zeros(len(sizes))
     for i in range(iters):
-        hv, q = step(run.params, others, xs, ys, weights, v)
-        quotients = np.asarray(q, np.float64)
+        hv, parts = zeros, []
+        for g in range(len(sizes)):  # dispatched without waiting; one sync per iteration
+            hv, q = step(run.params, others, xs[g], ys[g], weights[g], total, v, hv)
+            parts.append(q)
+        quotients = np.asarray(jax.device_get(parts), np.float64)
         lams.append(float(np.sum(quotients * sizes) / sizes.sum()))
         v = hv
         if progress is not None:
             progress(i + 1, iters)
-        if len(lams) >= 3 and all(
-            abs(lams[-j] - lams[-j - 1]) <= tolerance * abs(lams[-j]) for j in (1, 2)
-        ):  # converged
+        if len(lams) >= 3 and all(abs(lams[-j] - lams[-j - 1]) <= tolerance * abs(lams[-j]) for j in (1, 2)):
             break
-    return np.asarray(lams), quotients
+    return np.asarray(lams), quotients, sizes
 
 
 def compute(run, options: dict) -> dict:
@@ -146,13 +162,13 @@ def compute(run, options: dict) -> dict:
     others = run.eval_others(options["precise_bn_batches"])
     # The training program's CPU conv (parallel.py): its backward convs are differentiated forward
     # here, and run ~5x faster than XLA's own under scan (same lambda to 1e-6, measured on ResNet-20).
-    lams, per_group = power_iteration(
+    lams, per_group, sizes = power_iteration(
         run, others, x, y, options["iters"], options["seed"], progress=run.progress, tolerance=TOLERANCE
     )
     o = run.cfg.optim
     limit = 2 * (1 + o.momentum) / o.lr if o.name == "sgd" else None
     lam = float(lams[-1])
-    se = stats.standard_error(per_group)
+    se = grouped_standard_error(per_group, sizes)
     return {
         "lambda_max": lam,
         "lambda_max_standard_error": se,
@@ -167,8 +183,9 @@ def compute(run, options: dict) -> dict:
         "ratio_to_limit": lam / limit if limit else None,
         "examples": options["examples"],
         "bn_statistics": bn_statistics(options["precise_bn_batches"], options["bn_batch_size"]),
-        "uncertainty": f"standard error of v.Hv over {GROUPS} disjoint groups of the examples at the "
-        "last power-iteration vector v; the 95 % interval is lambda_max +- 1.96 standard errors",
+        "groups": len(sizes),
+        "uncertainty": f"standard error of v.Hv over {len(sizes)} disjoint groups of up to {GROUP_SIZE} examples "
+        "at the last power-iteration vector v; the 95 % interval is lambda_max +- 1.96 standard errors",
     }
 
 

@@ -29,6 +29,7 @@ from resexp.analysis.common import (
     bn_batch_size,
     bn_statistics,
     check_examples,
+    committed_like,
     precise_bn_setting,
     test_set_size,
 )
@@ -92,7 +93,7 @@ def filter_normalized_direction(params, rng: np.random.Generator):
         wn = np.sqrt(np.sum(np.square(w.astype(np.float32)), axis=axes, keepdims=True))
         dn = np.sqrt(np.sum(np.square(d), axis=axes, keepdims=True))
         out.append((d * wn / (dn + 1e-10)).astype(w.dtype))
-    return jax.device_put(jax.tree_util.tree_unflatten(treedef, out))
+    return committed_like(jax.tree_util.tree_unflatten(treedef, out), params)
 
 
 def _neighbours(s: np.ndarray, dims: int, fill: float) -> list[np.ndarray]:

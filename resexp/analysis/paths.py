@@ -17,6 +17,7 @@ has no logarithm: the decay is fitted on the other lengths, and the JSON lists w
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -64,6 +65,7 @@ def path_step(block, h, on_branch, train: bool):
     return jax.nn.relu(jnp.where(on_branch, f, sg(f)) + jnp.where(on_branch, sg(s), s)), {}
 
 
+@functools.lru_cache(maxsize=16)  # one compiled program per architecture, whichever run asks
 def path_gradient_fn(graphdef, norms: bool = False):
     """Jitted `(params, others, x, y, masks[M, n]) -> dL/dh0 per mask` (L summed over examples);
     `norms=True`: each example's gradient norm instead, (M, examples).
@@ -195,10 +197,8 @@ def _bootstrap(norms: np.ndarray, lengths: np.ndarray, n: int, samples: int, see
 
 
 def compute(run, options: dict) -> dict:
-    import jax
-    import jax.numpy as jnp
 
-    from resexp.analysis.common import normalized_test
+    from resexp.analysis.common import normalized_test, pipelined
 
     n = n_blocks(run.net())
     masks, lengths = sample_masks(n, options["samples"], options["seed"])
@@ -206,10 +206,8 @@ def compute(run, options: dict) -> dict:
     others = run.eval_others(options["precise_bn_batches"])
     fn = path_gradient_fn(run.graphdef, norms=True)
     padded = np.concatenate([masks, np.repeat(masks[-1:], -len(masks) % CHUNK, 0)])
-    parts = []
-    for i in range(0, len(padded), CHUNK):  # one compiled program, a chunk of masks per call
-        parts.append(np.asarray(jax.device_get(fn(run.params, others, x, y, jnp.asarray(padded[i : i + CHUNK])))))
-        run.progress(i // CHUNK + 1, len(padded) // CHUNK)
+    chunks = range(0, len(padded), CHUNK)  # one compiled program, a chunk of masks per call
+    parts = pipelined((fn(run.params, others, x, y, padded[i : i + CHUNK]) for i in chunks), len(chunks), run.progress)
     norms = np.concatenate(parts)[: len(masks)].astype(np.float64)  # (masks, examples)
     per_path = np.array([norms[lengths == k].mean() for k in range(n + 1)])  # mean over paths and examples
     fractions = length_shares(per_path)
