@@ -184,6 +184,35 @@ def test_sampled_analyses_agree_with_the_full_test_set(sweep):
     assert inside(f["lambda_max"], s["lambda_max_ci95"]), (s["lambda_max_ci95"], f["lambda_max"])
 
 
+def test_precise_bn_follows_the_run_and_says_so(sweep, tmp_path):
+    """The eval-mode analyses take the run's train.precise_bn_batches (0 for configs without the
+    key), `--precise-bn-batches` overrides it, and the JSON names the statistics used."""
+    from resexp.analysis import hessian, landscape, lesion, paths
+    from resexp.analysis.common import precise_bn
+
+    info = inspect_run(sweep["res"])
+    assert "precise_bn_batches" not in info.summary["config"]["train"]  # a config from before the option
+    for mod in (lesion, landscape, hessian, paths):
+        assert mod.prepare(info)["precise_bn_batches"] == 0
+        assert mod.prepare(info, precise_bn_batches=3)["precise_bn_batches"] == 3
+    run_dir = _fake_run(tmp_path, sweep["res"], name="precise")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["config"]["train"]["precise_bn_batches"] = 2
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "checkpoints" / str(summary["total_steps"])).mkdir(parents=True)  # inspect_run looks no further
+    assert lesion.prepare(inspect_run(run_dir))["precise_bn_batches"] == 2
+    assert lesion.prepare(inspect_run(run_dir), precise_bn_batches=0)["precise_bn_batches"] == 0
+
+    run = load_run(info)
+    recomputed = precise_bn(run, 2)
+    changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(recomputed), jax.tree.leaves(run.others))]
+    assert all(changed)  # every BN mean and variance recomputed
+    doc = lesion.compute(run, lesion.prepare(info, precise_bn_batches=2))
+    assert doc["bn_statistics"] == "precise: recomputed on 2 x 32 training images"
+    assert lesion.compute(run, lesion.prepare(info))["bn_statistics"] == "running averages"
+    res = cli("lesion", sweep["res"], "--precise-bn-batches", -1)
+    assert res.exit_code == 2 and "--precise-bn-batches -1" in res.output
+
 
 # --------------------------------------------------------------------------- landscape
 
@@ -298,18 +327,33 @@ def test_bad_input_one_line_exit_2_nothing_written(sweep, tmp_path):
 # --------------------------------------------------------------------------- a sweep
 
 
+def _manifest(path: Path, axes: dict, run_ids: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"name": "why", "axes": axes, "run_ids": run_ids}))
+
+
 def test_analyze_sweep_columns_figures_and_diverged(sweep, tmp_path):
-    """`analyze` on a sweep with a diverged run: skipped and counted; report columns; figures; TB.
+    """`analyze` on a sweep with a diverged run: skipped and counted; report columns; figures; TB;
+    one note for the analyses that do not apply. By default only the directory's first grid,
+    `--grid NAME` (a prefix will do) another, with its figures beside its manifest.
     (Cached lesion results of the tests above are reused: the cache is part of what is tested.)"""
     from resexp.analysis.sweep import analyze_sweep
 
     root = tmp_path / "why"
     shutil.copytree(sweep["res"].parent, root)
     _fake_run(root, sweep["res"], name="resnet8-diverged", status="diverged", diverged_at_step=3)
+    first = [sweep["plain"].name, sweep["res"].name, "resnet8-diverged"]
+    _manifest(root / "sweep.json", {"model.depth": [8], "model.shortcut": [False, True]}, first)
+    second = root / "grids" / "weight_decay=0.0001-abc123" / "sweep.json"
+    _manifest(second, {"optim.weight_decay": [1e-4]}, [sweep["res"].name])
     out = analyze_sweep(root, ["lesion", "paths"], jobs=1)
     assert out.diverged == ["resnet8-diverged"] and len(out.analysed) == 2
-    assert any("paths: not applicable" in n for n in out.notes)
+    assert [g.name for g in out.grids] == ["first"]
+    assert out.notes == [
+        f"paths: not applicable to 1 run (paths need a residual net (a plain net has a single path)): {first[0]}"
+    ]
     assert "lesion_vs_depth.png" in out.figures and (root / "lesion_vs_depth.png").stat().st_size > 1000
+    assert not (second.parent / "lesion_vs_depth.png").exists()
     rows = {r["run_id"]: r for r in csv.DictReader((root / "results.csv").open())}
     res_row = rows[sweep["res"].name]
     assert (
@@ -322,6 +366,38 @@ def test_analyze_sweep_columns_figures_and_diverged(sweep, tmp_path):
     # The report keeps the columns when it rebuilds on its own.
     assert cli("report", root).exit_code == 0
     assert "paths_k90_max" in (root / "results.csv").read_text().splitlines()[0]
+    # Another grid by a prefix of its name: only its run, its figures beside its manifest.
+    res = cli("analyze", root, "--only", "lesion", "--grid", "weight_decay")
+    assert res.exit_code == 0, res.output
+    assert "1 runs analysed (0 computed, 1 cached)" in res.output and "grid: weight_decay=0.0001-abc123" in res.output
+    assert (second.parent / "lesion_vs_depth.png").stat().st_size > 1000
+    res = cli("analyze", root, "--grid", "nope")
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
+    assert "--grid nope: no such grid" in res.output and "first, weight_decay=0.0001-abc123, or all" in res.output
+
+
+def test_sweep_figure_lines_say_what_differs():
+    """Within a grid, colour is the family only; every other swept key makes its own line, named in
+    the legend and drawn with its own marker and line style."""
+    from resexp.analysis.figures import PLAIN, RES, _styles
+    from resexp.analysis.sweep import line_group, net_label
+
+    axes = ["model.depth", "model.shortcut", "optim.weight_decay"]
+    points = []
+    for shortcut in (False, True):
+        for wd in (0.0, 1e-4):
+            summary = {
+                "config": {"model": {"shortcut": shortcut, "kind": "cnn", "depth": 20}, "optim": {"weight_decay": wd}}
+            }
+            group = line_group(summary, axes)
+            assert group == {"optim.weight_decay": wd}
+            points.append({"net": net_label(summary, group), "plain": not shortcut, "depth": 20})
+    labels = [p["net"] for p in points]
+    assert labels == ["plain (wd=0)", "plain (wd=1e-4)", "ResNet (wd=0)", "ResNet (wd=1e-4)"], labels
+    styles = _styles(points)
+    assert {styles[n]["color"] for n in labels[:2]} == {PLAIN} and {styles[n]["color"] for n in labels[2:]} == {RES}
+    looks = [(styles[n]["color"], styles[n]["marker"], styles[n]["ls"]) for n in labels]
+    assert len(set(looks)) == 4 and styles[labels[0]]["marker"] != styles[labels[1]]["marker"]
 
 
 # --------------------------------------------------------------------------- gradients at init
@@ -340,3 +416,38 @@ def test_gradients_shatter_in_plain_nets_not_resnets():
     assert out[False]["grad_corr_lag1"] < 0.5 < out[True]["grad_corr_lag1"], out
     assert out[False]["jacobian_log_condition"] > out[True]["jacobian_log_condition"]
     assert len(out[True]["signal"]["channel_var"]) == 15 and out[False]["signal"]["branch_var"][0] is None
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_progress_time_left_and_lines_for_a_log():
+    """The time left excludes the first unit (it compiles); without a terminal the board prints a
+    line per analysis and per finished run, with the sweep's time left once a run has finished."""
+    import io
+
+    from rich.console import Console
+
+    from resexp.analysis.progress import AnalysisClock, ProgressBoard
+
+    clock = AnalysisClock(started=0.0)
+    clock.update(1, 10, now=5.0)  # compiling took 5 s
+    assert clock.left(5.0) is None
+    clock.update(3, 10, now=7.0)  # then 1 s per unit
+    assert clock.left(7.0) == pytest.approx(7.0)
+
+    text = io.StringIO()
+    console = Console(file=text, force_terminal=False, width=60)
+    runs = [("plain56", 27, ["lesion", "hessian"]), ("plain20", 9, ["lesion"])]
+    with ProgressBoard(console, runs, jobs=1) as board:
+        board({"event": "analysis", "run": "plain56", "analysis": "lesion"})
+        board({"event": "progress", "run": "plain56", "done": 1, "total": 4})
+        board({"event": "analysis_done", "run": "plain56", "analysis": "lesion", "seconds": 1.5})
+        board({"event": "analysis", "run": "plain56", "analysis": "hessian"})
+        board({"event": "analysis_done", "run": "plain56", "analysis": "hessian", "seconds": 2.0})
+        board({"event": "run_done", "run": "plain56"})
+        assert board.sweep_left(time.monotonic()) is not None
+    lines = text.getvalue().splitlines()
+    assert lines[0] == "plain56: lesion (1/2)" and lines[1] == "plain56: hessian (2/2)"
+    # one line although wider than the console: a log is never hard-wrapped
+    assert lines[2].startswith("analysed plain56 (lesion 1.5 s, hessian 2.0 s), sweep: ~") and lines[2].endswith("left")

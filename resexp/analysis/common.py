@@ -296,40 +296,40 @@ def bn_batch_size(info: RunInfo) -> int:
     return int(info.summary["config"]["data"]["batch_size"])
 
 
+def precise_bn_indices(num_examples: int, batches: int, batch_size: int):
+    """[batches, batch_size] training indices precise BN uses: fixed for a dataset size (not a run's
+    seed), epoch-wise shuffles without replacement from NumPy seed 0, as the training option
+    `train.precise_bn_batches` draws them, so an analysis sees the statistics the run was evaluated with."""
+    import numpy as np
+
+    per_epoch = num_examples // batch_size
+    rng = np.random.default_rng(0)
+    orders = [rng.permutation(num_examples)[: per_epoch * batch_size] for _ in range(-(-batches // per_epoch))]
+    return np.concatenate(orders)[: batches * batch_size].reshape(batches, batch_size).astype(np.int32)
+
+
 def precise_bn(run: LoadedRun, batches: int):
-    """`others` with every BN's statistics recomputed on the first `batches` training batches
-    (in stored order, no augmentation), weights frozen: per layer the mean of the batch means and
-    the variance of the union of the batches (mean of the batch variances plus the variance of the
-    batch means). One compiled program: a scan over the batches of `recalibrate_bn`."""
+    """`others` with every BN's running mean and variance replaced by their equal-weight average
+    over `batches` train-mode forwards of the frozen weights on fixed, un-augmented training
+    batches ("precise BN", pycls/detectron2): `recalibrate_bn` per batch, under one scan."""
     import jax
     import jax.numpy as jnp
 
     bs = run.cfg.data.batch_size
-    n = min(batches * bs, int(run.data.x_train.shape[0])) // bs * bs
-    if n == 0:
+    if run.data.x_train.shape[0] < bs:
         raise AnalysisError(f"precise BN: fewer than one batch of {bs} training images")
-    x = run.data.normalize(jnp.asarray(run.data.x_train[:n]))
-    x = x.reshape(n // bs, bs, *x.shape[1:])
+    idx = precise_bn_indices(int(run.data.x_train.shape[0]), batches, bs)
+    x = run.data.normalize(jnp.asarray(run.data.x_train[idx.reshape(-1)])).reshape(batches, bs, *run.data.image_shape)
 
-    def stats(params, others, x):
-        def one(carry, xb):
+    def average(params, others, x):
+        def add(total, xb):
             o = recalibrate_bn(LoadedRun(run.cfg, run.data, run.graphdef, params, others), xb)
-            return carry, o
+            return jax.tree.map(jnp.add, total, o), None
 
-        _, per_batch = jax.lax.scan(one, None, x)
-        return per_batch
+        total, _ = jax.lax.scan(add, jax.tree.map(jnp.zeros_like, others), x)
+        return jax.tree.map(lambda t: t / batches, total)
 
-    per_batch = jax.jit(stats)(run.params, run.others, x)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(per_batch)
-    named = [([str(getattr(p, "key", getattr(p, "idx", p))) for p in path], leaf) for path, leaf in flat]
-    means = {tuple(k[: k.index("mean")]): leaf for k, leaf in named if "mean" in k}
-    out = []
-    for keys, leaf in named:
-        if "var" in keys:  # law of total variance: the union's variance, not the mean batch variance
-            out.append(jnp.mean(leaf, 0) + jnp.var(means[tuple(keys[: keys.index("var")])], 0))
-        else:
-            out.append(jnp.mean(leaf, 0))
-    return jax.tree_util.tree_unflatten(treedef, out)
+    return jax.jit(average)(run.params, run.others, x)
 
 
 # --------------------------------------------------------------------------- the block walker
