@@ -205,8 +205,8 @@ def test_precise_bn_follows_the_run_and_says_so(sweep, tmp_path):
 
     run = load_run(info)
     recomputed = precise_bn(run, 2)
-    changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(recomputed), jax.tree.leaves(run.others))]
-    assert all(changed)  # every BN mean and variance recomputed
+    pairs = zip(jax.tree.leaves(recomputed), jax.tree.leaves(run.others), strict=True)
+    assert all(not np.allclose(a, b) for a, b in pairs)  # every BN mean and variance recomputed
     doc = lesion.compute(run, lesion.prepare(info, precise_bn_batches=2))
     assert doc["bn_statistics"] == "precise: recomputed on 2 x 32 training images"
     assert lesion.compute(run, lesion.prepare(info))["bn_statistics"] == "running averages"
