@@ -451,3 +451,28 @@ def test_progress_time_left_and_lines_for_a_log():
     assert lines[0] == "plain56: lesion (1/2)" and lines[1] == "plain56: hessian (2/2)"
     # one line although wider than the console: a log is never hard-wrapped
     assert lines[2].startswith("analysed plain56 (lesion 1.5 s, hessian 2.0 s), sweep: ~") and lines[2].endswith("left")
+
+
+def test_bench_analyze_script_measures_from_an_empty_cache(sweep, tmp_path):
+    """scripts/bench_analyze.py: analyze on a copy of the sweep (the original untouched), one JSON
+    object with the wall time against the budget and each run's seconds per analysis."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    root = tmp_path / "one"
+    shutil.copytree(sweep["res"], root / sweep["res"].name)  # one run: one architecture to compile
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_analyze.py"), str(root), "--only", "lesion"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["compile_cache"] == "empty" and doc["median_wall_seconds"] > 0 and doc["target_seconds"] == 300
+    assert doc["meets_target"] == (doc["median_wall_seconds"] <= 300)
+    assert list(doc["runs"]) == [sweep["res"].name] and doc["runs"][sweep["res"].name]["lesion"]["seconds"] > 0
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
