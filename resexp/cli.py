@@ -683,10 +683,19 @@ PreciseBnOpt = Annotated[
 ]
 
 
-def _examples_opt(default: int) -> Any:
+def _examples_opt(analysis: str) -> Any:
+    from resexp.analysis.common import DEFAULT_EXAMPLES
+
     return typer.Option(
-        help=f"Sample size: the first N test images (default {default}, at most the test set).", show_default=False
+        help=f"Sample size: the first N test images (default {DEFAULT_EXAMPLES[analysis]}, at most the test set).",
+        show_default=False,
     )
+
+
+def _default_examples() -> str:
+    from resexp.analysis.common import DEFAULT_EXAMPLES
+
+    return ", ".join(f"{name} {n}" for name, n in DEFAULT_EXAMPLES.items())
 
 
 def _analysis(name: str, run_dir: Path, as_json: bool, **options) -> None:
@@ -732,7 +741,7 @@ def lesion(
         bool,
         typer.Option("--recalibrate-bn", help="Re-estimate BN statistics of each lesioned net on training images."),
     ] = False,
-    examples: Annotated[int | None, _examples_opt(512)] = None,
+    examples: Annotated[int | None, _examples_opt("lesion")] = None,
     precise_bn_batches: PreciseBnOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -782,7 +791,7 @@ def gradients(
 @user_errors
 def paths(
     run_dir: RunArg,
-    examples: Annotated[int | None, _examples_opt(64)] = None,
+    examples: Annotated[int | None, _examples_opt("paths")] = None,
     precise_bn_batches: PreciseBnOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -796,7 +805,7 @@ def landscape(
     run_dir: RunArg,
     grid: Annotated[int, typer.Option(help="Points per axis (odd, >= 3).")] = 15,
     span: Annotated[float, typer.Option(help="Grid half-width, in units of the filter-normalised direction.")] = 1.0,
-    examples: Annotated[int | None, _examples_opt(256)] = None,
+    examples: Annotated[int | None, _examples_opt("landscape")] = None,
     dims: Annotated[int, typer.Option(help="1: a slice; 2: a contour plot.")] = 2,
     precise_bn_batches: PreciseBnOpt = None,
     as_json: JsonOpt = False,
@@ -818,8 +827,10 @@ def landscape(
 @user_errors
 def hessian(
     run_dir: RunArg,
-    iters: Annotated[int, typer.Option(help="Power iterations.")] = 20,
-    examples: Annotated[int | None, _examples_opt(256)] = None,
+    iters: Annotated[
+        int, typer.Option(help="Power iterations, at most: it stops once two steps change lambda by < 0.1 %.")
+    ] = 20,
+    examples: Annotated[int | None, _examples_opt("hessian")] = None,
     precise_bn_batches: PreciseBnOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -846,7 +857,7 @@ def analyze(
         int | None,
         typer.Option(
             help="Sample size of every example-based analysis: the first N test images (default: each "
-            "analysis's own: lesion 512, landscape 256, hessian 256, paths 64).",
+            f"analysis's own: {_default_examples()}).",
             show_default=False,
         ),
     ] = None,

@@ -22,6 +22,7 @@ import numpy as np
 
 from resexp.analysis import stats
 from resexp.analysis.common import (
+    DEFAULT_EXAMPLES,
     AnalysisError,
     RunInfo,
     bn_batch_size,
@@ -33,7 +34,7 @@ from resexp.analysis.common import (
 )
 
 NAME = "hessian"
-EXAMPLES = 256  # default sample: test images the loss is averaged over (README "Why, measured")
+EXAMPLES = DEFAULT_EXAMPLES[NAME]
 GROUP_SIZE = 32  # examples per call of the compiled step; 256 examples make 8 groups
 # Stop once two successive steps change lambda by less than this (relative): far below the
 # sampling error over examples, which is percents.

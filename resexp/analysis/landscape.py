@@ -24,6 +24,7 @@ import numpy as np
 
 from resexp.analysis import stats
 from resexp.analysis.common import (
+    DEFAULT_EXAMPLES,
     AnalysisError,
     RunInfo,
     bn_batch_size,
@@ -35,7 +36,7 @@ from resexp.analysis.common import (
 )
 
 NAME = "landscape"
-EXAMPLES = 256  # default sample: test images the loss is averaged over (README "Why, measured")
+EXAMPLES = DEFAULT_EXAMPLES[NAME]
 
 
 def prepare(

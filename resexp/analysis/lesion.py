@@ -22,6 +22,7 @@ import numpy as np
 
 from resexp.analysis import stats
 from resexp.analysis.common import (
+    DEFAULT_EXAMPLES,
     AnalysisError,
     RunInfo,
     bn_batch_size,
@@ -34,7 +35,7 @@ from resexp.analysis.common import (
 NAME = "lesion"
 DRAWS = 10  # random draws per k (deletions) and for the swaps
 RECAL_IMAGES = 512
-EXAMPLES = 512  # default sample: test images every mask is evaluated on (README "Why, measured")
+EXAMPLES = DEFAULT_EXAMPLES[NAME]
 
 
 def deletable_flags(model: dict) -> list[bool]:

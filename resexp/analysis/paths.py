@@ -25,6 +25,7 @@ import numpy as np
 
 from resexp.analysis import stats
 from resexp.analysis.common import (
+    DEFAULT_EXAMPLES,
     AnalysisError,
     RunInfo,
     bn_batch_size,
@@ -35,7 +36,7 @@ from resexp.analysis.common import (
 )
 
 NAME = "paths"
-EXAMPLES = 64  # default sample: test images each path's gradient is measured on
+EXAMPLES = DEFAULT_EXAMPLES[NAME]
 SAMPLES = 6  # random paths per length k (lengths with fewer paths are enumerated)
 CHUNK = 8  # masks per call of the compiled program (the progress display's unit)
 NOT_RESIDUAL = "paths need a residual net (a plain net has a single path)"
