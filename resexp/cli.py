@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -794,12 +794,42 @@ def main() -> None:  # pragma: no cover
 
 RunArg = Annotated[Path, typer.Argument(help="A trained run directory (runs/<sweep>/<run-id>).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+PreciseBnOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--precise-bn-batches",
+        help="BN statistics recomputed over this many training batches first; 0: the checkpoint's running "
+        "averages. Default: the run's train.precise_bn_batches.",
+        show_default=False,
+    ),
+]
+
+
+def _examples_opt(analysis: str) -> Any:
+    from resexp.analysis.common import DEFAULT_EXAMPLES
+
+    return typer.Option(
+        help=f"Sample size: the first N test images (default {DEFAULT_EXAMPLES[analysis]}, at most the test set).",
+        show_default=False,
+    )
+
+
+def _default_examples() -> str:
+    from resexp.analysis.common import DEFAULT_EXAMPLES
+
+    return ", ".join(f"{name} {n}" for name, n in DEFAULT_EXAMPLES.items())
 
 
 def _analysis(name: str, run_dir: Path, as_json: bool, **options) -> None:
-    from resexp.analysis import describe, run_analyses
+    from resexp.analysis import describe, prepare_requests, run_analyses, uncached
+    from resexp.analysis.common import inspect_run
+    from resexp.analysis.progress import ProgressBoard
 
-    doc, cached = run_analyses(run_dir, {name: options})[name]
+    info = inspect_run(run_dir)
+    todo = uncached(info, prepare_requests(info, {name: options}))
+    live = todo and err_console.is_terminal  # a bar with the time left; a log gets the one line below
+    with ProgressBoard(err_console, [(info.dir.name, info.n_blocks, todo)] if live else []) as board:
+        doc, cached = run_analyses(run_dir, {name: options}, board)[name]
     if as_json:
         print(json.dumps(doc))
         return
@@ -807,8 +837,10 @@ def _analysis(name: str, run_dir: Path, as_json: bool, **options) -> None:
     out_console.print(
         f"[dim]{'cached' if cached else 'wrote'} {run_dir / 'analysis' / (name + '.json')}"
         + (f" and {run_dir / doc['figure']}" if doc.get("figure") else "")
+        + (f" in {doc['seconds']:.1f} s" if not cached and doc.get("seconds") is not None else "")
         + "[/]",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -831,11 +863,20 @@ def lesion(
         bool,
         typer.Option("--recalibrate-bn", help="Re-estimate BN statistics of each lesioned net on training images."),
     ] = False,
+    examples: Annotated[int | None, _examples_opt("lesion")] = None,
+    precise_bn_batches: PreciseBnOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete or reorder blocks of a trained net at test time (Veit et al. 2016, section 4)."""
     _analysis(
-        "lesion", run_dir, as_json, delete=_int_list(delete, "--delete"), swaps=swaps, recalibrate_bn=recalibrate_bn
+        "lesion",
+        run_dir,
+        as_json,
+        delete=_int_list(delete, "--delete"),
+        swaps=swaps,
+        recalibrate_bn=recalibrate_bn,
+        examples=examples,
+        precise_bn_batches=precise_bn_batches,
     )
 
 
@@ -849,11 +890,14 @@ def gradients(
     at_init: Annotated[
         bool, typer.Option("--at-init", help="For a run: its initialisation, not its trained weights.")
     ] = False,
+    lines: Annotated[
+        int | None, typer.Option(help="Sample size: lines through input space (default 4).", show_default=False)
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Shattered gradients, Jacobian conditioning and signal propagation (Balduzzi et al. 2017; Brock et al. 2021)."""
     if target.is_dir():
-        _analysis("gradients", target, as_json, at_init=at_init)
+        _analysis("gradients", target, as_json, at_init=at_init, lines=lines)
         return
     cfg = _load(target, set_)
     _setup()
@@ -861,15 +905,20 @@ def gradients(
     from resexp.analysis.common import init_run, timed
     from resexp.analysis.gradients import compute, prepare
 
-    doc = timed(lambda: compute(init_run(cfg), prepare(None, at_init=True)))
+    doc = timed(lambda: compute(init_run(cfg), prepare(None, at_init=True, lines=lines)))
     print(json.dumps(doc)) if as_json else out_console.print(describe("gradients", doc), highlight=False)
 
 
 @app.command()
 @user_errors
-def paths(run_dir: RunArg, as_json: JsonOpt = False) -> None:
+def paths(
+    run_dir: RunArg,
+    examples: Annotated[int | None, _examples_opt("paths")] = None,
+    precise_bn_batches: PreciseBnOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Gradient carried by paths of each length through a ResNet (Veit et al. 2016, section 5)."""
-    _analysis("paths", run_dir, as_json)
+    _analysis("paths", run_dir, as_json, examples=examples, precise_bn_batches=precise_bn_batches)
 
 
 @app.command()
@@ -878,24 +927,37 @@ def landscape(
     run_dir: RunArg,
     grid: Annotated[int, typer.Option(help="Points per axis (odd, >= 3).")] = 15,
     span: Annotated[float, typer.Option(help="Grid half-width, in units of the filter-normalised direction.")] = 1.0,
-    examples: Annotated[int | None, typer.Option(help="Test examples (default 512, at most the test set).")] = None,
+    examples: Annotated[int | None, _examples_opt("landscape")] = None,
     dims: Annotated[int, typer.Option(help="1: a slice; 2: a contour plot.")] = 2,
+    precise_bn_batches: PreciseBnOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Filter-normalised loss surface around the trained weights (Li et al. 2018)."""
-    _analysis("landscape", run_dir, as_json, grid=grid, span=span, examples=examples, dims=dims)
+    _analysis(
+        "landscape",
+        run_dir,
+        as_json,
+        grid=grid,
+        span=span,
+        examples=examples,
+        dims=dims,
+        precise_bn_batches=precise_bn_batches,
+    )
 
 
 @app.command()
 @user_errors
 def hessian(
     run_dir: RunArg,
-    iters: Annotated[int, typer.Option(help="Power iterations.")] = 20,
-    examples: Annotated[int | None, typer.Option(help="Test examples (default 512, at most the test set).")] = None,
+    iters: Annotated[
+        int, typer.Option(help="Power iterations, at most: it stops once two steps change lambda by < 0.1 %.")
+    ] = 20,
+    examples: Annotated[int | None, _examples_opt("hessian")] = None,
+    precise_bn_batches: PreciseBnOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Largest Hessian eigenvalue (power iteration on Hessian-vector products) vs the SGD stability limit."""
-    _analysis("hessian", run_dir, as_json, iters=iters, examples=examples)
+    _analysis("hessian", run_dir, as_json, iters=iters, examples=examples, precise_bn_batches=precise_bn_batches)
 
 
 @app.command()
@@ -905,9 +967,26 @@ def analyze(
     only: Annotated[
         str | None, typer.Option(help="Comma-separated subset of lesion,gradients,paths,landscape,hessian.")
     ] = None,
+    grid: Annotated[
+        str | None,
+        typer.Option(
+            help="Which grid of the directory: its name under grids/ (or a unique prefix), 'first', or 'all'. "
+            "Default: the first.",
+            show_default=False,
+        ),
+    ] = None,
+    examples: Annotated[
+        int | None,
+        typer.Option(
+            help="Sample size of every example-based analysis: the first N test images (default: each "
+            f"analysis's own: {_default_examples()}).",
+            show_default=False,
+        ),
+    ] = None,
+    precise_bn_batches: PreciseBnOpt = None,
     jobs: Annotated[int, typer.Option(help="Runs analysed at once.", min=1)] = 1,
 ) -> None:
-    """Every analysis on every run of a sweep; figures vs depth, TensorBoard, and results.csv columns."""
+    """Every analysis on every run of a grid; figures vs depth, TensorBoard, and results.csv columns."""
     import time
 
     from resexp.analysis import parse_only
@@ -915,13 +994,23 @@ def analyze(
 
     names = parse_only(only)
     start = time.perf_counter()
-    res = analyze_sweep(sweep_dir, names, jobs=jobs, console=err_console)
+    res = analyze_sweep(
+        sweep_dir,
+        names,
+        jobs=jobs,
+        grid=grid,
+        examples=examples,
+        precise_bn_batches=precise_bn_batches,
+        console=err_console,
+    )
     for note in res.notes:
-        out_console.print(f"[yellow]note:[/] {note}", highlight=False)
+        out_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    grids = ", ".join(g.name for g in res.grids)
     out_console.print(
         f"{len(res.analysed)} runs analysed ({res.computed} computed, {res.cached} cached), "
-        f"{len(res.diverged)} diverged skipped, in {time.perf_counter() - start:.1f} s",
+        f"{len(res.diverged)} diverged skipped, in {time.perf_counter() - start:.1f} s (grid: {grids})",
         highlight=False,
+        soft_wrap=True,
     )
     for name, path in res.figures.items():
-        out_console.print(f"{name}: {path}", highlight=False)
+        out_console.print(f"{name}: {path}", highlight=False, soft_wrap=True)

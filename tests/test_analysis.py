@@ -53,16 +53,15 @@ def test_lesion_invariants(sweep):
     one program); the identity order == the base accuracy."""
     from flax import nnx
 
-    from resexp.analysis.common import blocks_to_logits, stem
-    from resexp.analysis.lesion import accuracy_program, lesion_step
+    from resexp.analysis.common import blocks_to_logits, evaluate_variants, lesion_step, stem
     from resexp.diagnostics import _zero_last_layers
 
     run = load_run(inspect_run(sweep["res"]))
     n = 3
-    acc = np.asarray(accuracy_program(run, False)(jnp.ones((2, n), bool), jnp.tile(jnp.arange(n), (2, 1))))
-    assert acc[0] == acc[1] == pytest.approx(run.info.summary["eval_accuracy"], abs=0)
-
-    x, _ = normalized_test(run.data)
+    x, y = normalized_test(run.data)
+    _, correct = evaluate_variants(run, run.others, x, y, keeps=np.ones((2, n), bool))
+    hits = round(run.info.summary["eval_accuracy"] * len(y))  # training's eval, over the same test set
+    assert correct[0].sum() == correct[1].sum() == hits
 
     @jax.jit
     def logits(params, keep):
@@ -89,7 +88,8 @@ def test_lesion_cli_cached_and_plain_contrast(sweep):
     res = cli("lesion", sweep["res"], "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
-    assert doc["base_accuracy"] == doc["eval_accuracy"]
+    n = doc["examples"]  # the whole digits test set (297 < the default sample)
+    assert n == doc["test_examples"] and round(doc["base_accuracy"] * n) == round(doc["eval_accuracy"] * n)
     assert (sweep["res"] / "analysis" / "lesion.png").stat().st_size > 1000
     first = time.perf_counter() - start
     mtime = (sweep["res"] / "analysis" / "lesion.json").stat().st_mtime_ns
@@ -126,6 +126,94 @@ def test_paths_sum_to_the_gradient(sweep):
     assert np.abs(terms[0]).max() > 1e-3 * np.abs(full).max()  # each term is a real share, not ~0
 
 
+def test_paths_with_a_zero_gradient_length_fit_the_rest(sweep):
+    """A branch whose last BN scale is 0 passes exactly no gradient: the one path through all 3
+    branches carries 0.0. The decay is fitted on the other lengths, the zero length is named, and
+    nothing divides by zero (the log of 0 used to warn and leave the decay null)."""
+    import warnings
+
+    from resexp.analysis.paths import compute, prepare
+
+    run = load_run(inspect_run(sweep["res"]))
+
+    def dead_first_branch(path, leaf):
+        keys = [str(getattr(p, "key", p)) for p in path]
+        return jnp.zeros_like(leaf) if keys[:4] == ["stages", "0", "first", "norm2"] and "scale" in keys else leaf
+
+    run.params = jax.tree_util.tree_map_with_path(dead_first_branch, run.params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        doc = compute(run, prepare(run.info, examples=32))
+    assert doc["mean_norm_per_path"][3] == 0.0 and min(doc["mean_norm_per_path"][:3]) > 0
+    assert doc["zero_gradient_lengths"] == [3] and "length 3" in doc["decay_note"]
+    assert doc["decay_per_branch"] is not None and np.isfinite(doc["decay_per_branch"])
+    assert doc["gradient_fraction_by_length"][3] == 0.0
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def test_sampled_analyses_agree_with_the_full_test_set(sweep):
+    """Each example-sampled analysis on the first 100 of the 297 test images against the same
+    analysis on all of them: the full answer lies within the interval the sample reports."""
+    from resexp.analysis import hessian, landscape, lesion
+
+    info = inspect_run(sweep["res"])
+    run = load_run(info)
+
+    def both(mod, small: dict, full: dict):
+        return mod.compute(run, mod.prepare(info, **small)), mod.compute(run, mod.prepare(info, **full))
+
+    def inside(value, interval, slack=1e-9):
+        return interval[0] - slack <= value <= interval[1] + slack
+
+    s, f = both(lesion, {"examples": 100}, {"examples": 297})
+    assert s["examples"] == 100 and f["examples"] == 297
+    assert inside(f["base_accuracy"], s["base_accuracy_ci95"])
+    for small_row, full_row in zip(s["single"], f["single"], strict=True):
+        assert inside(full_row["accuracy"], small_row["accuracy_ci95"]), (small_row, full_row)
+    assert inside(f["median_single_accuracy"], s["median_single_accuracy_ci95"])
+    assert s["median_single_accuracy_ci95"][1] - s["median_single_accuracy_ci95"][0] > 0  # a real interval
+
+    s, f = both(landscape, {"examples": 100, "grid": 5}, {"examples": 297, "grid": 5})
+    assert inside(f["center_loss"], s["center_loss_ci95"])
+    assert inside(f["local_minima"], s["local_minima_ci95"])
+    assert inside(f["nonconvex_fraction"], s["nonconvex_fraction_ci95"])
+
+    s, f = both(hessian, {"examples": 100}, {"examples": 297})
+    assert inside(f["lambda_max"], s["lambda_max_ci95"]), (s["lambda_max_ci95"], f["lambda_max"])
+
+
+def test_precise_bn_follows_the_run_and_says_so(sweep, tmp_path):
+    """The eval-mode analyses take the run's train.precise_bn_batches (0 for configs without the
+    key), `--precise-bn-batches` overrides it, and the JSON names the statistics used."""
+    from resexp.analysis import hessian, landscape, lesion, paths
+    from resexp.analysis.common import precise_bn
+
+    info = inspect_run(sweep["res"])
+    assert "precise_bn_batches" not in info.summary["config"]["train"]  # a config from before the option
+    for mod in (lesion, landscape, hessian, paths):
+        assert mod.prepare(info)["precise_bn_batches"] == 0
+        assert mod.prepare(info, precise_bn_batches=3)["precise_bn_batches"] == 3
+    run_dir = _fake_run(tmp_path, sweep["res"], name="precise")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["config"]["train"]["precise_bn_batches"] = 2
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "checkpoints" / str(summary["total_steps"])).mkdir(parents=True)  # inspect_run looks no further
+    assert lesion.prepare(inspect_run(run_dir))["precise_bn_batches"] == 2
+    assert lesion.prepare(inspect_run(run_dir), precise_bn_batches=0)["precise_bn_batches"] == 0
+
+    run = load_run(info)
+    recomputed = precise_bn(run, 2)
+    pairs = zip(jax.tree.leaves(recomputed), jax.tree.leaves(run.others), strict=True)
+    assert all(not np.allclose(a, b) for a, b in pairs)  # every BN mean and variance recomputed
+    doc = lesion.compute(run, lesion.prepare(info, precise_bn_batches=2))
+    assert doc["bn_statistics"] == "precise: recomputed on 2 x 32 training images"
+    assert lesion.compute(run, lesion.prepare(info))["bn_statistics"] == "running averages"
+    res = cli("lesion", sweep["res"], "--precise-bn-batches", -1)
+    assert res.exit_code == 2 and "--precise-bn-batches -1" in res.output
+
+
 # --------------------------------------------------------------------------- landscape
 
 
@@ -133,7 +221,7 @@ def test_landscape_directions_and_centre(sweep):
     from resexp.analysis.landscape import filter_axes, filter_normalized_direction
 
     run = load_run(inspect_run(sweep["res"]))
-    d = filter_normalized_direction(run.params, jax.random.key(0))
+    d = filter_normalized_direction(run.params, np.random.default_rng(0))
     kernels = 0
     for (path, w), (_, u) in zip(
         jax.tree_util.tree_flatten_with_path(run.params)[0], jax.tree_util.tree_flatten_with_path(d)[0], strict=True
@@ -162,14 +250,15 @@ def test_power_iteration_matches_eigvalsh():
     from flax import nnx
     from jax.flatten_util import ravel_pytree
 
-    from resexp.analysis.hessian import lambda_trace
+    from resexp.analysis.common import LoadedRun
+    from resexp.analysis.hessian import power_iteration
     from resexp.models import build_model
 
     cfg = Config.model_validate(tiny_dict(model={"kind": "mlp", "depth": 4, "widths": [3], "norm": "none"}))
     net = build_model(cfg.model, (2, 3, 1), 3, seed=0)
     graphdef, params, others = nnx.split(net, nnx.Param, ...)
-    x = jax.random.normal(jax.random.key(1), (16, 2, 3, 1))
-    y = jnp.arange(16) % 3
+    x = jax.random.normal(jax.random.key(1), (80, 2, 3, 1))  # 3 groups of the power step: 32, 32, 16
+    y = jnp.arange(80) % 3
     flat, unravel = ravel_pytree(params)
 
     def loss(v):
@@ -180,9 +269,14 @@ def test_power_iteration_matches_eigvalsh():
 
     eig = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(flat), np.float64))
     top = eig[np.argmax(np.abs(eig))]
-    lams = np.asarray(jax.jit(lambda_trace, static_argnums=(0, 5, 6))(graphdef, params, others, x, y, 400, 0))
-    noise = abs(lams[-1] - lams[-100])  # what 100 more iterations still change: the convergence error
+    run = LoadedRun(cfg, None, graphdef, params, others)
+    lams, per_group, sizes = power_iteration(run, others, x, y, 400, 0, tolerance=1e-7)
+    # What up to 100 more iterations still change: the convergence error (0 once it stops changing)
+    noise = abs(lams[-1] - lams[-min(100, len(lams))])
     assert lams[-1] == pytest.approx(top, abs=10 * noise + 1e-4 * abs(top))
+    # the groups' quotients at the last vector average (weighted by size) to lambda
+    assert sizes.tolist() == [32, 32, 16] and len(set(per_group.tolist())) == 3
+    assert np.sum(per_group * sizes) / 80 == pytest.approx(lams[-1], rel=1e-4)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -233,18 +327,33 @@ def test_bad_input_one_line_exit_2_nothing_written(sweep, tmp_path):
 # --------------------------------------------------------------------------- a sweep
 
 
+def _manifest(path: Path, axes: dict, run_ids: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"name": "why", "axes": axes, "run_ids": run_ids}))
+
+
 def test_analyze_sweep_columns_figures_and_diverged(sweep, tmp_path):
-    """`analyze` on a sweep with a diverged run: skipped and counted; report columns; figures; TB.
+    """`analyze` on a sweep with a diverged run: skipped and counted; report columns; figures; TB;
+    one note for the analyses that do not apply. By default only the directory's first grid,
+    `--grid NAME` (a prefix will do) another, with its figures beside its manifest.
     (Cached lesion results of the tests above are reused: the cache is part of what is tested.)"""
     from resexp.analysis.sweep import analyze_sweep
 
     root = tmp_path / "why"
     shutil.copytree(sweep["res"].parent, root)
     _fake_run(root, sweep["res"], name="resnet8-diverged", status="diverged", diverged_at_step=3)
+    first = [sweep["plain"].name, sweep["res"].name, "resnet8-diverged"]
+    _manifest(root / "sweep.json", {"model.depth": [8], "model.shortcut": [False, True]}, first)
+    second = root / "grids" / "weight_decay=0.0001-abc123" / "sweep.json"
+    _manifest(second, {"optim.weight_decay": [1e-4]}, [sweep["res"].name])
     out = analyze_sweep(root, ["lesion", "paths"], jobs=1)
     assert out.diverged == ["resnet8-diverged"] and len(out.analysed) == 2
-    assert any("paths: not applicable" in n for n in out.notes)
+    assert [g.name for g in out.grids] == ["first"]
+    assert out.notes == [
+        f"paths: not applicable to 1 run (paths need a residual net (a plain net has a single path)): {first[0]}"
+    ]
     assert "lesion_vs_depth.png" in out.figures and (root / "lesion_vs_depth.png").stat().st_size > 1000
+    assert not (second.parent / "lesion_vs_depth.png").exists()
     rows = {r["run_id"]: r for r in csv.DictReader((root / "results.csv").open())}
     res_row = rows[sweep["res"].name]
     assert (
@@ -257,6 +366,38 @@ def test_analyze_sweep_columns_figures_and_diverged(sweep, tmp_path):
     # The report keeps the columns when it rebuilds on its own.
     assert cli("report", root).exit_code == 0
     assert "paths_k90_max" in (root / "results.csv").read_text().splitlines()[0]
+    # Another grid by a prefix of its name: only its run, its figures beside its manifest.
+    res = cli("analyze", root, "--only", "lesion", "--grid", "weight_decay")
+    assert res.exit_code == 0, res.output
+    assert "1 runs analysed (0 computed, 1 cached)" in res.output and "grid: weight_decay=0.0001-abc123" in res.output
+    assert (second.parent / "lesion_vs_depth.png").stat().st_size > 1000
+    res = cli("analyze", root, "--grid", "nope")
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
+    assert "--grid nope: no such grid" in res.output and "first, weight_decay=0.0001-abc123, or all" in res.output
+
+
+def test_sweep_figure_lines_say_what_differs():
+    """Within a grid, colour is the family only; every other swept key makes its own line, named in
+    the legend and drawn with its own marker and line style."""
+    from resexp.analysis.figures import PLAIN, RES, _styles
+    from resexp.analysis.sweep import line_group, net_label
+
+    axes = ["model.depth", "model.shortcut", "optim.weight_decay"]
+    points = []
+    for shortcut in (False, True):
+        for wd in (0.0, 1e-4):
+            summary = {
+                "config": {"model": {"shortcut": shortcut, "kind": "cnn", "depth": 20}, "optim": {"weight_decay": wd}}
+            }
+            group = line_group(summary, axes)
+            assert group == {"optim.weight_decay": wd}
+            points.append({"net": net_label(summary, group), "plain": not shortcut, "depth": 20})
+    labels = [p["net"] for p in points]
+    assert labels == ["plain (wd=0)", "plain (wd=1e-4)", "ResNet (wd=0)", "ResNet (wd=1e-4)"], labels
+    styles = _styles(points)
+    assert {styles[n]["color"] for n in labels[:2]} == {PLAIN} and {styles[n]["color"] for n in labels[2:]} == {RES}
+    looks = [(styles[n]["color"], styles[n]["marker"], styles[n]["ls"]) for n in labels]
+    assert len(set(looks)) == 4 and styles[labels[0]]["marker"] != styles[labels[1]]["marker"]
 
 
 # --------------------------------------------------------------------------- gradients at init
@@ -275,3 +416,63 @@ def test_gradients_shatter_in_plain_nets_not_resnets():
     assert out[False]["grad_corr_lag1"] < 0.5 < out[True]["grad_corr_lag1"], out
     assert out[False]["jacobian_log_condition"] > out[True]["jacobian_log_condition"]
     assert len(out[True]["signal"]["channel_var"]) == 15 and out[False]["signal"]["branch_var"][0] is None
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_progress_time_left_and_lines_for_a_log():
+    """The time left excludes the first unit (it compiles); without a terminal the board prints a
+    line per analysis and per finished run, with the sweep's time left once a run has finished."""
+    import io
+
+    from rich.console import Console
+
+    from resexp.analysis.progress import AnalysisClock, ProgressBoard
+
+    clock = AnalysisClock(started=0.0)
+    clock.update(1, 10, now=5.0)  # compiling took 5 s
+    assert clock.left(5.0) is None
+    clock.update(3, 10, now=7.0)  # then 1 s per unit
+    assert clock.left(7.0) == pytest.approx(7.0)
+
+    text = io.StringIO()
+    console = Console(file=text, force_terminal=False, width=60)
+    runs = [("plain56", 27, ["lesion", "hessian"]), ("plain20", 9, ["lesion"])]
+    with ProgressBoard(console, runs, jobs=1) as board:
+        board({"event": "analysis", "run": "plain56", "analysis": "lesion"})
+        board({"event": "progress", "run": "plain56", "done": 1, "total": 4})
+        board({"event": "analysis_done", "run": "plain56", "analysis": "lesion", "seconds": 1.5})
+        board({"event": "analysis", "run": "plain56", "analysis": "hessian"})
+        board({"event": "analysis_done", "run": "plain56", "analysis": "hessian", "seconds": 2.0})
+        board({"event": "run_done", "run": "plain56"})
+        assert board.sweep_left(time.monotonic()) is not None
+    lines = text.getvalue().splitlines()
+    assert lines[0] == "plain56: lesion (1/2)" and lines[1] == "plain56: hessian (2/2)"
+    # one line although wider than the console: a log is never hard-wrapped
+    assert lines[2].startswith("analysed plain56 (lesion 1.5 s, hessian 2.0 s), sweep: ~") and lines[2].endswith("left")
+
+
+def test_bench_analyze_script_measures_from_an_empty_cache(sweep, tmp_path):
+    """scripts/bench_analyze.py: analyze on a copy of the sweep (the original untouched), one JSON
+    object with the wall time against the budget and each run's seconds per analysis."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    root = tmp_path / "one"
+    shutil.copytree(sweep["res"], root / sweep["res"].name)  # one run: one architecture to compile
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_analyze.py"), str(root), "--only", "lesion"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["compile_cache"] == "empty" and doc["median_wall_seconds"] > 0 and doc["target_seconds"] == 300
+    assert doc["meets_target"] == (doc["median_wall_seconds"] <= 300)
+    assert list(doc["runs"]) == [sweep["res"].name] and doc["runs"][sweep["res"].name]["lesion"]["seconds"] > 0
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before

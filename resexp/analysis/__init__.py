@@ -10,6 +10,10 @@ Every analysis is a module with the same five functions, which `run_analyses` wa
 `prepare(info, **options) -> options` (validates, no JAX), `compute(run, options) -> result`,
 `headline(result)`, `scalars(result)`, and a figure in `resexp.analysis.figures`. Results are
 cached in `RUN_DIR/analysis/<name>.json` by checkpoint and options.
+
+Each analysis measures a bounded sample (its one sample-size option: `examples` test images,
+or `lines` for the gradients), batched into one compiled program per architecture, and
+reports the uncertainty that sample implies (`resexp.analysis.stats`) and its `seconds`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from types import ModuleType
 
 from resexp.analysis.common import AnalysisError, RunInfo, cached_result, inspect_run, result_path
+from resexp.analysis.progress import Sink
 
 ANALYSES = ("lesion", "gradients", "paths", "landscape", "hessian")
 HEADLINE = {  # results.csv column -> analysis it comes from
@@ -33,7 +38,17 @@ HEADLINE = {  # results.csv column -> analysis it comes from
     "hessian_lambda_max": "hessian",
 }
 
-__all__ = ["ANALYSES", "HEADLINE", "AnalysisError", "analysis_module", "headline_metrics", "parse_only", "run_analyses"]
+__all__ = [
+    "ANALYSES",
+    "HEADLINE",
+    "AnalysisError",
+    "analysis_module",
+    "headline_metrics",
+    "parse_only",
+    "prepare_requests",
+    "run_analyses",
+    "uncached",
+]
 
 
 def analysis_module(name: str) -> ModuleType:
@@ -53,14 +68,27 @@ def parse_only(text: str | None) -> list[str]:
     return [n for n in ANALYSES if n in names]
 
 
-def run_analyses(run_dir: Path, requests: dict[str, dict]) -> dict[str, tuple[dict, bool]]:
+def prepare_requests(info: RunInfo, requests: dict[str, dict]) -> dict[str, dict]:
+    """Every request validated and completed with its defaults (no JAX): name -> options."""
+    return {name: analysis_module(name).prepare(info, **opts) for name, opts in requests.items()}
+
+
+def uncached(info: RunInfo, prepared: dict[str, dict]) -> list[str]:
+    """The analyses among `prepared` whose result is not cached for this checkpoint and options."""
+    return [name for name, opts in prepared.items() if cached_result(name, info, opts) is None]
+
+
+def run_analyses(
+    run_dir: Path, requests: dict[str, dict], progress: Sink | None = None
+) -> dict[str, tuple[dict, bool]]:
     """Run (or answer from the cache) each `name -> options` on one run: name -> (result, cached).
 
     Every request is validated before anything runs or is written; the run is loaded into JAX
-    once, and only when some result is not cached.
+    once, and only when some result is not cached. `progress` receives the events of
+    `resexp.analysis.progress` (which analysis runs, its units done, its time).
     """
     info = inspect_run(run_dir)
-    prepared = {name: analysis_module(name).prepare(info, **opts) for name, opts in requests.items()}
+    prepared = prepare_requests(info, requests)
     out: dict[str, tuple[dict, bool]] = {}
     todo = []
     for name, opts in prepared.items():
@@ -69,6 +97,7 @@ def run_analyses(run_dir: Path, requests: dict[str, dict]) -> dict[str, tuple[di
             out[name] = (hit, True)
         else:
             todo.append(name)
+    emit = progress or (lambda event: None)
     if todo:
         from resexp.runtime import configure_jax
 
@@ -85,10 +114,18 @@ def run_analyses(run_dir: Path, requests: dict[str, dict]) -> dict[str, tuple[di
             else:
                 trained = trained or load_run(info)
                 run = trained
+            emit({"event": "analysis", "run": info.dir.name, "analysis": name})
+            run.progress = functools.partial(_progress_event, emit, info.dir.name)
             result = timed(functools.partial(mod.compute, run, opts))
             png = plot_analysis(name, result, title=f"{info.dir.name}: {name}")
             out[name] = (write_result(name, info, opts, result, png, mod.scalars(result)), False)
+            emit({"event": "analysis_done", "run": info.dir.name, "analysis": name, "seconds": result["seconds"]})
+    emit({"event": "run_done", "run": info.dir.name})
     return {name: out[name] for name in requests}
+
+
+def _progress_event(emit: Sink, run: str, done: int, total: int) -> None:
+    emit({"event": "progress", "run": run, "done": done, "total": total})
 
 
 def _config(info: RunInfo):
@@ -116,33 +153,49 @@ def describe(name: str, doc: dict) -> str:
     def f(v, spec=".3f"):
         return "-" if v is None else format(v, spec)
 
+    def ci(interval, spec=".3f"):
+        return "" if not interval else f" [{f(interval[0], spec)}, {f(interval[1], spec)}]"
+
+    bn = f"; BN: {doc['bn_statistics']}" if doc.get("bn_statistics") else ""
     if name == "lesion":
         ks = ", ".join(f"k={d['k']}: {f(d['mean'])}" for d in doc["delete_k"] if d["mean"] is not None)
         return (
-            f"lesion: accuracy {f(doc['base_accuracy'])} intact; one block deleted: median "
-            f"{f(doc['median_single_accuracy'])} (worst {f(doc['min_single_accuracy'])}); k random deleted: "
-            f"{ks or '-'}; {doc['swap_k']['k']} swaps: {f(doc['swap_k']['mean'])}"
-            + (" [BN recalibrated]" if doc["recalibrated"] else "")
+            f"lesion ({doc['examples']} test images, 95 % intervals): accuracy {f(doc['base_accuracy'])}"
+            f"{ci(doc['base_accuracy_ci95'])} intact; one block deleted: median "
+            f"{f(doc['median_single_accuracy'])}{ci(doc['median_single_accuracy_ci95'])} (worst "
+            f"{f(doc['min_single_accuracy'])}); k random deleted: {ks or '-'}; {doc['swap_k']['k']} swaps: "
+            f"{f(doc['swap_k']['mean'])}{bn}"
         )
     if name == "gradients":
+        se = doc.get("grad_corr_lag1_standard_error")
         return (
-            f"gradients ({'at init' if doc['at_init'] else 'trained'}, BN recalibrated): lag-1 correlation "
-            f"{f(doc['grad_corr_lag1'])}, neighbour cosine {f(doc['grad_cos_neighbors'])}, "
-            f"Jacobian log10 cond {f(doc['jacobian_log_condition'], '.2f')}"
+            f"gradients ({'at init' if doc['at_init'] else 'trained'}, {doc['lines']} lines): lag-1 correlation "
+            f"{f(doc['grad_corr_lag1'])}{'' if se is None else f' +- {se:.3f}'}, neighbour cosine "
+            f"{f(doc['grad_cos_neighbors'])}, Jacobian log10 cond {f(doc['jacobian_log_condition'], '.2f')}{bn}"
         )
     if name == "paths":
+        decay = f(doc["decay_per_branch"], ".2f")
+        zero = doc.get("zero_gradient_lengths") or []
         return (
-            f"paths: {doc['n_blocks']} blocks; 90 % of the gradient from paths through {doc['k90'][0]}.."
-            f"{doc['k90'][1]} branches (mean {f(doc['mean_path_length'], '.1f')}, typical path "
-            f"{f(doc['typical_path_length'], '.1f')}); x{f(doc['decay_per_branch'], '.2f')} per extra branch"
+            f"paths ({doc['examples']} test images): {doc['n_blocks']} blocks; 90 % of the gradient from paths "
+            f"through {doc['k90'][0]}..{doc['k90'][1]} branches (upper end 95 % interval "
+            f"{doc['k90_max_ci95'][0]:g}..{doc['k90_max_ci95'][1]:g}; mean {f(doc['mean_path_length'], '.1f')}, "
+            f"typical path {f(doc['typical_path_length'], '.1f')}); x{decay} per extra branch"
+            + (f" (lengths {', '.join(map(str, zero))}: exactly zero gradient, left out of the fit)" if zero else "")
+            + bn
         )
     if name == "landscape":
         return (
             f"landscape ({doc['dims']}-D, {doc['grid']} points per axis, span {doc['span']:g}, "
-            f"{doc['examples']} examples): centre loss {f(doc['center_loss'], '.4f')}, "
-            f"{doc['local_minima']} local minima, non-convex fraction {f(doc['nonconvex_fraction'], '.2f')}"
+            f"{doc['examples']} test images): centre loss {f(doc['center_loss'], '.4f')}, "
+            f"{doc['local_minima']}{ci(doc['local_minima_ci95'], 'g')} local minima, non-convex fraction "
+            f"{f(doc['nonconvex_fraction'], '.2f')}{ci(doc['nonconvex_fraction_ci95'], '.2f')}{bn}"
         )
     lim = doc.get("sgd_stability_limit")
-    return f"hessian: lambda_max {f(doc['lambda_max'], '.4g')}" + (
-        f" vs SGD stability limit 2(1+beta)/eta = {lim:.3g} (x{doc['ratio_to_limit']:.2g})" if lim else ""
+    se = doc.get("lambda_max_standard_error")
+    return (
+        f"hessian ({doc['examples']} test images): lambda_max {f(doc['lambda_max'], '.4g')}"
+        + ("" if se is None else f" +- {se:.2g}")
+        + (f" vs SGD stability limit 2(1+beta)/eta = {lim:.3g} (x{doc['ratio_to_limit']:.2g})" if lim else "")
+        + bn
     )

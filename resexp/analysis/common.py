@@ -6,23 +6,32 @@ modules of `resexp.models.Net` (stem, blocks, head), but lets an analysis decide
 does with its input, given a per-block value scanned alongside the stacked blocks: a keep-mask
 (lesion), a stop-gradient mask (paths), nothing (signal propagation). Because the per-block
 value is data, not structure, one compiled program serves every mask of an architecture.
+
+`evaluate_variants` is that program for the eval-mode analyses: a net varied by a keep-mask, a
+block order and a step along two weight directions, evaluated on a fixed-size batch of examples.
+The lesion study (masks and orders) and the loss landscape (grid points) feed it their variants,
+so one compiled forward per architecture serves both, every mask and every grid point.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from resexp.errors import UserError
 
 ANALYSIS_DIR = "analysis"
-VERSION = 1  # bump when a computation changes: cached results from older code are recomputed
+VERSION = 2  # bump when a computation changes: cached results from older code are recomputed
 EVENT_SUFFIX = ".resexp-analysis"
+# Each example-based analysis's default sample, the first N test images (at most the test set),
+# chosen by measurement (README "Why, measured"): here, where the CLI reads them without JAX.
+DEFAULT_EXAMPLES = {"lesion": 512, "landscape": 256, "hessian": 256, "paths": 64}
 
 
 class AnalysisError(UserError):
@@ -173,6 +182,18 @@ class LoadedRun:
     params: Any
     others: Any
     info: RunInfo | None = None
+    # Called as progress(done, total) by a long computation; `run_analyses` points it at the display.
+    progress: Callable[[int, int], None] = field(default=lambda done, total: None, repr=False)
+    precise_bn_cache: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    def eval_others(self, batches: int):
+        """The BN statistics of an eval-mode analysis: the checkpoint's running averages
+        (`batches` 0) or precise BN over `batches` training batches, computed once per run."""
+        if batches == 0:
+            return self.others
+        if batches not in self.precise_bn_cache:
+            self.precise_bn_cache[batches] = precise_bn(self, batches)
+        return self.precise_bn_cache[batches]
 
     def net(self, params=None, others=None):
         from flax import nnx
@@ -252,6 +273,66 @@ def recalibrate_bn(run: LoadedRun, images):
     from resexp.models import split_params
 
     return split_params(net)[2]
+
+
+# --------------------------------------------------------------------------- BN statistics
+
+
+def precise_bn_setting(info: RunInfo, override: int | None) -> int:
+    """Training batches BN statistics are recomputed over before an eval-mode analysis: `override`,
+    else the run's own `train.precise_bn_batches` (0, running averages, in configs without it)."""
+    if override is None:
+        return int(info.summary["config"].get("train", {}).get("precise_bn_batches") or 0)
+    if override < 0:
+        raise AnalysisError(f"--precise-bn-batches {override}: must be >= 0 (0: the running averages)")
+    return override
+
+
+def bn_statistics(batches: int, batch_size: int) -> str:
+    """What the BN layers of an eval-mode analysis normalise with, in words (JSON and titles)."""
+    if batches == 0:
+        return "running averages"
+    return f"precise: recomputed on {batches} x {batch_size} training images"
+
+
+def bn_batch_size(info: RunInfo) -> int:
+    return int(info.summary["config"]["data"]["batch_size"])
+
+
+def precise_bn_indices(num_examples: int, batches: int, batch_size: int):
+    """[batches, batch_size] training indices precise BN uses: fixed for a dataset size (not a run's
+    seed), epoch-wise shuffles without replacement from NumPy seed 0, as the training option
+    `train.precise_bn_batches` draws them, so an analysis sees the statistics the run was evaluated with."""
+    import numpy as np
+
+    per_epoch = num_examples // batch_size
+    rng = np.random.default_rng(0)
+    orders = [rng.permutation(num_examples)[: per_epoch * batch_size] for _ in range(-(-batches // per_epoch))]
+    return np.concatenate(orders)[: batches * batch_size].reshape(batches, batch_size).astype(np.int32)
+
+
+def precise_bn(run: LoadedRun, batches: int):
+    """`others` with every BN's running mean and variance replaced by their equal-weight average
+    over `batches` train-mode forwards of the frozen weights on fixed, un-augmented training
+    batches ("precise BN", pycls/detectron2): `recalibrate_bn` per batch, under one scan."""
+    import jax
+    import jax.numpy as jnp
+
+    bs = run.cfg.data.batch_size
+    if run.data.x_train.shape[0] < bs:
+        raise AnalysisError(f"precise BN: fewer than one batch of {bs} training images")
+    idx = precise_bn_indices(int(run.data.x_train.shape[0]), batches, bs)
+    x = run.data.normalize(jnp.asarray(run.data.x_train[idx.reshape(-1)])).reshape(batches, bs, *run.data.image_shape)
+
+    def average(params, others, x):
+        def add(total, xb):
+            o = recalibrate_bn(LoadedRun(run.cfg, run.data, run.graphdef, params, others), xb)
+            return jax.tree.map(jnp.add, total, o), None
+
+        total, _ = jax.lax.scan(add, jax.tree.map(jnp.zeros_like, others), x)
+        return jax.tree.map(lambda t: t / batches, total)
+
+    return jax.jit(average)(run.params, run.others, x)
 
 
 # --------------------------------------------------------------------------- the block walker
@@ -375,3 +456,178 @@ def timed(fn: Callable[[], dict]) -> dict:
     out = fn()
     out["seconds"] = round(time.perf_counter() - start, 3)
     return out
+
+
+# --------------------------------------------------------------------------- the shared eval-mode forward
+
+ACCEL_CHUNK = 16  # variants per step on a GPU/TPU (vmapped); on a CPU one (vmapped weights = grouped convs)
+BATCH_CAP = 256  # examples per call of the shared program when the test set is larger than SMALL_TEST
+SMALL_TEST = 512
+
+
+def example_batch(n_test: int, examples: int) -> int:
+    """Examples per call of `evaluate_variants`: a small test set in one batch (the digits' 297,
+    as training's eval), else 256, never more than the analysis uses."""
+    return min(n_test if n_test <= SMALL_TEST else BATCH_CAP, examples)
+
+
+def pipelined(dispatches, total: int, progress: Callable[[int, int], None]) -> list:
+    """Host copies of the results of `dispatches` (an iterator of jitted calls, dispatched as it is
+    consumed), one call kept in flight: the device never waits for the host, and `progress` still
+    counts finished calls."""
+    import jax
+
+    out, pending = [], None
+    for done, result in enumerate(dispatches):
+        if pending is not None:
+            out.append(jax.device_get(pending))
+            progress(done, total)
+        pending = result
+    if pending is not None:
+        out.append(jax.device_get(pending))
+        progress(total, total)
+    return out
+
+
+def committed_like(tree, like):
+    """`tree` (NumPy) on the device of `like`'s arrays, committed as they are: a jitted program fed
+    both a host-made input and, later, its own output, would otherwise compile twice."""
+    import jax
+
+    return jax.device_put(tree, jax.tree.leaves(like)[0].sharding)
+
+
+def lesion_step(block, h, keep, train: bool):
+    """The block, or what is left of it when deleted: relu(Ws h) (residual), h (plain)."""
+    import jax
+    import jax.numpy as jnp
+
+    y, _ = block(h, train)
+    # a shape-changing plain block is never deleted
+    skip = jax.nn.relu(block.shortcut(h, train)) if block.residual else (h if h.shape == y.shape else y)
+    return jnp.where(keep, y, skip), {}
+
+
+def reorder_blocks(tree, order, n_per_stage: int):
+    """Stacked block parameters gathered by `order` (global block indices, within-stage swaps only)."""
+    import jax
+
+    def gather(path, leaf):
+        keys = [str(getattr(p, "key", getattr(p, "idx", p))) for p in path]
+        if "stages" not in keys or "rest" not in keys:
+            return leaf
+        stage = int(keys[keys.index("stages") + 1])
+        local = order[stage * n_per_stage + 1 : (stage + 1) * n_per_stage] - (stage * n_per_stage + 1)
+        return leaf[local]
+
+    return jax.tree_util.tree_map_with_path(gather, tree)
+
+
+@functools.lru_cache(maxsize=16)
+def variant_program(graphdef, cal_graphdef, n_per_stage: int, chunk: int):
+    """Jitted `(params, others, d1, d2, coords[C, 2], keeps[C, n], orders[C, n], x, y, x_cal)
+    -> (loss[C, B], correct[C, B])`: per example, for each of C variants of the net, the weights
+    params + a d1 + b d2, blocks reordered by `order` and deleted where `keep` is False.
+
+    With `cal_graphdef` (a BN-momentum-0 graphdef) each variant first gets the BN statistics of its
+    own activations on `x_cal` (a lesioned net recalibrated). Cached per architecture: the lesion
+    study and the landscape of a run, and runs of one architecture, share the compiled program.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    def one(params, others, d1, d2, ab, keep, order, x, y, x_cal):
+        a, b = ab[0], ab[1]
+        p = jax.tree.map(lambda w, u, v: w + a.astype(w.dtype) * u + b.astype(w.dtype) * v, params, d1, d2)
+        p, o = reorder_blocks(p, order, n_per_stage), reorder_blocks(others, order, n_per_stage)
+        if cal_graphdef is not None:
+            net = nnx.merge(cal_graphdef, p, o, copy=True)
+            blocks_to_logits(net, stem(net, x_cal, True), lesion_step, keep, train=True)
+            o = nnx.split(net, nnx.Param, ...)[2]
+        net = nnx.merge(graphdef, p, o, copy=True)
+        logits, _ = blocks_to_logits(net, stem(net, x), lesion_step, keep)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return loss, jnp.argmax(logits, -1) == y
+
+    def program(params, others, d1, d2, coords, keeps, orders, x, y, x_cal):
+        def variant(v):
+            return one(params, others, d1, d2, *v, x, y, x_cal)
+
+        if chunk == 1:
+            loss, correct = variant(jax.tree.map(lambda a: a[0], (coords, keeps, orders)))
+            return loss[None], correct[None]
+        return jax.lax.map(variant, (coords, keeps, orders), batch_size=chunk)
+
+    return jax.jit(program)
+
+
+def evaluate_variants(
+    run: LoadedRun,
+    others,
+    x,
+    y,
+    *,
+    coords=None,
+    keeps=None,
+    orders=None,
+    directions=None,
+    x_cal=None,
+):
+    """(loss[M, N], correct[M, N]) of M variants of the net (see `variant_program`) on the N
+    examples `x`, `y`: one compiled program, called on one variant chunk and one example batch at
+    a time (reporting `run.progress`). Unset variant arrays default to the unmodified net."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    n_blocks = (run.cfg.model.depth - 2) // 2
+    m = next(len(a) for a in (coords, keeps, orders) if a is not None)
+    coords = np.zeros((m, 2), np.float32) if coords is None else np.asarray(coords, np.float32)
+    keeps = np.ones((m, n_blocks), bool) if keeps is None else np.asarray(keeps, bool)
+    orders = np.tile(np.arange(n_blocks), (m, 1)) if orders is None else np.asarray(orders)
+    if directions is None:
+        # Device arrays like the landscape's directions (NumPy inputs would compile the program again)
+        zeros = committed_like(jax.tree.map(lambda w: np.zeros(w.shape, w.dtype), run.params), run.params)
+        directions = (zeros, zeros)
+    chunk = 1 if jax.default_backend() == "cpu" else ACCEL_CHUNK
+    pad_m = -m % chunk
+    coords, keeps, orders = (np.concatenate([a, np.repeat(a[-1:], pad_m, 0)]) for a in (coords, keeps, orders))
+    n = int(x.shape[0])
+    batch = example_batch(int(run.data.y_test.shape[0]), n)
+    pad_n = -n % batch
+    x = jnp.concatenate([x, jnp.repeat(x[-1:], pad_n, 0)]) if pad_n else x
+    y = jnp.concatenate([y, jnp.repeat(y[-1:], pad_n, 0)]) if pad_n else y
+    n_per_stage = (run.cfg.model.depth - 2) // (2 * len(run.cfg.model.widths))
+    cal = graphdef_for(run.cfg, run.data, bn_momentum=0.0) if x_cal is not None else None
+    program = variant_program(run.graphdef, cal, n_per_stage, chunk)
+    x_cal = x_cal if x_cal is not None else x[:1]
+    batches = [(x[i : i + batch], y[i : i + batch]) for i in range(0, n + pad_n, batch)]
+    calls = [
+        (i, xb, yb)
+        for i in range(0, len(coords), chunk)
+        for xb, yb in batches  # variant chunk i on every example batch, in order
+    ]
+    outs = pipelined(
+        (
+            program(
+                run.params,
+                others,
+                *directions,
+                coords[i : i + chunk],
+                keeps[i : i + chunk],
+                orders[i : i + chunk],
+                xb,
+                yb,
+                x_cal,
+            )
+            for i, xb, yb in calls
+        ),
+        len(calls),
+        run.progress,
+    )
+    per_batch = len(batches)
+    losses = [np.concatenate([o[0] for o in outs[j : j + per_batch]], 1) for j in range(0, len(outs), per_batch)]
+    correct = [np.concatenate([o[1] for o in outs[j : j + per_batch]], 1) for j in range(0, len(outs), per_batch)]
+    return np.concatenate(losses)[:m, :n], np.concatenate(correct)[:m, :n]

@@ -11,6 +11,10 @@ propagation (Brock et al., ICLR 2021), usually at initialisation.
 
 BN is recalibrated on training images first: at initialisation the running statistics are
 0/1, eval-mode BN then does nothing, and the numbers describe a net that is never run.
+
+The sample is `lines` lines through input space (one test image each): the lag-1 correlation
+and the neighbour cosine are means over lines, reported with their standard error across
+lines; the Jacobian's conditioning with its standard error across its examples.
 """
 
 from __future__ import annotations
@@ -19,17 +23,23 @@ import math
 
 import numpy as np
 
-from resexp.analysis.common import RunInfo
+from resexp.analysis import stats
+from resexp.analysis.common import AnalysisError, RunInfo, test_set_size
 
 NAME = "gradients"
 RECAL_IMAGES = 512
-LINES, POINTS = 4, 256
+LINES, POINTS = 4, 256  # default sample: lines through input space, points per line
 JACOBIAN_EXAMPLES = 4
 SIGNAL_EXAMPLES = 256
 
 
-def prepare(info: RunInfo | None, at_init: bool = False) -> dict:
-    return {"at_init": at_init, "lines": LINES, "points": POINTS, "recalibration_images": RECAL_IMAGES, "seed": 0}
+def prepare(info: RunInfo | None, at_init: bool = False, lines: int | None = None) -> dict:
+    lines = LINES if lines is None else lines
+    if lines < 2:
+        raise AnalysisError(f"--lines {lines}: must be at least 2 (the standard error needs two)")
+    if info is not None and lines > test_set_size(info.summary["config"]):
+        raise AnalysisError(f"--lines {lines}: more than the {test_set_size(info.summary['config'])} test examples")
+    return {"at_init": at_init, "lines": lines, "points": POINTS, "recalibration_images": RECAL_IMAGES, "seed": 0}
 
 
 def _lag1(series: np.ndarray) -> float:
@@ -129,13 +139,21 @@ def compute(run, options: dict) -> dict:
     def floats(v):
         return [None if not math.isfinite(float(x)) else float(x) for x in np.asarray(v)]
 
+    per_line = [_lag1(s) for s in gu]
     return {
         "at_init": options["at_init"],
         "bn_recalibrated_on": RECAL_IMAGES,
-        "grad_corr_lag1": float(np.mean([_lag1(s) for s in gu])),
-        "grad_corr_lag1_per_line": [_lag1(s) for s in gu],
+        "bn_statistics": f"recomputed on {RECAL_IMAGES} training images",
+        "lines": lines,
+        "grad_corr_lag1": float(np.mean(per_line)),
+        "grad_corr_lag1_standard_error": stats.standard_error(per_line),
+        "grad_corr_lag1_per_line": per_line,
         "grad_cos_neighbors": float(np.mean(cos)),
+        "grad_cos_neighbors_standard_error": stats.standard_error(np.mean(cos, axis=1)),
         "jacobian_log_condition": float(np.mean(log_cond)),
+        "jacobian_log_condition_standard_error": stats.standard_error(log_cond),
+        "uncertainty": f"standard errors across the {lines} lines (the Jacobian's: across its "
+        f"{JACOBIAN_EXAMPLES} examples)",
         "gradient_line": gu.tolist(),
         "signal": {
             "blocks": [s.name for s in specs],

@@ -3,8 +3,13 @@
 L(theta + a d1 + b d2) on a grid, d1 and d2 Gaussian directions in which every filter is rescaled
 to the norm of the matching filter of theta (scale-invariance under BN would otherwise make the
 picture depend on arbitrary weight scales). Only weight kernels get a direction: BN and bias
-entries are 0 (`--xignore biasbn`), and BN runs in eval mode on the trained running statistics.
-ResNets stay smooth and nearly convex with depth; deep plain nets turn chaotic.
+entries are 0 (`--xignore biasbn`), and BN runs in eval mode (on the running averages, or on
+precise statistics when the run trains with them). ResNets stay smooth and nearly convex with
+depth; deep plain nets turn chaotic.
+
+Every grid point is a variant of the shared eval-mode program (`common.evaluate_variants`, the
+lesion study's), evaluated per example on the same `examples` test images; a paired bootstrap
+over those examples gives the intervals of the local-minimum count and the non-convex fraction.
 
 Under `nnx.scan` a stacked kernel has a leading block axis, so "a filter" is one output channel
 of one block: the norm runs over every axis but the stack axis and the last. Leaves are picked by
@@ -17,21 +22,47 @@ import math
 
 import numpy as np
 
-from resexp.analysis.common import AnalysisError, RunInfo, check_examples, test_set_size
+from resexp.analysis import stats
+from resexp.analysis.common import (
+    DEFAULT_EXAMPLES,
+    AnalysisError,
+    RunInfo,
+    bn_batch_size,
+    bn_statistics,
+    check_examples,
+    committed_like,
+    precise_bn_setting,
+    test_set_size,
+)
 
 NAME = "landscape"
-CPU_CHUNK, ACCEL_CHUNK = 1, 16  # grid points per step of lax.map (vmapped within a chunk)
+EXAMPLES = DEFAULT_EXAMPLES[NAME]
 
 
-def prepare(info: RunInfo, grid: int = 15, span: float = 1.0, examples: int | None = None, dims: int = 2) -> dict:
+def prepare(
+    info: RunInfo,
+    grid: int = 15,
+    span: float = 1.0,
+    examples: int | None = None,
+    dims: int = 2,
+    precise_bn_batches: int | None = None,
+) -> dict:
     if grid < 3 or grid % 2 == 0:
         raise AnalysisError(f"--grid {grid}: must be odd and at least 3 (the centre must be a grid point)")
     if not span > 0 or not math.isfinite(span):
         raise AnalysisError(f"--span {span}: must be > 0")
     if dims not in (1, 2):
         raise AnalysisError(f"--dims {dims}: must be 1 or 2")
-    examples = check_examples(examples, test_set_size(info.summary["config"]), 512)
-    return {"grid": grid, "span": span, "examples": examples, "dims": dims, "seed": 0}
+    examples = check_examples(examples, test_set_size(info.summary["config"]), EXAMPLES)
+    return {
+        "grid": grid,
+        "span": span,
+        "examples": examples,
+        "dims": dims,
+        "precise_bn_batches": precise_bn_setting(info, precise_bn_batches),
+        "bn_batch_size": bn_batch_size(info),
+        "seed": 0,
+    }
 
 
 def _keys(path) -> list[str]:
@@ -45,118 +76,130 @@ def filter_axes(path, leaf) -> tuple[int, ...]:
     return tuple(range(first, leaf.ndim - 1))
 
 
-def filter_normalized_direction(params, key):
+def filter_normalized_direction(params, rng: np.random.Generator):
     """A Gaussian direction shaped like `params`: kernels rescaled filter by filter to the weights'
-    norms, every other entry (BN scale/shift, biases, gates) zero."""
+    norms, every other entry (BN scale/shift, biases, gates) zero. Drawn on the host with NumPy
+    (a one-off of ~1M numbers; JAX's threefry would compile for ~10 s per architecture)."""
     import jax
-    import jax.numpy as jnp
 
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    keys = jax.random.split(key, len(flat))
     out = []
-    for (path, w), k in zip(flat, keys, strict=True):
+    for path, w in flat:
+        w = np.asarray(w)
         if _keys(path)[-1] != "kernel":
-            out.append(jnp.zeros_like(w))
+            out.append(np.zeros_like(w))
             continue
-        d = jax.random.normal(k, w.shape, jnp.float32)
+        d = rng.standard_normal(w.shape, dtype=np.float32)
         axes = filter_axes(path, w)
-        wn = jnp.sqrt(jnp.sum(jnp.square(w.astype(jnp.float32)), axis=axes, keepdims=True))
-        dn = jnp.sqrt(jnp.sum(jnp.square(d), axis=axes, keepdims=True))
+        wn = np.sqrt(np.sum(np.square(w.astype(np.float32)), axis=axes, keepdims=True))
+        dn = np.sqrt(np.sum(np.square(d), axis=axes, keepdims=True))
         out.append((d * wn / (dn + 1e-10)).astype(w.dtype))
-    return jax.tree_util.tree_unflatten(treedef, out)
+    return committed_like(jax.tree_util.tree_unflatten(treedef, out), params)
 
 
-def surface_fn(graphdef, chunk: int):
-    """Jitted `(params, others, d1, d2, coords[P, 2], x, y) -> loss[P]`: one program for every point."""
-    import jax
-    import optax
-    from flax import nnx
-
-    def surface(params, others, d1, d2, coords, x, y):
-        def loss_at(ab):
-            a, b = ab[0], ab[1]
-            p = jax.tree.map(lambda w, u, v: w + a.astype(w.dtype) * u + b.astype(w.dtype) * v, params, d1, d2)
-            logits = nnx.merge(graphdef, p, others, copy=True)(x, train=False)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        return jax.lax.map(loss_at, coords, batch_size=chunk if chunk > 1 else None)
-
-    return jax.jit(surface)
+def _neighbours(s: np.ndarray, dims: int, fill: float) -> list[np.ndarray]:
+    """Each grid neighbour of every point (8 in 2-D, 2 in 1-D) of surfaces s[..., g(, g)], the
+    outside filled with `fill`."""
+    pad = [(0, 0)] * (s.ndim - dims) + [(1, 1)] * dims
+    p = np.pad(s, pad, constant_values=fill)
+    g = s.shape[-1]
+    out = []
+    for off in np.ndindex(*(3,) * dims):
+        if off == (1,) * dims:
+            continue
+        out.append(p[(Ellipsis, *(slice(o, o + g) for o in off))])
+    return out
 
 
-def count_local_minima(s: np.ndarray) -> int:
-    """Grid points strictly below all their (up to 8, or 2 in 1-D) neighbours."""
+def directions(params, seed: int):
+    """The landscape's two filter-normalised directions, drawn from one seed."""
+    rng = np.random.default_rng(seed)
+    return filter_normalized_direction(params, rng), filter_normalized_direction(params, rng)
+
+
+def count_local_minima(s: np.ndarray, dims: int | None = None) -> np.ndarray | int:
+    """Grid points strictly below all their (up to 8, or 2 in 1-D) neighbours; NaN points never
+    count. `s` may carry leading batch axes (bootstrap replicates): one count per surface."""
     s = np.asarray(s, float)
-    padded = np.pad(s, 1, constant_values=np.inf)
-    count = 0
-    for idx in np.ndindex(s.shape):
-        centre = s[idx]
-        window = padded[tuple(slice(i, i + 3) for i in idx)].copy()
-        window[(1,) * s.ndim] = np.inf
-        count += bool(np.isfinite(centre) and centre < window.min())
-    return count
+    dims = s.ndim if dims is None else dims
+    s = np.where(np.isnan(s), np.inf, s)
+    below = np.isfinite(s)
+    for nb in _neighbours(s, dims, np.inf):
+        below &= s < nb
+    counts = below.reshape(*s.shape[: s.ndim - dims], -1).sum(-1)
+    return int(counts) if np.ndim(counts) == 0 else counts
 
 
-def nonconvex_fraction(s: np.ndarray, span: float) -> float:
+def nonconvex_fraction(s: np.ndarray, span: float, dims: int | None = None) -> np.ndarray | float:
     """Share of interior points within radius span/2 whose finite-difference Hessian of the
-    surface has a negative eigenvalue (1-D: negative second difference)."""
+    surface has a negative eigenvalue (1-D: negative second difference). Leading axes batch."""
     s = np.asarray(s, float)
-    g = s.shape[0]
+    dims = s.ndim if dims is None else dims
+    g = s.shape[-1]
     step = 2 * span / (g - 1)
     coords = np.linspace(-span, span, g)
-    bad = total = 0
-    for idx in np.ndindex(*(g - 2,) * s.ndim):
-        i = tuple(j + 1 for j in idx)
-        if math.sqrt(sum(coords[j] ** 2 for j in i)) > span / 2 + 1e-9:
-            continue
-        if s.ndim == 1:
-            lam = (s[i[0] + 1] - 2 * s[i] + s[i[0] - 1]) / step**2
-        else:
-            a, b = i
-            faa = (s[a + 1, b] - 2 * s[a, b] + s[a - 1, b]) / step**2
-            fbb = (s[a, b + 1] - 2 * s[a, b] + s[a, b - 1]) / step**2
-            fab = (s[a + 1, b + 1] - s[a + 1, b - 1] - s[a - 1, b + 1] + s[a - 1, b - 1]) / (4 * step**2)
-            lam = np.linalg.eigvalsh(np.array([[faa, fab], [fab, fbb]]))[0]
-        total += 1
-        bad += bool(lam < 0)
-    return bad / total if total else math.nan
+    inner = slice(1, g - 1)
+    if dims == 1:
+        lam = (s[..., 2:] - 2 * s[..., inner] + s[..., :-2]) / step**2
+        radius = np.abs(coords[inner])
+    else:
+        c = s[..., inner, inner]
+        faa = (s[..., 2:, inner] - 2 * c + s[..., :-2, inner]) / step**2
+        fbb = (s[..., inner, 2:] - 2 * c + s[..., inner, :-2]) / step**2
+        fab = (s[..., 2:, 2:] - s[..., 2:, :-2] - s[..., :-2, 2:] + s[..., :-2, :-2]) / (4 * step**2)
+        lam = (faa + fbb) / 2 - np.sqrt(((faa - fbb) / 2) ** 2 + fab**2)  # smaller eigenvalue
+        ca, cb = np.meshgrid(coords[inner], coords[inner], indexing="ij")
+        radius = np.sqrt(ca**2 + cb**2)
+    near = radius <= span / 2 + 1e-9
+    total = int(near.sum())
+    if total == 0:
+        return math.nan
+    frac = (lam[..., near] < 0).sum(-1) / total
+    return float(frac) if np.ndim(frac) == 0 else frac
 
 
 def compute(run, options: dict) -> dict:
-    import jax
-    import jax.numpy as jnp
 
-    from resexp.analysis.common import normalized_test
+    from resexp.analysis.common import evaluate_variants, normalized_test
 
-    g, span = options["grid"], options["span"]
+    g, span, dims = options["grid"], options["span"], options["dims"]
     x, y = normalized_test(run.data, options["examples"])
-    k1, k2 = jax.random.split(jax.random.key(options["seed"]))
-    d1 = filter_normalized_direction(run.params, k1)
-    d2 = filter_normalized_direction(run.params, k2)
+    d1, d2 = directions(run.params, options["seed"])
     axis = np.linspace(-span, span, g)
-    if options["dims"] == 2:
+    if dims == 2:
         coords = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
     else:
         coords = np.stack([axis, np.zeros_like(axis)], -1)
-    chunk = CPU_CHUNK if jax.default_backend() == "cpu" else ACCEL_CHUNK  # CPU: vmapped weights = grouped convs
-    losses = np.asarray(
-        surface_fn(run.graphdef, chunk)(run.params, run.others, d1, d2, jnp.asarray(coords, jnp.float32), x, y)
-    )
-    surface = losses.reshape((g, g) if options["dims"] == 2 else (g,))
-    centre = surface[(g // 2,) * options["dims"]]
+    others = run.eval_others(options["precise_bn_batches"])
+    losses, _ = evaluate_variants(run, others, x, y, coords=coords, directions=(d1, d2))  # (points, examples)
+    shape = (g, g) if dims == 2 else (g,)
+    surface = losses.mean(1).reshape(shape)
+    boot = stats.weighted_means(losses, stats.bootstrap_weights(losses.shape[1], options["seed"]))
+    boot = boot.reshape(-1, *shape)
+    centre_idx = (g // 2,) * dims
+    point_se = losses.std(1, ddof=1) / math.sqrt(losses.shape[1]) if losses.shape[1] > 1 else np.zeros(len(losses))
+
+    def finite(v):
+        return None if not math.isfinite(v) else float(v)
+
     return {
-        "dims": options["dims"],
+        "dims": dims,
         "grid": g,
         "span": span,
         "examples": options["examples"],
-        "surface": [[None if not math.isfinite(v) else float(v) for v in row] for row in surface]
-        if options["dims"] == 2
-        else [None if not math.isfinite(v) else float(v) for v in surface],
-        "center_loss": float(centre),
+        "surface": [[finite(v) for v in row] for row in surface] if dims == 2 else [finite(v) for v in surface],
+        "center_loss": float(surface[centre_idx]),
+        "center_loss_ci95": stats.percentile_interval(boot[(slice(None), *centre_idx)]),
         "eval_loss": run.info.summary.get("eval_loss") if run.info else None,
-        "local_minima": count_local_minima(np.nan_to_num(surface, nan=np.inf)),
+        "local_minima": count_local_minima(surface),
+        "local_minima_ci95": stats.percentile_interval(count_local_minima(boot, dims)),
         "nonconvex_fraction": nonconvex_fraction(surface, span),
+        "nonconvex_fraction_ci95": stats.percentile_interval(nonconvex_fraction(boot, span, dims)),
+        "max_point_standard_error": finite(np.nanmax(point_se)),
         "max_loss": float(np.nanmax(surface)),
+        "bn_statistics": bn_statistics(options["precise_bn_batches"], options["bn_batch_size"]),
+        "uncertainty": "95 % intervals: paired bootstrap over the test sample "
+        f"({stats.BOOTSTRAP_REPLICATES} replicates reweight the same examples at every grid point)",
     }
 
 

@@ -8,7 +8,9 @@ changes the shape has no identity and is reported as not deletable. Residual net
 ensembles of paths and barely notice; plain nets collapse.
 
 One program per architecture: the keep-mask is a per-block input scanned with the stacked
-blocks, and a swap is a gather of the stacked parameters; `lax.map` runs every mask.
+blocks, and a swap is a gather of the stacked parameters (`common.evaluate_variants`, the program
+the landscape shares). Every mask is evaluated on the same `examples` test images, so each
+accuracy carries a Wilson interval, and the median over deleted blocks a paired bootstrap one.
 """
 
 from __future__ import annotations
@@ -18,11 +20,22 @@ from typing import Any
 
 import numpy as np
 
-from resexp.analysis.common import AnalysisError, RunInfo
+from resexp.analysis import stats
+from resexp.analysis.common import (
+    DEFAULT_EXAMPLES,
+    AnalysisError,
+    RunInfo,
+    bn_batch_size,
+    bn_statistics,
+    check_examples,
+    precise_bn_setting,
+    test_set_size,
+)
 
 NAME = "lesion"
 DRAWS = 10  # random draws per k (deletions) and for the swaps
 RECAL_IMAGES = 512
+EXAMPLES = DEFAULT_EXAMPLES[NAME]
 
 
 def deletable_flags(model: dict) -> list[bool]:
@@ -36,7 +49,14 @@ def deletable_flags(model: dict) -> list[bool]:
     return flags
 
 
-def prepare(info: RunInfo, delete: list[int] | None = None, swaps: int = 6, recalibrate_bn: bool = False) -> dict:
+def prepare(
+    info: RunInfo,
+    delete: list[int] | None = None,
+    swaps: int = 6,
+    recalibrate_bn: bool = False,
+    examples: int | None = None,
+    precise_bn_batches: int | None = None,
+) -> dict:
     flags = deletable_flags(info.model)
     if len(flags) < 2:
         raise AnalysisError(
@@ -48,7 +68,16 @@ def prepare(info: RunInfo, delete: list[int] | None = None, swaps: int = 6, reca
         raise AnalysisError(f"--delete {','.join(map(str, delete))}: every k must be at least 1")
     if swaps < 0:
         raise AnalysisError(f"--swaps {swaps}: must be >= 0")
-    return {"delete": sorted(set(delete)), "swaps": swaps, "recalibrate_bn": recalibrate_bn, "draws": DRAWS, "seed": 0}
+    return {
+        "delete": sorted(set(delete)),
+        "swaps": swaps,
+        "recalibrate_bn": recalibrate_bn,
+        "examples": check_examples(examples, test_set_size(info.summary["config"]), EXAMPLES),
+        "precise_bn_batches": precise_bn_setting(info, precise_bn_batches),
+        "bn_batch_size": bn_batch_size(info),
+        "draws": DRAWS,
+        "seed": 0,
+    }
 
 
 def _swap_groups(model: dict) -> list[list[int]]:
@@ -58,7 +87,8 @@ def _swap_groups(model: dict) -> list[list[int]]:
 
 
 def masks(model: dict, options: dict) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]:
-    """(keep[M, blocks], order[M, blocks], labels): base, single deletions, k deletions, swaps."""
+    """(keep[M, blocks], order[M, blocks], labels): base, single deletions, `draws` random deletions of
+    k blocks for each k > 1 (k = 1 is the mean over every single deletion, exactly), swaps."""
     flags = np.asarray(deletable_flags(model))
     n = len(flags)
     rng = np.random.default_rng(options["seed"])
@@ -71,7 +101,7 @@ def masks(model: dict, options: dict) -> tuple[np.ndarray, np.ndarray, list[tupl
         orders.append(ident)
         labels.append(("single", int(i)))
     for k in options["delete"]:
-        if k > flags.sum():
+        if k > flags.sum() or k == 1:  # k = 1 is every single deletion, above: nothing to draw
             continue
         for _ in range(options["draws"]):
             keep = np.ones(n, bool)
@@ -93,108 +123,91 @@ def masks(model: dict, options: dict) -> tuple[np.ndarray, np.ndarray, list[tupl
     return np.stack(keeps), np.stack(orders), labels
 
 
-def lesion_step(block, h, keep, train: bool):
-    """The block, or what is left of it when deleted: relu(Ws h) (residual), h (plain)."""
-    import jax
-    import jax.numpy as jnp
-
-    y, _ = block(h, train)
-    # a shape-changing plain block is never deleted
-    skip = jax.nn.relu(block.shortcut(h, train)) if block.residual else (h if h.shape == y.shape else y)
-    return jnp.where(keep, y, skip), {}
-
-
-def _reorder(tree, order, n_per_stage: int):
-    """Stacked block parameters gathered by `order` (global block indices, within-stage swaps only)."""
-    import jax
-
-    def gather(path, leaf):
-        keys = [str(getattr(p, "key", getattr(p, "idx", p))) for p in path]
-        if "stages" not in keys or "rest" not in keys:
-            return leaf
-        stage = int(keys[keys.index("stages") + 1])
-        local = order[stage * n_per_stage + 1 : (stage + 1) * n_per_stage] - (stage * n_per_stage + 1)
-        return leaf[local]
-
-    return jax.tree_util.tree_map_with_path(gather, tree)
-
-
-def accuracy_program(run, recalibrate: bool):
-    """A jitted `(keep[M, n], order[M, n]) -> accuracy[M]` on the run's test set."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from resexp.analysis.common import blocks_to_logits, graphdef_for, normalized_test, stem
-
-    x, y = normalized_test(run.data)
-    x_cal = run.data.normalize(jnp.asarray(run.data.x_train[:RECAL_IMAGES]))
-    n_per_stage = (run.cfg.model.depth - 2) // (2 * len(run.cfg.model.widths))
-    cal_graphdef = graphdef_for(run.cfg, run.data, bn_momentum=0.0)
-
-    def one(mask):
-        keep, order = mask
-        params = _reorder(run.params, order, n_per_stage)
-        others = _reorder(run.others, order, n_per_stage)
-        if recalibrate:  # each lesioned net gets the BN statistics of its own activations
-            net = nnx.merge(cal_graphdef, params, others, copy=True)
-            blocks_to_logits(net, stem(net, x_cal, True), lesion_step, keep, train=True)
-            others = nnx.split(net, nnx.Param, ...)[2]
-        net = nnx.merge(run.graphdef, params, others, copy=True)
-        logits, _ = blocks_to_logits(net, stem(net, x), lesion_step, keep)
-        return jnp.mean(jnp.argmax(logits, -1) == y)
-
-    return jax.jit(lambda keeps, orders: jax.lax.map(one, (keeps, orders)))
+def bn_description(options: dict) -> str:
+    if options["recalibrate_bn"]:
+        return f"recomputed for each lesioned net on {RECAL_IMAGES} training images"
+    return bn_statistics(options["precise_bn_batches"], options["bn_batch_size"])
 
 
 def compute(run, options: dict) -> dict:
     import jax.numpy as jnp
 
-    from resexp.analysis.common import block_specs
+    from resexp.analysis.common import block_specs, evaluate_variants, normalized_test
 
     model = run.cfg.model.model_dump(mode="json")
     keeps, orders, labels = masks(model, options)
-    acc = np.asarray(accuracy_program(run, options["recalibrate_bn"])(jnp.asarray(keeps), jnp.asarray(orders)))
+    x, y = normalized_test(run.data, options["examples"])
+    x_cal = run.data.normalize(jnp.asarray(run.data.x_train[:RECAL_IMAGES])) if options["recalibrate_bn"] else None
+    others = run.eval_others(options["precise_bn_batches"])
+    _, correct = evaluate_variants(run, others, x, y, keeps=keeps, orders=orders, x_cal=x_cal)
+    n = correct.shape[1]
+    acc = correct.mean(1)
+    boot = stats.weighted_means(correct, stats.bootstrap_weights(n, options["seed"]))  # (R, masks)
+    kinds = np.array([kind for kind, _ in labels])
+    values = np.array([v for _, v in labels])
     specs = block_specs(run.net())
-    single = {i: float(a) for (kind, i), a in zip(labels, acc, strict=True) if kind == "single"}
+    single = {int(i): m for m, (kind, i) in enumerate(labels) if kind == "single"}
     rows: list[dict[str, Any]] = []
     for i, spec in enumerate(specs):
         stage, block = spec.name.split("/")
+        m = single.get(i)
         rows.append(
             {
                 "name": spec.name,
                 "stage": int(stage[5:]),
                 "block": int(block[5:]),
-                "deletable": i in single,
-                "accuracy": single.get(i),
+                "deletable": m is not None,
+                "accuracy": None if m is None else float(acc[m]),
+                "accuracy_ci95": None if m is None else stats.wilson_interval(correct[m].sum(), n),
             }
         )
-    values = [r["accuracy"] for r in rows if r["deletable"]]
-    rest = [r["accuracy"] for r in rows if r["deletable"] and r["name"] != "stage1/block0"]
+    cols = np.flatnonzero(kinds == "single")
+    rest = np.array([single[i] for i in single if specs[i].name != "stage1/block0"], int)
+
+    def summary(fn, idx) -> tuple[float | None, list[float] | None]:
+        if len(idx) == 0:
+            return None, None
+        return float(fn(acc[idx])), stats.percentile_interval(fn(boot[:, idx], axis=1))
+
+    median, median_ci = summary(np.median, cols)
+    median_rest, median_rest_ci = summary(np.median, rest)
+    worst, worst_ci = summary(np.min, cols)
     delete_k = []
     for k in options["delete"]:
-        a = [float(v) for (kind, kk), v in zip(labels, acc, strict=True) if kind == "delete" and kk == k]
+        idx = cols if k == 1 else np.flatnonzero((kinds == "delete") & (values == k))
+        a = acc[idx]
+        mean, mean_ci = summary(np.mean, idx)
         delete_k.append(
-            {"k": k, "mean": float(np.mean(a)) if a else None, "std": float(np.std(a)) if a else None, "draws": len(a)}
-            | ({} if a else {"note": "more than the deletable blocks"})
+            {"k": k, "mean": mean, "mean_ci95": mean_ci, "std": float(np.std(a)) if len(a) else None, "draws": len(a)}
+            | ({} if len(a) else {"note": "more than the deletable blocks"})
         )
-    swaps = [float(v) for (kind, _), v in zip(labels, acc, strict=True) if kind == "swap"]
+    swap_idx = np.flatnonzero(kinds == "swap")
+    swap_mean, swap_ci = summary(np.mean, swap_idx)
     return {
         "base_accuracy": float(acc[0]),
+        "base_accuracy_ci95": stats.wilson_interval(correct[0].sum(), n),
         "eval_accuracy": run.info.summary.get("eval_accuracy") if run.info else None,
         "single": rows,
-        "median_single_accuracy": float(np.median(values)) if values else None,
-        "median_single_accuracy_excluding_first": float(np.median(rest)) if rest else None,
-        "min_single_accuracy": float(np.min(values)) if values else None,
+        "median_single_accuracy": median,
+        "median_single_accuracy_ci95": median_ci,
+        "median_single_accuracy_excluding_first": median_rest,
+        "median_single_accuracy_excluding_first_ci95": median_rest_ci,
+        "min_single_accuracy": worst,
+        "min_single_accuracy_ci95": worst_ci,
         "delete_k": delete_k,
         "swap_k": {
             "k": options["swaps"],
-            "mean": float(np.mean(swaps)) if swaps else None,
-            "std": float(np.std(swaps)) if swaps else None,
-            "draws": len(swaps),
+            "mean": swap_mean,
+            "mean_ci95": swap_ci,
+            "std": float(np.std(acc[swap_idx])) if len(swap_idx) else None,
+            "draws": len(swap_idx),
         },
         "recalibrated": options["recalibrate_bn"],
+        "bn_statistics": bn_description(options),
+        "examples": n,
         "test_examples": int(run.data.y_test.shape[0]),
+        "uncertainty": "95 % intervals over the test sample: Wilson per accuracy, paired bootstrap "
+        f"({stats.BOOTSTRAP_REPLICATES} replicates) for medians, minima and means over masks",
     }
 
 

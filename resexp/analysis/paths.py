@@ -7,29 +7,51 @@ backward pass block i passes the gradient only through its branch (i in S) or on
 shortcut:  relu(where(m, F, sg(F)) + where(m, sg(Ws x), Ws x)).  dL/dh0 is then exactly the
 path-S term (the relu derivatives are those of the real forward pass), and the 2^n terms sum to
 `jax.grad`. Sampling S with |S| = k and scaling by C(n, k) gives the gradient carried by length k.
+
+The sample is `examples` test images and `SAMPLES` random paths per length; a bootstrap over
+both (examples reweighted, each length's sampled paths redrawn) gives the intervals of the
+90 % range and of the decay per branch. A length whose paths carry exactly zero gradient (in
+float32 the product of many small branch Jacobians underflows, or a dead branch stops it)
+has no logarithm: the decay is fitted on the other lengths, and the JSON lists which.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
 import numpy as np
 
-from resexp.analysis.common import AnalysisError, RunInfo
+from resexp.analysis import stats
+from resexp.analysis.common import (
+    DEFAULT_EXAMPLES,
+    AnalysisError,
+    RunInfo,
+    bn_batch_size,
+    bn_statistics,
+    check_examples,
+    precise_bn_setting,
+    test_set_size,
+)
 
 NAME = "paths"
-EXAMPLES = 64
+EXAMPLES = DEFAULT_EXAMPLES[NAME]
 SAMPLES = 6  # random paths per length k (lengths with fewer paths are enumerated)
+CHUNK = 8  # masks per call of the compiled program (the progress display's unit)
+NOT_RESIDUAL = "paths need a residual net (a plain net has a single path)"
 
 
-def prepare(info: RunInfo) -> dict:
+def prepare(info: RunInfo, examples: int | None = None, precise_bn_batches: int | None = None) -> dict:
     if not info.is_residual:
-        raise AnalysisError(
-            f"{info.dir}: paths need a residual net; a plain net has a single path "
-            "(no shortcut for the gradient to take)"
-        )
-    return {"examples": EXAMPLES, "samples": SAMPLES, "seed": 0}
+        raise AnalysisError(f"{info.dir}: {NOT_RESIDUAL}")
+    return {
+        "examples": check_examples(examples, test_set_size(info.summary["config"]), EXAMPLES),
+        "samples": SAMPLES,
+        "precise_bn_batches": precise_bn_setting(info, precise_bn_batches),
+        "bn_batch_size": bn_batch_size(info),
+        "seed": 0,
+    }
 
 
 def path_step(block, h, on_branch, train: bool):
@@ -44,9 +66,16 @@ def path_step(block, h, on_branch, train: bool):
     return jax.nn.relu(jnp.where(on_branch, f, sg(f)) + jnp.where(on_branch, sg(s), s)), {}
 
 
-def path_gradient_fn(graphdef):
-    """Jitted `(params, others, x, y, masks[M, n]) -> dL/dh0 per mask` (L summed over examples)."""
+@functools.lru_cache(maxsize=16)  # one compiled program per architecture, whichever run asks
+def path_gradient_fn(graphdef, norms: bool = False):
+    """Jitted `(params, others, x, y, masks[M, n]) -> dL/dh0 per mask` (L summed over examples);
+    `norms=True`: each example's gradient norm instead, (M, examples).
+
+    The masks are vmapped: the forward pass does not depend on them, so it runs once for all
+    M, and only the backward passes are batched (one conv over M x examples, not M small ones).
+    """
     import jax
+    import jax.numpy as jnp
     import optax
     from flax import nnx
 
@@ -60,9 +89,10 @@ def path_gradient_fn(graphdef):
                 logits, _ = blocks_to_logits(nnx.merge(graphdef, params, others, copy=True), h, path_step, mask)
                 return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
 
-            return jax.grad(loss)(h0)
+            g = jax.grad(loss)(h0)
+            return jnp.sqrt(jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), -1)) if norms else g
 
-        return jax.lax.map(one, masks)
+        return jax.vmap(one)(masks)
 
     return jax.jit(grads)
 
@@ -127,23 +157,64 @@ def k90(fractions: np.ndarray) -> tuple[int, int]:
     return best
 
 
-def compute(run, options: dict) -> dict:
-    import jax
-    import jax.numpy as jnp
+def decay_fit(per_path: np.ndarray) -> tuple[float | None, list[int]]:
+    """(gradient factor per extra branch, lengths left out): exp of the slope of log(norm) vs
+    length over the lengths with a nonzero norm; None when fewer than two remain."""
+    ks = np.arange(len(per_path))
+    ok = per_path > 0
+    if ok.sum() < 2:
+        return None, ks[~ok].tolist()
+    return float(np.exp(np.polyfit(ks[ok], np.log(per_path[ok]), 1)[0])), ks[~ok].tolist()
 
-    from resexp.analysis.common import normalized_test
+
+def length_shares(per_path: np.ndarray) -> np.ndarray:
+    """Fraction of the total gradient carried by each length: per-path norm times C(n, k)."""
+    n = len(per_path) - 1
+    total = per_path * np.array([math.comb(n, k) for k in range(n + 1)], dtype=float)
+    return total / total.sum()
+
+
+def _bootstrap(norms: np.ndarray, lengths: np.ndarray, n: int, samples: int, seed: int) -> dict:
+    """Replicates of the per-length mean norm: examples reweighted, sampled paths redrawn
+    (enumerated lengths are every path, not a sample); their k90 ranges and decays."""
+    rng = np.random.default_rng(seed + 1)
+    per_mask = stats.weighted_means(norms, stats.bootstrap_weights(norms.shape[1], seed))  # (R, masks)
+    reps = per_mask.shape[0]
+    per_path = np.empty((reps, n + 1))
+    for k in range(n + 1):
+        idx = np.flatnonzero(lengths == k)
+        if math.comb(n, k) > samples:
+            idx = idx[rng.integers(len(idx), size=(reps, len(idx)))]
+            per_path[:, k] = np.take_along_axis(per_mask, idx, 1).mean(1)
+        else:
+            per_path[:, k] = per_mask[:, idx].mean(1)
+    k90s = np.array([k90(length_shares(p)) for p in per_path])
+    decays = np.array([decay_fit(p)[0] for p in per_path], dtype=float)
+    return {
+        "k90_min_ci95": stats.percentile_interval(k90s[:, 0]),
+        "k90_max_ci95": stats.percentile_interval(k90s[:, 1]),
+        "decay_per_branch_ci95": stats.percentile_interval(decays) if np.isfinite(decays).any() else None,
+    }
+
+
+def compute(run, options: dict) -> dict:
+
+    from resexp.analysis.common import normalized_test, pipelined
 
     n = n_blocks(run.net())
     masks, lengths = sample_masks(n, options["samples"], options["seed"])
     x, y = normalized_test(run.data, options["examples"])
-    g = path_gradient_fn(run.graphdef)(run.params, run.others, x, y, jnp.asarray(masks))
-    norms = np.asarray(jax.device_get(jnp.sqrt(jnp.sum(jnp.square(g.reshape(*g.shape[:2], -1)), -1))))  # (M, B)
+    others = run.eval_others(options["precise_bn_batches"])
+    fn = path_gradient_fn(run.graphdef, norms=True)
+    padded = np.concatenate([masks, np.repeat(masks[-1:], -len(masks) % CHUNK, 0)])
+    chunks = range(0, len(padded), CHUNK)  # one compiled program, a chunk of masks per call
+    parts = pipelined((fn(run.params, others, x, y, padded[i : i + CHUNK]) for i in chunks), len(chunks), run.progress)
+    norms = np.concatenate(parts)[: len(masks)].astype(np.float64)  # (masks, examples)
     per_path = np.array([norms[lengths == k].mean() for k in range(n + 1)])  # mean over paths and examples
-    total = per_path * np.array([math.comb(n, k) for k in range(n + 1)], dtype=float)
-    fractions = total / total.sum()
+    fractions = length_shares(per_path)
     lo, hi = k90(fractions)
     ks = np.arange(n + 1)
-    slope = np.polyfit(ks, np.log(per_path), 1)[0]
+    decay, zero_lengths = decay_fit(per_path)
     mean_len = float(np.sum(ks * fractions))
     return {
         "n_blocks": n,
@@ -155,10 +226,32 @@ def compute(run, options: dict) -> dict:
         "mean_path_length": mean_len,
         "path_length_std": float(np.sqrt(np.sum((ks - mean_len) ** 2 * fractions))),
         "typical_path_length": n / 2,
-        "decay_per_branch": float(np.exp(slope)),
+        "decay_per_branch": decay,
+        "zero_gradient_lengths": zero_lengths,
+        "decay_note": (
+            f"fitted on the lengths with a nonzero gradient; the paths of length {_ranges(zero_lengths)} carry "
+            "exactly zero gradient (float32 underflow or a dead branch): a share of 0, left out of the fit"
+        )
+        if zero_lengths
+        else "fitted on every length",
+        **_bootstrap(norms, lengths, n, options["samples"], options["seed"]),
         "paths_sampled": len(masks),
         "examples": options["examples"],
+        "bn_statistics": bn_statistics(options["precise_bn_batches"], options["bn_batch_size"]),
+        "uncertainty": f"95 % intervals: bootstrap ({stats.BOOTSTRAP_REPLICATES} replicates) over the "
+        "test sample and over each length's sampled paths",
     }
+
+
+def _ranges(ks: list[int]) -> str:
+    """[25, 26, 27] -> "25-27"; [3] -> "3"; [1, 3] -> "1, 3"."""
+    parts, start = [], None
+    for i, k in enumerate(ks):
+        start = k if start is None else start
+        if i + 1 == len(ks) or ks[i + 1] != k + 1:
+            parts.append(str(k) if k == start else f"{start}-{k}")
+            start = None
+    return ", ".join(parts)
 
 
 def headline(result: dict) -> dict[str, float]:
@@ -170,5 +263,5 @@ def scalars(result: dict) -> dict[str, float]:
         "k90_min": result["k90"][0],
         "k90_max": result["k90_max"],
         "mean_path_length": result["mean_path_length"],
-        "decay_per_branch": result["decay_per_branch"],
+        "decay_per_branch": math.nan if result["decay_per_branch"] is None else result["decay_per_branch"],
     }

@@ -1,9 +1,16 @@
-"""`resexp analyze SWEEP_DIR`: every analysis on every run of a sweep, then the figures against
-depth (plain vs ResNet), TensorBoard `vs_depth` series and images, and the report's columns.
+"""`resexp analyze SWEEP_DIR`: every analysis on every run of a grid, then the figures against
+depth (plain vs ResNet), TensorBoard `vs_depth_analysis` series and images, and the report's
+columns.
+
+A sweep directory may hold several grids (`resexp.sweep`): `analyze` takes the first by default,
+`--grid NAME` another (its directory under `grids/`), `--grid all` every one. Each grid's
+figures go beside its manifest, as its report does, and draw exactly its runs: colour is plain
+vs ResNet, every other key the grid sweeps is a marker and line style, named in the legend.
 
 Runs are independent, so `--jobs K` analyses K runs at once in worker processes (each compiles
-its own architecture's programs; the persistent compile cache is shared). A diverged run is
-skipped and counted; an analysis that does not apply to a run (paths on a plain net) is noted.
+its own architecture's programs; the persistent compile cache is shared), deepest first. Progress
+(per run and analysis, with the time left) comes back to the parent through a queue. A diverged
+run is skipped and counted; an analysis that does not apply (paths on a plain net) is one note.
 """
 
 from __future__ import annotations
@@ -14,24 +21,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resexp.analysis import HEADLINE, analysis_module, headline_metrics, run_analyses
+from resexp.analysis import HEADLINE, analysis_module, headline_metrics, run_analyses, uncached
 from resexp.analysis.common import EVENT_SUFFIX, AnalysisError, inspect_run, result_path
 
 FIGURES = ("lesion_vs_depth.png", "gradients_vs_depth.png", "landscapes.png", "hessian_vs_depth.png")
 # Its own TensorBoard runs, apart from the report's vs_depth/: both open their files with a session
 # START, which in one run would make a live TensorBoard drop the other's points.
 VS_DEPTH_DIR = "vs_depth_analysis"
+ALL_GRIDS = "all"
+NOT_LINE_KEYS = ("model.depth", "train.seed", "model.shortcut")  # x axis, pooled, colour
 
 
-def default_requests(names: list[str]) -> dict[str, dict]:
-    """What `analyze` asks of each run: the commands' defaults; gradients at initialisation,
-    where the shattering contrast lives (after training every net's gradients are smooth)."""
-    return {name: ({"at_init": True} if name == "gradients" else {}) for name in names}
+def default_requests(names: list[str], **overrides: Any) -> dict[str, dict]:
+    """What `analyze` asks of each run: the commands' defaults, gradients at initialisation
+    (where the shattering contrast lives: after training every net's gradients are smooth), and
+    `examples` / `precise_bn_batches` for the analyses that take them (None: their defaults)."""
+    out = {}
+    for name in names:
+        opts: dict[str, Any] = {"at_init": True} if name == "gradients" else {}
+        if name != "gradients":
+            opts.update({k: v for k, v in overrides.items() if v is not None})
+        out[name] = opts
+    return out
+
+
+@dataclass
+class GridRuns:
+    """One grid to analyse: its name, where its figures go, its swept keys and its run directories."""
+
+    name: str
+    out_dir: Path
+    axes: list[str]
+    run_dirs: list[Path]
 
 
 @dataclass
 class SweepAnalysis:
     sweep_dir: Path
+    grids: list[GridRuns] = field(default_factory=list)
     analysed: list[str] = field(default_factory=list)
     diverged: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -40,122 +67,265 @@ class SweepAnalysis:
     figures: dict[str, Path] = field(default_factory=dict)
 
 
-def _applicable(run_dir: Path, names: list[str]) -> tuple[dict[str, dict], list[str]]:
+# --------------------------------------------------------------------------- which runs
+
+
+def grid_label(grid_dir: Path, sweep_dir: Path) -> str:
+    """How `--grid` names a grid: "first" for the top one, else its directory under grids/."""
+    return "first" if grid_dir.resolve() == sweep_dir.resolve() else grid_dir.name
+
+
+def select_grids(sweep_dir: Path, grid: str | None) -> list[GridRuns]:
+    """The grids `--grid` asks for: None the first, "all" every one, else the one named
+    (its directory under grids/, or a unique prefix of it)."""
+    from resexp.report import read_grids
+
+    grids = read_grids(sweep_dir)
+    if not grids:  # runs of `resexp train`, or an older resexp: the directory is one grid
+        dirs = sorted(p for p in sweep_dir.iterdir() if (p / "summary.json").is_file())
+        found = [GridRuns("first", sweep_dir, _inferred_axes(dirs), dirs)]
+    else:
+        found = [
+            GridRuns(
+                grid_label(g.report_dir, sweep_dir),
+                g.report_dir,
+                list(g.axes),
+                [sweep_dir / rid for rid in (g.run_ids or []) if (sweep_dir / rid / "summary.json").is_file()],
+            )
+            for g in grids
+        ]
+    if grid is None:
+        return found[:1]
+    if grid == ALL_GRIDS:
+        return found
+    hits = [g for g in found if g.name == grid] or [g for g in found if g.name.startswith(grid)]
+    if len(hits) != 1:
+        names = ", ".join(g.name for g in found)
+        what = "matches several grids" if hits else "no such grid"
+        raise AnalysisError(f"--grid {grid}: {what} in {sweep_dir}; choose from {names}, or all")
+    return hits
+
+
+def _inferred_axes(run_dirs: list[Path]) -> list[str]:
+    """Model and optimiser keys that differ between the runs (a directory without manifests)."""
+    configs = [json.loads((d / "summary.json").read_text()).get("config") or {} for d in run_dirs]
+    keys = []
+    for section in ("model", "optim", "train"):
+        for k in sorted({k for c in configs for k in (c.get(section) or {})}):
+            if len({json.dumps((c.get(section) or {}).get(k), sort_keys=True) for c in configs}) > 1:
+                keys.append(f"{section}.{k}")
+    return keys
+
+
+def _applicable(run_dir: Path, requests: dict[str, dict]) -> tuple[dict[str, dict], dict[str, str]]:
+    """(the requests that apply to this run, analysis -> why not for those that don't)."""
     info = inspect_run(run_dir)
-    requests, notes = {}, []
-    for name, opts in default_requests(names).items():
+    ok, skipped = {}, {}
+    for name, opts in requests.items():
         try:
             analysis_module(name).prepare(info, **opts)
         except AnalysisError as exc:
-            notes.append(f"{name}: not applicable ({str(exc).split(': ', 1)[-1]})")
+            skipped[name] = str(exc).split(": ", 1)[-1]
             continue
-        requests[name] = opts
-    return requests, notes
+        ok[name] = opts
+    return ok, skipped
 
 
-def _analyze_one(run_dir: str, requests: dict[str, dict]) -> dict[str, bool]:
+def summarize_skips(skips: list[tuple[str, str, str]]) -> list[str]:
+    """[(run, analysis, reason)] -> one note per (analysis, reason): "paths: not applicable to
+    4 runs (paths need a residual net ...)"."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for run, name, reason in skips:
+        grouped.setdefault((name, reason), []).append(run)
+    return [
+        f"{name}: not applicable to {len(runs)} run{'s' if len(runs) > 1 else ''} ({reason})"
+        + (f": {runs[0]}" if len(runs) == 1 else "")
+        for (name, reason), runs in grouped.items()
+    ]
+
+
+# --------------------------------------------------------------------------- analysing
+
+
+def _analyze_one(run_dir: str, requests: dict[str, dict], sink=None) -> dict[str, bool]:
     """In a worker (or in-process): name -> answered from the cache."""
-    return {name: cached for name, (_, cached) in run_analyses(Path(run_dir), requests).items()}
+    return {name: cached for name, (_, cached) in run_analyses(Path(run_dir), requests, sink).items()}
 
 
-def analyze_sweep(sweep_dir: Path, names: list[str], *, jobs: int = 1, console=None) -> SweepAnalysis:
+def analyze_sweep(
+    sweep_dir: Path,
+    names: list[str],
+    *,
+    jobs: int = 1,
+    grid: str | None = None,
+    examples: int | None = None,
+    precise_bn_batches: int | None = None,
+    console=None,
+) -> SweepAnalysis:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise AnalysisError(f"{sweep_dir}: not a sweep directory")
-    out = SweepAnalysis(sweep_dir)
+    out = SweepAnalysis(sweep_dir, grids=select_grids(sweep_dir, grid))
+    requests = default_requests(names, examples=examples, precise_bn_batches=precise_bn_batches)
     work: list[tuple[Path, dict]] = []
-    for child in sorted(p for p in sweep_dir.iterdir() if (p / "summary.json").is_file()):
-        try:
-            requests, notes = _applicable(child, names)
-        except AnalysisError as exc:
-            status = json.loads((child / "summary.json").read_text()).get("status")
-            (out.diverged if status == "diverged" else out.notes).append(
-                child.name if status == "diverged" else f"{child.name}: skipped ({str(exc).split(': ', 1)[-1]})"
-            )
-            continue
-        out.notes += [f"{child.name}: {n}" for n in notes]
-        if requests:
-            work.append((child, requests))
+    skips: list[tuple[str, str, str]] = []
+    seen: set[Path] = set()
+    for g in out.grids:
+        for child in g.run_dirs:
+            if child in seen:  # a run shared by two grids is analysed once
+                continue
+            seen.add(child)
+            try:
+                ok, skipped = _applicable(child, requests)
+            except AnalysisError as exc:
+                status = json.loads((child / "summary.json").read_text()).get("status")
+                if status == "diverged":
+                    out.diverged.append(child.name)
+                else:
+                    out.notes.append(f"{child.name}: skipped ({str(exc).split(': ', 1)[-1]})")
+                continue
+            skips += [(child.name, name, reason) for name, reason in skipped.items()]
+            if ok:
+                work.append((child, ok))
+    out.notes += summarize_skips(skips)
     if not work:
         raise AnalysisError(
             f"{sweep_dir}: no completed run to analyse" + (f" ({len(out.diverged)} diverged)" if out.diverged else "")
         )
     # Deepest first: the costliest runs start at once, so K workers finish together.
     work.sort(key=lambda w: -inspect_run(w[0]).summary["config"]["model"]["depth"])
-    results: list[dict[str, bool]] = []
-    if jobs > 1 and len(work) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=min(jobs, len(work)), mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_analyze_one, str(d), r) for d, r in work]
-            for (d, _), fut in zip(work, futures, strict=True):
-                results.append(fut.result())
-                if console is not None:
-                    console.print(f"[dim]analysed {d.name}[/]", highlight=False)
-    else:
-        for d, r in work:
-            results.append(_analyze_one(str(d), r))
-            if console is not None:
-                console.print(f"[dim]analysed {d.name}[/]", highlight=False)
+    results = _run_all(work, jobs, console)
     for (d, _), res in zip(work, results, strict=True):
         out.analysed.append(d.name)
         out.cached += sum(res.values())
         out.computed += sum(not c for c in res.values())
-    out.figures = write_sweep_outputs(sweep_dir, [d for d, _ in work])
+    for g in out.grids:
+        written = write_sweep_outputs(sweep_dir, g)
+        out.figures.update({(f"{g.name}/{k}" if len(out.grids) > 1 else k): v for k, v in written.items()})
+    from rich.console import Console
+
+    from resexp.report import build_reports
+
+    build_reports(sweep_dir, console=Console(quiet=True))
     return out
 
 
-def _net_label(summary: dict) -> tuple[str, dict]:
-    """("plain" / "ResNet" + other swept keys, group) for a run, from its summary."""
-    model = summary["config"]["model"]
-    name = ("ResNet" if model["shortcut"] else "plain") + ("-MLP" if model["kind"] == "mlp" else "")
-    keys = {
-        k: v
-        for k, v in ((summary.get("sweep") or {}).get("keys") or {}).items()
-        if k not in ("model.depth", "train.seed")
-    }
-    quals = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in keys.items() if k != "model.shortcut"]
-    return name + (f" ({', '.join(quals)})" if quals else ""), keys
+def _run_all(work: list[tuple[Path, dict]], jobs: int, console) -> list[dict[str, bool]]:
+    """Analyse every run (in `jobs` worker processes when > 1), showing progress on `console`."""
+    from resexp.analysis import prepare_requests
+    from resexp.analysis.progress import ProgressBoard, QueueSink
+
+    board_runs = []
+    for d, r in work:
+        info = inspect_run(d)
+        todo = uncached(info, prepare_requests(info, r))
+        if todo:
+            board_runs.append((d.name, info.n_blocks, todo))
+    workers = min(jobs, max(1, len(board_runs)))
+    board = ProgressBoard(console, board_runs, jobs=workers) if console is not None else None
+    if jobs <= 1 or len(work) <= 1:
+        with board or contextlib.nullcontext():
+            return [_analyze_one(str(d), r, board) for d, r in work]
+    import multiprocessing as mp
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager, board or contextlib.nullcontext():
+        queue = manager.Queue()
+
+        def pump() -> None:
+            while (event := queue.get()) is not None:
+                if board is not None:
+                    board(event)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            with ProcessPoolExecutor(max_workers=min(jobs, len(work)), mp_context=ctx) as pool:
+                futures = [pool.submit(_analyze_one, str(d), r, QueueSink(queue)) for d, r in work]
+                results = [f.result() for f in futures]
+        finally:
+            queue.put(None)
+            reader.join()
+    return results
 
 
-def _points(run_dirs: list[Path]) -> tuple[list[dict], list[dict]]:
+# --------------------------------------------------------------------------- figures and TensorBoard
+
+
+def _dotted(config: dict, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def line_group(summary: dict, axes: list[str]) -> dict[str, Any]:
+    """The grid's swept values of a run that make it a line of its own (all but depth, seed and
+    shortcut), read from its resolved config."""
+    return {k: _dotted(summary["config"], k) for k in axes if k not in NOT_LINE_KEYS}
+
+
+def net_label(summary: dict, group: dict[str, Any]) -> str:
+    """ "plain", "ResNet (option A)", "ResNet (wd=0.0001)": the family plus what else the grid sweeps."""
+    from resexp.report import RunRecord, group_label
+
+    record = RunRecord(summary.get("run_id", ""), Path("."), str(summary.get("status")), {}, summary)
+    return group_label(group, [record])
+
+
+def _points(run_dirs: list[Path], axes: list[str]) -> tuple[list[dict], list[dict]]:
     points, panels = [], []
     for d in run_dirs:
-        summary = json.loads((d / "summary.json").read_text())
-        net, group = _net_label(summary)
+        try:
+            summary = json.loads((d / "summary.json").read_text())
+        except (OSError, ValueError):
+            continue
+        group = line_group(summary, axes)
+        net = net_label(summary, group)
         p: dict[str, Any] = {
             "net": net,
-            "group": group,
+            "plain": not summary["config"]["model"]["shortcut"],
+            "group": {"model.shortcut": summary["config"]["model"]["shortcut"], **group},
             "depth": summary["config"]["model"]["depth"],
             **headline_metrics(d),
         }
         for name, keys in (
-            ("lesion", ("base_accuracy",)),
-            ("gradients", ("jacobian_log_condition",)),
-            ("hessian", ("sgd_stability_limit",)),
+            ("lesion", ("base_accuracy", "median_single_accuracy_ci95", "base_accuracy_ci95", "bn_statistics")),
+            ("gradients", ("jacobian_log_condition", "grad_corr_lag1_standard_error")),
+            ("landscape", ("bn_statistics",)),
+            ("hessian", ("sgd_stability_limit", "lambda_max_standard_error", "bn_statistics")),
         ):
             try:
                 doc = json.loads(result_path(d, name).read_text())
             except (OSError, ValueError):
                 continue
-            p.update({k: doc.get(k) for k in keys})
+            p.update({(f"{name}_{k}" if k == "bn_statistics" else k): doc.get(k) for k in keys})
         points.append(p)
         with contextlib.suppress(OSError, ValueError):  # no landscape for this run: no panel
             panels.append(
-                {"net": net, "depth": p["depth"], "result": json.loads(result_path(d, "landscape").read_text())}
+                {
+                    "net": net,
+                    "plain": p["plain"],
+                    "depth": p["depth"],
+                    "result": json.loads(result_path(d, "landscape").read_text()),
+                }
             )
     return points, panels
 
 
-def write_sweep_outputs(sweep_dir: Path, run_dirs: list[Path]) -> dict[str, Path]:
-    """The four figures, TensorBoard vs_depth series and images, and the report with its new columns."""
+def write_sweep_outputs(sweep_dir: Path, grid: GridRuns) -> dict[str, Path]:
+    """The four figures and the TensorBoard vs-depth series and images of one grid, beside its
+    manifest (the grid's runs only)."""
     from resexp.analysis import figures as F
-    from resexp.report import build_report, group_dirname
+    from resexp.report import group_dirname
     from resexp.tblog import EventWriter, event_files
 
-    points, panels = _points(run_dirs)
-    name = sweep_dir.name
+    points, panels = _points(grid.run_dirs, grid.axes)
+    name = sweep_dir.name if grid.out_dir == sweep_dir else f"{sweep_dir.name}/{grid.name}"
     pngs: dict[str, bytes | None] = {
         "lesion_vs_depth.png": F.plot_lesion_vs_depth(points, f"{name}: lesion")
         if any("lesion_median_accuracy" in p for p in points)
@@ -168,14 +338,16 @@ def write_sweep_outputs(sweep_dir: Path, run_dirs: list[Path]) -> dict[str, Path
         if any("hessian_lambda_max" in p for p in points)
         else None,
     }
+    out_dir = grid.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for fname, png in pngs.items():
         if png is not None:
-            tmp = sweep_dir / f".{fname}.tmp"
+            tmp = out_dir / f".{fname}.tmp"
             tmp.write_bytes(png)
-            tmp.replace(sweep_dir / fname)
-            written[fname] = sweep_dir / fname
-    vs = sweep_dir / VS_DEPTH_DIR
+            tmp.replace(out_dir / fname)
+            written[fname] = out_dir / fname
+    vs = out_dir / VS_DEPTH_DIR
     for old in event_files(vs, EVENT_SUFFIX, recursive=True) if vs.is_dir() else []:
         old.unlink(missing_ok=True)
     groups: dict[str, list[dict]] = {}
@@ -198,7 +370,4 @@ def write_sweep_outputs(sweep_dir: Path, run_dirs: list[Path]) -> dict[str, Path
             for fname, png in pngs.items():
                 if png is not None:  # exactly the figures in `written`, in the same order
                     w.image(f"analysis/{fname.removesuffix('.png')}", png, step=0)
-    from rich.console import Console
-
-    build_report(sweep_dir, console=Console(quiet=True))
     return written
