@@ -186,7 +186,7 @@ class ProgressBoard:
         done = [r for r in self.runs.values() if r.finished is not None and r.started is not None and r.blocks]
         if not done:
             return None
-        per_block = sum(r.finished - r.started for r in done) / sum(r.blocks for r in done)  # type: ignore[operator]
+        per_block = sum(r.finished - r.started for r in done) / sum(r.blocks for r in done)  # type: ignore[operator,misc]
         left = 0.0
         for r in self.runs.values():
             if r.finished is None:
