@@ -111,15 +111,22 @@ assert load_config("demo").model_dump() == load_config(bundled_configs()["demo"]
 summaries = [json.loads(p.read_text()) for p in Path("runs/demo").glob("*/summary.json")]
 assert len(summaries) == 4 and all(s["status"] == "completed" for s in summaries), summaries
 assert all(s["software"]["resexp"] == version for s in summaries)
-print(f"resexp {version} from {Path(resexp.__file__).parent}: 4 runs completed")
+shrink = ["train.steps=20", "train.log_every=10", "train.checkpoint_every=20", "optim.warmup_steps=0",
+          "train.eval_examples=64"]
+again = resexp.sweep("demo", shrink, grid={"model.depth": [8, 14]}, jobs=2)  # the CLI's runs: answered, not retrained
+assert sorted(r.run_id for r in again.runs) == sorted(s["run_id"] for s in summaries), again.runs
+assert [row["run_id"] for row in resexp.load_sweep("runs/demo").rows] == [row["run_id"] for row in again.rows]
+print(f"resexp {version} from {Path(resexp.__file__).parent}: 4 runs completed, the same through resexp.sweep")
 EOF
 
 step "mypy on user code against the installed package (py.typed)"
 cat >user_code.py <<'EOF'
+import resexp
 from resexp.config import Config, load_config
 
 cfg: Config = load_config("demo", ["model.depth=14"])
 depth: int = cfg.model.depth
+rows: list[dict] = resexp.load_sweep("runs/demo").rows
 EOF
 "$DEV/mypy" --python-executable "$bin/python" --cache-dir "$WORK/mypy-cache" --no-error-summary user_code.py
 
