@@ -386,6 +386,10 @@ def run(args) -> dict:
         "machine": platform.machine(),
         "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
+    if jax.default_backend() == "cpu":
+        from resexp.parallel import cpu_conv_path
+
+        out["cpu_conv"] = cpu_conv_path()  # oneDNN's conv kernels or XLA's
     if peer is not None:
         out["torch"] = {
             "version": peer.info["version"],
@@ -404,7 +408,8 @@ def log(args, msg: str) -> None:
 def table(out: dict) -> str:
     lines = [
         f"backend {out['backend']} ({out['device']}, {out['device_count']} device(s)), jax {out['jax']}, "
-        f"load avg {out['load_avg'][0]} -> {out['load_avg'][1]}"
+        + (f"convs {out['cpu_conv']}, " if "cpu_conv" in out else "")
+        + f"load avg {out['load_avg'][0]} -> {out['load_avg'][1]}"
     ]
     head = f"{'depth':>5} {'seeds':>5} {'dtype':>8} {'compile s':>9} {'images/s':>9}"
     torch = any("torch_images_per_s" in r for r in out["results"])

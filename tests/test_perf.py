@@ -417,6 +417,7 @@ def test_bench_json_smoke():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert out["backend"] == "cpu" and out["device"]
+    assert out["cpu_conv"] == parallel.cpu_conv_path()  # whose conv kernels the numbers are
     (row,) = out["results"]
     assert row["depth"] == 8 and row["seeds"] == 1 and row["dtype"] == "float32"
     assert row["compile_s"] > 0 and row["images_per_s"] > 0 and np.isfinite(row["final_loss"])
