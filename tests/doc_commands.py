@@ -38,6 +38,8 @@ SKIPPED = [
     ("make lint", "checks the code, not the docs; .ci/run runs it before the tests"),
     ("make docs", "builds the site into the repo's site/; .ci/run runs it before the tests"),
     ("make check-wheel", "builds and installs the package; .ci/run runs it after the tests"),
+    ("make tutorial", "runs the notebook in a Jupyter kernel, minutes; .ci/run runs it after the tests"),
+    ("resexp sweep fashion_mnist", "needs the Fashion-MNIST files (`resexp data download fashion_mnist`: the network)"),
     ("resexp sweep demo", "the demo by name: scripts/check_wheel.sh runs it from the installed wheel"),
     ("--launcher slurm", "needs a SLURM cluster; tests/test_slurm.py runs these against a real one"),
     ("srun ", "needs a SLURM cluster with GPUs; tests/test_distributed.py runs one run over two processes"),
