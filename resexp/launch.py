@@ -264,11 +264,12 @@ class CellJob:
 
         configure_jax()
         from resexp.checkpoint import Checkpoints
-        from resexp.config import Config, run_id
+        from resexp.config import Config
+        from resexp.runs import run_dir_for
         from resexp.train import train_runs
 
         cfgs = [Config.model_validate(d) for d in self.cfgs]
-        ids = [run_id(c) for c in cfgs]
+        ids = [run_dir_for(sweep_dir, c).name for c in cfgs]  # an earlier version's directory of a run counts
         steps = [
             max(Checkpoints(sweep_dir / r / "checkpoints").all_steps() or [0]) if (sweep_dir / r).exists() else 0
             for r in ids
@@ -518,12 +519,10 @@ def launch_sweep(
     if launcher == "slurm":
         check_slurm(opts, len(todo), name)
     file_data = {(c.cfg.data.name, c.cfg.data.dir) for g in todo for c in g}
-    from resexp.datasets import FILE_DATASETS, locate
+    from resexp.datasets import FILE_DATASETS, find_dataset
 
-    for data_name, data_dir in sorted((n, d) for n, d in file_data if n in FILE_DATASETS):
-        from resexp.data import default_data_dir  # (imports JAX: only for file datasets)
-
-        locate(data_name, data_dir or default_data_dir())  # a missing dataset fails here, not in every job
+    for data_name, data_dir in sorted((n, d or "") for n, d in file_data if n in FILE_DATASETS):
+        find_dataset(data_name, data_dir or None)  # a missing dataset fails here, not in every job
     grid_dir = record_grid() if record_grid is not None else None
     if not todo:
         err_console.print(
