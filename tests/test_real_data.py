@@ -6,8 +6,8 @@ sweep directory an earlier resexp wrote (tests/data/legacy_sweep) still found un
 
 Without the files (`apt-get install dataset-fashion-mnist`, or `resexp data download
 fashion_mnist`) these tests skip, saying why; under CI=true (.ci/run installs the package) a skip
-is a failure. Every training here is a tiny net (depth 8, widths 4/8/8) for a few hundred steps at
-most: seconds each.
+is a failure. Every training here is a tiny net (an MLP, or the depth-8 CNN of widths 4/8/8) for at most 60
+steps: seconds each.
 """
 
 from __future__ import annotations
@@ -30,18 +30,21 @@ from resexp.errors import DataError
 NAME = "fashion_mnist"
 LEGACY = ROOT / "tests" / "data" / "legacy_sweep"
 
-# 100 steps of batch 64 with a cosine schedule (so the BN running averages settle on the final
-# weights), tested on the first 2,000 test images. The bar is measured: on a 2-core AMD EPYC Zen 4,
-# seeds 0/1/2 reached 0.580/0.666/0.638 with the real labels; with the training labels shuffled
-# 0.076/0.082/0.115, with every training image zeroed 0.101/0.100/0.101 (chance is 0.1).
+# A residual MLP (784 -> 32 -> 64 -> 10 with BN) for 60 steps of batch 64 with a cosine schedule (so
+# the BN running averages settle on the final weights), tested on the first 2,000 test images. The
+# bar is measured on a 2-core AMD EPYC Zen 4: seeds 0/1/2 reached 0.751/0.751/0.749 with the real
+# labels; with the training labels shuffled 0.076/0.081/0.105, with every training image zeroed
+# 0.098/0.100/0.095 (chance: 0.1). An MLP, not a CNN, because it is cheap: 2.1 s of CPU a run
+# against 7 s for 100 steps of a depth-8 CNN (widths 4/8/8, 0.58-0.67); the CNN's resume on real
+# data is the last test's.
 LEARNS = {
     "name": "fmnist-tiny",
     "data": {"name": NAME, "batch_size": 64},
-    "model": {"kind": "cnn", "depth": 8, "widths": [4, 8, 8]},
+    "model": {"kind": "mlp", "depth": 6, "widths": [32, 64]},
     "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine"},
-    "train": {"steps": 100, "log_every": 10, "checkpoint_every": 20, "diagnostics": False, "eval_examples": 2000},
+    "train": {"steps": 60, "log_every": 10, "checkpoint_every": 20, "diagnostics": False, "eval_examples": 2000},
 }
-ACCURACY_BAR = 0.35
+ACCURACY_BAR = 0.4
 
 
 @pytest.fixture(scope="module")
@@ -104,32 +107,21 @@ def copy_with(real_dir: Path, dest: Path, name: str, change) -> Path:
     return dest
 
 
-@pytest.mark.parametrize(
-    "problem",
-    [
-        ("t10k-labels-idx1-ubyte", lambda raw: raw[:8] + bytes(reversed(raw[8:])), "is not the published one"),
-        ("t10k-images-idx3-ubyte", lambda raw: raw[:-100], "truncated"),
-    ],
-    ids=["relabelled", "truncated"],
-)
-def test_a_wrong_or_truncated_file_is_one_line_exit_2(real_dir, tmp_path, tiny_config, problem):
-    name, change, says = problem
-    folder = copy_with(real_dir, tmp_path / "copy", name, change)
+def test_a_wrong_file_is_one_line_exit_2(real_dir, tmp_path, tiny_config):
+    """The real files with the test labels reversed: valid IDX, right counts, not Fashion-MNIST."""
+    name = "t10k-labels-idx1-ubyte"
+    folder = copy_with(real_dir, tmp_path / "copy", name, lambda raw: raw[:8] + bytes(reversed(raw[8:])))
     proc = run_cli("data", "info", tiny_config, "--set", f"data.name={NAME}", "--set", f"data.dir={folder}")
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip()
     assert "\n" not in line and "Traceback" not in line
-    assert name in line and says in line, line
+    assert f"{name} in {folder} is not the published one" in line and CONTENT_SHA256[NAME][name] in line, line
 
 
-def test_data_info_and_download_find_the_installed_copy(real_dir, tiny_config):
-    info = run_cli("data", "info", tiny_config, "--set", f"data.name={NAME}")
-    assert info.returncode == 0, info.stderr
-    assert "60000 train / 10000 test, images (28, 28, 1)" in info.stdout
-    assert f"read from: {real_dir}" in info.stdout and "verified" in info.stdout and "not verified" not in info.stdout
-    download = run_cli("data", "download", NAME)  # no --dir: nothing to fetch, offline or not
-    assert download.returncode == 0, download.stderr
-    assert f"already present in {real_dir}, content verified; nothing to download" in download.stdout
+def test_a_truncated_real_file_is_refused(real_dir, tmp_path):
+    folder = copy_with(real_dir, tmp_path / "copy", "t10k-images-idx3-ubyte", lambda raw: raw[:-100])
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz is corrupt \(truncated: 7839916 bytes"):
+        load_files(NAME, folder)
 
 
 # --------------------------------------------------------------------------- training
@@ -139,7 +131,7 @@ def test_a_short_training_learns_the_real_images(trained, real_dir):
     _, run_dir, s = trained
     assert s["status"] == "completed"
     assert s["eval_accuracy"] >= ACCURACY_BAR, s["eval_accuracy"]  # broken images or labels stay near 0.1
-    assert run_dir.name.startswith("fmnist-resnet8-a-")
+    assert run_dir.name.startswith("fmnist-mlp-res6-")
     data = s["data"]  # what the run really saw
     assert data["name"] == NAME and (data["num_train"], data["num_test"]) == (60000, 10000)
     assert data["image_shape"] == [28, 28, 1] and data["num_classes"] == 10
