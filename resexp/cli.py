@@ -177,6 +177,15 @@ def _fmt(v, spec: str = ".4f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _precise_bn_note(s: dict) -> str:
+    """With precise BN, the running averages' accuracy beside the reported one (the gap is the point)."""
+    bn = s.get("eval_bn") or {}
+    if bn.get("statistics") != "precise":
+        return ""
+    running = _fmt(s.get("eval_running_accuracy"), ".3f")
+    return f" (precise BN, {bn.get('batches')} batches; running averages: {running})"
+
+
 def _print_run(run_dir: Path, s: dict) -> None:
     status = s.get("status")
     if status == "diverged":
@@ -195,7 +204,7 @@ def _print_run(run_dir: Path, s: dict) -> None:
     out_console.print(
         f"[bold]{s.get('run_id')}[/] {status}: train loss {_fmt(s.get('final_train_loss'))}, "
         f"train acc {_fmt(s.get('final_train_accuracy'), '.3f')}, eval loss {_fmt(s.get('eval_loss'))}, "
-        f"eval acc {_fmt(s.get('eval_accuracy'), '.3f')} | {s.get('params'):,} params, "
+        f"eval acc {_fmt(s.get('eval_accuracy'), '.3f')}{_precise_bn_note(s)} | {s.get('params'):,} params, "
         f"compile {_fmt(s.get('compile_seconds'), '.1f')} s, wall {_fmt(s.get('wall_seconds'), '.1f')} s, "
         f"{_fmt(s.get('images_per_second'), ',.0f')} img/s\n  {run_dir}",
         highlight=False,

@@ -162,6 +162,11 @@ class TrainConfig(_Section):
     diagnostics: bool = True  # residual ratios, response std, weight/grad norms at eval
     vmap_seeds: int = Field(1, ge=1)  # train seeds seed..seed+S-1 in one program
     eval_examples: int | None = Field(None, gt=0)  # cap on test examples per eval
+    # Precise BN: before each evaluation, recompute the BN statistics over this many fixed,
+    # un-augmented training batches (data.batch_size each) with the weights frozen, and evaluate
+    # with them; the running averages stay in the training state (and checkpoint) and are
+    # evaluated too, for comparison. 0: evaluate with the running averages (the paper's way).
+    precise_bn_batches: int = Field(0, ge=0)
     # A finite loss can explode too (lr 1e4: loss 6671, accuracy at chance): a logging window whose
     # mean loss exceeds this many times the first step's loss (the untrained net's, ~ln classes)
     # marks the run diverged, like a NaN does. None: only non-finite losses count.
@@ -495,6 +500,8 @@ def legacy_identity_dict(cfg: Config) -> dict:
     d["train"].pop("vmap_seeds", None)
     if d["train"]["max_loss_factor"] == TrainConfig.model_fields["max_loss_factor"].default:
         d["train"].pop("max_loss_factor")
+    if d["train"]["precise_bn_batches"] == 0 or cfg.model.norm == "none":  # no BN statistics to recompute
+        d["train"].pop("precise_bn_batches")
     if d["optim"]["warmup"] is None:
         d["optim"].pop("warmup")
     if d["model"]["scan_unroll"] == "auto":  # what runs before "auto" were hashed with (CPU's choice)

@@ -198,6 +198,17 @@ def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size
     return jax.lax.dynamic_slice(order, (within * batch_size,), (batch_size,))
 
 
+def precise_bn_indices(num_examples: int, batches: int, batch_size: int) -> np.ndarray:
+    """[batches, batch_size] training indices for precise BN: fixed for a dataset size (not a
+    function of the run's seed or step), so every evaluation of every run recomputes its BN
+    statistics on the same images. Epoch-wise shuffles without replacement, as in training;
+    beyond one epoch a new shuffle follows."""
+    per_epoch = num_examples // batch_size
+    rng = np.random.default_rng(0)
+    orders = [rng.permutation(num_examples)[: per_epoch * batch_size] for _ in range(-(-batches // per_epoch))]
+    return np.concatenate(orders)[: batches * batch_size].reshape(batches, batch_size).astype(np.int32)
+
+
 def augment_batch(key: jax.Array, x: jax.Array, pad: int = 4) -> jax.Array:
     """He et al.'s augmentation: pad 4, random crop back to size, random horizontal flip."""
     crop_key, flip_key = jax.random.split(key)

@@ -30,6 +30,7 @@ from resexp.report import (
     _num,
     _qualifiers,
     _sort_key,
+    eval_bn_note,
     group_label,
     mean_std,
 )
@@ -422,7 +423,10 @@ def plot_test_error_vs_paper(report: Report, comparison, title: str) -> bytes:
     ax.set_xticklabels([_fmt_num(d) for d in ticks])
     ax.set_xlabel("depth (weighted layers)")
     ax.set_ylabel("test error (%)")
-    ax.set_title("Test error vs depth: yours (mean ± std over seeds) and the paper's", fontsize=10)
+    ax.set_title(
+        f"Test error vs depth: yours (mean ± std over seeds; {eval_bn_note(report.runs)}) and the paper's",
+        fontsize=10,
+    )
     ax.legend(frameon=False, fontsize=9)
     fig.suptitle(title, fontsize=13, fontweight="bold")
     return _png(fig)

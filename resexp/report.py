@@ -60,6 +60,7 @@ __all__ = [
     "RunRecord",
     "build_report",
     "build_reports",
+    "eval_bn_note",
     "group_dirname",
     "group_label",
 ]
@@ -78,6 +79,9 @@ PROJECTION_KEY = "model.projection"
 WD_KEY = "optim.weight_decay"
 
 AGGREGATE_METRICS = ("final_train_loss", "final_train_accuracy", "eval_loss", "eval_accuracy")
+# With precise BN (train.precise_bn_batches), the eval numbers of the running averages beside them;
+# reported only by grids that hold such a run.
+RUNNING_BN_METRICS = ("eval_running_loss", "eval_running_accuracy")
 ROW_METRICS = (*AGGREGATE_METRICS, "params", "wall_seconds", "diverged_at_step")
 FINISHED = ("completed", "diverged")
 FIGURES = ("loss_vs_depth.png", "response_std.png", "residual_ratio_vs_wd.png", "test_error_vs_paper.png")
@@ -114,6 +118,17 @@ class RunRecord:
 
     def metric(self, name: str) -> float:
         return _num(self.summary.get(name))
+
+    @property
+    def eval_bn(self) -> str | None:
+        """Which BN statistics eval_loss/eval_accuracy used: "running", "precise-N" (N training
+        batches), None without BN. Runs from before precise BN existed used the running averages."""
+        if "eval_bn" not in self.summary:
+            return "running" if self.config("model.norm", "batch") == "batch" else None
+        bn = self.summary["eval_bn"]
+        if bn is None:
+            return None
+        return f"precise-{bn.get('batches')}" if bn.get("statistics") == "precise" else "running"
 
     def config(self, dotted: str, default: Any = None) -> Any:
         node: Any = self.summary.get("config") or {}
@@ -486,7 +501,7 @@ def _aggregate(runs: Sequence[RunRecord], cell_keys: Sequence[str]) -> list[Cell
         members = by_key[key]
         completed = [r for r in members if r.status == "completed"]
         mean, std, n_values = {}, {}, {}
-        for m in (*AGGREGATE_METRICS, "wall_seconds"):
+        for m in (*AGGREGATE_METRICS, *RUNNING_BN_METRICS, "wall_seconds"):
             values = _finite(r.metric(m) for r in completed)
             mean[m], std[m] = mean_std(values)
             n_values[m] = len(values)
@@ -506,6 +521,18 @@ def _groups(cells: Sequence[Cell], group_keys: Sequence[str]) -> dict[tuple, lis
 
 def _group_runs(cells: Sequence[Cell]) -> list[RunRecord]:
     return [r for c in cells for r in c.runs]
+
+
+def eval_bn_note(runs: Sequence[RunRecord]) -> str:
+    """One line saying which BN statistics the runs' eval numbers used (reports and figures)."""
+    labels = sorted({r.eval_bn for r in runs if r.finished} - {None})
+    if not labels:
+        return "eval: no BN"
+    if len(labels) > 1:
+        return f"eval BN statistics differ between runs ({', '.join(labels)}): see the eval_bn column"
+    if labels[0] == "running":
+        return "eval: BN running averages"
+    return f"eval: precise BN (statistics recomputed over {labels[0].split('-')[1]} training batches)"
 
 
 # ----------------------------------------------------------------------------- terminal
@@ -533,7 +560,8 @@ def render_table(report: Report) -> Table:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,
-        caption="mean±std: sample std (ddof=1) over completed seeds; diverged runs are counted, not averaged",
+        caption="mean±std: sample std (ddof=1) over completed seeds; diverged runs are counted, not averaged; "
+        + eval_bn_note(report.runs),
         caption_justify="left",
     )
     table.add_column("net", no_wrap=True, min_width=max(map(len, labels), default=3))
@@ -746,6 +774,12 @@ def _build_grid(
     # Headline numbers of the "why" analyses (`resexp analyze`), where their cached results exist.
     from resexp.analysis import HEADLINE, headline_metrics
 
+    precise = any((r.eval_bn or "").startswith("precise") for r in grid_runs)
+    bn_cols = ["eval_bn", *RUNNING_BN_METRICS] if precise else []  # the running averages' numbers beside
+    for row, r in zip(rows, grid_runs, strict=True):
+        if precise:
+            row["eval_bn"] = r.eval_bn
+            row.update({m: _num(r.summary.get(m)) for m in RUNNING_BN_METRICS})
     analysis = {r.run_id: headline_metrics(r.path) for r in grid_runs}
     analysis_cols = [c for c in HEADLINE if any(c in a for a in analysis.values())]
     for row in rows:
@@ -783,17 +817,19 @@ def _build_grid(
         )
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    row_cols = ["run_id", *swept, "status", *ROW_METRICS, *analysis_cols]
+    row_cols = ["run_id", *swept, "status", *ROW_METRICS, *bn_cols, *analysis_cols]
     _write_csv(out_dir / "results.csv", rows, row_cols)
     report.paths["results.csv"] = out_dir / "results.csv"
     agg_rows = [c.as_row() for c in cells]
     for c, row in zip(cells, agg_rows, strict=True):  # analysis columns: mean and std over completed seeds
+        for m in RUNNING_BN_METRICS if precise else ():
+            row[f"{m}_mean"], row[f"{m}_std"] = c.mean[m], c.std[m]
         for col in analysis_cols:
             row[f"{col}_mean"], row[f"{col}_std"] = mean_std(
                 [analysis[r.run_id].get(col, math.nan) for r in c.completed]
             )
     agg_cols = [*cell_keys, "n_runs", "n_diverged"]
-    agg_cols += [f"{m}_{s}" for m in (*AGGREGATE_METRICS, *analysis_cols) for s in ("mean", "std")]
+    agg_cols += [f"{m}_{s}" for m in (*AGGREGATE_METRICS, *bn_cols[1:], *analysis_cols) for s in ("mean", "std")]
     agg_cols += ["params", "wall_seconds_mean", "run_ids"]
     if comparison is not None:
         for row, extra in zip(agg_rows, comparison.csv_columns(), strict=True):
@@ -805,6 +841,7 @@ def _build_grid(
         "sweep": grid.name,
         "swept_keys": swept,
         "std": "sample standard deviation (ddof=1) over the completed runs of a cell; 0 when n=1",
+        "eval_bn": eval_bn_note(grid_runs),
         "runs": rows,
         "aggregate": agg_rows,
         "notes": notes,

@@ -31,9 +31,9 @@ from flax import nnx
 from resexp import __version__, diagnostics, optim, parallel
 from resexp.checkpoint import Checkpoints
 from resexp.config import Config, config_hash, resolved_dict
-from resexp.data import Data, augmented_batch, batch_indices, load_data
+from resexp.data import Data, augmented_batch, batch_indices, load_data, precise_bn_indices
 from resexp.errors import RunError
-from resexp.models import Net, layer_table, net_builder, split_params
+from resexp.models import Net, has_batch_norm, layer_table, net_builder, precise_bn_statistics, split_params
 from resexp.optim import lr_schedule, make_optimizer
 from resexp.provenance import provenance
 from resexp.runs import (
@@ -51,10 +51,39 @@ from resexp.signals import SignalRecorder
 from resexp.tblog import EventWriter
 
 EXIT_DIVERGED = 3
+# what an evaluation returns -> its TensorBoard tag; eval_running_* only with precise BN
+EVAL_METRICS = {
+    "eval_loss": "eval/loss",
+    "eval_accuracy": "eval/accuracy",
+    "eval_running_loss": "eval/loss_running_bn",
+    "eval_running_accuracy": "eval/accuracy_running_bn",
+}
 EXIT_INTERRUPTED = 130
 
 
 # --------------------------------------------------------------------------- the compiled pieces
+
+
+def precise_bn_others(
+    graphdef,
+    params,
+    others,
+    x_train: jax.Array,
+    normalize: Callable[[jax.Array], jax.Array],
+    batches: int,
+    batch_size: int,
+    shard: Callable[[jax.Array], jax.Array] | None = None,
+):
+    """`others` with BN statistics recomputed over `batches` fixed, un-augmented training batches
+    (`data.precise_bn_indices`), weights frozen: what `train.precise_bn_batches` evaluates with.
+    Traceable; `shard` lays a batch out over devices (data parallelism)."""
+    idx = jnp.asarray(precise_bn_indices(x_train.shape[0], batches, batch_size))
+
+    def batch(i: jax.Array) -> jax.Array:
+        x = normalize(x_train[idx[i]])
+        return shard(x) if shard is not None else x
+
+    return precise_bn_statistics(graphdef, params, others, batch, batches)
 
 
 def _init_state(
@@ -109,7 +138,11 @@ class Engine:
         )
         if self.platform == "cpu":  # convs with a backward pass XLA:CPU runs fast inside scans (parallel.py)
             build = parallel.fast_conv_builder(build)
-        self.graphdef = nnx.split(nnx.eval_shape(lambda: build(jnp.int32(0))), nnx.Param, ...)[0]
+        abstract_net = nnx.eval_shape(lambda: build(jnp.int32(0)))
+        self.graphdef = nnx.split(abstract_net, nnx.Param, ...)[0]
+        # batches of precise BN before each evaluation (0: the running averages; a net without BN has none)
+        self.has_bn = has_batch_norm(abstract_net)
+        self.precise_bn = cfg.train.precise_bn_batches if self.has_bn else 0
         warmup_end = optim.warmup_end_init(cfg.optim) if cfg.optim.constant_warmup else None
 
         def init(seed):
@@ -190,7 +223,7 @@ class Engine:
 
     # ---- evaluation and diagnostics
 
-    def _eval(self, state: dict, x_test: jax.Array, y_test: jax.Array):
+    def _eval(self, params, others, x_test: jax.Array, y_test: jax.Array):
         cfg = self.cfg
         n = x_test.shape[0] if cfg.train.eval_examples is None else min(cfg.train.eval_examples, x_test.shape[0])
         bs = min(cfg.data.eval_batch_size, n)
@@ -204,7 +237,7 @@ class Engine:
             xb, yb, mb = batch
             if self.dp is not None and self.dp.divides(bs):
                 xb, yb, mb = self.dp.shard_batch(xb, yb, mb)
-            model = nnx.merge(self.graphdef, state["params"], state["others"], copy=True)
+            model = nnx.merge(self.graphdef, params, others, copy=True)
             logits = model(self.data.normalize(xb), train=False)
             losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
             return jnp.sum(losses * mb), jnp.sum((jnp.argmax(logits, -1) == yb) * mb)
@@ -212,19 +245,40 @@ class Engine:
         loss_sum, correct = jax.lax.map(one, (x, y, mask))
         return {"eval_loss": jnp.sum(loss_sum) / n, "eval_accuracy": jnp.sum(correct) / n}
 
-    def _evaluate(self, state, x_test, y_test):
-        out = self._eval(state, x_test, y_test)
-        if self.cfg.train.diagnostics:
-            xe = self.data.normalize(x_test[: min(256, x_test.shape[0])])
-            out["diagnostics"] = diagnostics.measure(
-                self.graphdef, state["params"], state["others"], xe, state["grad_norm"]
+    def _evaluate(self, state, x_train, x_test, y_test):
+        """Eval loss/accuracy and diagnostics; with precise BN, on recomputed BN statistics, and
+        the running averages' loss/accuracy beside them (`eval_running_*`)."""
+        params, others = state["params"], state["others"]
+        running = None
+        if self.precise_bn:
+            running = self._eval(params, others, x_test, y_test)
+            shard = self.dp.shard_batch if self.dp is not None and self.dp.divides(self.cfg.data.batch_size) else None
+            others = precise_bn_others(
+                self.graphdef,
+                params,
+                others,
+                x_train,
+                self.data.normalize,
+                self.precise_bn,
+                self.cfg.data.batch_size,
+                shard,
             )
+        out = self._eval(params, others, x_test, y_test)
+        if running is not None:
+            out["eval_running_loss"], out["eval_running_accuracy"] = running["eval_loss"], running["eval_accuracy"]
+        if self.cfg.train.diagnostics:  # eval-mode forwards: the same BN statistics as the eval
+            xe = self.data.normalize(x_test[: min(256, x_test.shape[0])])
+            out["diagnostics"] = diagnostics.measure(self.graphdef, params, others, xe, state["grad_norm"])
         return out
 
     def eval_program(self):
-        """(jitted eval + diagnostics, example arguments): what `evaluate_fn` compiles."""
+        """(jitted eval + diagnostics, example arguments): what `evaluate_fn` compiles.
+
+        Called as (state, x_train, x_test, y_test); x_train feeds precise BN (unused without it).
+        """
         fn = self._over_seeds(self._evaluate, 1) if self.seeds > 1 else self._evaluate
-        return self.dp.jit(fn) if self.dp else jax.jit(fn), (self._state_spec(), self.data.x_test, self.data.y_test)
+        jitted = self.dp.jit(fn) if self.dp else jax.jit(fn)
+        return jitted, (self._state_spec(), self.data.x_train, self.data.x_test, self.data.y_test)
 
     def evaluate_fn(self):
         if "eval" not in self._compiled:
@@ -675,17 +729,17 @@ def _mark_diverged(r: RunRecord, step: int, reason: str) -> None:
 
 
 def _record_eval(records, engine: Engine, state, data: Data, end: int) -> None:
-    out = jax.device_get(engine.evaluate_fn()(state, data.x_test, data.y_test))
+    out = jax.device_get(engine.evaluate_fn()(state, data.x_train, data.x_test, data.y_test))
     group = len(records)
     for i, r in enumerate(records):
         if r.status == "diverged":
             continue
         res = _slice(out, i if group > 1 else None)
-        r.last_eval = {"eval_loss": float(res["eval_loss"]), "eval_accuracy": float(res["eval_accuracy"])}
+        r.last_eval = {k: float(v) for k, v in res.items() if k in EVAL_METRICS}
         r.history["eval_step"].append(end)
-        r.history["eval_loss"].append(r.last_eval["eval_loss"])
-        r.history["eval_accuracy"].append(r.last_eval["eval_accuracy"])
-        r.events.scalars(end, {"eval/loss": r.last_eval["eval_loss"], "eval/accuracy": r.last_eval["eval_accuracy"]})
+        for key, value in r.last_eval.items():
+            r.history.setdefault(key, []).append(value)
+        r.events.scalars(end, {tag: r.last_eval[key] for key, tag in EVAL_METRICS.items() if key in r.last_eval})
         if "diagnostics" in res:
             r.diagnostics = diagnostics.to_host(engine.graphdef, res["diagnostics"])
             r.events.scalars(end, diagnostics.scalar_tags(r.diagnostics))
@@ -721,6 +775,9 @@ def _write_summary(
         "final_train_accuracy": r.history["train_accuracy"][-1] if window and r.status != "diverged" else None,
         "eval_loss": r.last_eval.get("eval_loss") if r.status != "diverged" else None,
         "eval_accuracy": r.last_eval.get("eval_accuracy") if r.status != "diverged" else None,
+        "eval_bn": _eval_bn_summary(engine),
+        "eval_running_loss": r.last_eval.get("eval_running_loss") if r.status != "diverged" else None,
+        "eval_running_accuracy": r.last_eval.get("eval_running_accuracy") if r.status != "diverged" else None,
         "params": info["params"],
         "macs_per_example": info["macs"],
         "compile_seconds": round(compile_s, 3) if compile_s is not None else None,
@@ -742,6 +799,14 @@ def _write_summary(
     if jax.process_index() == 0:  # several processes train one run: one writes its summary
         write_json(r.dir / "summary.json", summary)
     return summary
+
+
+def _eval_bn_summary(engine: Engine) -> dict | None:
+    """Which BN statistics `eval_loss`/`eval_accuracy` used (None: the net has no BN)."""
+    if engine.precise_bn:
+        n, bs = engine.precise_bn, engine.cfg.data.batch_size
+        return {"statistics": "precise", "batches": n, "images": n * bs}
+    return {"statistics": "running"} if engine.has_bn else None
 
 
 def _warmup_summary(r: RunRecord, steps: int | None) -> dict | None:

@@ -257,7 +257,7 @@ _DP_SCRIPT = textwrap.dedent("""
         out[name] = losses
         out[name + "_stats"] = [float(np.asarray(a).sum()) for a in jax.tree.leaves(state["others"])]
         out[name + "_param_sharding"] = str(jax.tree.leaves(state["params"])[0].sharding)
-        out[name + "_eval"] = float(engine.evaluate_fn()(state, data.x_test, data.y_test)["eval_loss"])
+        out[name + "_eval"] = float(engine.evaluate_fn()(state, data.x_train, data.x_test, data.y_test)["eval_loss"])
         if engine.dp:
             out["all_reduce"] = "all-reduce" in fn.compiled.as_text()
     print(json.dumps(out))

@@ -384,6 +384,36 @@ def test_all_seeds_diverged_and_single_seed(tmp_path):
     check_png(sweep / "loss_vs_depth.png", 1000, 400)
 
 
+def test_reports_say_which_bn_statistics_the_eval_used(tmp_path):
+    """Running averages (summaries from before precise BN too) are named in the caption and
+    results.json; a grid with precise-BN runs also gets their eval_bn and the running numbers."""
+    sweep = tmp_path / "bn"
+    for net in ("plain", "resnet"):
+        summary = make_summary(net, 8, 0, keys={"model.shortcut": net == "resnet"})
+        summary["diagnostics"] = None  # no figures: this test is about the tables
+        write_summary(sweep / net, summary)
+    out = io.StringIO()
+    build_report(sweep, console=Console(file=out, width=200), write_tensorboard=False)
+    assert "eval: BN running averages" in " ".join(out.getvalue().split())  # the caption wraps
+    assert json.loads((sweep / "results.json").read_text())["eval_bn"] == "eval: BN running averages"
+    assert "eval_bn" not in read_csv(sweep / "results.csv")[0]
+
+    for net in ("plain", "resnet"):
+        summary = json.loads((sweep / net / "summary.json").read_text())
+        summary.update(eval_bn={"statistics": "precise", "batches": 32, "images": 4096},
+                       eval_running_loss=3 * summary["eval_loss"], eval_running_accuracy=0.5)  # fmt: skip
+        write_summary(sweep / net, summary)
+    out = io.StringIO()
+    build_report(sweep, console=Console(file=out, width=200), write_tensorboard=False)
+    assert "precise BN (statistics recomputed over 32 training batches)" in " ".join(out.getvalue().split())
+    columns, rows = read_csv(sweep / "results.csv")
+    assert columns[-3:] == ["eval_bn", "eval_running_loss", "eval_running_accuracy"]
+    assert {r["eval_bn"] for r in rows} == {"precise-32"} and {r["eval_running_accuracy"] for r in rows} == {"0.5"}
+    columns, rows = read_csv(sweep / "aggregate.csv")
+    assert {"eval_running_accuracy_mean", "eval_running_loss_std"} <= set(columns)
+    assert float(rows[0]["eval_running_loss_mean"]) == pytest.approx(3 * 2 * train_loss("plain", 8, 0))  # plain first
+
+
 def test_bad_sweep_dirs(tmp_path):
     with pytest.raises(UserError):
         build_report(tmp_path / "missing", console=Console(file=io.StringIO()))

@@ -59,6 +59,9 @@ def test_the_run_directory_is_complete(finished):
     assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == [20, 40]
     assert event_files(run) and not (run / ".lock").exists()
     assert s["history"]["eval_step"] == [20, 40]
+    # precise BN off: the running averages, and nothing to compare them with
+    assert s["eval_bn"] == {"statistics": "running"}
+    assert s["eval_running_accuracy"] is None and "eval_running_accuracy" not in s["history"]
 
 
 def test_tensorboard_scalars(finished):
@@ -77,6 +80,7 @@ def test_tensorboard_scalars(finished):
         "perf/images_per_second",
     } <= tags
     assert [e.step for e in acc.Scalars("train/loss")] == [10, 20, 30, 40]
+    assert not any(t.endswith("_running_bn") for t in tags)  # those are for precise BN
 
 
 def test_completed_run_is_not_retrained(finished):
