@@ -159,15 +159,17 @@ def plan_sweep(
 ) -> SweepPlan:
     """Resolve a sweep: config, grid axes, cells and directory; a bad input raises here."""
     from resexp.config import load_config
-    from resexp.sweep import expand_grid, group_seeds, parse_grid, parse_shard, shard_cells
+    from resexp.sweep import expand_grid, group_seeds, in_sweep_dir, parse_grid, parse_shard, shard_cells
 
     cfg = load_config(config, _overrides(overrides))
     axes = parse_grid(_grid_texts(grid), source=f"{config} (--grid)")
     index, count = parse_shard(shard)
-    cells = expand_grid(cfg, axes, source=str(config))
-    mine = shard_cells(cells, index, count)
     if (name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name)) or name in (".", ".."):
         raise ConfigError("--name", None, f"{name!r}: use letters, digits, '_', '.' and '-' (a directory name)")
+    sweep_dir = Path(out) / (name or cfg.name)
+    # each cell named by its run's directory there: a run an earlier version made under an older id counts
+    cells = in_sweep_dir(expand_grid(cfg, axes, source=str(config)), sweep_dir)
+    mine = shard_cells(cells, index, count)
     return SweepPlan(
         source=str(config),
         cfg=cfg,
@@ -175,7 +177,7 @@ def plan_sweep(
         cells=cells,
         mine=mine,
         groups=group_seeds(mine, cfg.train.vmap_seeds),
-        sweep_dir=Path(out) / (name or cfg.name),
+        sweep_dir=sweep_dir,
         name=name or cfg.name,
         shard=(index, count),
     )
@@ -195,14 +197,14 @@ def record_plan(plan: SweepPlan) -> Any:
 def check_data(plan: SweepPlan, *, load: bool) -> None:
     """Fail once, before any run, on a missing or corrupt dataset. `load=False` only checks that the
     files are there (worker processes load them; here they would hold device memory)."""
-    from resexp.data import default_data_dir, load_data
-    from resexp.datasets import FILE_DATASETS, locate
+    from resexp.data import load_data
+    from resexp.datasets import FILE_DATASETS, find_dataset
 
     if load:
         load_data(plan.cells[0].cfg.data, source=plan.source)
         return
     for name, directory in {(c.cfg.data.name, c.cfg.data.dir) for c in plan.mine if c.cfg.data.name in FILE_DATASETS}:
-        locate(name, directory or default_data_dir())
+        find_dataset(name, directory)
 
 
 def run_planned(

@@ -716,14 +716,26 @@ def data_download(
 ) -> None:
     """Download a dataset's official files, verifying each checksum (a bad file is deleted).
 
+    Without --dir (and --base-url), a copy already found along the search path whose content
+    verifies (e.g. Debian's dataset-fashion-mnist) is not downloaded again.
+
     Example: resexp data download cifar10 --dir ~/data
     """
-    from resexp.data import default_data_dir
+    from resexp.datasets import CONTENT_SHA256, default_data_dir
     from resexp.download import DOWNLOADS, download, load_manifest
     from resexp.errors import DataError
 
     if name not in DOWNLOADS:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DOWNLOADS)}")
+    if dir is None and base_url is None and manifest is None and name in CONTENT_SHA256:
+        present = _verified_copy(name)
+        if present is not None:
+            out_console.print(
+                f"{name}: already present in {present}, content verified; nothing to download "
+                "(resexp finds it there: no data.dir needed)",
+                highlight=False,
+            )
+            return
     target = download(
         name,
         dir or default_data_dir(),
@@ -731,24 +743,59 @@ def data_download(
         manifest=load_manifest(manifest) if manifest else None,
         progress=sys.stderr.isatty(),
     )
-    out_console.print(f"{name}: ready in {target} (use --set data.name={name} --set data.dir={target.parent})")
+    where = "" if dir is None else f" --set data.dir={target.parent}"  # the default folder is searched
+    out_console.print(f"{name}: ready in {target} (use --set data.name={name}{where})", highlight=False)
+
+
+def _verified_copy(name: str) -> Path | None:
+    """The folder of a copy of `name` along the search path whose content verifies, if any."""
+    from resexp.datasets import find_dataset, load_files, verify_content
+
+    try:
+        where = find_dataset(name)
+        splits = load_files(name, where)
+        assert splits.content is not None
+        verify_content(splits.content, name)
+    except UserError:
+        return None
+    return where
 
 
 @data_app.command("info")
 @user_errors
 def data_info(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Load the configured dataset and print its sizes and shapes.
+    """Load the configured dataset; print its sizes and shapes, where it was read and whether it verified.
 
-    Example: resexp data info configs/cifar10.yaml
+    Example: resexp data info configs/fashion_mnist.yaml
     """
     from resexp.data import load_data
+    from resexp.datasets import FILE_DATASETS, data_search_path
 
     cfg = _load(config, set_)
     d = load_data(cfg.data, source=str(config))
     out_console.print(
-        f"{d.name}: {d.num_train} train / {d.x_test.shape[0]} test, images {d.image_shape}, "
-        f"{d.num_classes} classes, augment={d.augment}"
+        f"{d.name}: {d.num_train} train / {d.num_test} test, images {d.image_shape}, "
+        f"{d.num_classes} classes, augment={d.augment}",
+        highlight=False,
+        soft_wrap=True,
     )
+    if d.content is None:
+        return
+    how = (
+        "data.dir"
+        if cfg.data.dir
+        else "searched " + ", ".join(str(p) for p in data_search_path())
+        if cfg.data.name in FILE_DATASETS
+        else "built in"
+    )
+    out_console.print(f"read from: {d.content.source} ({how})", highlight=False, soft_wrap=True)
+    if d.content.verified:
+        verdict = "verified: every file's decompressed content matches the published digest"
+    elif cfg.data.name in FILE_DATASETS:
+        verdict = "not verified: no published digest of this dataset's content (each run records this one)"
+    else:
+        verdict = "each run records it"
+    out_console.print(f"sha256: {d.content.digest} ({verdict})", highlight=False, soft_wrap=True)
 
 
 @configs_app.callback(invoke_without_command=True)

@@ -475,14 +475,44 @@ def with_updates(cfg: Config, updates: dict[str, Any], source: str = "sweep") ->
 # --------------------------------------------------------------------------- run ids
 
 
+# The readable prefix of a run id for each dataset but the default one (digits runs have none).
+DATASET_TAGS = {
+    "synthetic": "synth",
+    "cifar10": "cifar10",
+    "cifar100": "cifar100",
+    "mnist": "mnist",
+    "fashion_mnist": "fmnist",
+}
+# The data.* keys only `synthetic` reads.
+SYNTHETIC_ONLY = ("num_train", "num_test", "image_size", "channels", "num_classes")
+
+
 def identity_dict(cfg: Config) -> dict:
     """What determines a run's numbers: everything except bookkeeping that does not.
 
     `name`, `sweep`, `sweep_overrides` and `report` say where a run came from and how it is
     reported, and `vmap_seeds` how it was batched with others; none changes what one seed's
-    run computes. Settings added later are left out at their default (which is what runs
-    before them computed), so existing run ids stay valid.
+    run computes. Nor does `data.dir`, where the files happen to be: a file dataset is known by
+    its content (the published digests resexp checks, resexp.datasets.CONTENT_SHA256, which
+    stand in the identity where they exist), and the `synthetic`-only keys mean nothing to it.
+    Settings added later are left out at their default (which is what runs before them
+    computed), so existing run ids stay valid: a digits run keeps the id it always had.
     """
+    d = legacy_identity_dict(cfg)
+    d["data"]["dir"] = None  # the key stays, at what runs without a data.dir were hashed with
+    if cfg.data.name not in ("digits", "synthetic"):
+        from resexp.datasets import CONTENT_SHA256, content_digest
+
+        for key in SYNTHETIC_ONLY:
+            d["data"].pop(key)
+        if cfg.data.name in CONTENT_SHA256:
+            d["data"]["content_sha256"] = content_digest(CONTENT_SHA256[cfg.data.name])
+    return d
+
+
+def legacy_identity_dict(cfg: Config) -> dict:
+    """The identity before file datasets were known by their content (`data.dir` counted then):
+    what the ids of runs made by earlier versions hash, so those runs are still found."""
     d = cfg.model_dump(mode="json", exclude={"name", "sweep", "sweep_overrides", "report"})
     d["train"].pop("vmap_seeds", None)
     if d["train"]["max_loss_factor"] == TrainConfig.model_fields["max_loss_factor"].default:
@@ -502,13 +532,38 @@ def identity_dict(cfg: Config) -> dict:
     return d
 
 
-def config_hash(cfg: Config) -> str:
-    blob = json.dumps(identity_dict(cfg), sort_keys=True, separators=(",", ":"))
+def _hash(identity: dict) -> str:
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
+def config_hash(cfg: Config) -> str:
+    return _hash(identity_dict(cfg))
+
+
+def legacy_config_hash(cfg: Config) -> str:
+    """The hash earlier versions gave `cfg` (in its run id and its checkpoints)."""
+    return _hash(legacy_identity_dict(cfg))
+
+
 def run_id(cfg: Config) -> str:
-    """Readable and stable: `resnet20-a-wd0.0001-s0-1a2b3c4d` (the hash covers the rest)."""
+    """Readable and stable: `resnet20-a-wd0.0001-s0-1a2b3c4d` (the hash covers the rest), with the
+    dataset in front unless it is the default digits: `fmnist-plain56-wd0.0001-s0-5e6f7a8b`."""
+    tag = DATASET_TAGS.get(cfg.data.name)
+    return f"{tag + '-' if tag else ''}{_readable(cfg)}-{config_hash(cfg)}"
+
+
+def legacy_run_id(cfg: Config) -> str:
+    """The id earlier versions gave `cfg`: no dataset in front, `data.dir` in the hash."""
+    return f"{_readable(cfg)}-{legacy_config_hash(cfg)}"
+
+
+def legacy_id_prefix(cfg: Config) -> str:
+    """What every legacy id of `cfg` starts with, whatever `data.dir` it was made with."""
+    return f"{_readable(cfg)}-"
+
+
+def _readable(cfg: Config) -> str:
     m = cfg.model
     if m.kind == "cnn":
         arch = (
@@ -518,8 +573,19 @@ def run_id(cfg: Config) -> str:
         )
     else:
         arch = f"mlp-{'res' if m.shortcut else 'plain'}{m.depth}"
-    return f"{arch}-wd{cfg.optim.weight_decay:g}-s{cfg.train.seed}-{config_hash(cfg)}"
+    return f"{arch}-wd{cfg.optim.weight_decay:g}-s{cfg.train.seed}"
+
+
+def resolved_dict(cfg: Config) -> dict:
+    """The resolved config as a run records it (config.yaml, summary.json): every key, but the
+    `synthetic`-only data keys (image_size, channels, ...) only for `synthetic` and the digits,
+    whose run ids have always hashed them; elsewhere they would misdescribe the data."""
+    d = cfg.model_dump(mode="json")
+    if cfg.data.name not in ("digits", "synthetic"):
+        for key in SYNTHETIC_ONLY:
+            d["data"].pop(key)
+    return d
 
 
 def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(resolved_dict(cfg), sort_keys=False)

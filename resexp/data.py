@@ -8,9 +8,10 @@ a batch.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import hashlib
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,15 +20,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from resexp.config import DataConfig
-from resexp.datasets import FILE_DATASETS, ArraySplits, load_files
+from resexp.datasets import (
+    FILE_DATASETS,
+    ArraySplits,
+    Content,
+    default_data_dir,
+    find_dataset,
+    load_files,
+    verify_content,
+)
 from resexp.errors import ConfigError, DataError
 
+__all__ = ["Data", "default_data_dir", "load_data", "load_splits"]
+
 DIGITS_TEST = 297  # the embedded set: 1,797 images -> 1,500 train / 297 test
-
-
-def default_data_dir() -> Path:
-    """Where file datasets live unless `data.dir` says otherwise (RESEXP_DATA_DIR overrides)."""
-    return Path(os.environ.get("RESEXP_DATA_DIR", Path.home() / ".cache" / "resexp" / "data"))
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class Data:
     std: np.ndarray
     num_classes: int
     augment: bool
+    content: Content | None = None  # where the data was read and its bytes' digests
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -51,6 +58,26 @@ class Data:
     @property
     def num_train(self) -> int:
         return int(self.x_train.shape[0])
+
+    @property
+    def num_test(self) -> int:
+        return int(self.x_test.shape[0])
+
+    def describe(self) -> dict:
+        """The data a run really saw, for its summary.json: name, sizes, shape, source and digest."""
+        c = self.content
+        return {
+            "name": self.name,
+            "num_train": self.num_train,
+            "num_test": self.num_test,
+            "image_shape": list(self.image_shape),
+            "num_classes": self.num_classes,
+            "augment": self.augment,
+            "source": c.source if c else None,
+            "sha256": c.digest if c else None,
+            "files_sha256": dict(c.files) if c else None,
+            "verified": c.verified if c else False,
+        }
 
     def normalize(self, x: jax.Array) -> jax.Array:
         return (x.astype(jnp.float32) - jnp.asarray(self.mean)) / jnp.asarray(self.std)
@@ -69,13 +96,14 @@ def digits() -> ArraySplits:
     if spec is None or not spec.submodule_search_locations:
         raise DataError("the digits dataset ships with scikit-learn, which is not installed: pip install scikit-learn")
     path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
-    with path.open("rb") as fh, gzip.open(fh, "rt") as text:
-        table = np.loadtxt(text, delimiter=",", dtype=np.int64)
+    raw = gzip.decompress(path.read_bytes())
+    table = np.loadtxt(raw.decode().splitlines(), delimiter=",", dtype=np.int64)
     images = table[:, :-1].reshape(-1, 8, 8, 1).astype(np.uint8)  # intensities 0..16
     labels = table[:, -1].astype(np.int32)
     order = np.random.default_rng(0).permutation(len(labels))  # fixed split, independent of any run
     test, train = order[:DIGITS_TEST], order[DIGITS_TEST:]
-    return ArraySplits(images[train], labels[train], images[test], labels[test], 10, "digits")
+    content = Content(str(path), {"digits.csv": hashlib.sha256(raw).hexdigest()})
+    return ArraySplits(images[train], labels[train], images[test], labels[test], 10, "digits", content)
 
 
 def synthetic(num_train: int, num_test: int, image_size: int, channels: int, num_classes: int) -> ArraySplits:
@@ -98,18 +126,39 @@ def synthetic(num_train: int, num_test: int, image_size: int, channels: int, num
     gains = rng.uniform(0.5, 1.5, size=(total, 1, 1, 1)).astype(np.float32)
     noise = rng.normal(0, 1.0, size=(total, image_size, image_size, channels)).astype(np.float32)
     images = templates[labels] * gains + noise
-    return ArraySplits(
-        images[:num_train], labels[:num_train], images[num_train:], labels[num_train:], num_classes, "synthetic"
-    )
+    digest = hashlib.sha256()
+    for part in (images, labels):
+        digest.update(np.ascontiguousarray(part).tobytes())
+    content = Content("generated (resexp.data.synthetic)", {"arrays": digest.hexdigest()})
+    train, test = slice(None, num_train), slice(num_train, None)
+    return ArraySplits(images[train], labels[train], images[test], labels[test], num_classes, "synthetic", content)
 
 
 def load_splits(cfg: DataConfig) -> ArraySplits:
+    """The arrays of the configured dataset. A file dataset is read from `data.dir`, or else found
+    along the search path (resexp.datasets.data_search_path), and checked against its published digests."""
     if cfg.name == "digits":
         return digits()
     if cfg.name == "synthetic":
         return synthetic(cfg.num_train, cfg.num_test, cfg.image_size, cfg.channels, cfg.num_classes)
     assert cfg.name in FILE_DATASETS
-    return load_files(cfg.name, Path(cfg.dir) if cfg.dir else default_data_dir())
+    splits = load_files(cfg.name, _find(cfg))
+    assert splits.content is not None  # every file reader records it
+    return dataclasses.replace(splits, content=verify_content(splits.content, cfg.name))
+
+
+def _find(cfg: DataConfig) -> Path:
+    """The dataset's folder; when a `data.dir` misses it but the search path has it, the error says so."""
+    try:
+        return find_dataset(cfg.name, cfg.dir)
+    except DataError as missed:
+        if cfg.dir is None:
+            raise
+        try:
+            elsewhere = find_dataset(cfg.name)
+        except DataError:
+            raise missed from None
+        raise DataError(f"{missed}; a copy was found in {elsewhere}: leave data.dir unset to use it") from None
 
 
 def load_data(cfg: DataConfig, source: str = "config") -> Data:
@@ -134,6 +183,7 @@ def load_data(cfg: DataConfig, source: str = "config") -> Data:
         std=std.astype(np.float32),
         num_classes=splits.num_classes,
         augment=augment,
+        content=splits.content,
     )
 
 

@@ -1,8 +1,16 @@
 """File-backed datasets: read CIFAR-10/100 and (Fashion-)MNIST from their published formats.
 
-Each loader returns plain numpy arrays (:class:`ArraySplits`): images uint8 NHWC, labels int32.
-Nothing here downloads; :mod:`resexp.download` fetches the files, and every "not found" error
-names the exact ``resexp data download ...`` command that fixes it.
+Each loader returns plain numpy arrays (:class:`ArraySplits`): images uint8 NHWC, labels int32,
+and the dataset's :class:`Content`: where it was read and the sha256 of each file's decompressed
+bytes. Those digests, not the file names or the compression, are the dataset's identity: the
+official ``.gz`` files and a recompressed copy (Debian's ``dataset-fashion-mnist``) hold the same
+bytes. Where the published content is known (:data:`CONTENT_SHA256`), :func:`verify_content`
+refuses anything else. Nothing here downloads; :mod:`resexp.download` fetches the files, and every
+"not found" error names the exact command that fixes it.
+
+With no folder given, :func:`find_dataset` looks in :func:`data_search_path`: ``$RESEXP_DATA_DIR``,
+``~/.cache/resexp/data`` (where ``resexp data download`` puts files), then the system folder
+``/usr/share/datasets`` (Debian's layout, e.g. ``fashion-mnist/``).
 
 Accepted layouts, for ``load_files(name, directory)``:
 
@@ -23,12 +31,15 @@ builtin types those files contain, so a hostile pickle cannot run code.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
+import os
 import pickle
 import shlex
 import tarfile
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,17 +48,69 @@ import numpy as np
 from resexp.errors import DataError
 
 __all__ = [
+    "CONTENT_SHA256",
     "DATASET_INFO",
     "FILE_DATASETS",
+    "SYSTEM_DATA_DIR",
+    "SYSTEM_PACKAGES",
     "ArraySplits",
+    "Content",
     "DatasetInfo",
+    "IncompleteDataset",
+    "content_digest",
+    "data_search_path",
+    "default_data_dir",
     "describe_missing",
     "download_command",
+    "find_dataset",
     "load_files",
     "locate",
+    "verify_content",
 ]
 
 FILE_DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "mnist", "fashion_mnist")
+
+SYSTEM_DATA_DIR = Path("/usr/share/datasets")  # Debian's dataset packages install here
+SYSTEM_PACKAGES: dict[str, str] = {"fashion_mnist": "dataset-fashion-mnist"}  # Debian package per dataset
+
+# The sha256 of each file's *decompressed* bytes (IDX files as published; a .gz's own MD5 changes
+# whenever it is recompressed, these do not). Fashion-MNIST: measured on Debian's
+# dataset-fashion-mnist, whose decompressed files match the digests other projects derived from
+# the publisher's MD5-checked archives; MNIST: the digests those projects agree on. CIFAR has no
+# published content digest: its runs record the digest they read, unverified.
+CONTENT_SHA256: dict[str, dict[str, str]] = {
+    "fashion_mnist": {
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+    "mnist": {
+        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
+}
+
+
+def content_digest(files: dict[str, str]) -> str:
+    """One digest for a dataset from its files' digests (by logical name, so .gz or not is the same)."""
+    text = "".join(f"{name} {files[name]}\n" for name in sorted(files))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Content:
+    """What a run's data really was: where it was read and the sha256 of every file's decompressed bytes."""
+
+    source: str  # the folder or archive read
+    files: dict[str, str]  # logical file name (no .gz) -> sha256 of its decompressed bytes
+    verified: bool = False  # every digest matched CONTENT_SHA256 (set by verify_content)
+
+    @property
+    def digest(self) -> str:
+        return content_digest(self.files)
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,6 +123,7 @@ class ArraySplits:
     y_test: np.ndarray
     num_classes: int
     name: str
+    content: Content | None = field(default=None, compare=False)  # file datasets: where from, which bytes
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -167,8 +231,19 @@ def download_command(name: str, directory: str | Path) -> str:
     return f"resexp data download {name} --dir {shlex.quote(str(d))}"
 
 
+def _system_hint(name: str) -> str:
+    """`, or `sudo apt-get install dataset-fashion-mnist`` where a system package ships the dataset."""
+    package = SYSTEM_PACKAGES.get(name)
+    return f", or install it with `sudo apt-get install {package}`" if package else ""
+
+
+def _official_sources(name: str) -> str:
+    package = SYSTEM_PACKAGES.get(name)
+    return f"`resexp data download {name}`" + (f" or `sudo apt-get install {package}`" if package else "")
+
+
 def _fix(name: str, directory: str | Path) -> str:
-    return f"run `{download_command(name, directory)}` or set data.dir to the folder that holds it"
+    return f"run `{download_command(name, directory)}`{_system_hint(name)}, or set data.dir to the folder that holds it"
 
 
 def describe_missing(name: str, directory: str | Path, missing: Sequence[str] = ()) -> str:
@@ -189,6 +264,10 @@ def _corrupt(name: str, file: str | Path, problem: str, directory: str | Path) -
 
 
 # --------------------------------------------------------------------------- locating
+
+
+class IncompleteDataset(DataError):
+    """Some of a dataset's files are in a folder, not all."""
 
 
 @dataclass(frozen=True)
@@ -246,7 +325,9 @@ def _locate(name: str, directory: Path) -> _Found:
                 return _Found("archive", d / info.archive, {})
     if partial is not None:
         d, missing = partial
-        raise DataError(f"{info.title} in {d} is incomplete (missing {', '.join(missing)}): {_fix(name, directory)}")
+        raise IncompleteDataset(
+            f"{info.title} in {d} is incomplete (missing {', '.join(missing)}): {_fix(name, directory)}"
+        )
     raise DataError(describe_missing(name, directory))
 
 
@@ -257,6 +338,70 @@ def locate(name: str, directory: str | Path) -> Path:
     Cheap: only checks that files exist, reads nothing.
     """
     return _locate(name, Path(directory).expanduser()).path
+
+
+def default_data_dir() -> Path:
+    """Where `resexp data download` puts datasets (in DIR/NAME/): $RESEXP_DATA_DIR, else ~/.cache/resexp/data."""
+    return Path(os.environ.get("RESEXP_DATA_DIR") or Path.home() / ".cache" / "resexp" / "data").expanduser()
+
+
+def data_search_path() -> list[Path]:
+    """Where a dataset is looked for when `data.dir` is not set, in order, without duplicates:
+    $RESEXP_DATA_DIR, ~/.cache/resexp/data, then the system folder /usr/share/datasets."""
+    env = os.environ.get("RESEXP_DATA_DIR")
+    dirs = [Path(env).expanduser()] if env else []
+    dirs += [Path.home() / ".cache" / "resexp" / "data", SYSTEM_DATA_DIR]
+    return list(dict.fromkeys(dirs))
+
+
+def find_dataset(name: str, directory: str | Path | None = None, search: Sequence[Path] | None = None) -> Path:
+    """The folder (or CIFAR archive) to read dataset `name` from: in `directory` when given, else the
+    first complete copy along `search` (default: :func:`data_search_path`).
+
+    Raises DataError, one line with the fixing commands, when no complete copy exists. Reads nothing.
+    """
+    if directory is not None:
+        return locate(name, directory)
+    info = _info(name)
+    places = list(data_search_path() if search is None else search)
+    incomplete: DataError | None = None
+    for place in places:
+        if not place.is_dir():
+            continue
+        try:
+            return _locate(name, place).path
+        except IncompleteDataset as e:  # look further; report it if no complete copy turns up
+            incomplete = incomplete or e
+        except DataError:
+            continue
+    if incomplete is not None:
+        raise incomplete
+    where = ", ".join(str(p) for p in places)
+    raise DataError(
+        f"{info.title} not found in {where} (expected {info.expected}): run `resexp data download {name}`"
+        f"{_system_hint(name)}, or set data.dir to the folder that holds it"
+    )
+
+
+def verify_content(content: Content, name: str) -> Content:
+    """`content`, marked verified when `name` has published digests and every file matches them.
+
+    A file whose decompressed bytes differ from the published ones is not this dataset: DataError,
+    one line naming the file and both digests. Datasets without published digests pass unverified.
+    """
+    pinned = CONTENT_SHA256.get(name)
+    if pinned is None:
+        return content
+    info = _info(name)
+    for file, expected in pinned.items():
+        actual = content.files.get(file)
+        if actual != expected:
+            raise DataError(
+                f"{info.title} file {file} in {content.source} is not the published one (sha256 of its "
+                f"decompressed bytes {actual}, expected {expected}): replace it with the official file "
+                f"({_official_sources(name)})"
+            )
+    return Content(content.source, dict(content.files), verified=True)
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -358,16 +503,18 @@ def _load_cifar(name: str, found: _Found, directory: Path) -> ArraySplits:
     info = DATASET_INFO[name]
     label_key = "labels" if name == "cifar10" else "fine_labels"
     batches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    digests: dict[str, str] = {}
     if found.kind == "dir":
         for f in info.files:
             path = found.files[f]
             try:
-                with path.open("rb") as fh:
-                    batches[f] = _load_pickle(fh, name, label_key, str(path), directory)
+                raw = path.read_bytes()
             except OSError as e:
                 raise DataError(f"cannot read {path}: {e.strerror or e}: check its permissions") from None
+            digests[f] = _sha256(raw)
+            batches[f] = _load_pickle(io.BytesIO(raw), name, label_key, str(path), directory)
     else:
-        batches = _read_cifar_archive(name, found.path, label_key, directory)
+        batches, digests = _read_cifar_archive(name, found.path, label_key, directory)
     train = [batches[f] for f in info.files[:-1]]
     x_test, y_test = batches[info.files[-1]]
     return ArraySplits(
@@ -377,14 +524,21 @@ def _load_cifar(name: str, found: _Found, directory: Path) -> ArraySplits:
         y_test=y_test,
         num_classes=info.num_classes,
         name=name,
+        content=Content(str(found.path), digests),
     )
 
 
+def _sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
 def _read_cifar_archive(name: str, archive: Path, label_key: str, directory: Path):
-    """Stream the .tar.gz once, unpickling the wanted members as they pass (no extraction)."""
+    """Stream the .tar.gz once, unpickling the wanted members as they pass (no extraction);
+    returns the batches and each member's sha256."""
     info = DATASET_INFO[name]
     wanted = set(info.files)
     batches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    digests: dict[str, str] = {}
     try:
         with tarfile.open(archive, mode="r|gz") as tar:
             for member in tar:
@@ -394,7 +548,9 @@ def _read_cifar_archive(name: str, archive: Path, label_key: str, directory: Pat
                 stream = tar.extractfile(member)
                 assert stream is not None  # regular file
                 label = f"{archive}:{member.name}"
-                batches[base] = _load_pickle(stream, name, label_key, label, directory)
+                raw = stream.read()
+                digests[base] = _sha256(raw)
+                batches[base] = _load_pickle(io.BytesIO(raw), name, label_key, label, directory)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise _corrupt(name, archive, f"not a readable .tar.gz, maybe truncated: {e}", directory) from None
     except OSError as e:
@@ -405,7 +561,7 @@ def _read_cifar_archive(name: str, archive: Path, label_key: str, directory: Pat
             f"{info.title} archive {archive} lacks {', '.join(missing)}: it is not the published "
             f"{info.archive}; delete it and run `{download_command(name, directory)}` again"
         )
-    return batches
+    return batches, digests
 
 
 # --------------------------------------------------------------------------- IDX (MNIST)
@@ -459,11 +615,16 @@ def _parse_idx(raw: bytes, ndim: int, path: Path, name: str, directory: Path) ->
 def _load_idx(name: str, found: _Found, directory: Path) -> ArraySplits:
     info = DATASET_INFO[name]
     splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    digests: dict[str, str] = {}
     for split in ("train", "t10k"):
         img_path = found.files[f"{split}-images-idx3-ubyte"]
         lab_path = found.files[f"{split}-labels-idx1-ubyte"]
-        images = _parse_idx(_read_maybe_gzip(img_path, name, directory), 3, img_path, name, directory)
-        labels = _parse_idx(_read_maybe_gzip(lab_path, name, directory), 1, lab_path, name, directory)
+        raw_images = _read_maybe_gzip(img_path, name, directory)
+        raw_labels = _read_maybe_gzip(lab_path, name, directory)
+        digests[f"{split}-images-idx3-ubyte"] = _sha256(raw_images)
+        digests[f"{split}-labels-idx1-ubyte"] = _sha256(raw_labels)
+        images = _parse_idx(raw_images, 3, img_path, name, directory)
+        labels = _parse_idx(raw_labels, 1, lab_path, name, directory)
         if images.shape[0] != labels.shape[0]:
             raise DataError(
                 f"{info.title}: {img_path} has {images.shape[0]} images but {lab_path} has "
@@ -485,7 +646,7 @@ def _load_idx(name: str, found: _Found, directory: Path) -> ArraySplits:
             f"{x_test.shape[1:3]} in {found.path}: the files are from different datasets; "
             f"run `{download_command(name, directory)}`"
         )
-    return ArraySplits(x_train, y_train, x_test, y_test, info.num_classes, name)
+    return ArraySplits(x_train, y_train, x_test, y_test, info.num_classes, name, Content(str(found.path), digests))
 
 
 # --------------------------------------------------------------------------- entry point

@@ -82,6 +82,19 @@ def _command(name: str, dest: Path) -> str:
     return f"resexp data download {name} --dir {shlex.quote(str(dest))}"
 
 
+def _offline_hint(name: str) -> str:
+    """Where a system package ships the same data, the way to it without a network."""
+    from resexp.datasets import SYSTEM_DATA_DIR, SYSTEM_PACKAGES
+
+    package = SYSTEM_PACKAGES.get(name)
+    if package is None:
+        return ""
+    return (
+        f"; offline, `sudo apt-get install {package}` (Debian) installs the same files in "
+        f"{SYSTEM_DATA_DIR}, where resexp finds them"
+    )
+
+
 def file_checksum(path: str | Path, algorithm: str) -> str:
     """Hex digest of a file ("sha256" or "md5"), read in chunks."""
     h = hashlib.new(algorithm, usedforsecurity=False)
@@ -264,7 +277,7 @@ def download(
             removed = "the partial file was removed" if partial else "nothing was downloaded"
             raise DataError(
                 f"downloading {remote.filename} from {url} failed ({_network_problem(e)}); {removed}: "
-                f"check the network or --base-url, then run `{_command(name, dest)}` again"
+                f"check the network or --base-url, then run `{_command(name, dest)}` again{_offline_hint(name)}"
             ) from None
         if actual != expected:
             part.unlink(missing_ok=True)

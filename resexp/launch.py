@@ -321,11 +321,12 @@ class CellJob:
         from resexp.runtime import configure_jax
 
         configure_jax()
-        from resexp.config import Config, run_id
+        from resexp.config import Config
+        from resexp.runs import run_dir_for
         from resexp.train import train_runs
 
         cfgs = [Config.model_validate(d) for d in self.cells[0]]
-        ids = [run_id(c) for c in cfgs]
+        ids = [run_dir_for(sweep_dir, c).name for c in cfgs]  # an earlier version's directory of a run counts
         self._log_start(sweep_dir, job_id, restarts, ids)
         extra = {"slurm_job_id": job_id, "restarts": restarts}
         try:
@@ -347,10 +348,10 @@ class CellJob:
     ) -> tuple[dict[str, str | None], int | None]:
         """Every cell at once, one worker process each; (run id -> status, the signal that stopped it)."""
         from resexp.config import Config
-        from resexp.sweep import Cell, Stopped, run_sweep
+        from resexp.sweep import Cell, Stopped, in_sweep_dir, run_sweep
 
-        groups = [
-            [Cell(Config.model_validate(d), k) for d, k in zip(cfgs, keys, strict=True)]
+        groups = [  # each cell named by its directory there (an earlier version's id counts)
+            in_sweep_dir([Cell(Config.model_validate(d), k) for d, k in zip(cfgs, keys, strict=True)], sweep_dir)
             for cfgs, keys in zip(self.cells, self.keys, strict=True)
         ]
         ids = [c.run_id for g in groups for c in g]
@@ -613,12 +614,10 @@ def launch_sweep(
     if launcher == "slurm":
         check_slurm(opts, len(tasks), name)
     file_data = {(c.cfg.data.name, c.cfg.data.dir) for g in todo for c in g}
-    from resexp.datasets import FILE_DATASETS, locate
+    from resexp.datasets import FILE_DATASETS, find_dataset
 
-    for data_name, data_dir in sorted((n, d) for n, d in file_data if n in FILE_DATASETS):
-        from resexp.data import default_data_dir  # (imports JAX: only for file datasets)
-
-        locate(data_name, data_dir or default_data_dir())  # a missing dataset fails here, not in every job
+    for data_name, data_dir in sorted((n, d or "") for n, d in file_data if n in FILE_DATASETS):
+        find_dataset(data_name, data_dir or None)  # a missing dataset fails here, not in every job
     grid_dir = record_grid() if record_grid is not None else None
     if not todo:
         err_console.print(

@@ -19,7 +19,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from resexp.config import Config, dump_yaml, run_id
+from resexp.config import (
+    Config,
+    config_hash,
+    dump_yaml,
+    identity_dict,
+    legacy_config_hash,
+    legacy_id_prefix,
+    legacy_run_id,
+    run_id,
+)
 from resexp.errors import RunError
 
 FINAL = ("completed", "diverged")  # a re-run cannot change these: runs are deterministic
@@ -45,7 +54,7 @@ def finished_runs(cfg: Config, out: Path) -> list[tuple[Path, dict]] | None:
     """
     found = []
     for c in seed_configs(cfg):
-        run_dir = out / run_id(c)
+        run_dir = run_dir_for(out, c)
         summary = read_summary(run_dir)
         if not summary or summary.get("status") not in FINAL:
             return None
@@ -89,7 +98,57 @@ def read_summary(run_dir: Path) -> dict | None:
 
 
 def run_dir_for(out: Path, cfg: Config) -> Path:
-    return out / run_id(cfg)
+    """Where `cfg`'s run lives in `out`: ``out/<run id>``, or the directory an earlier version made
+    for the same run under the id it gave it then (see :func:`legacy_run_dir`), so a run finished
+    before run ids changed is never trained again and an unfinished one resumes."""
+    current = out / run_id(cfg)
+    if current.exists():
+        return current
+    return legacy_run_dir(out, cfg) or current
+
+
+def legacy_run_dir(out: Path, cfg: Config) -> Path | None:
+    """A directory of `out` named by an earlier version's id recipe (`data.dir` in the hash, no
+    dataset in front) whose config is the same run as `cfg`, whatever `data.dir` spelling it was
+    made with; a finished one first. None if there is none."""
+    if legacy_run_id(cfg) == run_id(cfg):  # a digits run without data.dir: its id never changed
+        return None
+    import glob
+
+    marker = f"name: {cfg.data.name}\n"
+    matches = []
+    for candidate in sorted(out.glob(glob.escape(legacy_id_prefix(cfg)) + "*")):
+        try:
+            text = (candidate / "config.yaml").read_text()
+        except OSError:
+            continue
+        if marker not in text:  # another dataset: no need to parse it
+            continue
+        other = stored_config(candidate)
+        if other is not None and candidate.name == legacy_run_id(other) and identity_dict(other) == identity_dict(cfg):
+            matches.append(candidate)
+    matches.sort(key=lambda d: (read_summary(d) or {}).get("status") not in FINAL)  # stable: finished first
+    return matches[0] if matches else None
+
+
+def stored_config(run_dir: Path) -> Config | None:
+    """The config a run directory was made for (its config.yaml), or None if unreadable."""
+    import yaml
+
+    try:
+        return Config.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    except Exception:
+        return None
+
+
+def checkpoint_hashes(run_dir: Path, cfg: Config) -> set[str]:
+    """The config hashes a checkpoint of `cfg`'s run may carry: today's, and the one an earlier
+    version wrote into the checkpoints of a run it made (from the directory's config.yaml)."""
+    hashes = {config_hash(cfg), legacy_config_hash(cfg)}
+    stored = stored_config(run_dir)
+    if stored is not None and identity_dict(stored) == identity_dict(cfg):
+        hashes.add(legacy_config_hash(stored))
+    return hashes
 
 
 def prepare_run_dir(run_dir: Path, cfg: Config) -> None:
@@ -101,15 +160,7 @@ def prepare_run_dir(run_dir: Path, cfg: Config) -> None:
     existing = run_dir / "config.yaml"
     text = dump_yaml(cfg)
     if existing.exists():
-        import yaml
-
-        from resexp.config import Config as _C
-        from resexp.config import identity_dict
-
-        try:
-            old = _C.model_validate(yaml.safe_load(existing.read_text()))
-        except Exception:
-            old = None
+        old = stored_config(run_dir)
         if old is None or identity_dict(old) != identity_dict(cfg):
             raise RunError(
                 f"{existing}: belongs to a different config; refusing to overwrite it "

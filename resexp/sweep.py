@@ -46,10 +46,24 @@ class Cell:
 
     cfg: Config
     keys: dict[str, Any]
+    dir_name: str | None = None  # set by `in_sweep_dir`: the run's directory there, if not named by its id
 
     @property
     def run_id(self) -> str:
-        return run_id(self.cfg)
+        """The run's directory name: its id, or the older id an earlier version made it under."""
+        return self.dir_name or run_id(self.cfg)
+
+
+def in_sweep_dir(cells: list[Cell], sweep_dir: Path) -> list[Cell]:
+    """`cells`, each named by the directory its run has in `sweep_dir`: a run an earlier version
+    made under an older id keeps that directory (resexp.runs.run_dir_for)."""
+    from resexp.runs import run_dir_for
+
+    out = []
+    for c in cells:
+        name = run_dir_for(sweep_dir, c.cfg).name
+        out.append(c if name == run_id(c.cfg) else Cell(c.cfg, c.keys, name))
+    return out
 
 
 def parse_grid(texts: list[str], source: str = "--grid") -> dict[str, list[Any]]:

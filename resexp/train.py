@@ -30,13 +30,23 @@ from flax import nnx
 
 from resexp import diagnostics, optim, parallel, placement
 from resexp.checkpoint import Checkpoints
-from resexp.config import Config, config_hash, run_id
+from resexp.config import Config, config_hash, resolved_dict
 from resexp.data import Data, augmented_batch, batch_indices, load_data, precise_bn_indices
 from resexp.errors import RunError
 from resexp.models import Net, has_batch_norm, layer_table, net_builder, precise_bn_statistics, split_params
 from resexp.optim import lr_schedule, make_optimizer
 from resexp.provenance import provenance
-from resexp.runs import FINAL, RunLock, exit_code, prepare_run_dir, read_summary, seed_configs, write_json
+from resexp.runs import (
+    FINAL,
+    RunLock,
+    checkpoint_hashes,
+    exit_code,
+    prepare_run_dir,
+    read_summary,
+    run_dir_for,
+    seed_configs,
+    write_json,
+)
 from resexp.signals import SignalRecorder
 from resexp.tblog import EventWriter
 
@@ -413,8 +423,8 @@ def train_runs(
     """
     outcomes: dict[int, Outcome] = {}
     todo: list[int] = []
-    for i, cfg in enumerate(cfgs):
-        run_dir = out / run_id(cfg)
+    dirs = [run_dir_for(out, cfg) for cfg in cfgs]  # an earlier version's directory of the same run counts
+    for i, run_dir in enumerate(dirs):
         summary = read_summary(run_dir)
         if summary and summary.get("status") in FINAL:
             outcomes[i] = Outcome(run_dir, summary, skipped=True)
@@ -426,7 +436,7 @@ def train_runs(
     try:
         claimed = []
         for i in todo:
-            run_dir = out / run_id(cfgs[i])
+            run_dir = dirs[i]
             prepare_run_dir(run_dir, cfgs[i])
             lock = RunLock(run_dir)
             if jax.process_index() > 0:  # one run over several processes: process 0 holds the lock
@@ -441,13 +451,13 @@ def train_runs(
                 claimed.append(i)
             else:
                 outcomes[i] = Outcome(
-                    run_dir, read_summary(run_dir) or {"status": "running", "run_id": run_id(cfgs[i])}, skipped=True
+                    run_dir, read_summary(run_dir) or {"status": "running", "run_id": run_dir.name}, skipped=True
                 )
         if claimed:
             records = [
                 RunRecord(
                     cfgs[i],
-                    out / run_id(cfgs[i]),
+                    dirs[i],
                     sweep_keys=(sweep_keys[i] if sweep_keys else None),
                     extra=extra_summary,
                 )
@@ -462,7 +472,7 @@ def train_runs(
                     "then re-run to resume"
                 ) from None
             for i, summary in zip(claimed, summaries, strict=True):
-                outcomes[i] = Outcome(out / run_id(cfgs[i]), summary)
+                outcomes[i] = Outcome(dirs[i], summary)
     finally:
         for lock in locks:
             lock.release()
@@ -493,10 +503,17 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
         restored = []
         for r, c in zip(records, ckpts, strict=True):
             single, meta = c.restore(resume_step, engine.abstract_state)
-            if meta.get("config_hash", config_hash(r.cfg)) != config_hash(r.cfg):  # same shapes, other config
-                raise RunError(
+            if meta.get("config_hash", config_hash(r.cfg)) not in checkpoint_hashes(r.dir, r.cfg):
+                raise RunError(  # same shapes, other config
                     f"{c.directory / str(resume_step)}: checkpoint was written by another config "
                     f"({meta['config_hash']}, this run is {config_hash(r.cfg)}); move it away to retrain"
+                )
+            seen = meta.get("data_sha256")
+            if seen is not None and data.content is not None and seen != data.content.digest:
+                raise RunError(
+                    f"{c.directory / str(resume_step)}: checkpoint was trained on other {data.name} data "
+                    f"(sha256 {seen}, the files in {data.content.source} are {data.content.digest}); "
+                    "point data.dir at the data it was trained on, or move the run away to retrain"
                 )
             restored.append(single)
             r.history, r.wall_before = meta["history"], meta.get("wall_seconds", 0.0)
@@ -542,6 +559,7 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
                     _slice(state, i if group > 1 else None),
                     {
                         "config_hash": config_hash(r.cfg),
+                        "data_sha256": data.content.digest if data.content is not None else None,
                         "history": r.history,
                         "wall_seconds": r.wall_before + time.perf_counter() - wall_start,
                         "last_eval": r.last_eval,
@@ -770,7 +788,8 @@ def _write_summary(
         "placement": placement.record(),  # which GPU(s), shared with how many runs, under which memory rule
         "vmapped_seeds": engine.seeds,
         **provenance(),  # software (resexp, jax, jaxlib, flax, optax), machine (CPU model), XLA flags
-        "config": r.cfg.model_dump(mode="json"),
+        "data": data.describe(),  # what was really read: sizes, shape, source, digest
+        "config": resolved_dict(r.cfg),
         "sweep": {"name": r.cfg.name, "keys": r.sweep_keys} if r.sweep_keys is not None else None,
         "warmup": _warmup_summary(r, steps),
         "history": r.history,

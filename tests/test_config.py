@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import TINY, tiny_dict, write_config
+from conftest import ROOT, TINY, tiny_dict, write_config
 
-from resexp.config import Config, ConfigError, config_hash, load_config, parse_value, run_id, valid_keys, with_updates
+from resexp.config import (
+    Config,
+    ConfigError,
+    config_hash,
+    legacy_run_id,
+    load_config,
+    parse_value,
+    run_id,
+    valid_keys,
+    with_updates,
+)
+from resexp.sweep import expand_grid
 
 
 def test_defaults_are_the_paper_recipe():
@@ -96,6 +107,39 @@ def test_run_id_is_readable_stable_and_ignores_bookkeeping(tmp_path):
         assert run_id(with_updates(a, {key: value})) != run_id(a), key
     plain = with_updates(a, {"model.shortcut": False})
     assert run_id(plain).startswith("plain8-")
+
+
+def test_digits_run_ids_never_change():
+    """The demo's eight run ids, as every earlier version gave them: results already on disk stay found."""
+    cells = expand_grid(load_config(ROOT / "configs" / "demo.yaml"))
+    assert [c.run_id for c in cells] == [
+        "plain8-wd0.0001-s0-9bafe534",
+        "resnet8-a-wd0.0001-s0-2c4d0519",
+        "plain20-wd0.0001-s0-928f63e8",
+        "resnet20-a-wd0.0001-s0-a9b739ea",
+        "plain32-wd0.0001-s0-222284bf",
+        "resnet32-a-wd0.0001-s0-e9b91e7c",
+        "plain56-wd0.0001-s0-fb546819",
+        "resnet56-a-wd0.0001-s0-30441d6d",
+    ]
+    assert all(legacy_run_id(c.cfg) == c.run_id for c in cells)
+
+
+def test_run_id_names_the_dataset_and_ignores_where_it_lies():
+    fm = Config.model_validate(tiny_dict(data={"name": "fashion_mnist"}))
+    assert run_id(fm).startswith("fmnist-resnet8-a-wd0.0001-s0-")
+    for where in ("/usr/share/datasets", "/usr/share/datasets/fashion-mnist", "~/data", "/mnt/other"):
+        assert run_id(with_updates(fm, {"data.dir": where})) == run_id(fm), where
+    # The synthetic-only keys do not describe Fashion-MNIST: they cannot change its run.
+    assert run_id(with_updates(fm, {"data.image_size": 64, "data.channels": 1})) == run_id(fm)
+    # The data still counts: another dataset, or anything that changes the numbers, is another run.
+    assert run_id(with_updates(fm, {"data.name": "mnist"})).startswith("mnist-resnet8-")
+    assert run_id(with_updates(fm, {"data.batch_size": 64})) != run_id(fm)
+    synth = with_updates(fm, {"data.name": "synthetic"})
+    assert run_id(synth).startswith("synth-") and run_id(with_updates(synth, {"data.image_size": 16})) != run_id(synth)
+    # What an earlier version called these runs: data.dir in the hash, no dataset in front.
+    assert legacy_run_id(fm).startswith("resnet8-a-wd0.0001-s0-")
+    assert legacy_run_id(with_updates(fm, {"data.dir": "/usr/share/datasets"})) != legacy_run_id(fm)
 
 
 def test_every_documented_core_key_exists():

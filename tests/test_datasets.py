@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import shutil
 from pathlib import Path
@@ -11,13 +12,19 @@ import numpy as np
 import pytest
 
 from resexp.datasets import (
+    CONTENT_SHA256,
     DATASET_INFO,
     FILE_DATASETS,
+    SYSTEM_DATA_DIR,
     ArraySplits,
+    data_search_path,
+    default_data_dir,
     describe_missing,
     download_command,
+    find_dataset,
     load_files,
     locate,
+    verify_content,
 )
 from resexp.errors import DataError, UserError
 
@@ -364,3 +371,105 @@ def test_fake_writer_matches_real_py2_opcodes():
     assert ("GLOBAL", "numpy.core.multiarray _reconstruct") in ops
     with pytest.raises(UnicodeDecodeError):  # only encoding="bytes" (or latin1) can read them
         pickle.loads(fd.cifar10_members(2)["data_batch_1"])
+
+
+# --------------------------------------------------------------------------- found where they are, known by content
+
+
+@pytest.fixture
+def homes(tmp_path, monkeypatch) -> dict[str, Path]:
+    """A private $HOME and $RESEXP_DATA_DIR, and a stand-in for the system folder."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESEXP_DATA_DIR", str(tmp_path / "env"))
+    return {
+        "env": tmp_path / "env",
+        "cache": tmp_path / "home" / ".cache" / "resexp" / "data",
+        "system": tmp_path / "system",
+    }
+
+
+def search(homes) -> list[Path]:
+    return [homes["env"], homes["cache"], homes["system"]]
+
+
+def test_data_search_path_order(homes, monkeypatch):
+    assert data_search_path() == [homes["env"], homes["cache"], SYSTEM_DATA_DIR]
+    assert default_data_dir() == homes["env"]  # where `resexp data download` writes
+    monkeypatch.delenv("RESEXP_DATA_DIR")
+    assert data_search_path() == [homes["cache"], SYSTEM_DATA_DIR]
+    assert default_data_dir() == homes["cache"]
+
+
+def test_find_dataset_takes_the_first_complete_copy(homes):
+    # Debian's layout in the system folder, a download's layout (DIR/NAME) in the cache.
+    fd.write_idx(homes["system"] / "fashion-mnist", fd.mnist_members(4, 2), gz=True)
+    assert find_dataset("fashion_mnist", search=search(homes)) == homes["system"] / "fashion-mnist"
+    fd.write_idx(homes["cache"] / "fashion_mnist", fd.mnist_members(4, 2), gz=True)
+    assert find_dataset("fashion_mnist", search=search(homes)) == homes["cache"] / "fashion_mnist"
+    fd.write_idx(homes["env"], fd.mnist_members(4, 2), gz=False)
+    assert find_dataset("fashion_mnist", search=search(homes)) == homes["env"]
+    # data.dir, when set, is the only place looked at.
+    assert find_dataset("fashion_mnist", homes["system"], search=search(homes)) == homes["system"] / "fashion-mnist"
+
+
+def test_find_dataset_skips_an_incomplete_copy_but_reports_it_when_nothing_else(homes):
+    members = fd.mnist_members(4, 2)
+    fd.write_idx(homes["cache"] / "mnist", {k: v for k, v in members.items() if "t10k" not in k}, gz=True)
+    with pytest.raises(DataError) as e:
+        find_dataset("mnist", search=search(homes))
+    assert_data_error(e, "incomplete", "t10k-images-idx3-ubyte", str(homes["cache"] / "mnist"))
+    fd.write_idx(homes["system"] / "mnist", members, gz=True)
+    assert find_dataset("mnist", search=search(homes)) == homes["system"] / "mnist"
+
+
+def test_find_dataset_not_found_names_every_place_and_the_fixes(homes):
+    with pytest.raises(DataError) as e:
+        find_dataset("fashion_mnist", search=search(homes))
+    assert_data_error(
+        e,
+        *(str(p) for p in search(homes)),
+        "`resexp data download fashion_mnist`",
+        "`sudo apt-get install dataset-fashion-mnist`",
+    )
+    with pytest.raises(DataError) as e:
+        find_dataset("cifar10", search=search(homes))
+    assert "apt-get" not in assert_data_error(e, "`resexp data download cifar10`")
+
+
+def test_content_is_the_decompressed_bytes(tmp_path):
+    """gzipped or not, the same bytes are the same dataset; other bytes are another."""
+    members = fd.mnist_members(6, 3)
+    fd.write_idx(tmp_path / "gz", members, gz=True)
+    fd.write_idx(tmp_path / "plain", members, gz=False)
+    a, b = load_files("mnist", tmp_path / "gz").content, load_files("mnist", tmp_path / "plain").content
+    assert a is not None and b is not None
+    assert a.files == b.files == {f: hashlib.sha256(data).hexdigest() for f, data in members.items()}
+    assert a.digest == b.digest and a.source == str(tmp_path / "gz")
+    fd.write_idx(tmp_path / "other", fd.mnist_members(6, 3, offset=1), gz=True)
+    assert load_files("mnist", tmp_path / "other").content.digest != a.digest
+
+
+def test_a_file_that_is_not_the_published_one_is_refused(tmp_path):
+    fd.write_idx(tmp_path, fd.mnist_members(6, 3), gz=True)
+    content = load_files("fashion_mnist", tmp_path).content
+    assert content is not None and not content.verified
+    with pytest.raises(DataError) as e:
+        verify_content(content, "fashion_mnist")
+    assert_data_error(
+        e,
+        "Fashion-MNIST file train-images-idx3-ubyte",
+        "is not the published one",
+        CONTENT_SHA256["fashion_mnist"]["train-images-idx3-ubyte"],
+        content.files["train-images-idx3-ubyte"],
+        "apt-get install dataset-fashion-mnist",
+    )
+
+
+def test_cifar_has_no_published_content_digest_and_passes_unverified(tmp_path):
+    fd.write_members(tmp_path, fd.cifar10_members(N))
+    content = load_files("cifar10", tmp_path).content
+    assert content is not None and sorted(content.files) == sorted(DATASET_INFO["cifar10"].files)
+    assert verify_content(content, "cifar10") == content and not content.verified
+    # the archive's members hash as the extracted files do
+    fd.write_cifar10_tar(tmp_path / "tar", n=N)
+    assert load_files("cifar10", tmp_path / "tar").content.files == content.files

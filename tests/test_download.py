@@ -212,6 +212,14 @@ def test_unreachable_host(tmp_path):
     assert not dest.exists()
 
 
+def test_offline_fashion_mnist_names_the_debian_package(tmp_path):
+    with pytest.raises(DataError) as e:
+        download("fashion_mnist", tmp_path / "data", base_url="http://127.0.0.1:9", progress=False, log=lambda m: None)
+    msg = str(e.value)
+    assert "\n" not in msg and "nothing was downloaded" in msg
+    assert "`sudo apt-get install dataset-fashion-mnist`" in msg and "/usr/share/datasets" in msg
+
+
 def test_progress_bar_and_default_log(tmp_path, mirror, capsys):
     root, url, _ = mirror
     download("mnist", tmp_path, base_url=f"{url}/mnist", manifest=manifest_for(root, "mnist"), progress=True)
