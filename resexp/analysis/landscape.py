@@ -107,7 +107,8 @@ def _neighbours(s: np.ndarray, dims: int, fill: float) -> list[np.ndarray]:
     for off in np.ndindex(*(3,) * dims):
         if off == (1,) * dims:
             continue
-        out.append(p[(Ellipsis, *(slice(o, o + g) for o in off))])
+        window: tuple = (Ellipsis, *(slice(o, o + g) for o in off))
+        out.append(p[window])
     return out
 
 
