@@ -169,6 +169,18 @@ def _log_levels(lo: float, hi: float, n: int = 15):
     return np.geomspace(lo, hi, n)
 
 
+def _loss_colorbar(fig, filled, ax, label: str) -> None:
+    """A colour bar for log-scaled losses, ticked at the decades it spans (plain numbers)."""
+    import math as m
+
+    lo, hi = filled.levels[0], filled.levels[-1]
+    ticks = [10.0**k for k in range(m.floor(m.log10(lo)), m.ceil(m.log10(hi)) + 1) if lo <= 10.0**k <= hi]
+    bar = fig.colorbar(filled, ax=ax, label=label, shrink=0.8, ticks=ticks or None)
+    if ticks:
+        bar.ax.set_yticklabels([f"{t:g}" for t in ticks])
+    bar.ax.minorticks_off()
+
+
 def _contour(ax, result: dict, norm=None, levels=None):
     """Filled contours of the loss on a log colour scale (`norm` shared across panels), with the
     trained weights at the centre (+). Returns the mappable for a colour bar."""
@@ -221,9 +233,9 @@ def plot_landscape(result: dict, title: str) -> bytes:
     else:
         fig, (ax,) = _new_figure(4.8, 4.4)
         filled = _contour(ax, result)
-        fig.colorbar(filled, ax=ax, label=f"test loss ({result['examples']} images, log scale)", shrink=0.85)
+        _loss_colorbar(fig, filled, ax, f"test loss ({result['examples']} images, log scale)")
         ax.set(xlabel="alpha (direction 1)", ylabel="beta (direction 2)")
-        note = "\n(95 % intervals; non-convex: share of the points within r <= span/2)"
+        note = "\n(95 % intervals; non-convex: of the points within r <= span/2)"
         ax.set_title(_landscape_stats(result) + note, fontsize=7)
     fig.suptitle(title + _bn_note(result), fontsize=9)
     return _png(fig)
@@ -419,11 +431,12 @@ def plot_landscapes(panels: Sequence[Mapping[str, Any]], title: str) -> bytes | 
             )
             ax.tick_params(labelsize=6)
     if filled is not None:
-        fig.colorbar(filled, ax=axes, label="test loss (log scale)", shrink=0.8)
+        _loss_colorbar(fig, filled, axes, "test loss (log scale, one scale for every panel)")
     bn = sorted({p["result"].get("bn_statistics") for p in panels if p["result"].get("bn_statistics")})
     fig.suptitle(
-        f"{title} (Li et al. 2018)\nmin: grid points below all 8 neighbours; nc: share of points within "
-        "r <= span/2 whose local curvature is non-convex" + (f"\nBN statistics: {'; '.join(bn)}" if bn else ""),
+        f"{title} (Li et al. 2018)\nmin: local minima, grid points below all 8 neighbours\n"
+        "nc: non-convex share, points within r <= span/2 with a negative curvature"
+        + (f"\nBN statistics: {'; '.join(bn)}" if bn else ""),
         fontsize=8,
     )
     return _png(fig)

@@ -183,10 +183,14 @@ class ProgressBoard:
     def sweep_left(self, now: float) -> float | None:
         """Seconds until every run is analysed: the unfinished runs' blocks at the seconds per block
         of the finished runs (None before the first finishes), shared among the workers."""
-        done = [r for r in self.runs.values() if r.finished is not None and r.started is not None and r.blocks]
-        if not done:
+        spent = [
+            (r.finished - r.started, r.blocks)
+            for r in self.runs.values()
+            if r.finished is not None and r.started is not None and r.blocks
+        ]
+        if not spent:
             return None
-        per_block = sum(r.finished - r.started for r in done) / sum(r.blocks for r in done)  # type: ignore[operator,misc]
+        per_block = sum(s for s, _ in spent) / sum(b for _, b in spent)
         left = 0.0
         for r in self.runs.values():
             if r.finished is None:

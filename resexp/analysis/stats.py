@@ -25,7 +25,7 @@ BOOTSTRAP_REPLICATES = 1000
 
 def wilson_interval(successes: int, n: int) -> list[float]:
     """[lo, hi] of the 95 % Wilson score interval of `successes` out of `n`."""
-    from scipy.stats import binomtest  # type: ignore[import-untyped]
+    from scipy.stats import binomtest  # type: ignore[import-untyped]  # scipy ships no type information
 
     ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
     return [float(ci.low), float(ci.high)]
