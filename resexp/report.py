@@ -525,7 +525,7 @@ def _group_runs(cells: Sequence[Cell]) -> list[RunRecord]:
 
 def eval_bn_note(runs: Sequence[RunRecord]) -> str:
     """One line saying which BN statistics the runs' eval numbers used (reports and figures)."""
-    labels = sorted({r.eval_bn for r in runs if r.finished} - {None})
+    labels = sorted({label for r in runs if r.finished and (label := r.eval_bn) is not None})
     if not labels:
         return "eval: no BN"
     if len(labels) > 1:
