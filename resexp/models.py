@@ -425,7 +425,7 @@ def precise_bn_statistics(graphdef, params, others, batch: Callable[[jax.Array],
     """
     model = nnx.merge(graphdef, params, others, copy=True)
     set_bn_momentum(model, 0.0)
-    stats_def, frozen, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)  # type: ignore[misc]
+    stats_def, frozen, stats, rest = cast(tuple[Any, Any, Any, Any], nnx.split(model, nnx.Param, nnx.BatchStat, ...))
 
     def add(total, i):
         net = nnx.merge(stats_def, frozen, stats, rest, copy=True)

@@ -539,7 +539,7 @@ def _group_runs(cells: Sequence[Cell]) -> list[RunRecord]:
 
 def eval_bn_note(runs: Sequence[RunRecord]) -> str:
     """One line saying which BN statistics the runs' eval numbers used (reports and figures)."""
-    labels = sorted(str(label) for label in {r.eval_bn for r in runs if r.finished} if label is not None)
+    labels = sorted({label for r in runs if r.finished and (label := r.eval_bn) is not None})
     if not labels:
         return "eval: no BN"
     if len(labels) > 1:

@@ -56,18 +56,22 @@ def evaluate(run_dir: Path, batches: list[int], repeats: int) -> list[dict]:
                 "train_accuracy": summary["final_train_accuracy"],
                 "eval_accuracy": float(out["eval_accuracy"]),
                 "eval_loss": float(out["eval_loss"]),
-                "eval_seconds": statistics.median(times),
+                "eval_seconds": statistics.median(times) if times else None,
                 "compile_seconds": compile_s,
             }
         )
     return rows
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="completed run directories")
     parser.add_argument("--batches", default="0,8,32,64", help="values of train.precise_bn_batches (0: running)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per N (0: accuracies only)")
     parser.add_argument("--json", action="store_true", help="one JSON object per row instead of a table")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -83,7 +87,7 @@ def main() -> None:
             print(
                 f"{row['run']:<36} {row['batches']:>3} {100 * row['train_accuracy']:>7.1f} "
                 f"{100 * row['eval_accuracy']:>6.1f} {gap:>6.1f} {row['eval_loss']:>6.3f} "
-                f"{row['eval_seconds']:>7.3f} {row['compile_seconds']:>9.1f}",
+                f"{_seconds(row['eval_seconds']):>7} {row['compile_seconds']:>9.1f}",
                 flush=True,
             )
 

@@ -278,6 +278,14 @@ def test_training_step_records_the_gradient_norms_of_its_update(digits):
     )
 
 
+def forward_convs(jaxpr) -> int:
+    """XLA's forward convs, or oneDNN's (the CPU default where its extension loads)."""
+    return sum(
+        e.primitive.name == "conv_general_dilated" or e.params.get("target_name") == "resexp_onednn_conv_fwd"
+        for e in all_eqns(jaxpr.jaxpr)
+    )
+
+
 def test_diagnostics_are_part_of_the_eval_program_and_can_be_turned_off(digits):
     """Traced, not run: `train.diagnostics` adds the outputs to the one eval program, or nothing."""
     from resexp.train import Engine
@@ -287,14 +295,18 @@ def test_diagnostics_are_part_of_the_eval_program_and_can_be_turned_off(digits):
         cfg = Config.model_validate(tiny_dict(train={"diagnostics": on}))
         engine = Engine(cfg, digits)
         d = digits
-        shapes[on] = jax.eval_shape(engine._evaluate, engine.abstract_state, d.x_test, d.y_test)
-        jaxpr = jax.make_jaxpr(engine._evaluate)(engine.abstract_state, d.x_test, d.y_test)
-        convs[on] = sum(  # XLA's forward convs, or oneDNN's (the CPU default where its extension loads)
-            e.primitive.name == "conv_general_dilated" or e.params.get("target_name") == "resexp_onednn_conv_fwd"
-            for e in all_eqns(jaxpr.jaxpr)
-        )
+        shapes[on] = jax.eval_shape(engine._evaluate, engine.abstract_state, d.x_train, d.x_test, d.y_test)
+        jaxpr = jax.make_jaxpr(engine._evaluate)(engine.abstract_state, d.x_train, d.x_test, d.y_test)
+        convs[on] = forward_convs(jaxpr)
     assert set(shapes[False]) == {"eval_loss", "eval_accuracy"}
     assert convs[False] > 0 and convs[True] == 2 * convs[False]  # one more forward pass, no backward
+    # precise BN: a train-mode forward (the statistics) and the running averages' eval, no backward
+    engine = Engine(Config.model_validate(tiny_dict(train={"diagnostics": False, "precise_bn_batches": 2})), digits)
+    jaxpr = jax.make_jaxpr(engine._evaluate)(engine.abstract_state, d.x_train, d.x_test, d.y_test)
+    assert forward_convs(jaxpr) == 3 * convs[False]
+    assert set(jax.eval_shape(engine._evaluate, engine.abstract_state, d.x_train, d.x_test, d.y_test)) == {
+        "eval_loss", "eval_accuracy", "eval_running_loss", "eval_running_accuracy"
+    }  # fmt: skip
     diag = shapes[True]["diagnostics"]
     assert diag["residual_ratio"].shape == (3,) and diag["response_std"].shape == (7,)
 
