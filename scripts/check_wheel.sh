@@ -113,7 +113,7 @@ assert len(summaries) == 4 and all(s["status"] == "completed" for s in summaries
 assert all(s["software"]["resexp"] == version for s in summaries)
 shrink = ["train.steps=20", "train.log_every=10", "train.checkpoint_every=20", "optim.warmup_steps=0",
           "train.eval_examples=64"]
-again = resexp.sweep("demo", shrink, grid={"model.depth": [8, 14]}, jobs=2)  # the CLI's runs: answered, not retrained
+again = resexp.sweep("demo", shrink, grid={"model.depth": [8, 14]})  # the CLI's runs: answered, not retrained
 assert sorted(r.run_id for r in again.runs) == sorted(s["run_id"] for s in summaries), again.runs
 assert [row["run_id"] for row in resexp.load_sweep("runs/demo").rows] == [row["run_id"] for row in again.rows]
 print(f"resexp {version} from {Path(resexp.__file__).parent}: 4 runs completed, the same through resexp.sweep")
