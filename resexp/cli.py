@@ -305,8 +305,7 @@ def sweep(
     jobs: Annotated[
         int | None,
         typer.Option(
-            help="Runs trained at once on this machine, a process each, spread over its GPUs "
-            r"(several on one GPU share its memory: RESEXP_GPU_SHARING). \[default: 1]",
+            help=r"Runs trained at once on this machine. \[default: 1]",  # over its GPUs: docs/slurm.md
             min=1,
             show_default=False,
         ),
