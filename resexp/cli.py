@@ -534,7 +534,8 @@ def _launch_options(launcher, shard, jobs, *, wait, **flags):
 @app.command()
 @user_errors
 def status(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (runs/<name>).")]) -> None:
-    """One line per run: status, step reached, SLURM job id (and state), restarts."""
+    """Every run of a sweep, by depth: status, step reached, train loss, wall time; the job and its
+    restarts for runs a launcher submitted; the counts per status on top."""
     from resexp.launch import print_status
 
     print_status(sweep_dir, out_console)

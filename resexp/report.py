@@ -75,7 +75,6 @@ REPORT_SUFFIX = ".resexp-report"
 
 VS_DEPTH_DIR = "vs_depth"
 ANALYSIS_VS_DEPTH_DIR = "vs_depth_analysis"  # `resexp analyze`'s own vs-depth series (resexp.analysis.sweep)
-ANALYSIS_DIR = "analysis"  # a run's cached "why" analyses (resexp.analysis.common)
 GRIDS_DIR = "grids"  # later grids of a sweep directory report in grids/<name>/
 SEED_KEY = "train.seed"
 DEPTH_KEY = "model.depth"
@@ -675,8 +674,11 @@ def _write_hparams(sweep_dir: Path, runs: Sequence[RunRecord], shown: Mapping[st
                 values["diverged"] = 1.0 if r.diverged else 0.0
                 w.hparams_metrics(step, values)
             written.append(w.path)
+    from resexp.analysis import HEADLINE
+
+    analyses = [col for col in HEADLINE if col in shown["analyses"]]  # charted in a fixed order
     layout = sweep_layout(vs_depth=shown["vs_depth"], depths=shown["depths"], diagnostics=shown["diagnostics"],
-                          analyses=shown["analyses"])  # fmt: skip
+                          analyses=analyses)  # fmt: skip
     metrics = {metric_tag(m): _METRIC_NAMES[m] for m in (*AGGREGATE_METRICS, "diverged")}
     # Every report file outside run dirs opens with a START at step 0: a live TensorBoard then drops
     # what it read from the previous report's files (the first START of a run is ignored, so a fresh
@@ -724,7 +726,7 @@ def _write_answer(
     (step = depth, or step = training step / layer index for the per-depth curves and profiles) pool
     every finished run of the directory by config, each group of other swept keys in its own tags;
     and every grid's figures as images. Returns the files and what was charted (for the layout)."""
-    from resexp.analysis import HEADLINE, headline_metrics
+    from resexp.analysis import headline_metrics
 
     keys = _answer_keys(runs, grids)
     cell_keys = [SHORTCUT_KEY, *keys, DEPTH_KEY]
@@ -744,7 +746,6 @@ def _write_answer(
                     group = group_dirname({k: c.key[k] for k in keys}) if keys else ""
                     _write_cell(w, c, int(depth), group, analysis, shown)
             written.append(w.path)
-    shown["analyses"] = {col for col in HEADLINE if col in shown["analyses"]}  # in HEADLINE order
     images = {f"figures/{n.removesuffix('.png')}": png for n, png in reports[0].figures.items()}
     for report in reports[1:]:
         images |= {
@@ -757,6 +758,10 @@ def _write_answer(
                 w.image(tag, png, step=0)
             written.append(w.path)
     return written, shown
+
+
+# Which layout category a vs-depth series belongs to (anything else is an analysis's headline number).
+_CHART_KINDS = {**dict.fromkeys(AGGREGATE_METRICS, "vs_depth"), "residual_ratio_mean": "diagnostics"}
 
 
 def _write_cell(
@@ -776,14 +781,7 @@ def _write_cell(
         if math.isfinite(mean):
             point[vs_depth_tag(name, "mean", group)] = mean
             point[vs_depth_tag(name, "std", group)] = std
-            kind = (
-                "diagnostics"
-                if name == "residual_ratio_mean"
-                else "vs_depth"
-                if name in AGGREGATE_METRICS
-                else "analyses"
-            )
-            shown[kind].add(name)
+            shown[_CHART_KINDS.get(name, "analyses")].add(name)
     w.scalars(depth, point)
     for step, v in _mean_series(c.runs, _train_curve):
         w.scalars(step, {by_depth_tag(depth, "train_loss", group): v})
