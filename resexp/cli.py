@@ -997,7 +997,7 @@ def landscape(
 def hessian(
     run_dir: RunArg,
     iters: Annotated[
-        int, typer.Option(help="Power iterations, at most: it stops once two steps change lambda by < 0.1 %.")
+        int, typer.Option(help="Power iterations, at most: it stops once two steps change lambda by < 0.5 %.")
     ] = 20,
     examples: Annotated[int | None, _examples_opt("hessian")] = None,
     precise_bn_batches: PreciseBnOpt = None,

@@ -85,16 +85,16 @@ def test_lesion_invariants(sweep):
 
 def test_lesion_cli_cached_and_plain_contrast(sweep):
     start = time.perf_counter()
-    res = cli("lesion", sweep["res"], "--json")
+    res = cli("lesion", sweep["res"], "--examples", 297, "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
-    n = doc["examples"]  # the whole digits test set (297 < the default sample)
+    n = doc["examples"]  # the whole digits test set
     assert n == doc["test_examples"] and round(doc["base_accuracy"] * n) == round(doc["eval_accuracy"] * n)
     assert (sweep["res"] / "analysis" / "lesion.png").stat().st_size > 1000
     first = time.perf_counter() - start
     mtime = (sweep["res"] / "analysis" / "lesion.json").stat().st_mtime_ns
     start = time.perf_counter()
-    again = cli("lesion", sweep["res"], "--json")
+    again = cli("lesion", sweep["res"], "--examples", 297, "--json")
     assert json.loads(again.output) == doc
     assert (sweep["res"] / "analysis" / "lesion.json").stat().st_mtime_ns == mtime  # answered from the cache
     assert time.perf_counter() - start < first / 3
@@ -346,7 +346,7 @@ def test_analyze_sweep_columns_figures_and_diverged(sweep, tmp_path):
     _manifest(root / "sweep.json", {"model.depth": [8], "model.shortcut": [False, True]}, first)
     second = root / "grids" / "weight_decay=0.0001-abc123" / "sweep.json"
     _manifest(second, {"optim.weight_decay": [1e-4]}, [sweep["res"].name])
-    out = analyze_sweep(root, ["lesion", "paths"], jobs=1)
+    out = analyze_sweep(root, ["lesion", "paths"], jobs=1, examples=297)  # the lesion test's options: cached
     assert out.diverged == ["resnet8-diverged"] and len(out.analysed) == 2
     assert [g.name for g in out.grids] == ["first"]
     assert out.notes == [
@@ -367,7 +367,7 @@ def test_analyze_sweep_columns_figures_and_diverged(sweep, tmp_path):
     assert cli("report", root).exit_code == 0
     assert "paths_k90_max" in (root / "results.csv").read_text().splitlines()[0]
     # Another grid by a prefix of its name: only its run, its figures beside its manifest.
-    res = cli("analyze", root, "--only", "lesion", "--grid", "weight_decay")
+    res = cli("analyze", root, "--only", "lesion", "--grid", "weight_decay", "--examples", 297)
     assert res.exit_code == 0, res.output
     assert "1 runs analysed (0 computed, 1 cached)" in res.output and "grid: weight_decay=0.0001-abc123" in res.output
     assert (second.parent / "lesion_vs_depth.png").stat().st_size > 1000

@@ -31,7 +31,7 @@ VERSION = 2  # bump when a computation changes: cached results from older code a
 EVENT_SUFFIX = ".resexp-analysis"
 # Each example-based analysis's default sample, the first N test images (at most the test set),
 # chosen by measurement (README "Why, measured"): here, where the CLI reads them without JAX.
-DEFAULT_EXAMPLES = {"lesion": 512, "landscape": 256, "hessian": 256, "paths": 64}
+DEFAULT_EXAMPLES = {"lesion": 256, "landscape": 64, "hessian": 256, "paths": 32}
 
 
 class AnalysisError(UserError):

@@ -36,9 +36,10 @@ from resexp.analysis.common import (
 NAME = "hessian"
 EXAMPLES = DEFAULT_EXAMPLES[NAME]
 GROUP_SIZE = 32  # examples per call of the compiled step; 256 examples make 8 groups
-# Stop once two successive steps change lambda by less than this (relative): far below the
-# sampling error over examples, which is percents.
-TOLERANCE = 1e-3
+# Stop once two successive steps change lambda by less than this (relative). Power iteration
+# rises to lambda from below: on the Fashion-MNIST depth-56 nets it then stood within 0.5 % of
+# its 20-step value, against a sampling standard error of 6-9 % (256 examples).
+TOLERANCE = 5e-3
 
 
 def prepare(info: RunInfo, iters: int = 20, examples: int | None = None, precise_bn_batches: int | None = None) -> dict:
