@@ -124,6 +124,16 @@ def test_a_truncated_real_file_is_refused(real_dir, tmp_path):
         load_files(NAME, folder)
 
 
+def test_data_info_and_download_find_the_installed_copy(real_dir, tiny_config):
+    info = run_cli("data", "info", tiny_config, "--set", f"data.name={NAME}")
+    assert info.returncode == 0, info.stderr
+    assert "60000 train / 10000 test, images (28, 28, 1)" in info.stdout
+    assert f"read from: {real_dir}" in info.stdout and "verified" in info.stdout and "not verified" not in info.stdout
+    download = run_cli("data", "download", NAME)  # no --dir: nothing to fetch, offline or not
+    assert download.returncode == 0, download.stderr
+    assert f"already present in {real_dir}, content verified; nothing to download" in download.stdout
+
+
 # --------------------------------------------------------------------------- training
 
 
