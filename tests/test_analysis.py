@@ -191,17 +191,25 @@ def test_precise_bn_follows_the_run_and_says_so(sweep, tmp_path):
     from resexp.analysis.common import precise_bn
 
     info = inspect_run(sweep["res"])
-    assert "precise_bn_batches" not in info.summary["config"]["train"]  # a config from before the option
+    assert info.summary["config"]["train"]["precise_bn_batches"] == 0  # the tiny config keeps running averages
     for mod in (lesion, landscape, hessian, paths):
         assert mod.prepare(info)["precise_bn_batches"] == 0
         assert mod.prepare(info, precise_bn_batches=3)["precise_bn_batches"] == 3
-    run_dir = _fake_run(tmp_path, sweep["res"], name="precise")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    summary["config"]["train"]["precise_bn_batches"] = 2
-    (run_dir / "summary.json").write_text(json.dumps(summary))
-    (run_dir / "checkpoints" / str(summary["total_steps"])).mkdir(parents=True)  # inspect_run looks no further
-    assert lesion.prepare(inspect_run(run_dir))["precise_bn_batches"] == 2
-    assert lesion.prepare(inspect_run(run_dir), precise_bn_batches=0)["precise_bn_batches"] == 0
+
+    def with_precise_bn(name: str, batches: int | None) -> Path:
+        run_dir = _fake_run(tmp_path, sweep["res"], name=name)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary["config"]["train"].pop("precise_bn_batches")  # None: a summary from before the option
+        if batches is not None:
+            summary["config"]["train"]["precise_bn_batches"] = batches
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        (run_dir / "checkpoints" / str(summary["total_steps"])).mkdir(parents=True)  # inspect_run looks no further
+        return run_dir
+
+    assert lesion.prepare(inspect_run(with_precise_bn("old", None)))["precise_bn_batches"] == 0
+    precise = inspect_run(with_precise_bn("precise", 2))
+    assert lesion.prepare(precise)["precise_bn_batches"] == 2
+    assert lesion.prepare(precise, precise_bn_batches=0)["precise_bn_batches"] == 0
 
     run = load_run(info)
     recomputed = precise_bn(run, 2)

@@ -64,7 +64,8 @@ def summary(run_dir: Path) -> dict:
 
 
 def run_dirs(out: Path) -> list[Path]:
-    return sorted(p for p in out.iterdir() if p.is_dir()) if out.exists() else []
+    """The run directories (each has its config.yaml; the report's vs_depth/ is not a run)."""
+    return sorted(p for p in out.iterdir() if (p / "config.yaml").is_file()) if out.exists() else []
 
 
 @pytest.fixture(scope="module")
