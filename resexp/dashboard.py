@@ -82,8 +82,8 @@ def tensorboard_hint(path: Path) -> str:
 
 def is_sweep_dir(path: Path) -> bool:
     """A sweep directory: a grid's manifest or a report at its top."""
-    from resexp.report import REPORT_SUFFIX
-    from resexp.sweep import MANIFEST
+    from resexp.records import REPORT_SUFFIX
+    from resexp.runs import MANIFEST
 
     return (path / MANIFEST).is_file() or any(path.glob(f"events.out.tfevents.*{REPORT_SUFFIX}"))
 
@@ -116,7 +116,7 @@ def _build_view(root: Path, sweeps: list[Path], view: Path) -> None:
     from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
     from tensorboard.compat.proto import summary_pb2
 
-    from resexp.report import REPORT_SUFFIX, VS_DEPTH_DIR
+    from resexp.records import REPORT_SUFFIX, VS_DEPTH_DIR
     from resexp.tblog import EventWriter, event_files
 
     layout = []

@@ -1,7 +1,7 @@
 """Every figure of a sweep report: how a number is *drawn*, apart from how it is computed.
 
-`resexp.report` aggregates runs into cells and groups (the numbers); each `plot_*` here
-takes that `Report` and returns PNG bytes (or None when the sweep has nothing to show),
+`resexp.records` holds the numbers (runs, cells, groups; `resexp.report` builds them); each `plot_*`
+here takes a `Report` and returns PNG bytes (or None when the sweep has nothing to show),
 so a figure can be rebuilt, written to disk or sent to TensorBoard alike. matplotlib is
 imported only here, and only when a figure is drawn.
 """
@@ -14,25 +14,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from resexp.colors import family_color, family_shades
-from resexp.report import (
+from resexp.records import (
     DEPTH_KEY,
     SHORTCUT_KEY,
     WD_KEY,
-    Cell,
+    GridCell,
     Report,
-    RunRecord,
-    _finite,
-    _fmt_num,
-    _fmt_value,
-    _group_runs,
-    _groups,
-    _net_name,
-    _num,
-    _qualifiers,
-    _sort_key,
+    RunRow,
+    cell_runs,
     eval_bn_note,
+    finite,
+    format_number,
+    format_value,
+    group_cells,
     group_label,
     mean_std,
+    net_name,
+    qualifiers,
+    sort_key,
+    to_float,
 )
 
 # Other swept keys (weight decay, projection, ...) get a line style and a marker each; colour is the family's.
@@ -41,9 +41,9 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 _UNKNOWN_FAMILY = "0.35"  # a group mixing plain and residual nets (shortcut not swept, runs disagree)
 
 
-def _family(runs: Sequence[RunRecord], group: Mapping[str, Any]) -> bool | None:
+def _family(runs: Sequence[RunRow], group: Mapping[str, Any]) -> bool | None:
     """True: residual, False: plain, None: a mix."""
-    name = _net_name(runs, group)
+    name = net_name(runs, group)
     return None if name == "net" else not name.startswith("plain")
 
 
@@ -51,19 +51,19 @@ def _hue(family: bool | None) -> str:
     return _UNKNOWN_FAMILY if family is None else family_color(family)
 
 
-def _group_styles(groups: Mapping[tuple, list[Cell]], group_keys: Sequence[str]) -> dict[tuple, dict[str, Any]]:
+def _group_styles(groups: Mapping[tuple, list[GridCell]], group_keys: Sequence[str]) -> dict[tuple, dict[str, Any]]:
     """Colour by family (`resexp.colors`: plain blue, ResNet orange); the other swept keys (one
     combination per group, e.g. a weight decay) by line style and marker. With nothing else
     swept, plain is dashed and ResNet solid, as in He et al."""
     others = [k for k in group_keys if k != SHORTCUT_KEY]
     combos = sorted(
         {tuple(dict(zip(group_keys, g, strict=True))[k] for k in others) for g in groups},
-        key=lambda t: tuple(_sort_key(v) for v in t),
+        key=lambda t: tuple(sort_key(v) for v in t),
     )
     styles: dict[tuple, dict[str, Any]] = {}
     for gkey, cells in groups.items():
         group = dict(zip(group_keys, gkey, strict=True))
-        family = _family(_group_runs(cells), group)
+        family = _family(cell_runs(cells), group)
         if others:
             i = combos.index(tuple(group[k] for k in others))
             linestyle, marker = _LINESTYLES[i % len(_LINESTYLES)], _MARKERS[i % len(_MARKERS)]
@@ -81,20 +81,21 @@ def _legend_below(ax, handles=None, labels=None, **kwargs):
                      ncols=ncols, **kwargs)  # fmt: skip
 
 
-def _slice(cells: Sequence[Cell], report: Report) -> tuple[list[Cell], str]:
+def _slice(cells: Sequence[GridCell], report: Report) -> tuple[list[GridCell], str]:
     """The cells for per-depth line plots: when keys other than depth/shortcut/seed
     are swept (weight decay, projection...), one slice of them (the middle value
     combination), so the plot stays readable; returns a description of the slice."""
     others = [k for k in report.group_keys if k != SHORTCUT_KEY]
     if not others:
         return list(cells), ""
-    combos = sorted({tuple(c.key.get(k) for k in others) for c in cells}, key=lambda t: tuple(_sort_key(v) for v in t))
+    combos = sorted({tuple(c.key.get(k) for k in others) for c in cells}, key=lambda t: tuple(sort_key(v) for v in t))
     pick = combos[len(combos) // 2]
     chosen = [c for c in cells if tuple(c.key.get(k) for k in others) == pick]
-    return chosen, ", ".join(_qualifiers(dict(zip(others, pick, strict=True))))
+    return chosen, ", ".join(qualifiers(dict(zip(others, pick, strict=True))))
 
 
-def _new_figure(width: float, height: float, ncols: int = 1):
+def new_figure(width: float, height: float, ncols: int = 1):
+    """A figure and its axes, drawn off-screen: every report and analysis figure shares the look."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -108,7 +109,8 @@ def _new_figure(width: float, height: float, ncols: int = 1):
     return fig, axes
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes without a timestamp or version, so a redrawn figure is the same file."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
@@ -117,7 +119,7 @@ def _png(fig) -> bytes:
 def _maybe_log(ax, values: Iterable[float]) -> bool:
     """Log y when the positive values span more than a decade; plain-number tick
     labels (0.03, 0.2, 1) instead of 3x10^-2."""
-    pos = [v for v in _finite(values) if v > 0]
+    pos = [v for v in finite(values) if v > 0]
     if not (pos and max(pos) / min(pos) > 10):
         return False
     from matplotlib.ticker import FuncFormatter
@@ -134,7 +136,7 @@ def _maybe_log(ax, values: Iterable[float]) -> bool:
     return True
 
 
-def _mean_curve(runs: Sequence[RunRecord], key: str = "train_loss") -> tuple[list[float], list[float]]:
+def _mean_curve(runs: Sequence[RunRow], key: str = "train_loss") -> tuple[list[float], list[float]]:
     """Mean over runs of a history series, aligned on step (completed runs if any)."""
     use = [r for r in runs if r.status == "completed"] or list(runs)
     by_step: dict[float, list[float]] = {}
@@ -142,7 +144,7 @@ def _mean_curve(runs: Sequence[RunRecord], key: str = "train_loss") -> tuple[lis
         hist = r.summary.get("history") or {}
         steps, values = hist.get("step") or [], hist.get(key) or []
         for s, v in zip(steps, values, strict=False):
-            v = _num(v)
+            v = to_float(v)
             if math.isfinite(v):
                 by_step.setdefault(float(s), []).append(v)
     steps = sorted(by_step)
@@ -153,7 +155,7 @@ def _depth_shades(lines: Sequence[tuple[bool | None, Any]]) -> dict[tuple[bool |
     """(family, depth) -> colour: the family's hue, lighter for shallower nets."""
     out: dict[tuple[bool | None, Any], Any] = {}
     for family in {f for f, _ in lines}:
-        depths = sorted({d for f, d in lines if f == family}, key=_sort_key)
+        depths = sorted({d for f, d in lines if f == family}, key=sort_key)
         shades = family_shades(family, len(depths)) if family is not None else [_UNKNOWN_FAMILY] * len(depths)
         out.update({(family, d): shade for d, shade in zip(depths, shades, strict=True)})
     return out
@@ -166,7 +168,7 @@ def _several_seeds(report: Report) -> bool:
 
 def plot_loss_vs_depth(report: Report, title: str) -> bytes:
     """`draw_loss_vs_depth` as PNG bytes."""
-    return _png(draw_loss_vs_depth(report, title))
+    return png_bytes(draw_loss_vs_depth(report, title))
 
 
 def draw_loss_vs_depth(report: Report, title: str):
@@ -178,9 +180,9 @@ def draw_loss_vs_depth(report: Report, title: str):
     from matplotlib.transforms import blended_transform_factory
 
     gkeys = report.group_keys
-    groups = _groups(report.cells, gkeys)
+    groups = group_cells(report.cells, gkeys)
     styles = _group_styles(groups, gkeys)
-    fig, (ax, ax2) = _new_figure(13.0, 5.2, ncols=2)
+    fig, (ax, ax2) = new_figure(13.0, 5.2, ncols=2)
 
     all_values: list[float] = []
     depths_seen: set = set()
@@ -189,7 +191,7 @@ def draw_loss_vs_depth(report: Report, title: str):
     for gkey, cells in groups.items():
         group = dict(zip(gkeys, gkey, strict=True))
         st = styles[gkey]
-        label = group_label(group, _group_runs(cells))
+        label = group_label(group, cell_runs(cells))
         xs = [float(c.key[DEPTH_KEY]) for c in cells]
         depths_seen.update(xs)
         means = [c.mean["final_train_loss"] for c in cells]
@@ -219,7 +221,7 @@ def draw_loss_vs_depth(report: Report, title: str):
         ax.set_ylim(lo_, hi_ * (hi_ / lo_) ** 0.12 if is_log and lo_ > 0 else hi_ + 0.12 * (hi_ - lo_))
     depths = sorted(depths_seen)
     ax.set_xticks(depths)
-    ax.set_xticklabels([_fmt_num(d) for d in depths])
+    ax.set_xticklabels([format_number(d) for d in depths])
     if depths:
         pad = (depths[-1] - depths[0]) * 0.06 or 1.0
         ax.set_xlim(depths[0] - pad, depths[-1] + pad)
@@ -267,12 +269,12 @@ def draw_loss_vs_depth(report: Report, title: str):
         if len(lines) <= 15:
             _legend_below(ax2)
         else:  # too many to list: the shades stand for depth, light to dark
-            depth_list = sorted({d for _, d in colors}, key=_sort_key)
+            depth_list = sorted({d for _, d in colors}, key=sort_key)
             handles = [Line2D([], [], color=_hue(f), ls="--" if f is False else "-", lw=2) for f in sorted(
                 {f for f, _ in colors}, key=lambda f: (f is None, f))]  # fmt: skip
             labels = [group_label({SHORTCUT_KEY: f} if f is not None else {}, report.runs) for f in sorted(
                 {f for f, _ in colors}, key=lambda f: (f is None, f))]  # fmt: skip
-            labels = [f"{lab}, depth {_fmt_value(depth_list[0])} (light) to {_fmt_value(depth_list[-1])} (dark)"
+            labels = [f"{lab}, depth {format_value(depth_list[0])} (light) to {format_value(depth_list[-1])} (dark)"
                       for lab in labels]  # fmt: skip
             _legend_below(ax2, handles, labels)
     else:
@@ -281,21 +283,21 @@ def draw_loss_vs_depth(report: Report, title: str):
     return fig
 
 
-def _diag(run: RunRecord) -> dict[str, Any]:
+def _diag(run: RunRow) -> dict[str, Any]:
     d = run.summary.get("diagnostics")
     return d if isinstance(d, dict) else {}
 
 
-def _mean_vector(runs: Sequence[RunRecord], name: str) -> list[float]:
+def _mean_vector(runs: Sequence[RunRow], name: str) -> list[float]:
     """Elementwise mean of a per-layer diagnostic over runs (shortest length)."""
-    vectors = [[_num(v) for v in _diag(r).get(name) or []] for r in runs]
+    vectors = [[to_float(v) for v in _diag(r).get(name) or []] for r in runs]
     vectors = [v for v in vectors if v]
     if not vectors:
         return []
     n = min(len(v) for v in vectors)
     out = []
     for i in range(n):
-        vals = _finite(v[i] for v in vectors)
+        vals = finite(v[i] for v in vectors)
         out.append(sum(vals) / len(vals) if vals else math.nan)
     return out
 
@@ -316,7 +318,7 @@ def plot_response_std(report: Report, title: str) -> bytes | None:
         lines.append((group_label(group, runs, depth=depth), depth, _family(runs, group), vec))
     if not lines:
         return None
-    lines.sort(key=lambda line: (line[2] is not False, _sort_key(line[1])))  # plain first, then by depth
+    lines.sort(key=lambda line: (line[2] is not False, sort_key(line[1])))  # plain first, then by depth
     colors = _depth_shades([(family, d) for _, d, family, _ in lines])
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -328,7 +330,7 @@ def plot_response_std(report: Report, title: str) -> bytes | None:
         ls = "--" if family is False else "-"
         xs = list(range(1, len(vec) + 1))
         ax1.plot(xs, vec, ls=ls, color=colors[(family, depth)], lw=1.5, label=label)
-        ax2.plot(xs, sorted(_finite(vec), reverse=True), ls=ls, color=colors[(family, depth)], lw=1.5, label=label)
+        ax2.plot(xs, sorted(finite(vec), reverse=True), ls=ls, color=colors[(family, depth)], lw=1.5, label=label)
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
@@ -340,7 +342,7 @@ def plot_response_std(report: Report, title: str) -> bytes | None:
                   fontsize=10)  # fmt: skip
     ax1.legend(frameon=False, fontsize=8, ncols=min(len(lines), 4), loc="lower left", bbox_to_anchor=(0.0, 1.08))
     fig.suptitle(title, fontsize=13, fontweight="bold")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_residual_ratio_vs_wd(report: Report, title: str) -> bytes | None:
@@ -355,7 +357,7 @@ def plot_residual_ratio_vs_wd(report: Report, title: str) -> bytes | None:
         runs = c.completed or c.runs
         per_run = []
         for r in runs:
-            vals = _finite(_num(v) for v in _diag(r).get("residual_ratio") or [])
+            vals = finite(to_float(v) for v in _diag(r).get("residual_ratio") or [])
             if vals:
                 per_run.append(sum(vals) / len(vals))
         if not per_run:
@@ -369,13 +371,13 @@ def plot_residual_ratio_vs_wd(report: Report, title: str) -> bytes | None:
         series.setdefault(okey, []).append((float(c.key[WD_KEY]), mean, std))
     if not series:
         return None
-    fig, (ax,) = _new_figure(7.5, 5.6)
+    fig, (ax,) = new_figure(7.5, 5.6)
     depth_pos = other.index(DEPTH_KEY) if DEPTH_KEY in other else None
     colors = _depth_shades([(families[k], k[depth_pos] if depth_pos is not None else None) for k in series])
     rest = [i for i, k in enumerate(other) if k not in (DEPTH_KEY, SHORTCUT_KEY)]  # by line style and marker
-    combos = sorted({tuple(k[i] for i in rest) for k in series}, key=lambda t: tuple(_sort_key(v) for v in t))
+    combos = sorted({tuple(k[i] for i in rest) for k in series}, key=lambda t: tuple(sort_key(v) for v in t))
     wds = sorted({p[0] for pts in series.values() for p in pts})
-    for okey, pts in sorted(series.items(), key=lambda kv: tuple(_sort_key(v) for v in kv[0])):
+    for okey, pts in sorted(series.items(), key=lambda kv: tuple(sort_key(v) for v in kv[0])):
         pts.sort()
         xs, ms, ss = zip(*pts, strict=True)
         color = colors[(families[okey], okey[depth_pos] if depth_pos is not None else None)]
@@ -385,7 +387,7 @@ def plot_residual_ratio_vs_wd(report: Report, title: str) -> bytes | None:
     positive = [w for w in wds if w > 0]
     ax.set_xscale("symlog", linthresh=min(positive) if positive else 1e-5)
     ax.set_xticks(wds)
-    ax.set_xticklabels([_fmt_num(w) for w in wds])
+    ax.set_xticklabels([format_number(w) for w in wds])
     ax.set_xlabel("weight decay (symlog)")
     ax.set_ylabel("mean residual ratio ‖F(x)‖ / ‖x‖")
     ax.set_title(
@@ -394,17 +396,17 @@ def plot_residual_ratio_vs_wd(report: Report, title: str) -> bytes | None:
     )
     _legend_below(ax)
     fig.suptitle(title, fontsize=13, fontweight="bold")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_test_error_vs_paper(report: Report, comparison, title: str) -> bytes:
     """Test error (%) vs depth per group (mean ± std over seeds), the paper's points on top:
     black stars for its published numbers, a black bar for its mean ± std where it has one."""
     gkeys = report.group_keys
-    groups = _groups(report.cells, gkeys)
+    groups = group_cells(report.cells, gkeys)
     styles = _group_styles(groups, gkeys)
     extra = {id(c): e for c, e in zip(report.cells, comparison.per_cell, strict=True)}
-    fig, (ax,) = _new_figure(7.5, 5.6)
+    fig, (ax,) = new_figure(7.5, 5.6)
     depths: set[float] = set()
     for gkey, cells in groups.items():
         pts = [
@@ -416,7 +418,7 @@ def plot_test_error_vs_paper(report: Report, comparison, title: str) -> bytes:
             continue
         xs, ms, ss = zip(*pts, strict=True)
         depths.update(xs)
-        label = group_label(dict(zip(gkeys, gkey, strict=True)), _group_runs(cells)) + " (yours)"
+        label = group_label(dict(zip(gkeys, gkey, strict=True)), cell_runs(cells)) + " (yours)"
         ax.errorbar(xs, ms, yerr=ss, ms=5, lw=1.8, capsize=3, label=label, **styles[gkey])
     rows = [r for r in comparison.reference.rows if r.depth in depths]
     if rows:
@@ -446,7 +448,7 @@ def plot_test_error_vs_paper(report: Report, comparison, title: str) -> bytes:
     if ticks and ticks[-1] / max(ticks[0], 1) > 20:
         ax.set_xscale("log")
     ax.set_xticks(ticks)
-    ax.set_xticklabels([_fmt_num(d) for d in ticks])
+    ax.set_xticklabels([format_number(d) for d in ticks])
     ax.set_xlabel("depth (weighted layers)")
     ax.set_ylabel("test error (%)")
     ax.set_title(
@@ -455,4 +457,4 @@ def plot_test_error_vs_paper(report: Report, comparison, title: str) -> bytes:
     )
     _legend_below(ax)
     fig.suptitle(title, fontsize=13, fontweight="bold")
-    return _png(fig)
+    return png_bytes(fig)

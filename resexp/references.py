@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from resexp.records import DEPTH_KEY, Report, mean_std, net_name
+
 # Within = |yours - paper| <= SPREAD_MULTIPLE x the paper's run-to-run std. The paper reports a
 # std for ResNet-110 only (0.16 pt over 5 runs); it is the best estimate of seed noise it gives,
 # so it stands in for the other depths, whose numbers are single runs.
@@ -201,10 +203,8 @@ def reference_name(runs) -> tuple[str | None, list[str]]:
     return (next(iter(names)) if names else None), []
 
 
-def compare(report) -> Comparison | None:
+def compare(report: Report) -> Comparison | None:
     """The reference comparison for a report's cells, or None if no run's config asks for one."""
-    from resexp.report import DEPTH_KEY, _net_name, mean_std
-
     name, found = reference_name(report.runs)
     notes = report.notes  # the comparison's findings go with the report's other notes
     notes.extend(found)  # the comparison's findings go with the report's other notes
@@ -219,7 +219,7 @@ def compare(report) -> Comparison | None:
         notes.append(f"{ref.name} is on {ref.dataset}; these runs use {', '.join(sorted(map(str, datasets)))}")
     per_cell, labels, by_net_depth = [], [], {}
     for c in report.cells:
-        net = _net_name(c.runs, c.key)
+        net = net_name(c.runs, c.key)
         depth = c.key.get(DEPTH_KEY, c.runs[0].config(DEPTH_KEY) if c.runs else None)
         labels.append(f"{net}-{depth}")
         errors = [100 * (1 - r.metric("eval_accuracy")) for r in c.completed]

@@ -33,9 +33,8 @@ import csv
 import io
 import json
 import math
-import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,32 @@ from rich.table import Table
 
 from resexp.colors import family_position
 from resexp.errors import UserError
+from resexp.records import (
+    AGGREGATE_METRICS,
+    ANALYSIS_VS_DEPTH_DIR,
+    DEPTH_KEY,
+    REPORT_SUFFIX,
+    RUNNING_BN_METRICS,
+    SEED_KEY,
+    SHORTCUT_KEY,
+    VS_DEPTH_DIR,
+    WD_KEY,
+    GridCell,
+    Report,
+    RunRow,
+    aggregate,
+    eval_bn_note,
+    finite,
+    format_value,
+    group_dirname,
+    group_label,
+    mean_std,
+    net_name,
+    short_names,
+    sort_key,
+    to_float,
+)
+from resexp.runs import GRIDS_DIR, MANIFEST, read_manifests, write_atomic
 from resexp.tblog import (
     EventWriter,
     answer_wall_time,
@@ -57,37 +82,9 @@ from resexp.tblog import (
     vs_depth_tag,
 )
 
-__all__ = [
-    "AGGREGATE_METRICS",
-    "REPORT_SUFFIX",
-    "Cell",
-    "Report",
-    "RunRecord",
-    "build_report",
-    "build_reports",
-    "eval_bn_note",
-    "group_dirname",
-    "group_label",
-]
+__all__ = ["FIGURES", "TABLE_NOTE", "Grid", "build_report", "build_reports", "load_runs", "read_grids", "render_table"]
 
-REPORT_SUFFIX = ".resexp-report"
-"""Suffix of every event file the report writes (and deletes before rewriting)."""
-
-VS_DEPTH_DIR = "vs_depth"
-ANALYSIS_VS_DEPTH_DIR = "vs_depth_analysis"  # `resexp analyze`'s own vs-depth series (resexp.analysis.sweep)
-GRIDS_DIR = "grids"  # later grids of a sweep directory report in grids/<name>/
-SEED_KEY = "train.seed"
-DEPTH_KEY = "model.depth"
-SHORTCUT_KEY = "model.shortcut"
-PROJECTION_KEY = "model.projection"
-WD_KEY = "optim.weight_decay"
-
-AGGREGATE_METRICS = ("final_train_loss", "final_train_accuracy", "eval_loss", "eval_accuracy")
-# With precise BN (train.precise_bn_batches), the eval numbers of the running averages beside them;
-# reported only by grids that hold such a run.
-RUNNING_BN_METRICS = ("eval_running_loss", "eval_running_accuracy")
 ROW_METRICS = (*AGGREGATE_METRICS, "params", "wall_seconds", "diverged_at_step")
-FINISHED = ("completed", "diverged")
 FIGURES = ("loss_vs_depth.png", "response_std.png", "residual_ratio_vs_wd.png", "test_error_vs_paper.png")
 
 _METRIC_NAMES = {
@@ -97,280 +94,6 @@ _METRIC_NAMES = {
     "eval_accuracy": "eval accuracy",
     "diverged": "diverged (1 = yes)",
 }
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class RunRecord:
-    """One run with a readable ``summary.json``."""
-
-    run_id: str  # the run directory's name (= TensorBoard run / HParams session)
-    path: Path
-    status: str
-    keys: dict[str, Any]  # swept dotted key -> value
-    summary: dict[str, Any]
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
-
-    @property
-    def diverged(self) -> bool:
-        return self.status == "diverged"
-
-    def metric(self, name: str) -> float:
-        return _num(self.summary.get(name))
-
-    @property
-    def eval_bn(self) -> str | None:
-        """Which BN statistics eval_loss/eval_accuracy used: "running", "precise-N" (N training
-        batches), None without BN. Runs from before precise BN existed used the running averages."""
-        if "eval_bn" not in self.summary:
-            return "running" if self.config("model.norm", "batch") == "batch" else None
-        bn = self.summary["eval_bn"]
-        if bn is None:
-            return None
-        return f"precise-{bn.get('batches')}" if bn.get("statistics") == "precise" else "running"
-
-    def config(self, dotted: str, default: Any = None) -> Any:
-        node: Any = self.summary.get("config") or {}
-        for part in dotted.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                return default
-            node = node[part]
-        return node
-
-    @property
-    def times(self) -> tuple[float, float]:
-        """(start, end) seconds since epoch: summary.json's mtime, minus the run's
-        wall time. Derived from the run, so a rebuilt report is identical."""
-        end = (self.path / "summary.json").stat().st_mtime
-        wall = self.metric("wall_seconds")
-        return (end - wall if math.isfinite(wall) and wall > 0 else end), end
-
-
-@dataclass
-class Cell:
-    """One point of the grid (all swept keys but the seed), seeds pooled.
-
-    `mean`/`std` are over the cell's COMPLETED runs (sample std, ddof=1; 0 when
-    n=1; NaN when no completed run has a finite value); diverged runs are counted
-    in `n_diverged` and never averaged in.
-    """
-
-    key: dict[str, Any]
-    runs: list[RunRecord] = field(repr=False)
-    mean: dict[str, float]
-    std: dict[str, float]
-    n_values: dict[str, int]
-
-    @property
-    def run_ids(self) -> list[str]:
-        return [r.run_id for r in self.runs]
-
-    @property
-    def n(self) -> int:
-        return len(self.runs)
-
-    @property
-    def n_diverged(self) -> int:
-        return sum(r.diverged for r in self.runs)
-
-    @property
-    def all_diverged(self) -> bool:
-        return self.n > 0 and self.n_diverged == self.n
-
-    @property
-    def completed(self) -> list[RunRecord]:
-        return [r for r in self.runs if r.status == "completed"]
-
-    @property
-    def params(self) -> int | None:
-        values = [int(r.summary["params"]) for r in self.runs if r.summary.get("params") is not None]
-        return values[0] if values else None
-
-    def as_row(self) -> dict[str, Any]:
-        row: dict[str, Any] = dict(self.key)
-        row["n_runs"] = self.n
-        row["n_diverged"] = self.n_diverged
-        for m in AGGREGATE_METRICS:
-            row[f"{m}_mean"] = self.mean[m]
-            row[f"{m}_std"] = self.std[m]
-        row["params"] = self.params
-        row["wall_seconds_mean"] = self.mean.get("wall_seconds", math.nan)
-        row["run_ids"] = ";".join(self.run_ids)
-        return row
-
-
-@dataclass
-class Report:
-    """What `build_report` found and wrote."""
-
-    sweep_dir: Path
-    report_dir: Path  # where this grid's files go: its manifest's directory (the sweep directory for the first)
-    sweep_name: str
-    swept_keys: list[str]  # every swept dotted key, in sweep order (seed included)
-    rows: list[dict[str, Any]]  # results.csv rows
-    cells: list[Cell]  # aggregate.csv rows
-    runs: list[RunRecord] = field(repr=False)
-    notes: list[str] = field(default_factory=list)
-    paths: dict[str, Path] = field(default_factory=dict)  # name -> file written
-    figures: dict[str, bytes] = field(default_factory=dict, repr=False)  # file name -> PNG drawn
-    event_files: list[Path] = field(default_factory=list)  # TensorBoard files written
-    comparison: Any = None  # resexp.references.Comparison when the config names a paper to compare with
-
-    @property
-    def cell_keys(self) -> list[str]:
-        return [k for k in self.swept_keys if k != SEED_KEY]
-
-    @property
-    def group_keys(self) -> list[str]:
-        return [k for k in self.cell_keys if k != DEPTH_KEY]
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _num(value: Any) -> float:
-    """A float, NaN for None / non-numbers."""
-    if value is None or isinstance(value, bool):
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _finite(values: Iterable[float]) -> list[float]:
-    return [v for v in values if v is not None and math.isfinite(v)]
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and SAMPLE std (ddof=1) of the finite values; std 0 for one value,
-    (NaN, NaN) for none."""
-    vals = _finite(values)
-    if not vals:
-        return math.nan, math.nan
-    mean = sum(vals) / len(vals)
-    if len(vals) == 1:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
-    return mean, math.sqrt(var)
-
-
-def _sort_key(value: Any) -> tuple[int, Any]:
-    if value is None:
-        return (0, 0)
-    if isinstance(value, bool):
-        return (1, value)
-    if isinstance(value, (int, float)):
-        return (2, value)
-    return (3, str(value))
-
-
-def _fmt_num(v: float) -> str:
-    """Compact number: 20, 0.5, 1e-4."""
-    if v == 0:
-        return "0"
-    if float(v).is_integer() and abs(v) < 1e6:
-        return str(int(v))
-    if abs(v) < 1e-3 or abs(v) >= 1e6:
-        mant, exp = f"{v:.2e}".split("e")
-        return f"{float(mant):g}e{int(exp)}"
-    return f"{v:.4g}"
-
-
-def _fmt_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    if isinstance(value, (int, float)):
-        return _fmt_num(float(value))
-    return str(value)
-
-
-def _short_names(keys: Sequence[str]) -> dict[str, str]:
-    """Last dotted component, unless two keys share it (then the full key)."""
-    last = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last, strict=True)}
-
-
-def group_dirname(group: Mapping[str, Any]) -> str:
-    """TensorBoard run name of a group: ``shortcut=false``, ``projection=zero_pad,shortcut=true``;
-    ``all`` when nothing but depth (and seed) is swept."""
-    if not group:
-        return "all"
-    short = _short_names(list(group))
-    parts = []
-    for k, v in group.items():
-        text = f"{short[k]}={_fmt_value(v)}"
-        parts.append("".join(c if (c.isalnum() or c in "=._-+") else "_" for c in text))
-    return ",".join(parts)
-
-
-KIND_KEY = "model.kind"
-# He et al.'s shortcut options: A zero-padding, B projections where dims change, C all projections.
-_OPTIONS = {"zero_pad": "A", "learned": "B", "learned_all": "C", "a": "A", "b": "B", "c": "C"}
-
-
-def _net_name(runs: Sequence[RunRecord], group: Mapping[str, Any]) -> str:
-    """ "plain" / "ResNet" (CNN) or "plain-MLP" / "ResMLP", from the shortcut and
-    kind keys (swept, else the runs' config)."""
-
-    def values(key: str) -> set:
-        return {group[key]} if key in group else {r.config(key) for r in runs}
-
-    shortcut, kind = values(SHORTCUT_KEY), values(KIND_KEY)
-    mlp = kind == {"mlp"}
-    if shortcut == {True}:
-        return "ResMLP" if mlp else "ResNet"
-    if shortcut == {False}:
-        return "plain-MLP" if mlp else "plain"
-    return "net"
-
-
-def _qualifiers(group: Mapping[str, Any]) -> list[str]:
-    short = _short_names(list(group))
-    out = []
-    for k, v in group.items():
-        if k == SHORTCUT_KEY or (k == KIND_KEY and v in ("cnn", "mlp")):
-            continue  # part of the name
-        if k == PROJECTION_KEY and group.get(SHORTCUT_KEY, True) and str(v).lower() in _OPTIONS:
-            out.append(f"option {_OPTIONS[str(v).lower()]}")
-        elif k == WD_KEY:
-            out.append(f"wd={_fmt_value(v)}")
-        else:
-            out.append(f"{short[k]}={_fmt_value(v)}")
-    return out
-
-
-def group_label(group: Mapping[str, Any], runs: Sequence[RunRecord] = (), depth: Any = None) -> str:
-    """He et al.'s naming: ``plain``, ``ResNet (option A)``; with a depth
-    ``plain-20``, ``ResNet-56 (wd=1e-4)``."""
-    name = _net_name(runs, group)
-    if depth is not None:
-        name = f"{name}-{_fmt_value(depth)}"
-    quals = _qualifiers(group)
-    return f"{name} ({', '.join(quals)})" if quals else name
-
-
-def _is_plain(runs: Sequence[RunRecord], group: Mapping[str, Any]) -> bool:
-    return _net_name(runs, group).startswith("plain")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary sibling + rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _csv_cell(value: Any) -> str:
@@ -399,13 +122,13 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[
     writer.writerow(columns)
     for row in rows:
         writer.writerow([_csv_cell(row.get(c)) for c in columns])
-    _atomic_write(path, buf.getvalue().encode())
+    write_atomic(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- loading
 
 
-def load_runs(sweep_dir: Path, notes: list[str], unreadable: dict[str, str] | None = None) -> list[RunRecord]:
+def load_runs(sweep_dir: Path, notes: list[str], unreadable: dict[str, str] | None = None) -> list[RunRow]:
     """Every ``<run-id>/summary.json`` under `sweep_dir`; problems become notes, and a summary that
     cannot be read is also recorded in `unreadable` (run id -> why)."""
     runs = []
@@ -426,7 +149,7 @@ def load_runs(sweep_dir: Path, notes: list[str], unreadable: dict[str, str] | No
                 unreadable[child.name] = str(exc)
             continue
         status = str(summary.get("status") or "unknown")
-        runs.append(RunRecord(child.name, child, status, {}, summary))
+        runs.append(RunRow(child.name, child, status, {}, summary))
     return runs
 
 
@@ -439,7 +162,7 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {k.rstrip("."): v for k, v in out.items()}
 
 
-def _inferred_axes(runs: Sequence[RunRecord], notes: list[str]) -> list[str]:
+def _inferred_axes(runs: Sequence[RunRow], notes: list[str]) -> list[str]:
     """The axes of a directory without a manifest: the keys its runs say were swept
     (``summary.json`` → ``sweep.keys``), or else the config keys whose values differ."""
     named: list[str] = []
@@ -472,14 +195,10 @@ class Grid:
 
 def read_grids(sweep_dir: Path) -> list[Grid]:
     """The grids recorded in `sweep_dir`'s manifests: the root one first, then ``grids/*``."""
-    from resexp.sweep import read_manifests
-
     return [Grid(m.report_dir, m.name, list(m.axes), list(m.run_ids)) for m in read_manifests(sweep_dir)]
 
 
-def _grid_runs(
-    grid: Grid, runs: Mapping[str, RunRecord], notes: list[str], unreadable: Mapping[str, str]
-) -> list[RunRecord]:
+def _grid_runs(grid: Grid, runs: Mapping[str, RunRow], notes: list[str], unreadable: Mapping[str, str]) -> list[RunRow]:
     """The grid's runs, each a copy keyed by the grid's axes read from the run's resolved config."""
     ids = list(runs) if grid.run_ids is None else grid.run_ids
     broken = [rid for rid in ids if rid in unreadable]
@@ -497,55 +216,11 @@ def _grid_runs(
 _ABSENT = object()
 
 
-def _swept_value(run: RunRecord, key: str) -> Any:
+def _swept_value(run: RunRow, key: str) -> Any:
     """`key`'s value in the run's resolved config; only a summary without that key at all (written
     by hand, or by a resexp older than the key) falls back to what its sweep recorded."""
     value = run.config(key, _ABSENT)
     return ((run.summary.get("sweep") or {}).get("keys") or {}).get(key) if value is _ABSENT else value
-
-
-def _aggregate(runs: Sequence[RunRecord], cell_keys: Sequence[str]) -> list[Cell]:
-    by_key: dict[tuple, list[RunRecord]] = {}
-    for r in runs:
-        if r.finished:
-            by_key.setdefault(tuple(r.keys.get(k) for k in cell_keys), []).append(r)
-    cells = []
-    for key in sorted(by_key, key=lambda t: tuple(_sort_key(v) for v in t)):
-        members = by_key[key]
-        completed = [r for r in members if r.status == "completed"]
-        mean, std, n_values = {}, {}, {}
-        for m in (*AGGREGATE_METRICS, *RUNNING_BN_METRICS, "wall_seconds"):
-            values = _finite(r.metric(m) for r in completed)
-            mean[m], std[m] = mean_std(values)
-            n_values[m] = len(values)
-        cells.append(Cell(dict(zip(cell_keys, key, strict=True)), members, mean, std, n_values))
-    return cells
-
-
-def _groups(cells: Sequence[Cell], group_keys: Sequence[str]) -> dict[tuple, list[Cell]]:
-    """Cells by the swept keys other than depth and seed, depth-sorted."""
-    groups: dict[tuple, list[Cell]] = {}
-    for c in cells:
-        groups.setdefault(tuple(c.key.get(k) for k in group_keys), []).append(c)
-    for members in groups.values():
-        members.sort(key=lambda c: _sort_key(c.key.get(DEPTH_KEY)))
-    return dict(sorted(groups.items(), key=lambda kv: tuple(_sort_key(v) for v in kv[0])))
-
-
-def _group_runs(cells: Sequence[Cell]) -> list[RunRecord]:
-    return [r for c in cells for r in c.runs]
-
-
-def eval_bn_note(runs: Sequence[RunRecord]) -> str:
-    """One line saying which BN statistics the runs' eval numbers used (reports and figures)."""
-    labels = sorted({label for r in runs if r.finished and (label := r.eval_bn) is not None})
-    if not labels:
-        return "eval: no BN"
-    if len(labels) > 1:
-        return f"eval BN statistics differ between runs ({', '.join(labels)}): see the eval_bn column"
-    if labels[0] == "running":
-        return "eval: BN running averages"
-    return f"eval: precise BN (statistics recomputed over {labels[0].split('-')[1]} training batches)"
 
 
 # ----------------------------------------------------------------------------- terminal
@@ -565,7 +240,7 @@ def grid_title(report: Report) -> str:
     where = report.sweep_dir.name
     if report.report_dir.resolve() != report.sweep_dir.resolve():
         where += "/" + report.report_dir.relative_to(report.sweep_dir).as_posix()
-    axes = " x ".join(_short_names(report.cell_keys).values())
+    axes = " x ".join(short_names(report.cell_keys).values())
     return f"grid {where}" + (f" ({axes})" if axes else "")
 
 
@@ -583,7 +258,7 @@ def render_table(report: Report) -> Table:
     from rich import box
 
     shown = [k for k in report.cell_keys if k not in (DEPTH_KEY, SHORTCUT_KEY)]
-    short = {**_short_names(report.cell_keys), WD_KEY: "wd"}
+    short = {**short_names(report.cell_keys), WD_KEY: "wd"}
     labels = [group_label({k: v for k, v in c.key.items() if k == SHORTCUT_KEY}, c.runs, c.key.get(DEPTH_KEY))
               for c in report.cells]  # fmt: skip
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
@@ -608,7 +283,7 @@ def render_table(report: Report) -> Table:
                 _pm(c.mean["eval_accuracy"], c.std["eval_accuracy"], pct=True),
             ]
         style = "red" if c.all_diverged else None
-        table.add_row(name, *[_fmt_value(c.key.get(k)) for k in shown], str(c.n), div, *metrics, style=style)
+        table.add_row(name, *[format_value(c.key.get(k)) for k in shown], str(c.n), div, *metrics, style=style)
     return table
 
 
@@ -630,7 +305,7 @@ def _clear_report_events(sweep_dir: Path) -> None:
                     d.rmdir()
 
 
-def _mean_series(runs: Sequence[RunRecord], get: Any) -> list[tuple[int, float]]:
+def _mean_series(runs: Sequence[RunRow], get: Any) -> list[tuple[int, float]]:
     """(x, mean over `runs` of the finite values at x): `get(run)` gives (xs, values).
     Seeds of one cell share their x; a diverged seed drops out where it went NaN."""
     pooled: dict[int, list[float]] = {}
@@ -642,20 +317,20 @@ def _mean_series(runs: Sequence[RunRecord], get: Any) -> list[tuple[int, float]]
     return [(x, sum(vs) / len(vs)) for x, vs in sorted(pooled.items())]
 
 
-def _train_curve(r: RunRecord) -> tuple[list, list]:
+def _train_curve(r: RunRow) -> tuple[list, list]:
     history = r.summary.get("history") or {}
     return history.get("step") or [], history.get("train_loss") or []
 
 
 def _profile(name: str) -> Any:
-    def get(r: RunRecord) -> tuple[list, list]:
+    def get(r: RunRow) -> tuple[list, list]:
         values = (r.summary.get("diagnostics") or {}).get(name) or []
         return list(range(len(values))), values
 
     return get
 
 
-def _write_hparams(sweep_dir: Path, runs: Sequence[RunRecord], shown: Mapping[str, set]) -> list[Path]:
+def _write_hparams(sweep_dir: Path, runs: Sequence[RunRow], shown: Mapping[str, set]) -> list[Path]:
     """The directory-wide TensorBoard files: one HParams session per run in the run's own
     directory (the hparams being every axis any grid of the directory swept), and at the root
     the HParams experiment and the Custom Scalars layout of everything the grids charted."""
@@ -668,7 +343,7 @@ def _write_hparams(sweep_dir: Path, runs: Sequence[RunRecord], shown: Mapping[st
             w.hparams_session_start(r.keys, domains=domains, start_time_secs=start)
             w.hparams_session_end(r.status, end_time_secs=end)
             if r.finished:
-                steps = _num(r.summary.get("steps"))
+                steps = to_float(r.summary.get("steps"))
                 step = int(steps) if math.isfinite(steps) else 0
                 values = {m: r.metric(m) for m in AGGREGATE_METRICS}
                 values["diverged"] = 1.0 if r.diverged else 0.0
@@ -692,7 +367,7 @@ def _write_hparams(sweep_dir: Path, runs: Sequence[RunRecord], shown: Mapping[st
     return written
 
 
-def _answer_keys(runs: Sequence[RunRecord], grids: Sequence[Grid]) -> list[str]:
+def _answer_keys(runs: Sequence[RunRow], grids: Sequence[Grid]) -> list[str]:
     """What tells the directory's nets apart besides family, depth and seed: every axis a grid
     swept, and any config key whose value differs between the runs (two grids swept with
     different `--set`s), so runs of different configs are never averaged together."""
@@ -708,19 +383,19 @@ def _hashable(value: Any) -> Any:
     return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
 
 
-def _family_runs(runs: Sequence[RunRecord]) -> dict[bool, str]:
+def _family_runs(runs: Sequence[RunRow]) -> dict[bool, str]:
     """TensorBoard run name (under ``vs_depth/``) of each family: ``plain`` and ``ResNet`` (MLPs:
     ``plain-MLP``, ``ResMLP``). Both always exist: the residual run must sit first in the run
     list and the plain run second for each to get its colour, whatever the sweep holds."""
     names = {}
     for shortcut in (True, False):
         members = [r for r in runs if (r.config(SHORTCUT_KEY) is not False) == shortcut] or list(runs)
-        names[shortcut] = _net_name(members, {SHORTCUT_KEY: shortcut})
+        names[shortcut] = net_name(members, {SHORTCUT_KEY: shortcut})
     return names
 
 
 def _write_answer(
-    sweep_dir: Path, runs: Sequence[RunRecord], grids: Sequence[Grid], reports: Sequence[Report]
+    sweep_dir: Path, runs: Sequence[RunRow], grids: Sequence[Grid], reports: Sequence[Report]
 ) -> tuple[list[Path], dict[str, set]]:
     """The directory's answer for TensorBoard, in ``vs_depth/``: one run per family whose series
     (step = depth, or step = training step / layer index for the per-depth curves and profiles) pool
@@ -731,7 +406,7 @@ def _write_answer(
     keys = _answer_keys(runs, grids)
     cell_keys = [SHORTCUT_KEY, *keys, DEPTH_KEY]
     records = [replace(r, keys={k: _hashable(_swept_value(r, k)) for k in cell_keys}) for r in runs]
-    cells = _aggregate(records, cell_keys)
+    cells = aggregate(records, cell_keys)
     analysis = {r.run_id: headline_metrics(r.path) for r in runs}
     shown: dict[str, set] = {"vs_depth": set(), "depths": set(), "diagnostics": set(), "analyses": set()}
     out_dir = sweep_dir / VS_DEPTH_DIR
@@ -741,7 +416,7 @@ def _write_answer(
         with EventWriter(out_dir / run_name, REPORT_SUFFIX, wall_time=answer_wall_time(family_position(shortcut))) as w:
             w.session_start(0)  # a live TensorBoard drops what it read from the previous report (see tblog)
             for c in members:
-                depth = _num(c.key[DEPTH_KEY])
+                depth = to_float(c.key[DEPTH_KEY])
                 if math.isfinite(depth):
                     group = group_dirname({k: c.key[k] for k in keys}) if keys else ""
                     _write_cell(w, c, int(depth), group, analysis, shown)
@@ -765,14 +440,14 @@ _CHART_KINDS = {**dict.fromkeys(AGGREGATE_METRICS, "vs_depth"), "residual_ratio_
 
 
 def _write_cell(
-    w: EventWriter, c: Cell, depth: int, group: str, analysis: Mapping[str, dict], shown: dict[str, set]
+    w: EventWriter, c: GridCell, depth: int, group: str, analysis: Mapping[str, dict], shown: dict[str, set]
 ) -> None:
     """One depth of one group: the metrics at step = depth, the seed-mean training curve, the
     layer profiles and the analyses' headline numbers; records in `shown` what it wrote."""
     point: dict[str, float | None] = {counts_tag("runs", group): float(c.n),
                                       counts_tag("diverged_runs", group): float(c.n_diverged)}  # fmt: skip
     columns = {m: (c.mean[m], c.std[m]) for m in AGGREGATE_METRICS}
-    ratios = [_finite(_num(v) for v in (r.summary.get("diagnostics") or {}).get("residual_ratio") or [])
+    ratios = [finite(to_float(v) for v in (r.summary.get("diagnostics") or {}).get("residual_ratio") or [])
               for r in c.completed]  # fmt: skip
     columns["residual_ratio_mean"] = mean_std([sum(v) / len(v) for v in ratios if v])
     for col in {k for r in c.completed for k in analysis[r.run_id]}:
@@ -805,8 +480,6 @@ def _check_sweep_dir(sweep_dir: Path) -> None:
         raise UserError(
             f"{sweep_dir}: this is a run directory; pass its sweep directory (resexp report {sweep_dir.parent})"
         )
-    from resexp.sweep import MANIFEST
-
     sweeps = sorted(
         c.name
         for c in sweep_dir.iterdir()
@@ -826,7 +499,7 @@ def _check_sweep_dir(sweep_dir: Path) -> None:
 def _build_grid(
     sweep_dir: Path,
     grid: Grid,
-    runs: Mapping[str, RunRecord],
+    runs: Mapping[str, RunRow],
     notes: list[str],
     unreadable: Mapping[str, str],
 ) -> Report:
@@ -838,7 +511,7 @@ def _build_grid(
         if not r.finished:
             notes.append(f"{r.run_id}: status {r.status!r} - listed in results, left out of aggregates")
     cell_keys = [k for k in swept if k != SEED_KEY]
-    cells = _aggregate(grid_runs, cell_keys)
+    cells = aggregate(grid_runs, cell_keys)
 
     rows = []
     for r in grid_runs:
@@ -847,7 +520,7 @@ def _build_grid(
         row["status"] = r.status
         for m in ROW_METRICS:
             v = r.summary.get(m)
-            row[m] = v if v is None or (isinstance(v, (int, str)) and not isinstance(v, bool)) else _num(v)
+            row[m] = v if v is None or (isinstance(v, (int, str)) and not isinstance(v, bool)) else to_float(v)
         rows.append(row)
     # Headline numbers of the "why" analyses (`resexp analyze`), where their cached results exist.
     from resexp.analysis import HEADLINE, headline_metrics
@@ -857,12 +530,12 @@ def _build_grid(
     for row, r in zip(rows, grid_runs, strict=True):
         if precise:
             row["eval_bn"] = r.eval_bn
-            row.update({m: _num(r.summary.get(m)) for m in RUNNING_BN_METRICS})
+            row.update({m: to_float(r.summary.get(m)) for m in RUNNING_BN_METRICS})
     analysis = {r.run_id: headline_metrics(r.path) for r in grid_runs}
     analysis_cols = [c for c in HEADLINE if any(c in a for a in analysis.values())]
     for row in rows:
         row.update({c: analysis[row["run_id"]].get(c, math.nan) for c in analysis_cols})
-    rows.sort(key=lambda row: (tuple(_sort_key(row[k]) for k in swept), row["run_id"]))
+    rows.sort(key=lambda row: (tuple(sort_key(row[k]) for k in swept), row["run_id"]))
 
     report = Report(sweep_dir, out_dir, grid.name, swept, rows, cells, grid_runs, notes)
 
@@ -926,12 +599,12 @@ def _build_grid(
     }
     if comparison is not None:
         doc["reference"] = comparison.as_json()
-    _atomic_write(out_dir / "results.json", (json.dumps(_json_clean(doc), indent=2) + "\n").encode())
+    write_atomic(out_dir / "results.json", json.dumps(_json_clean(doc), indent=2) + "\n")
     report.paths["results.json"] = out_dir / "results.json"
     for fname in FIGURES:
         path = out_dir / fname
         if fname in figures:
-            _atomic_write(path, figures[fname])
+            write_atomic(path, figures[fname])
             report.paths[fname] = path
         elif path.exists():  # a figure this grid no longer supports: don't leave a stale one
             path.unlink(missing_ok=True)

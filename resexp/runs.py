@@ -5,6 +5,7 @@
                    events.out.*    TensorBoard
                    checkpoints/    orbax, the latest two complete ones
                    .lock           held while a process trains it
+    <out>/sweep.json               a sweep directory's first grid (`Manifest`); later ones in grids/<name>/
 
 Nothing here trains; it decides what a directory means and guards it.
 """
@@ -16,6 +17,7 @@ import math
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,18 +64,24 @@ def finished_runs(cfg: Config, out: Path) -> list[tuple[Path, dict]] | None:
     return found
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file + fsync + rename: readers see the old file or the new, never half."""
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write text (UTF-8) or bytes via a temp file + fsync + rename: readers see the old file or the
+    new, never half; every file resexp rewrites in place (summaries, manifests, reports, figures) goes
+    through here."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = content.encode("utf-8") if isinstance(content, str) else content
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise RunError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _jsonable(obj: Any) -> Any:
@@ -246,3 +254,37 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+# ----------------------------------------------------------------------------- sweep directories
+
+MANIFEST = "sweep.json"  # a grid's manifest: written by the sweep, read by its report and the dashboard
+GRIDS_DIR = "grids"  # later grids of a sweep directory: grids/<name>/sweep.json, their reports beside
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What one `resexp sweep` asked for: its axes and the run ids of its cells."""
+
+    path: Path
+    name: str
+    axes: dict[str, list[Any]]
+    run_ids: list[str]
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path.parent
+
+
+def _manifest_at(path: Path) -> Manifest | None:
+    try:
+        doc = json.loads(path.read_text())
+        return Manifest(path, str(doc["name"]), dict(doc["axes"]), [str(r) for r in doc["run_ids"]])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def read_manifests(sweep_dir: Path) -> list[Manifest]:
+    """The directory's grids: the first one (``sweep.json``), then ``grids/*/sweep.json`` by name."""
+    paths = [sweep_dir / MANIFEST, *sorted((sweep_dir / GRIDS_DIR).glob(f"*/{MANIFEST}"))]
+    return [m for m in map(_manifest_at, paths) if m is not None]

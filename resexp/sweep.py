@@ -34,10 +34,7 @@ from typing import Any
 from resexp.config import Config, ConfigError, apply_overrides, check_key, parse_value, run_id, with_updates
 from resexp.errors import UserError
 from resexp.placement import Placement, plan, visible_gpus
-from resexp.runs import read_summary, write_json
-
-MANIFEST = "sweep.json"
-GRIDS_DIR = "grids"
+from resexp.runs import GRIDS_DIR, MANIFEST, Manifest, read_manifests, read_summary, write_json
 
 
 @dataclass(frozen=True)
@@ -106,36 +103,6 @@ def expand_grid(cfg: Config, extra_axes: dict[str, list[Any]] | None = None, sou
             seen.add(rid)
             cells.append(Cell(cell_cfg, updates))
     return cells
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What one `resexp sweep` asked for: its axes and the run ids of its cells."""
-
-    path: Path
-    name: str
-    axes: dict[str, list[Any]]
-    run_ids: list[str]
-
-    @property
-    def report_dir(self) -> Path:
-        return self.path.parent
-
-
-def _manifest_at(path: Path) -> Manifest | None:
-    import json
-
-    try:
-        doc = json.loads(path.read_text())
-        return Manifest(path, str(doc["name"]), dict(doc["axes"]), [str(r) for r in doc["run_ids"]])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def read_manifests(sweep_dir: Path) -> list[Manifest]:
-    """The directory's grids: the first one (``sweep.json``), then ``grids/*/sweep.json`` by name."""
-    paths = [sweep_dir / MANIFEST, *sorted((sweep_dir / GRIDS_DIR).glob(f"*/{MANIFEST}"))]
-    return [m for m in map(_manifest_at, paths) if m is not None]
 
 
 def _grid_slug(extra_axes: dict[str, list[Any]], run_ids: list[str]) -> str:

@@ -108,7 +108,7 @@ def test_report_charts_the_analyses_its_runs_have(tmp_path):
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.plugins.custom_scalar import layout_pb2
 
-    from resexp.report import REPORT_SUFFIX
+    from resexp.records import REPORT_SUFFIX
     from resexp.tblog import event_files
 
     for depth in DEPTHS:
@@ -202,7 +202,7 @@ def test_a_directory_of_sweeps_is_served_as_one_view(tmp_path):
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
     from resexp.dashboard import view_logdir
-    from resexp.report import REPORT_SUFFIX
+    from resexp.records import REPORT_SUFFIX
     from resexp.tblog import event_files
 
     runs = tmp_path / "runs"

@@ -16,7 +16,8 @@ from rich.console import Console
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from resexp.errors import UserError
-from resexp.report import REPORT_SUFFIX, build_report, build_reports
+from resexp.records import REPORT_SUFFIX
+from resexp.report import build_report, build_reports
 from resexp.tblog import EventWriter, event_files, png_size
 
 sys.path.insert(0, str(Path(__file__).parent))

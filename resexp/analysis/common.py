@@ -140,7 +140,7 @@ def write_result(
 
     The TensorBoard file of an earlier result of this analysis is replaced, never added to.
     """
-    from resexp.runs import write_json
+    from resexp.runs import write_atomic, write_json
     from resexp.tblog import EventWriter, event_files
 
     doc = {
@@ -154,9 +154,7 @@ def write_result(
     out = info.dir / ANALYSIS_DIR
     out.mkdir(exist_ok=True)
     if png is not None:
-        tmp = out / f".{name}.png.tmp"
-        tmp.write_bytes(png)
-        tmp.replace(out / f"{name}.png")
+        write_atomic(out / f"{name}.png", png)
         doc["figure"] = f"{ANALYSIS_DIR}/{name}.png"
     suffix = f"{EVENT_SUFFIX}-{name}"
     for old in event_files(info.dir, suffix):

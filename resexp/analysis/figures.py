@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from resexp.figures import _new_figure, _png
+from resexp.figures import new_figure, png_bytes
 
 PLAIN, RES = "#d62728", "#1f77b4"  # the hues resexp.figures draws plain and ResNet in
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -51,7 +51,7 @@ def _ci_err(values: Sequence[float], intervals: Sequence[Sequence[float] | None]
 
 
 def plot_lesion(result: dict, title: str) -> bytes:
-    fig, (ax, ax2) = _new_figure(9.0, 3.4, ncols=2)
+    fig, (ax, ax2) = new_figure(9.0, 3.4, ncols=2)
     rows = result["single"]
     xs = list(range(len(rows)))
     ys = [r["accuracy"] if r["accuracy"] is not None else math.nan for r in rows]
@@ -90,11 +90,11 @@ def plot_lesion(result: dict, title: str) -> bytes:
     ax2.title.set_fontsize(8)
     ax2.legend(fontsize=7)
     fig.suptitle(title + _bn_note(result), fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_gradients(result: dict, title: str) -> bytes:
-    fig, (ax, ax2) = _new_figure(9.0, 3.2, ncols=2)
+    fig, (ax, ax2) = new_figure(9.0, 3.2, ncols=2)
     for i, series in enumerate(result["gradient_line"][:2]):
         ts = [-1 + 2 * j / (len(series) - 1) for j in range(len(series))]
         ax.plot(ts, series, lw=0.8, ls=LINESTYLES[i], color="0.2" if i else RES, label=f"line {i}")
@@ -126,11 +126,11 @@ def plot_gradients(result: dict, title: str) -> bytes:
     ax2.title.set_fontsize(8)
     ax2.legend(fontsize=7)
     fig.suptitle(title + (" (at initialisation)" if result["at_init"] else " (trained)") + _bn_note(result), fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_paths(result: dict, title: str) -> bytes:
-    fig, (ax, ax2) = _new_figure(9.0, 3.4, ncols=2)
+    fig, (ax, ax2) = new_figure(9.0, 3.4, ncols=2)
     ks = result["k"]
     norms = result["mean_norm_per_path"]
     ax.semilogy(
@@ -158,7 +158,7 @@ def plot_paths(result: dict, title: str) -> bytes:
     ax2.title.set_fontsize(8)
     ax2.legend(fontsize=7)
     fig.suptitle(title + _bn_note(result), fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _log_levels(lo: float, hi: float, n: int = 15):
@@ -221,7 +221,7 @@ def _landscape_stats(result: dict) -> str:
 
 def plot_landscape(result: dict, title: str) -> bytes:
     if result["dims"] == 1:
-        fig, (ax,) = _new_figure(4.8, 3.4)
+        fig, (ax,) = new_figure(4.8, 3.4)
         span, s = result["span"], result["surface"]
         ax.plot([-span + 2 * span * i / (len(s) - 1) for i in range(len(s))], s, marker=".", color=RES)
         ax.set_yscale("log")
@@ -231,18 +231,18 @@ def plot_landscape(result: dict, title: str) -> bytes:
             title=f"{result['local_minima']} local minima",
         )
     else:
-        fig, (ax,) = _new_figure(4.8, 4.4)
+        fig, (ax,) = new_figure(4.8, 4.4)
         filled = _contour(ax, result)
         _loss_colorbar(fig, filled, ax, f"test loss ({result['examples']} images, log scale)")
         ax.set(xlabel="alpha (direction 1)", ylabel="beta (direction 2)")
         note = "\n(95 % intervals; non-convex: of the points within r <= span/2)"
         ax.set_title(_landscape_stats(result) + note, fontsize=7)
     fig.suptitle(title + _bn_note(result), fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_hessian(result: dict, title: str) -> bytes:
-    fig, (ax,) = _new_figure(4.8, 3.4)
+    fig, (ax,) = new_figure(4.8, 3.4)
     ax.semilogy(
         range(1, len(result["lambda_trace"]) + 1),
         [abs(v) for v in result["lambda_trace"]],
@@ -269,7 +269,7 @@ def plot_hessian(result: dict, title: str) -> bytes:
     ax.title.set_fontsize(8)
     ax.legend(fontsize=7)
     fig.suptitle(title + _bn_note(result), fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 # --------------------------------------------------------------------------- a sweep
@@ -349,7 +349,7 @@ def _errorbar_note(points) -> str:
 
 
 def plot_lesion_vs_depth(points, title: str) -> bytes:
-    fig, (ax, ax2) = _new_figure(9.0, 3.4, ncols=2)
+    fig, (ax, ax2) = new_figure(9.0, 3.4, ncols=2)
     _vs_depth(
         ax,
         points,
@@ -362,19 +362,19 @@ def plot_lesion_vs_depth(points, title: str) -> bytes:
     ax2.set_ylim(0, 1.02)
     notes = "; ".join(n for n in (_errorbar_note(points), _bn_of(points, "lesion_bn_statistics")) if n)
     fig.suptitle(f"{title} (Veit et al. 2016 §4)\n{notes}", fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_gradients_vs_depth(points, title: str) -> bytes:
-    fig, (ax, ax2) = _new_figure(9.0, 3.4, ncols=2)
+    fig, (ax, ax2) = new_figure(9.0, 3.4, ncols=2)
     _vs_depth(ax, points, "grad_corr_lag1", "lag-1 gradient autocorrelation")
     _vs_depth(ax2, points, "jacobian_log_condition", r"$\log_{10}\,\sigma_{\max} / \sigma_{\mathrm{median}}$")
     fig.suptitle(f"{title} (Balduzzi et al. 2017)\nBN statistics recomputed on training images", fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_hessian_vs_depth(points, title: str) -> bytes:
-    fig, (ax,) = _new_figure(5.2, 3.8)
+    fig, (ax,) = new_figure(5.2, 3.8)
     ci_points = [
         {
             **p,
@@ -391,7 +391,7 @@ def plot_hessian_vs_depth(points, title: str) -> bytes:
     ax.legend(fontsize=7)
     notes = "; ".join(n for n in (_errorbar_note(points), _bn_of(points, "hessian_bn_statistics")) if n)
     fig.suptitle(f"{title}\n{notes}", fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_landscapes(panels: Sequence[Mapping[str, Any]], title: str) -> bytes | None:
@@ -439,4 +439,4 @@ def plot_landscapes(panels: Sequence[Mapping[str, Any]], title: str) -> bytes | 
         + (f"\nBN statistics: {'; '.join(bn)}" if bn else ""),
         fontsize=8,
     )
-    return _png(fig)
+    return png_bytes(fig)

@@ -23,11 +23,10 @@ from typing import Any
 
 from resexp.analysis import HEADLINE, analysis_module, headline_metrics, run_analyses, uncached
 from resexp.analysis.common import EVENT_SUFFIX, AnalysisError, inspect_run, result_path
+from resexp.records import ANALYSIS_VS_DEPTH_DIR, RunRow, group_dirname, group_label
+from resexp.runs import write_atomic
 
 FIGURES = ("lesion_vs_depth.png", "gradients_vs_depth.png", "landscapes.png", "hessian_vs_depth.png")
-# Its own TensorBoard runs, apart from the report's vs_depth/: both open their files with a session
-# START, which in one run would make a live TensorBoard drop the other's points.
-VS_DEPTH_DIR = "vs_depth_analysis"
 ALL_GRIDS = "all"
 NOT_LINE_KEYS = ("model.depth", "train.seed", "model.shortcut")  # x axis, pooled, colour
 
@@ -271,9 +270,7 @@ def line_group(summary: dict, axes: list[str]) -> dict[str, Any]:
 
 def net_label(summary: dict, group: dict[str, Any]) -> str:
     """ "plain", "ResNet (option A)", "ResNet (wd=0.0001)": the family plus what else the grid sweeps."""
-    from resexp.report import RunRecord, group_label
-
-    record = RunRecord(summary.get("run_id", ""), Path("."), str(summary.get("status")), {}, summary)
+    record = RunRow(summary.get("run_id", ""), Path("."), str(summary.get("status")), {}, summary)
     return group_label(group, [record])
 
 
@@ -321,7 +318,6 @@ def write_sweep_outputs(sweep_dir: Path, grid: GridRuns) -> dict[str, Path]:
     """The four figures and the TensorBoard vs-depth series and images of one grid, beside its
     manifest (the grid's runs only)."""
     from resexp.analysis import figures as F
-    from resexp.report import group_dirname
     from resexp.tblog import EventWriter, event_files
 
     points, panels = _points(grid.run_dirs, grid.axes)
@@ -343,11 +339,9 @@ def write_sweep_outputs(sweep_dir: Path, grid: GridRuns) -> dict[str, Path]:
     written = {}
     for fname, png in pngs.items():
         if png is not None:
-            tmp = out_dir / f".{fname}.tmp"
-            tmp.write_bytes(png)
-            tmp.replace(out_dir / fname)
+            write_atomic(out_dir / fname, png)
             written[fname] = out_dir / fname
-    vs = out_dir / VS_DEPTH_DIR
+    vs = out_dir / ANALYSIS_VS_DEPTH_DIR
     for old in event_files(vs, EVENT_SUFFIX, recursive=True) if vs.is_dir() else []:
         old.unlink(missing_ok=True)
     groups: dict[str, list[dict]] = {}
