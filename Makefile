@@ -29,11 +29,12 @@ install: $(STAMP) $(ONEDNN)  ## set up .venv with resexp and the test tools (ver
 $(ONEDNN): csrc/onednn_conv.cc requirements/onednn.txt scripts/build_onednn.sh | $(STAMP)
 	@bash scripts/build_onednn.sh || echo "note: the oneDNN extension did not build; resexp will use XLA's convolutions" >&2
 
-lint: $(STAMP)  ## ruff check, ruff format --check and mypy on resexp/ scripts/ tests/ (all three run; any finding fails)
+lint: $(STAMP)  ## ruff check, ruff format --check, mypy on resexp/ scripts/ tests/, and lint-imports (resexp's layers; all four run; any finding fails)
 	@rc=0; \
 	  $(BIN)/ruff check $(LINTED) || rc=1; \
 	  $(BIN)/ruff format --check $(LINTED) || rc=1; \
 	  $(BIN)/mypy $(LINTED) || rc=1; \
+	  $(BIN)/lint-imports || rc=1; \
 	  exit $$rc
 
 fmt: $(STAMP)  ## apply ruff's safe fixes and its formatter; then `make lint` lists what is left to fix by hand

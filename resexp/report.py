@@ -43,6 +43,7 @@ from rich.table import Table
 
 from resexp.colors import family_position
 from resexp.errors import UserError
+from resexp.headlines import HEADLINE, headline_metrics
 from resexp.records import (
     AGGREGATE_METRICS,
     ANALYSIS_VS_DEPTH_DIR,
@@ -349,8 +350,6 @@ def _write_hparams(sweep_dir: Path, runs: Sequence[RunRow], shown: Mapping[str, 
                 values["diverged"] = 1.0 if r.diverged else 0.0
                 w.hparams_metrics(step, values)
             written.append(w.path)
-    from resexp.analysis import HEADLINE
-
     analyses = [col for col in HEADLINE if col in shown["analyses"]]  # charted in a fixed order
     layout = sweep_layout(vs_depth=shown["vs_depth"], depths=shown["depths"], diagnostics=shown["diagnostics"],
                           analyses=analyses)  # fmt: skip
@@ -401,8 +400,6 @@ def _write_answer(
     (step = depth, or step = training step / layer index for the per-depth curves and profiles) pool
     every finished run of the directory by config, each group of other swept keys in its own tags;
     and every grid's figures as images. Returns the files and what was charted (for the layout)."""
-    from resexp.analysis import headline_metrics
-
     keys = _answer_keys(runs, grids)
     cell_keys = [SHORTCUT_KEY, *keys, DEPTH_KEY]
     records = [replace(r, keys={k: _hashable(_swept_value(r, k)) for k in cell_keys}) for r in runs]
@@ -523,8 +520,6 @@ def _build_grid(
             row[m] = v if v is None or (isinstance(v, (int, str)) and not isinstance(v, bool)) else to_float(v)
         rows.append(row)
     # Headline numbers of the "why" analyses (`resexp analyze`), where their cached results exist.
-    from resexp.analysis import HEADLINE, headline_metrics
-
     precise = any((r.eval_bn or "").startswith("precise") for r in grid_runs)
     bn_cols = ["eval_bn", *RUNNING_BN_METRICS] if precise else []  # the running averages' numbers beside
     for row, r in zip(rows, grid_runs, strict=True):

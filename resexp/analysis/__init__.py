@@ -6,10 +6,11 @@
     landscape  Li et al. 2018        filter-normalised loss surface
     hessian    (PyHessian-style)     largest Hessian eigenvalue vs the SGD stability limit
 
-Every analysis is a module with the same five functions, which `run_analyses` walks:
+Every analysis is a module with the same three functions, which `run_analyses` walks:
 `prepare(info, **options) -> options` (validates, no JAX), `compute(run, options) -> result`,
-`headline(result)`, `scalars(result)`, and a figure in `resexp.analysis.figures`. Results are
-cached in `RUN_DIR/analysis/<name>.json` by checkpoint and options.
+`scalars(result)`, and a figure in `resexp.analysis.figures`. Results are cached in
+`RUN_DIR/analysis/<name>.json` by checkpoint and options; their headline numbers, which the
+report shows, are named in `resexp.headlines` (read without JAX).
 
 Each analysis measures a bounded sample (its one sample-size option: `examples` test images,
 or `lines` for the gradients), batched into one compiled program per architecture, and
@@ -20,30 +21,18 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
-import math
 from pathlib import Path
 from types import ModuleType
 
-from resexp.analysis.common import AnalysisError, RunInfo, cached_result, inspect_run, result_path
+from resexp.analysis.common import AnalysisError, RunInfo, cached_result, inspect_run
 from resexp.analysis.progress import Sink
 
 ANALYSES = ("lesion", "gradients", "paths", "landscape", "hessian")
-HEADLINE = {  # results.csv column -> analysis it comes from
-    "lesion_median_accuracy": "lesion",
-    "grad_corr_lag1": "gradients",
-    "paths_k90_max": "paths",
-    "landscape_local_minima": "landscape",
-    "landscape_nonconvex_fraction": "landscape",
-    "hessian_lambda_max": "hessian",
-}
 
 __all__ = [
     "ANALYSES",
-    "HEADLINE",
     "AnalysisError",
     "analysis_module",
-    "headline_metrics",
     "parse_only",
     "prepare_requests",
     "run_analyses",
@@ -132,19 +121,6 @@ def _config(info: RunInfo):
     from resexp.config import Config
 
     return Config.model_validate(info.summary["config"])
-
-
-def headline_metrics(run_dir: Path) -> dict[str, float]:
-    """The headline numbers of whatever analyses `run_dir/analysis/` holds (cached JSONs only)."""
-    out: dict[str, float] = {}
-    for name in ANALYSES:
-        try:
-            doc = json.loads(result_path(run_dir, name).read_text())
-        except (OSError, ValueError):
-            continue
-        for col, value in analysis_module(name).headline(doc).items():
-            out[col] = math.nan if value is None else float(value)
-    return out
 
 
 def describe(name: str, doc: dict) -> str:

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from resexp.errors import UserError
+from resexp.headlines import ANALYSIS_DIR, result_path
 
-ANALYSIS_DIR = "analysis"
 VERSION = 2  # bump when a computation changes: cached results from older code are recomputed
 EVENT_SUFFIX = ".resexp-analysis"
 # Each example-based analysis's default sample, the first N test images (at most the test set),
@@ -118,10 +118,6 @@ def cache_key(name: str, info: RunInfo, options: dict) -> str:
         default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def result_path(run_dir: Path, name: str) -> Path:
-    return Path(run_dir) / ANALYSIS_DIR / f"{name}.json"
 
 
 def cached_result(name: str, info: RunInfo, options: dict) -> dict | None:

@@ -170,10 +170,6 @@ def _with(run, params, others):
     return LoadedRun(run.cfg, run.data, run.graphdef, params, others)
 
 
-def headline(result: dict) -> dict[str, float]:
-    return {"grad_corr_lag1": result["grad_corr_lag1"]}
-
-
 def scalars(result: dict) -> dict[str, float]:
     return {
         "grad_corr_lag1": result["grad_corr_lag1"],

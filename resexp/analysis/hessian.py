@@ -191,9 +191,5 @@ def compute(run, options: dict) -> dict:
     }
 
 
-def headline(result: dict) -> dict[str, float]:
-    return {"hessian_lambda_max": result["lambda_max"]}
-
-
 def scalars(result: dict) -> dict[str, float]:
     return {"lambda_max": result["lambda_max"], "sgd_stability_limit": result["sgd_stability_limit"]}

@@ -204,13 +204,6 @@ def compute(run, options: dict) -> dict:
     }
 
 
-def headline(result: dict) -> dict[str, float]:
-    return {
-        "landscape_local_minima": result["local_minima"],
-        "landscape_nonconvex_fraction": result["nonconvex_fraction"],
-    }
-
-
 def scalars(result: dict) -> dict[str, float]:
     return {
         "local_minima": result["local_minima"],

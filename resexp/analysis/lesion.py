@@ -15,7 +15,6 @@ accuracy carries a Wilson interval, and the median over deleted blocks a paired 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -209,11 +208,6 @@ def compute(run, options: dict) -> dict:
         "uncertainty": "95 % intervals over the test sample: Wilson per accuracy, paired bootstrap "
         f"({stats.BOOTSTRAP_REPLICATES} replicates) for medians, minima and means over masks",
     }
-
-
-def headline(result: dict) -> dict[str, float]:
-    v = result.get("median_single_accuracy")
-    return {"lesion_median_accuracy": math.nan if v is None else v}
 
 
 def scalars(result: dict) -> dict[str, float]:

@@ -254,10 +254,6 @@ def _ranges(ks: list[int]) -> str:
     return ", ".join(parts)
 
 
-def headline(result: dict) -> dict[str, float]:
-    return {"paths_k90_max": result["k90_max"]}
-
-
 def scalars(result: dict) -> dict[str, float]:
     return {
         "k90_min": result["k90"][0],

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resexp.analysis import HEADLINE, analysis_module, headline_metrics, run_analyses, uncached
-from resexp.analysis.common import EVENT_SUFFIX, AnalysisError, inspect_run, result_path
+from resexp.analysis import analysis_module, run_analyses, uncached
+from resexp.analysis.common import EVENT_SUFFIX, AnalysisError, inspect_run
+from resexp.headlines import HEADLINE, headline_metrics, result_path
 from resexp.records import ANALYSIS_VS_DEPTH_DIR, RunRow, group_dirname, group_label
 from resexp.runs import write_atomic
 
