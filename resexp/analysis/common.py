@@ -342,10 +342,10 @@ class BlockSpec:
 
 def block_specs(net) -> list[BlockSpec]:
     """Every block in forward order, read off the module tree."""
-    from resexp.diagnostics import _block_modes
+    from resexp.diagnostics import block_modes
 
     specs = []
-    for (name, mode), first in zip(_block_modes(net), _first_flags(net), strict=True):
+    for (name, mode), first in zip(block_modes(net), _first_flags(net), strict=True):
         stage = net.stages[int(name.split("/")[0][5:]) - 1]
         k = stage.first.layer1.kernel
         changes = first and (
