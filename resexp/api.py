@@ -184,7 +184,7 @@ def plan_sweep(
 
 
 def record_plan(plan: SweepPlan) -> Any:
-    """Write the plan's manifest (resexp.sweep.Manifest); an unwritable directory is one line."""
+    """Write the plan's manifest (resexp.runs.Manifest); an unwritable directory is one line."""
     from resexp.errors import RunError
     from resexp.sweep import grid_axes, record_grid
 
@@ -259,7 +259,7 @@ def _quiet_console():
 
 
 def _as_result(rep: Any) -> SweepResult:
-    """A resexp.report.Report as the public, typed result."""
+    """A resexp.records.Report as the public, typed result."""
     return SweepResult(
         sweep_dir=rep.sweep_dir,
         name=rep.sweep_name,

@@ -1,5 +1,8 @@
 """Rebuild every aggregate of a sweep directory from its runs' ``summary.json`` files.
 
+This module reads the runs, writes the files and prints the tables; what they hold (runs, cells,
+groups, names) is `resexp.records`.
+
 A sweep directory holds runs (one directory each) and the grids swept into it. Each
 ``resexp sweep`` records its grid in a manifest: the first grid of a directory in
 ``SWEEP/sweep.json``, any other grid later swept into the same directory in
