@@ -149,8 +149,9 @@ def _zero_last_layers(params):
     return jax.tree_util.tree_map_with_path(zero, params)
 
 
-def _block_modes(model) -> list[tuple[str, str]]:
-    """(name, shortcut mode) per block in order, read off the module tree without running it."""
+def block_modes(model) -> list[tuple[str, str]]:
+    """(name, shortcut mode) per block in order, read off the module tree without running it (public:
+    the why lab's block walker names blocks the same way)."""
     out = []
     for si, stage in enumerate(model.stages, start=1):
         count = 0 if stage.rest is None else int(stage.rest.layer1.kernel.shape[0])
@@ -218,7 +219,7 @@ def identity_check(model, x: jax.Array, *, zero_branches: bool = True) -> list[d
         jax.jit(_identity_arrays, static_argnums=(0, 1))(graphdef, zero_branches, params, others, x)
     )
     rows = []
-    for (name, mode), a in zip(_block_modes(model), arrays, strict=True):
+    for (name, mode), a in zip(block_modes(model), arrays, strict=True):
 
         def get(key, a=a):
             return float(a[key]) if key in a else None

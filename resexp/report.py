@@ -674,7 +674,7 @@ def _write_hparams(sweep_dir: Path, runs: Sequence[RunRecord], shown: Mapping[st
                 values["diverged"] = 1.0 if r.diverged else 0.0
                 w.hparams_metrics(step, values)
             written.append(w.path)
-    from resexp.analysis import HEADLINE
+    from resexp.analysis_results import HEADLINE
 
     analyses = [col for col in HEADLINE if col in shown["analyses"]]  # charted in a fixed order
     layout = sweep_layout(vs_depth=shown["vs_depth"], depths=shown["depths"], diagnostics=shown["diagnostics"],
@@ -726,7 +726,7 @@ def _write_answer(
     (step = depth, or step = training step / layer index for the per-depth curves and profiles) pool
     every finished run of the directory by config, each group of other swept keys in its own tags;
     and every grid's figures as images. Returns the files and what was charted (for the layout)."""
-    from resexp.analysis import headline_metrics
+    from resexp.analysis_results import headline_metrics
 
     keys = _answer_keys(runs, grids)
     cell_keys = [SHORTCUT_KEY, *keys, DEPTH_KEY]
@@ -850,7 +850,7 @@ def _build_grid(
             row[m] = v if v is None or (isinstance(v, (int, str)) and not isinstance(v, bool)) else _num(v)
         rows.append(row)
     # Headline numbers of the "why" analyses (`resexp analyze`), where their cached results exist.
-    from resexp.analysis import HEADLINE, headline_metrics
+    from resexp.analysis_results import HEADLINE, headline_metrics
 
     precise = any((r.eval_bn or "").startswith("precise") for r in grid_runs)
     bn_cols = ["eval_bn", *RUNNING_BN_METRICS] if precise else []  # the running averages' numbers beside
