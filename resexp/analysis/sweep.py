@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resexp.analysis import REGISTRY, run_analyses, uncached
+from resexp.analysis import REGISTRY, prepare_requests, run_analyses, uncached
 from resexp.analysis.common import EVENT_SUFFIX, AnalysisError, inspect_run
 from resexp.analysis_results import HEADLINE, headline_metrics, read_result
 
@@ -213,7 +213,6 @@ def analyze_sweep(
 
 def _run_all(work: list[tuple[Path, dict]], jobs: int, console) -> list[dict[str, bool]]:
     """Analyse every run (in `jobs` worker processes when > 1), showing progress on `console`."""
-    from resexp.analysis import prepare_requests
     from resexp.analysis.progress import ProgressBoard, QueueSink
 
     board_runs = []
