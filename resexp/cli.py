@@ -853,22 +853,29 @@ PreciseBnOpt = Annotated[
 
 
 def _examples_opt(analysis: str) -> Any:
-    from resexp.analysis.common import DEFAULT_EXAMPLES
+    from resexp.analysis import REGISTRY
 
     return typer.Option(
-        help=f"Sample size: the first N test images (default {DEFAULT_EXAMPLES[analysis]}, at most the test set).",
+        help=f"Sample size: the first N test images (default {REGISTRY[analysis].EXAMPLES}, at most the test set).",
         show_default=False,
     )
 
 
 def _default_examples() -> str:
-    from resexp.analysis.common import DEFAULT_EXAMPLES
+    from resexp.analysis import REGISTRY
 
-    return ", ".join(f"{name} {n}" for name, n in DEFAULT_EXAMPLES.items())
+    return ", ".join(f"{name} {mod.EXAMPLES}" for name, mod in REGISTRY.items() if mod.EXAMPLES is not None)
+
+
+def _analysis_names() -> str:
+    from resexp.analysis import REGISTRY
+
+    return ",".join(REGISTRY)
 
 
 def _analysis(name: str, run_dir: Path, as_json: bool, **options) -> None:
-    from resexp.analysis import describe, prepare_requests, run_analyses, uncached
+    """One analysis on one run, as its command prints it (the per-analysis commands only parse options)."""
+    from resexp.analysis import REGISTRY, prepare_requests, run_analyses, uncached
     from resexp.analysis.common import inspect_run
     from resexp.analysis.progress import ProgressBoard
 
@@ -880,7 +887,7 @@ def _analysis(name: str, run_dir: Path, as_json: bool, **options) -> None:
     if as_json:
         print(json.dumps(doc))
         return
-    out_console.print(describe(name, doc), highlight=False, soft_wrap=True)
+    out_console.print(REGISTRY[name].describe(doc), highlight=False, soft_wrap=True)
     out_console.print(
         f"[dim]{'cached' if cached else 'wrote'} {run_dir / 'analysis' / (name + '.json')}"
         + (f" and {run_dir / doc['figure']}" if doc.get("figure") else "")
@@ -948,12 +955,10 @@ def gradients(
         return
     cfg = _load(target, set_)
     _setup()
-    from resexp.analysis import describe
-    from resexp.analysis.common import init_run, timed
-    from resexp.analysis.gradients import compute, prepare
+    from resexp.analysis import REGISTRY, run_on_config
 
-    doc = timed(lambda: compute(init_run(cfg), prepare(None, at_init=True, lines=lines)))
-    print(json.dumps(doc)) if as_json else out_console.print(describe("gradients", doc), highlight=False)
+    doc = run_on_config("gradients", cfg, at_init=True, lines=lines)
+    print(json.dumps(doc)) if as_json else out_console.print(REGISTRY["gradients"].describe(doc), highlight=False)
 
 
 @app.command()
@@ -1011,9 +1016,7 @@ def hessian(
 @user_errors
 def analyze(
     sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (runs/<name>).", show_default=False)],
-    only: Annotated[
-        str | None, typer.Option(help="Comma-separated subset of lesion,gradients,paths,landscape,hessian.")
-    ] = None,
+    only: Annotated[str | None, typer.Option(help=f"Comma-separated subset of {_analysis_names()}.")] = None,
     grid: Annotated[
         str | None,
         typer.Option(

@@ -44,9 +44,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from resexp.analysis_results import HEADLINE, headline_metrics
 from resexp.colors import family_position
 from resexp.errors import UserError
-from resexp.headlines import HEADLINE, headline_metrics
 from resexp.records import (
     AGGREGATE_METRICS,
     ANALYSIS_VS_DEPTH_DIR,

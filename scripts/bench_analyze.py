@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from resexp.analysis_results import ANALYSIS_DIR, read_result
+
 ROOT = Path(__file__).resolve().parent.parent
 
 HEADLINES = {
@@ -75,12 +77,11 @@ def analyze(sweep: Path, jobs: int, resexp_root: Path, cache: Path, extra: list[
 
 def per_run(sweep: Path) -> dict[str, dict]:
     out = {}
-    for run in sorted(p for p in sweep.iterdir() if (p / "analysis").is_dir()):
+    for run in sorted(p for p in sweep.iterdir() if (p / ANALYSIS_DIR).is_dir()):
         row = {}
         for name, keys in HEADLINES.items():
-            try:
-                doc = json.loads((run / "analysis" / f"{name}.json").read_text())
-            except (OSError, ValueError):
+            doc = read_result(run, name)
+            if doc is None:
                 continue
             row[name] = {"seconds": doc.get("seconds"), **{k: doc.get(k) for k in keys if k in doc}}
         out[run.name] = row

@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 from resexp.analysis import run_analyses
 from resexp.analysis.common import inspect_run, load_run, normalized_test
+from resexp.analysis_results import headline_metrics
 from resexp.cli import app
 from resexp.config import Config
-from resexp.headlines import headline_metrics
 from resexp.train import train_runs
 
 

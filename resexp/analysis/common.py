@@ -24,14 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resexp.analysis_results import ANALYSIS_DIR, read_result, result_path
 from resexp.errors import UserError
-from resexp.headlines import ANALYSIS_DIR, result_path
 
 VERSION = 2  # bump when a computation changes: cached results from older code are recomputed
 EVENT_SUFFIX = ".resexp-analysis"
-# Each example-based analysis's default sample, the first N test images (at most the test set),
-# chosen by measurement (README "Why, measured"): here, where the CLI reads them without JAX.
-DEFAULT_EXAMPLES = {"lesion": 256, "landscape": 64, "hessian": 256, "paths": 32}
 
 
 class AnalysisError(UserError):
@@ -122,11 +119,8 @@ def cache_key(name: str, info: RunInfo, options: dict) -> str:
 
 def cached_result(name: str, info: RunInfo, options: dict) -> dict | None:
     """The stored result when it was computed from this checkpoint with these options, else None."""
-    try:
-        doc = json.loads(result_path(info.dir, name).read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if doc.get("cache_key") == cache_key(name, info, options) else None
+    doc = read_result(info.dir, name)
+    return doc if doc is not None and doc.get("cache_key") == cache_key(name, info, options) else None
 
 
 def write_result(
@@ -293,6 +287,18 @@ def bn_batch_size(info: RunInfo) -> int:
     return int(info.summary["config"]["data"]["batch_size"])
 
 
+def eval_sample_options(
+    info: RunInfo, examples: int | None, precise_bn_batches: int | None, default: int
+) -> tuple[dict[str, int], dict[str, int]]:
+    """The options every eval-mode, example-based analysis shares, validated, so its `prepare`
+    places them among its own: ({"examples"}, {"precise_bn_batches", "bn_batch_size"})."""
+    sample = {"examples": check_examples(examples, test_set_size(info.summary["config"]), default)}
+    return sample, {
+        "precise_bn_batches": precise_bn_setting(info, precise_bn_batches),
+        "bn_batch_size": bn_batch_size(info),
+    }
+
+
 def precise_bn_indices(num_examples: int, batches: int, batch_size: int):
     """[batches, batch_size] training indices precise BN uses: fixed for a dataset size (not a run's
     seed), epoch-wise shuffles without replacement from NumPy seed 0, as the training option
@@ -443,6 +449,21 @@ def check_examples(examples: int | None, n_test: int, default: int, flag: str = 
     if examples > n_test:
         raise AnalysisError(f"{flag} {examples}: more than the {n_test} test examples")
     return examples
+
+
+def fmt(value: float | None, spec: str = ".3f") -> str:
+    """A number of a result for the terminal ("-" for None)."""
+    return "-" if value is None else format(value, spec)
+
+
+def fmt_ci(interval: list[float] | None, spec: str = ".3f") -> str:
+    """ " [lo, hi]" of a result's interval for the terminal ("" for none)."""
+    return "" if not interval else f" [{fmt(interval[0], spec)}, {fmt(interval[1], spec)}]"
+
+
+def bn_note(result: dict) -> str:
+    """ "; BN: ..." (which BN statistics an analysis used) for its terminal line."""
+    return f"; BN: {result['bn_statistics']}" if result.get("bn_statistics") else ""
 
 
 def timed(fn: Callable[[], dict]) -> dict:

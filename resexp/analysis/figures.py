@@ -1,6 +1,7 @@
 """How the "why" analyses are drawn: one figure per run and analysis, and the sweep figures
-(each number against depth, plain vs ResNet). Numbers come in as the analyses' JSON results;
-matplotlib is imported only here, only when a figure is drawn.
+(each number against depth, plain vs ResNet), called by each analysis's `plot` and
+`plot_vs_depth`. Numbers come in as the analyses' JSON results; matplotlib is imported only
+here, only when a figure is drawn.
 
 Colour has one meaning in every figure: plain vs ResNet. Any other key a grid sweeps (weight
 decay, projection, ...) is a marker and line style, and every line's legend entry names it. Every
@@ -23,16 +24,6 @@ LINESTYLES = ("-", "--", ":", "-.")
 
 def family_color(plain: bool) -> str:
     return PLAIN if plain else RES
-
-
-def plot_analysis(name: str, result: dict, title: str) -> bytes | None:
-    return {
-        "lesion": plot_lesion,
-        "gradients": plot_gradients,
-        "paths": plot_paths,
-        "landscape": plot_landscape,
-        "hessian": plot_hessian,
-    }[name](result, title)
 
 
 def _bn_note(result: dict) -> str:

@@ -20,13 +20,20 @@ lines; the Jacobian's conditioning with its standard error across its examples.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from resexp.analysis import stats
-from resexp.analysis.common import AnalysisError, RunInfo, test_set_size
+from resexp.analysis.common import AnalysisError, RunInfo, bn_note, fmt, test_set_size
 
 NAME = "gradients"
+EXAMPLES = None  # its sample is `lines`, and BN is always recomputed: no `examples`, no `precise_bn_batches`
+# `analyze` asks for the gradients at initialisation, where the shattering contrast lives (after
+# training every net's gradients are smooth)
+SWEEP_OPTIONS: dict[str, Any] = {"at_init": True}
+VS_DEPTH = "gradients_vs_depth.png"
+POINT_KEYS = ("jacobian_log_condition", "grad_corr_lag1_standard_error")
 RECAL_IMAGES = 512
 LINES, POINTS = 4, 256  # default sample: lines through input space, points per line
 JACOBIAN_EXAMPLES = 4
@@ -176,3 +183,27 @@ def scalars(result: dict) -> dict[str, float]:
         "grad_cos_neighbors": result["grad_cos_neighbors"],
         "jacobian_log_condition": result["jacobian_log_condition"],
     }
+
+
+def describe(result: dict) -> str:
+    se = result.get("grad_corr_lag1_standard_error")
+    return (
+        f"gradients ({'at init' if result['at_init'] else 'trained'}, {result['lines']} lines): lag-1 correlation "
+        f"{fmt(result['grad_corr_lag1'])}{'' if se is None else f' +- {se:.3f}'}, neighbour cosine "
+        f"{fmt(result['grad_cos_neighbors'])}, Jacobian log10 cond {fmt(result['jacobian_log_condition'], '.2f')}"
+        f"{bn_note(result)}"
+    )
+
+
+def plot(result: dict, title: str) -> bytes | None:
+    from resexp.analysis.figures import plot_gradients
+
+    return plot_gradients(result, title)
+
+
+def plot_vs_depth(points: list[dict], title: str) -> bytes | None:
+    if not any("grad_corr_lag1" in p for p in points):
+        return None
+    from resexp.analysis.figures import plot_gradients_vs_depth
+
+    return plot_gradients_vs_depth(points, f"{title}: gradients at initialisation")

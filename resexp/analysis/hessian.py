@@ -17,24 +17,26 @@ uncertain, at no extra cost.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 
 from resexp.analysis import stats
 from resexp.analysis.common import (
-    DEFAULT_EXAMPLES,
     AnalysisError,
     RunInfo,
-    bn_batch_size,
+    bn_note,
     bn_statistics,
-    check_examples,
     committed_like,
-    precise_bn_setting,
-    test_set_size,
+    eval_sample_options,
+    fmt,
 )
 
 NAME = "hessian"
-EXAMPLES = DEFAULT_EXAMPLES[NAME]
+EXAMPLES = 256  # default sample: the first N test images (README "Why, measured")
+SWEEP_OPTIONS: dict[str, Any] = {}
+VS_DEPTH = "hessian_vs_depth.png"
+POINT_KEYS = ("sgd_stability_limit", "lambda_max_standard_error", "bn_statistics")
 GROUP_SIZE = 32  # examples per call of the compiled step; 256 examples make 8 groups
 # Stop once two successive steps change lambda by less than this (relative). Power iteration
 # rises to lambda from below: on the Fashion-MNIST depth-56 nets it then stood within 0.5 % of
@@ -45,19 +47,14 @@ TOLERANCE = 5e-3
 def prepare(info: RunInfo, iters: int = 20, examples: int | None = None, precise_bn_batches: int | None = None) -> dict:
     if iters < 1:
         raise AnalysisError(f"--iters {iters}: must be at least 1")
-    examples = check_examples(examples, test_set_size(info.summary["config"]), EXAMPLES)
+    sample, bn = eval_sample_options(info, examples, precise_bn_batches, EXAMPLES)
+    examples = sample["examples"]
     if examples <= GROUP_SIZE:
         raise AnalysisError(
             f"--examples {examples}: the Hessian needs more than {GROUP_SIZE} (two groups of examples, for "
             "the standard error)"
         )
-    return {
-        "iters": iters,
-        "examples": examples,
-        "precise_bn_batches": precise_bn_setting(info, precise_bn_batches),
-        "bn_batch_size": bn_batch_size(info),
-        "seed": 0,
-    }
+    return {"iters": iters, **sample, **bn, "seed": 0}
 
 
 def _vdot(a, b):
@@ -193,3 +190,28 @@ def compute(run, options: dict) -> dict:
 
 def scalars(result: dict) -> dict[str, float]:
     return {"lambda_max": result["lambda_max"], "sgd_stability_limit": result["sgd_stability_limit"]}
+
+
+def describe(result: dict) -> str:
+    lim = result.get("sgd_stability_limit")
+    se = result.get("lambda_max_standard_error")
+    return (
+        f"hessian ({result['examples']} test images): lambda_max {fmt(result['lambda_max'], '.4g')}"
+        + ("" if se is None else f" +- {se:.2g}")
+        + (f" vs SGD stability limit 2(1+beta)/eta = {lim:.3g} (x{result['ratio_to_limit']:.2g})" if lim else "")
+        + bn_note(result)
+    )
+
+
+def plot(result: dict, title: str) -> bytes | None:
+    from resexp.analysis.figures import plot_hessian
+
+    return plot_hessian(result, title)
+
+
+def plot_vs_depth(points: list[dict], title: str) -> bytes | None:
+    if not any("hessian_lambda_max" in p for p in points):
+        return None
+    from resexp.analysis.figures import plot_hessian_vs_depth
+
+    return plot_hessian_vs_depth(points, f"{title}: sharpness")

@@ -19,24 +19,27 @@ the name `kernel`, not by `ndim` (a stacked BN scale is 2-D).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from resexp.analysis import stats
 from resexp.analysis.common import (
-    DEFAULT_EXAMPLES,
     AnalysisError,
     RunInfo,
-    bn_batch_size,
+    bn_note,
     bn_statistics,
-    check_examples,
     committed_like,
-    precise_bn_setting,
-    test_set_size,
+    eval_sample_options,
+    fmt,
+    fmt_ci,
 )
 
 NAME = "landscape"
-EXAMPLES = DEFAULT_EXAMPLES[NAME]
+EXAMPLES = 64  # default sample: the first N test images (README "Why, measured")
+SWEEP_OPTIONS: dict[str, Any] = {}
+VS_DEPTH = "landscapes.png"
+POINT_KEYS: tuple[str, ...] = ()  # its sweep figure draws each run's whole surface (`plot_vs_depth`)
 
 
 def prepare(
@@ -53,16 +56,8 @@ def prepare(
         raise AnalysisError(f"--span {span}: must be > 0")
     if dims not in (1, 2):
         raise AnalysisError(f"--dims {dims}: must be 1 or 2")
-    examples = check_examples(examples, test_set_size(info.summary["config"]), EXAMPLES)
-    return {
-        "grid": grid,
-        "span": span,
-        "examples": examples,
-        "dims": dims,
-        "precise_bn_batches": precise_bn_setting(info, precise_bn_batches),
-        "bn_batch_size": bn_batch_size(info),
-        "seed": 0,
-    }
+    sample, bn = eval_sample_options(info, examples, precise_bn_batches, EXAMPLES)
+    return {"grid": grid, "span": span, **sample, "dims": dims, **bn, "seed": 0}
 
 
 def _keys(path) -> list[str]:
@@ -210,3 +205,31 @@ def scalars(result: dict) -> dict[str, float]:
         "nonconvex_fraction": result["nonconvex_fraction"],
         "center_loss": result["center_loss"],
     }
+
+
+def describe(result: dict) -> str:
+    return (
+        f"landscape ({result['dims']}-D, {result['grid']} points per axis, span {result['span']:g}, "
+        f"{result['examples']} test images): centre loss {fmt(result['center_loss'], '.4f')}, "
+        f"{result['local_minima']}{fmt_ci(result['local_minima_ci95'], 'g')} local minima, non-convex fraction "
+        f"{fmt(result['nonconvex_fraction'], '.2f')}{fmt_ci(result['nonconvex_fraction_ci95'], '.2f')}"
+        f"{bn_note(result)}"
+    )
+
+
+def plot(result: dict, title: str) -> bytes | None:
+    from resexp.analysis.figures import plot_landscape
+
+    return plot_landscape(result, title)
+
+
+def plot_vs_depth(points: list[dict], title: str) -> bytes | None:
+    """Every run's surface, one panel each (None when no run has a 2-D one)."""
+    from resexp.analysis.figures import plot_landscapes
+
+    panels = [
+        {"net": p["net"], "plain": p["plain"], "depth": p["depth"], "result": p["results"][NAME]}
+        for p in points
+        if NAME in p["results"]
+    ]
+    return plot_landscapes(panels, f"{title}: loss landscapes")

@@ -20,21 +20,15 @@ from typing import Any
 import numpy as np
 
 from resexp.analysis import stats
-from resexp.analysis.common import (
-    DEFAULT_EXAMPLES,
-    AnalysisError,
-    RunInfo,
-    bn_batch_size,
-    bn_statistics,
-    check_examples,
-    precise_bn_setting,
-    test_set_size,
-)
+from resexp.analysis.common import AnalysisError, RunInfo, bn_note, bn_statistics, eval_sample_options, fmt, fmt_ci
 
 NAME = "lesion"
+EXAMPLES = 256  # default sample: the first N test images (README "Why, measured")
+SWEEP_OPTIONS: dict[str, Any] = {}
+VS_DEPTH = "lesion_vs_depth.png"
+POINT_KEYS = ("base_accuracy", "median_single_accuracy_ci95", "base_accuracy_ci95", "bn_statistics")
 DRAWS = 10  # random draws per k (deletions) and for the swaps
 RECAL_IMAGES = 512
-EXAMPLES = DEFAULT_EXAMPLES[NAME]
 
 
 def deletable_flags(model: dict) -> list[bool]:
@@ -67,13 +61,13 @@ def prepare(
         raise AnalysisError(f"--delete {','.join(map(str, delete))}: every k must be at least 1")
     if swaps < 0:
         raise AnalysisError(f"--swaps {swaps}: must be >= 0")
+    sample, bn = eval_sample_options(info, examples, precise_bn_batches, EXAMPLES)
     return {
         "delete": sorted(set(delete)),
         "swaps": swaps,
         "recalibrate_bn": recalibrate_bn,
-        "examples": check_examples(examples, test_set_size(info.summary["config"]), EXAMPLES),
-        "precise_bn_batches": precise_bn_setting(info, precise_bn_batches),
-        "bn_batch_size": bn_batch_size(info),
+        **sample,
+        **bn,
         "draws": DRAWS,
         "seed": 0,
     }
@@ -220,3 +214,28 @@ def scalars(result: dict) -> dict[str, float]:
         out[f"delete_{d['k']}"] = d["mean"]
     out["swap"] = result["swap_k"]["mean"]
     return out
+
+
+def describe(result: dict) -> str:
+    ks = ", ".join(f"k={d['k']}: {fmt(d['mean'])}" for d in result["delete_k"] if d["mean"] is not None)
+    return (
+        f"lesion ({result['examples']} test images, 95 % intervals): accuracy {fmt(result['base_accuracy'])}"
+        f"{fmt_ci(result['base_accuracy_ci95'])} intact; one block deleted: median "
+        f"{fmt(result['median_single_accuracy'])}{fmt_ci(result['median_single_accuracy_ci95'])} (worst "
+        f"{fmt(result['min_single_accuracy'])}); k random deleted: {ks or '-'}; {result['swap_k']['k']} swaps: "
+        f"{fmt(result['swap_k']['mean'])}{bn_note(result)}"
+    )
+
+
+def plot(result: dict, title: str) -> bytes | None:
+    from resexp.analysis.figures import plot_lesion
+
+    return plot_lesion(result, title)
+
+
+def plot_vs_depth(points: list[dict], title: str) -> bytes | None:
+    if not any("lesion_median_accuracy" in p for p in points):
+        return None
+    from resexp.analysis.figures import plot_lesion_vs_depth
+
+    return plot_lesion_vs_depth(points, f"{title}: lesion")

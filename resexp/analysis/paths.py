@@ -20,23 +20,18 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from typing import Any
 
 import numpy as np
 
 from resexp.analysis import stats
-from resexp.analysis.common import (
-    DEFAULT_EXAMPLES,
-    AnalysisError,
-    RunInfo,
-    bn_batch_size,
-    bn_statistics,
-    check_examples,
-    precise_bn_setting,
-    test_set_size,
-)
+from resexp.analysis.common import AnalysisError, RunInfo, bn_note, bn_statistics, eval_sample_options, fmt
 
 NAME = "paths"
-EXAMPLES = DEFAULT_EXAMPLES[NAME]
+EXAMPLES = 32  # default sample: the first N test images (README "Why, measured")
+SWEEP_OPTIONS: dict[str, Any] = {}
+VS_DEPTH = None  # a results.csv column, no figure against depth
+POINT_KEYS: tuple[str, ...] = ()
 SAMPLES = 6  # random paths per length k (lengths with fewer paths are enumerated)
 CHUNK = 8  # masks per call of the compiled program (the progress display's unit)
 NOT_RESIDUAL = "paths need a residual net (a plain net has a single path)"
@@ -45,13 +40,8 @@ NOT_RESIDUAL = "paths need a residual net (a plain net has a single path)"
 def prepare(info: RunInfo, examples: int | None = None, precise_bn_batches: int | None = None) -> dict:
     if not info.is_residual:
         raise AnalysisError(f"{info.dir}: {NOT_RESIDUAL}")
-    return {
-        "examples": check_examples(examples, test_set_size(info.summary["config"]), EXAMPLES),
-        "samples": SAMPLES,
-        "precise_bn_batches": precise_bn_setting(info, precise_bn_batches),
-        "bn_batch_size": bn_batch_size(info),
-        "seed": 0,
-    }
+    sample, bn = eval_sample_options(info, examples, precise_bn_batches, EXAMPLES)
+    return {**sample, "samples": SAMPLES, **bn, "seed": 0}
 
 
 def path_step(block, h, on_branch, train: bool):
@@ -261,3 +251,26 @@ def scalars(result: dict) -> dict[str, float]:
         "mean_path_length": result["mean_path_length"],
         "decay_per_branch": math.nan if result["decay_per_branch"] is None else result["decay_per_branch"],
     }
+
+
+def describe(result: dict) -> str:
+    decay = fmt(result["decay_per_branch"], ".2f")
+    zero = result.get("zero_gradient_lengths") or []
+    return (
+        f"paths ({result['examples']} test images): {result['n_blocks']} blocks; 90 % of the gradient from paths "
+        f"through {result['k90'][0]}..{result['k90'][1]} branches (upper end 95 % interval "
+        f"{result['k90_max_ci95'][0]:g}..{result['k90_max_ci95'][1]:g}; mean {fmt(result['mean_path_length'], '.1f')}, "
+        f"typical path {fmt(result['typical_path_length'], '.1f')}); x{decay} per extra branch"
+        + (f" (lengths {', '.join(map(str, zero))}: exactly zero gradient, left out of the fit)" if zero else "")
+        + bn_note(result)
+    )
+
+
+def plot(result: dict, title: str) -> bytes | None:
+    from resexp.analysis.figures import plot_paths
+
+    return plot_paths(result, title)
+
+
+def plot_vs_depth(points: list[dict], title: str) -> bytes | None:
+    return None

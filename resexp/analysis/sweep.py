@@ -21,25 +21,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resexp.analysis import analysis_module, run_analyses, uncached
+from resexp.analysis import REGISTRY, prepare_requests, run_analyses, uncached
 from resexp.analysis.common import EVENT_SUFFIX, AnalysisError, inspect_run
-from resexp.headlines import HEADLINE, headline_metrics, result_path
+from resexp.analysis_results import HEADLINE, headline_metrics, read_result
 from resexp.records import ANALYSIS_VS_DEPTH_DIR, RunRow, group_dirname, group_label
 from resexp.runs import write_atomic
 
-FIGURES = ("lesion_vs_depth.png", "gradients_vs_depth.png", "landscapes.png", "hessian_vs_depth.png")
 ALL_GRIDS = "all"
 NOT_LINE_KEYS = ("model.depth", "train.seed", "model.shortcut")  # x axis, pooled, colour
 
 
 def default_requests(names: list[str], **overrides: Any) -> dict[str, dict]:
-    """What `analyze` asks of each run: the commands' defaults, gradients at initialisation
-    (where the shattering contrast lives: after training every net's gradients are smooth), and
-    `examples` / `precise_bn_batches` for the analyses that take them (None: their defaults)."""
+    """What `analyze` asks of each run: the commands' defaults with each analysis's
+    `SWEEP_OPTIONS`, and `examples` / `precise_bn_batches` for the analyses that take them (None:
+    their defaults)."""
     out = {}
     for name in names:
-        opts: dict[str, Any] = {"at_init": True} if name == "gradients" else {}
-        if name != "gradients":
+        mod = REGISTRY[name]
+        opts: dict[str, Any] = dict(mod.SWEEP_OPTIONS)
+        if mod.EXAMPLES is not None:
             opts.update({k: v for k, v in overrides.items() if v is not None})
         out[name] = opts
     return out
@@ -123,7 +123,7 @@ def _applicable(run_dir: Path, requests: dict[str, dict]) -> tuple[dict[str, dic
     ok, skipped = {}, {}
     for name, opts in requests.items():
         try:
-            analysis_module(name).prepare(info, **opts)
+            REGISTRY[name].prepare(info, **opts)
         except AnalysisError as exc:
             skipped[name] = str(exc).split(": ", 1)[-1]
             continue
@@ -212,7 +212,6 @@ def analyze_sweep(
 
 def _run_all(work: list[tuple[Path, dict]], jobs: int, console) -> list[dict[str, bool]]:
     """Analyse every run (in `jobs` worker processes when > 1), showing progress on `console`."""
-    from resexp.analysis import prepare_requests
     from resexp.analysis.progress import ProgressBoard, QueueSink
 
     board_runs = []
@@ -275,65 +274,44 @@ def net_label(summary: dict, group: dict[str, Any]) -> str:
     return group_label(group, [record])
 
 
-def _points(run_dirs: list[Path], axes: list[str]) -> tuple[list[dict], list[dict]]:
-    points, panels = [], []
+def _points(run_dirs: list[Path], axes: list[str]) -> list[dict]:
+    """One point per run for the figures against depth: its line, depth, headline numbers, each
+    analysis's `POINT_KEYS` and, under "results", every stored result."""
+    points = []
     for d in run_dirs:
         try:
             summary = json.loads((d / "summary.json").read_text())
         except (OSError, ValueError):
             continue
         group = line_group(summary, axes)
-        net = net_label(summary, group)
         p: dict[str, Any] = {
-            "net": net,
+            "net": net_label(summary, group),
             "plain": not summary["config"]["model"]["shortcut"],
             "group": {"model.shortcut": summary["config"]["model"]["shortcut"], **group},
             "depth": summary["config"]["model"]["depth"],
             **headline_metrics(d),
         }
-        for name, keys in (
-            ("lesion", ("base_accuracy", "median_single_accuracy_ci95", "base_accuracy_ci95", "bn_statistics")),
-            ("gradients", ("jacobian_log_condition", "grad_corr_lag1_standard_error")),
-            ("landscape", ("bn_statistics",)),
-            ("hessian", ("sgd_stability_limit", "lambda_max_standard_error", "bn_statistics")),
-        ):
-            try:
-                doc = json.loads(result_path(d, name).read_text())
-            except (OSError, ValueError):
+        results = {}
+        for name, mod in REGISTRY.items():
+            doc = read_result(d, name)
+            if doc is None:
                 continue
-            p.update({(f"{name}_{k}" if k == "bn_statistics" else k): doc.get(k) for k in keys})
+            results[name] = doc
+            p.update({(f"{name}_{k}" if k == "bn_statistics" else k): doc.get(k) for k in mod.POINT_KEYS})
+        p["results"] = results
         points.append(p)
-        with contextlib.suppress(OSError, ValueError):  # no landscape for this run: no panel
-            panels.append(
-                {
-                    "net": net,
-                    "plain": p["plain"],
-                    "depth": p["depth"],
-                    "result": json.loads(result_path(d, "landscape").read_text()),
-                }
-            )
-    return points, panels
+    return points
 
 
 def write_sweep_outputs(sweep_dir: Path, grid: GridRuns) -> dict[str, Path]:
-    """The four figures and the TensorBoard vs-depth series and images of one grid, beside its
-    manifest (the grid's runs only)."""
-    from resexp.analysis import figures as F
+    """Each analysis's figure against depth (`VS_DEPTH`) and the TensorBoard vs-depth series and
+    images of one grid, beside its manifest (the grid's runs only)."""
     from resexp.tblog import EventWriter, event_files
 
-    points, panels = _points(grid.run_dirs, grid.axes)
+    points = _points(grid.run_dirs, grid.axes)
     name = sweep_dir.name if grid.out_dir == sweep_dir else f"{sweep_dir.name}/{grid.name}"
     pngs: dict[str, bytes | None] = {
-        "lesion_vs_depth.png": F.plot_lesion_vs_depth(points, f"{name}: lesion")
-        if any("lesion_median_accuracy" in p for p in points)
-        else None,
-        "gradients_vs_depth.png": F.plot_gradients_vs_depth(points, f"{name}: gradients at initialisation")
-        if any("grad_corr_lag1" in p for p in points)
-        else None,
-        "landscapes.png": F.plot_landscapes(panels, f"{name}: loss landscapes"),
-        "hessian_vs_depth.png": F.plot_hessian_vs_depth(points, f"{name}: sharpness")
-        if any("hessian_lambda_max" in p for p in points)
-        else None,
+        mod.VS_DEPTH: mod.plot_vs_depth(points, name) for mod in REGISTRY.values() if mod.VS_DEPTH
     }
     out_dir = grid.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
