@@ -240,3 +240,30 @@ def test_a_bad_base_names_the_file_and_the_field(tmp_path, files, message):
     with pytest.raises(ConfigError) as exc:
         load_config(tmp_path / "a.yaml")
     assert message in str(exc.value)
+
+
+def test_the_shortcut_options_are_the_schemas_projections():
+    from typing import get_args
+
+    from resexp.config import ModelConfig
+    from resexp.variants import ShortcutOption
+
+    assert get_args(ModelConfig.model_fields["projection"].annotation) == tuple(o.value for o in ShortcutOption)
+    assert [(o.value, o.letter, o.tag) for o in ShortcutOption] == [
+        ("zero_pad", "A", "a"),
+        ("learned", "B", "b"),
+        ("learned_all", "C", "c"),
+    ]
+    assert ShortcutOption.parse("Learned") is ShortcutOption.B and ShortcutOption.parse("c") is ShortcutOption.C
+    assert ShortcutOption.parse("none") is None
+    assert [o.learned(changes) for o in ShortcutOption for changes in (False, True)] == [False] * 3 + [True] * 3
+
+
+def test_blocks_per_stage_is_the_family_arithmetic():
+    from resexp.config import ModelConfig, blocks_per_stage
+
+    assert (blocks_per_stage(20), blocks_per_stage(110), blocks_per_stage(10, 2)) == (3, 18, 2)
+    assert ModelConfig(depth=56).blocks_per_stage == blocks_per_stage(56) == 9
+    for depth, stages in ((21, 3), (2, 3), (8, 2)):
+        with pytest.raises(ValueError, match="n\\+2"):
+            blocks_per_stage(depth, stages)
