@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from resexp.errors import ConfigError, UserError
+from resexp.variants import ShortcutOption
 
 __all__ = [
     "AnalysisResult",
@@ -329,7 +330,7 @@ def _architecture(m: Any) -> str:
     else:
         name = f"{'residual' if m.shortcut else 'plain'} MLP depth {m.depth}"
     if m.shortcut:
-        name += f", option {'ABC'[['zero_pad', 'learned', 'learned_all'].index(m.projection)]}"
+        name += f", option {ShortcutOption(m.projection).letter}"
     return name
 
 

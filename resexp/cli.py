@@ -20,6 +20,7 @@ from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
 from resexp.errors import UserError
+from resexp.variants import ShortcutOption
 
 
 def _console(*, stderr: bool = False) -> Console:
@@ -597,7 +598,7 @@ def model(
     m = cfg.model
     title = (
         f"{'ResNet' if m.shortcut else 'plain'}-{m.depth}"
-        + (f" option {'ABC'[['zero_pad', 'learned', 'learned_all'].index(m.projection)]}" if m.shortcut else "")
+        + (f" option {ShortcutOption(m.projection).letter}" if m.shortcut else "")
         if m.kind == "cnn"
         else f"{'residual' if m.shortcut else 'plain'} MLP, depth {m.depth}"
     )
@@ -692,7 +693,8 @@ def identity(
         )
     else:
         bad = [r["block"] for r in rows if not r["holds"]]
-        why = " (option C: Ws is learned on every block)" if res.projection == "learned_all" else ""
+        option = ShortcutOption(res.projection)
+        why = f" (option {option.letter}: Ws is learned on every block)" if option is ShortcutOption.C else ""
         out_console.print(
             f"[red]does not hold[/] for {len(bad)} of {len(rows)} blocks{why}: {', '.join(bad[:4])}"
             f"{', ...' if len(bad) > 4 else ''}"

@@ -18,8 +18,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from resexp.bundled import is_bundled, resolve_config
+from resexp.bundled import SUFFIX, bundled_configs, bundled_name, is_bundled, resolve_config, unknown_name
 from resexp.errors import ConfigError
+from resexp.variants import ShortcutOption
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist")
 
@@ -51,7 +52,7 @@ class ModelConfig(_Section):
     depth: int = Field(20, gt=0)  # weight layers: 2 * stages * n + 2 (6n+2 for widths 16/32/64)
     widths: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
     shortcut: bool = True  # False: the plain net with exactly the same layers
-    projection: Literal["zero_pad", "learned", "learned_all"] = "zero_pad"  # option A / B / C
+    projection: Literal["zero_pad", "learned", "learned_all"] = "zero_pad"  # a ShortcutOption value
     norm: Literal["batch", "none"] = "batch"
     zero_init_residual: bool = False  # last BN scale of each branch starts at 0 (Goyal et al.)
     rezero: bool = False  # a learned scalar gate, initialised to 0, on each branch (ReZero/SkipInit)
@@ -71,19 +72,31 @@ class ModelConfig(_Section):
     def _depth_fits_family(self) -> ModelConfig:
         stages = len(self.widths)
         per_n = 2 * stages
-        if self.depth < per_n + 2 or (self.depth - 2) % per_n:
+        try:
+            blocks_per_stage(self.depth, stages)
+        except ValueError:
             lo = max(per_n + 2, (self.depth - 2) // per_n * per_n + 2)
             hint = f"nearest valid: {lo}" + (f" or {lo + per_n}" if lo < self.depth else "")
             family = "CNN" if self.kind == "cnn" else "MLP"
             raise ValueError(
                 f"depth {self.depth} is not {per_n}n+2 (n >= 1) for the {family} family with "
                 f"{stages} stages of widths {self.widths}; {hint}"
-            )
+            ) from None
         return self
 
     @property
     def blocks_per_stage(self) -> int:
-        return (self.depth - 2) // (2 * len(self.widths))
+        return blocks_per_stage(self.depth, len(self.widths))
+
+
+def blocks_per_stage(depth: int, stages: int = 3) -> int:
+    """n of a net `depth` weight layers deep: a stem, `stages` stages of n two-layer blocks and a
+    head (depth = 2 * stages * n + 2; 6n+2 for the CIFAR family). The schema, the model and the
+    tools that count blocks share it; a ValueError if no n >= 1 fits."""
+    per_n = 2 * stages
+    if depth < per_n + 2 or (depth - 2) % per_n:
+        raise ValueError(f"depth {depth} is not {per_n}n+2 (n >= 1) for {stages} stages")
+    return (depth - 2) // per_n
 
 
 class WarmupConfig(_Section):
@@ -379,12 +392,71 @@ def _validate(raw: dict, source: str, origins: dict[str, str]) -> Config:
         raise ConfigError(source, key, msg) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config (a path or a bundled config's name, see `resexp.bundled`), apply
-    `key=value` overrides, validate the whole thing."""
-    path = resolve_config(path)
-    source = path.stem if is_bundled(path) else str(path)  # messages name `demo`, not site-packages/...
+BASE_KEY = "base"
+
+
+def _source(path: Path) -> str:
+    return path.stem if is_bundled(path) else str(path)  # messages name `demo`, not site-packages/...
+
+
+def _base_file(path: Path, source: str, base: Any) -> Path:
+    """The file a `base:` value names: a path relative to the config's own file, else a bundled config."""
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(
+            source, BASE_KEY, f"expected another config's file name or path (e.g. cifar10.yaml), got {base!r}"
+        )
+    beside = path.parent / Path(base).expanduser()
+    if beside.is_file():
+        return beside
+    name = bundled_name(base)
+    if name is not None and beside.name == name and beside.with_name(name + SUFFIX).is_file():  # `demo`: demo.yaml
+        return beside.with_name(name + SUFFIX)
+    if name is not None and name in bundled_configs():
+        return bundled_configs()[name]
+    what = f"no such file {base!r} beside this config, and no bundled config of that name"
+    raise ConfigError(source, BASE_KEY, unknown_name(base, what).message)
+
+
+def merge_configs(base: dict, child: dict) -> dict:
+    """`child` over `base`: mappings merge key by key, anything else (lists, scalars) replaces.
+
+    Two keys are a config's own: `name` is never inherited (a child's runs get a directory of their
+    own), and `sweep` replaces as a whole (a grid is one choice: merged axes would multiply cells).
+    """
+    out = _merge({k: v for k, v in base.items() if k != "name"}, {k: v for k, v in child.items() if k != "sweep"})
+    if "sweep" in child:
+        out["sweep"] = copy.deepcopy(child["sweep"])
+    return out
+
+
+def _merge(base: dict, child: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else copy.deepcopy(value)
+    return out
+
+
+def read_config(path: Path, source: str | None = None, chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping with its `base:` chain resolved: what validation and run ids see."""
+    source = source or _source(path)
     raw = _read_yaml(path, source)
+    if BASE_KEY not in raw:
+        return raw
+    base = _base_file(path, source, raw.pop(BASE_KEY))
+    seen = (*chain, path.resolve())
+    if base.resolve() in seen:
+        loop = " -> ".join(_source(p) for p in (*seen, base.resolve()))
+        raise ConfigError(source, BASE_KEY, f"a cycle of bases: {loop}")
+    return merge_configs(read_config(base, _source(base), seen), raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (a path or a bundled config's name, see `resexp.bundled`) and its `base:`
+    chain, apply `key=value` overrides, validate the whole thing."""
+    path = resolve_config(path)
+    source = _source(path)
+    raw = read_config(path, source)
     origins: dict[str, str] = {}
     for text in overrides:
         key, value = parse_assignment(f"{source} (--set {text})", text)
@@ -566,11 +638,7 @@ def legacy_id_prefix(cfg: Config) -> str:
 def _readable(cfg: Config) -> str:
     m = cfg.model
     if m.kind == "cnn":
-        arch = (
-            f"resnet{m.depth}-{'abc'[['zero_pad', 'learned', 'learned_all'].index(m.projection)]}"
-            if m.shortcut
-            else f"plain{m.depth}"
-        )
+        arch = f"resnet{m.depth}-{ShortcutOption(m.projection).tag}" if m.shortcut else f"plain{m.depth}"
     else:
         arch = f"mlp-{'res' if m.shortcut else 'plain'}{m.depth}"
     return f"{arch}-wd{cfg.optim.weight_decay:g}-s{cfg.train.seed}"

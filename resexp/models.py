@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import jax
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from resexp.config import ModelConfig
+from resexp.variants import ShortcutOption
 
 HE_INIT = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")  # He et al. 2015
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -36,22 +38,22 @@ def _std(x: jax.Array) -> jax.Array:
     return jnp.std(x.astype(jnp.float32))
 
 
-class Norm(nnx.Module):
-    """BatchNorm, or nothing (`norm: none`): one place so blocks read the same either way."""
+Layer = Callable[..., nnx.Module]  # (in, out, *, strides=1, rngs) -> a conv or dense layer, as nnx.Conv takes them
+NormLayer = Callable[..., nnx.Module]  # (features, *, scale_init, rngs) -> a norm layer, as nnx.BatchNorm takes them
 
-    def __init__(self, features: int, kind: str, *, zero_scale: bool = False, dtype: Any, rngs: nnx.Rngs):
-        self.bn = (
-            nnx.BatchNorm(
-                features,
-                momentum=0.9,
-                epsilon=1e-5,
-                dtype=dtype,
-                rngs=rngs,
-                scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones,
-            )
-            if kind == "batch"
-            else None
-        )
+
+def dense(in_features: int, out_features: int, *, strides: int = 1, **kwargs: Any) -> nnx.Linear:
+    """nnx.Linear called like nnx.Conv, so one block builds either family from its layer factory."""
+    assert strides == 1, "a dense layer has no stride"
+    return nnx.Linear(in_features, out_features, **kwargs)
+
+
+class Norm(nnx.Module):
+    """A norm layer from its factory, or nothing (`norm: none`): one place so blocks read the same either way."""
+
+    def __init__(self, features: int, make: NormLayer | None, *, zero_scale: bool = False, rngs: nnx.Rngs):
+        scale_init = nnx.initializers.zeros if zero_scale else nnx.initializers.ones
+        self.bn = make(features, scale_init=scale_init, rngs=rngs) if make is not None else None
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         return x if self.bn is None else self.bn(x, use_running_average=not train)
@@ -60,31 +62,26 @@ class Norm(nnx.Module):
 class Shortcut(nnx.Module):
     """Ws: identity, option A (subsample + zero-pad channels) or a learned projection + norm."""
 
-    def __init__(self, cin: int, cout: int, stride: int, cfg: ModelConfig, *, conv: bool, dtype: Any, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        *,
+        option: ShortcutOption,
+        proj: Layer,
+        norm: NormLayer | None,
+        rngs: nnx.Rngs,
+    ):
         shape_changes = cin != cout or stride != 1
-        learned = cfg.projection == "learned_all" or (cfg.projection == "learned" and shape_changes)
+        learned = option.learned(shape_changes)
         self.mode = "learned" if learned else ("zero_pad" if shape_changes else "identity")
         self.stride, self.pad = stride, cout - cin
-        bias = cfg.norm == "none"
-        self.proj: nnx.Conv | nnx.Linear | None = nnx.data(None)
+        self.proj: nnx.Module | None = nnx.data(None)
         self.proj_norm: Norm | None = nnx.data(None)
         if learned:
-            self.proj = (
-                nnx.Conv(
-                    cin,
-                    cout,
-                    (1, 1),
-                    strides=stride,
-                    padding="VALID",
-                    use_bias=bias,
-                    kernel_init=HE_INIT,
-                    dtype=dtype,
-                    rngs=rngs,
-                )
-                if conv
-                else nnx.Linear(cin, cout, use_bias=bias, kernel_init=HE_INIT, dtype=dtype, rngs=rngs)
-            )
-            self.proj_norm = Norm(cout, cfg.norm, dtype=dtype, rngs=rngs)
+            self.proj = proj(cin, cout, strides=stride, rngs=rngs)
+            self.proj_norm = Norm(cout, norm, rngs=rngs)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.mode == "learned":
@@ -99,34 +96,33 @@ class Shortcut(nnx.Module):
 
 
 class Block(nnx.Module):
-    """Two weight layers with a norm after each; relu(F(x) + Ws x), or relu(F(x)) when plain."""
+    """Two weight layers with a norm after each; relu(F(x) + Ws x), or relu(F(x)) when plain.
 
-    def __init__(self, cin: int, cout: int, stride: int, cfg: ModelConfig, *, dtype: Any, rngs: nnx.Rngs):
-        conv = cfg.kind == "cnn"
-        bias = cfg.norm == "none"
+    Its layers come from factories (`layer`, `norm`, `shortcut`), as in flax's ImageNet ResNet:
+    the net decides conv or dense, BN or none, once; a block only wires them.
+    """
 
-        def layer(i: int, o: int, s: int) -> nnx.Module:
-            if conv:
-                return nnx.Conv(
-                    i,
-                    o,
-                    (3, 3),
-                    strides=s,
-                    padding=((1, 1), (1, 1)),
-                    use_bias=bias,
-                    kernel_init=HE_INIT,
-                    dtype=dtype,
-                    rngs=rngs,
-                )
-            return nnx.Linear(i, o, use_bias=bias, kernel_init=HE_INIT, dtype=dtype, rngs=rngs)
-
-        self.layer1 = layer(cin, cout, stride)
-        self.norm1 = Norm(cout, cfg.norm, dtype=dtype, rngs=rngs)
-        self.layer2 = layer(cout, cout, 1)
-        self.norm2 = Norm(cout, cfg.norm, zero_scale=cfg.zero_init_residual and cfg.shortcut, dtype=dtype, rngs=rngs)
-        self.residual = cfg.shortcut
-        self.shortcut = Shortcut(cin, cout, stride, cfg, conv=conv, dtype=dtype, rngs=rngs) if cfg.shortcut else None
-        self.gate = nnx.Param(jnp.zeros((), jnp.float32)) if cfg.rezero and cfg.shortcut else None
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        *,
+        layer: Layer,
+        norm: NormLayer | None,
+        shortcut: Callable[..., Shortcut] | None,  # (cin, cout, stride, *, rngs); None: a plain block
+        zero_init_residual: bool = False,
+        rezero: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        residual = shortcut is not None
+        self.layer1 = layer(cin, cout, strides=stride, rngs=rngs)
+        self.norm1 = Norm(cout, norm, rngs=rngs)
+        self.layer2 = layer(cout, cout, rngs=rngs)
+        self.norm2 = Norm(cout, norm, zero_scale=zero_init_residual and residual, rngs=rngs)
+        self.residual = residual
+        self.shortcut = shortcut(cin, cout, stride, rngs=rngs) if shortcut is not None else None
+        self.gate = nnx.Param(jnp.zeros((), jnp.float32)) if rezero and residual else None
 
     def branch(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
         """F(x) and the first layer's normalised response (for the He et al. Fig. 7 stds)."""
@@ -199,25 +195,37 @@ class Net(nnx.Module):
         self.kind, self.dtype = cfg.kind, dt
         self.conv = cfg.kind == "cnn"
         w0 = cfg.widths[0]
-        bias = cfg.norm == "none"
+        weights = {"use_bias": cfg.norm == "none", "kernel_init": HE_INIT, "dtype": dt}
         if self.conv:
+            layer: Layer = partial(nnx.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)), **weights)
+            proj: Layer = partial(nnx.Conv, kernel_size=(1, 1), padding="VALID", **weights)
             cin = input_shape[-1]
-            self.stem: nnx.Conv | nnx.Linear = nnx.Conv(
-                cin, w0, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias, kernel_init=HE_INIT, dtype=dt, rngs=rngs
-            )
         else:
+            layer = proj = partial(dense, **weights)
             cin = 1
             for d in input_shape:
                 cin *= d
-            self.stem = nnx.Linear(cin, w0, use_bias=bias, kernel_init=HE_INIT, dtype=dt, rngs=rngs)
-        self.stem_norm = Norm(w0, cfg.norm, dtype=dt, rngs=rngs)
+        norm = partial(nnx.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=dt) if cfg.norm == "batch" else None
+        shortcut = (
+            partial(Shortcut, option=ShortcutOption(cfg.projection), proj=proj, norm=norm) if cfg.shortcut else None
+        )
+        block = partial(
+            Block,
+            layer=layer,
+            norm=norm,
+            shortcut=shortcut,
+            zero_init_residual=cfg.zero_init_residual,
+            rezero=cfg.rezero,
+        )
+        self.stem = layer(cin, w0, rngs=rngs)
+        self.stem_norm = Norm(w0, norm, rngs=rngs)
         stages = []
         prev = w0
         for i, width in enumerate(cfg.widths):
             stride = 2 if (self.conv and i > 0) else 1
 
             def make_block(first: bool, r: nnx.Rngs, prev=prev, width=width, stride=stride) -> Block:
-                return Block(prev if first else width, width, stride if first else 1, cfg, dtype=dt, rngs=r)
+                return block(prev if first else width, width, stride if first else 1, rngs=r)
 
             stages.append(Stage(make_block, cfg.blocks_per_stage, scan_unroll(cfg, platform), rngs))
             prev = width
@@ -365,7 +373,7 @@ def layer_table(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
                 macs = k1 + k2
             params = k1 + k2 + (0 if bn else 2 * width) + 2 * norm_params(width)
             changes = cin != width or stride != 1
-            if cfg.shortcut and (cfg.projection == "learned_all" or (cfg.projection == "learned" and changes)):
+            if cfg.shortcut and ShortcutOption(cfg.projection).learned(changes):
                 params += cin * width + (0 if bn else width) + norm_params(width)
                 macs += (h * w if conv else 1) * cin * width
             if cfg.shortcut and cfg.rezero:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resexp.variants import ShortcutOption
+
 __all__ = [
     "AGGREGATE_METRICS",
     "DEPTH_KEY",
@@ -265,8 +267,6 @@ def group_dirname(group: Mapping[str, Any]) -> str:
 
 
 KIND_KEY = "model.kind"
-# He et al.'s shortcut options: A zero-padding, B projections where dims change, C all projections.
-_OPTIONS = {"zero_pad": "A", "learned": "B", "learned_all": "C", "a": "A", "b": "B", "c": "C"}
 
 
 def net_name(runs: Sequence[RunRow], group: Mapping[str, Any]) -> str:
@@ -292,8 +292,9 @@ def qualifiers(group: Mapping[str, Any]) -> list[str]:
     for k, v in group.items():
         if k == SHORTCUT_KEY or (k == KIND_KEY and v in ("cnn", "mlp")):
             continue  # part of the name
-        if k == PROJECTION_KEY and group.get(SHORTCUT_KEY, True) and str(v).lower() in _OPTIONS:
-            out.append(f"option {_OPTIONS[str(v).lower()]}")
+        option = ShortcutOption.parse(v) if k == PROJECTION_KEY and group.get(SHORTCUT_KEY, True) else None
+        if option is not None:
+            out.append(f"option {option.letter}")
         elif k == WD_KEY:
             out.append(f"wd={format_value(v)}")
         else:

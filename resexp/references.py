@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resexp.records import DEPTH_KEY, Report, mean_std, net_name
+from resexp.variants import ShortcutOption
 
 # Within = |yours - paper| <= SPREAD_MULTIPLE x the paper's run-to-run std. The paper reports a
 # std for ResNet-110 only (0.16 pt over 5 runs); it is the best estimate of seed noise it gives,
@@ -65,7 +66,7 @@ class Reference:
     rows: tuple[PaperRow, ...]
     claims: tuple[Claim, ...]
     default_std: float  # the paper's only measured run-to-run spread (points)
-    projection: str = "zero_pad"  # option A
+    projection: str = ShortcutOption.A.value
 
     def row(self, net: str, depth: Any) -> PaperRow | None:
         return next((r for r in self.rows if r.net == net and r.depth == depth), None)
@@ -252,7 +253,7 @@ def compare(report: Report) -> Comparison | None:
             if projections != {ref.projection}:
                 notes.append(
                     f"{labels[-1]}: projection {', '.join(map(str, projections))}; the paper's "
-                    f"CIFAR-10 nets use {ref.projection} (option A)"
+                    f"CIFAR-10 nets use {ref.projection} (option {ShortcutOption(ref.projection).letter})"
                 )
         if n and isinstance(depth, int):
             by_net_depth[(net, depth)] = mean

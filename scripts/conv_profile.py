@@ -37,7 +37,9 @@ SHAPES = [
 
 def counts(depth: int) -> dict[str, int]:
     """How many convs of each shape a ResNet of `depth` has."""
-    n = (depth - 2) // 6
+    from resexp.config import blocks_per_stage
+
+    n = blocks_per_stage(depth)
     return {
         SHAPES[0][0]: 1,
         SHAPES[1][0]: 2 * n,

@@ -78,6 +78,19 @@ def under_a_file(d: Path) -> list[str]:
 
 
 T = cfg("tiny.yaml")
+
+
+def configs(files: dict[str, dict]) -> Callable[[Path], Path]:
+    """Config files written side by side (name -> mapping); the first is the one given to the command."""
+
+    def make(d: Path) -> Path:
+        for name, raw in files.items():
+            write_config(d / name, raw)
+        return d / next(iter(files))
+
+    return make
+
+
 CASES = [
     # ---- the file itself
     Case("missing-file", cmd("train", "nosuch.yaml"), ("nosuch.yaml", "no such file")),
@@ -157,6 +170,22 @@ CASES = [
         "checkpoint-off-chunk",
         cmd("train", cfg("bad.yaml", train={"log_every": 10, "checkpoint_every": 15})),
         ("bad.yaml", "train.checkpoint_every", "multiple of log_every"),
+    ),
+    # ---- base:
+    Case(
+        "base-missing",
+        cmd("train", configs({"a.yaml": {"base": "tiny_typo.yaml"}, "tiny.yaml": TINY})),
+        ("a.yaml: base: no such file 'tiny_typo.yaml'", "bundled configs: "),
+    ),
+    Case(
+        "base-not-a-name",
+        cmd("sweep", configs({"a.yaml": {"base": 3}})),
+        ("a.yaml: base: expected another config's file name or path", "got 3"),
+    ),
+    Case(
+        "base-cycle",
+        cmd("train", configs({"a.yaml": {"base": "b.yaml"}, "b.yaml": {**TINY, "base": "a.yaml"}})),
+        ("b.yaml: base: a cycle of bases", "a.yaml -> ", "b.yaml -> "),
     ),
     # ---- --set
     Case(

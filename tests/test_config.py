@@ -170,3 +170,100 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(write_config(tmp_path / "c.yaml", TINY), ["optim.schedule=cosine"])
     again = Config.model_validate(yaml.safe_load(dump_yaml(cfg)))
     assert again == cfg
+
+
+# --------------------------------------------------------------------------- base:
+
+
+@pytest.mark.parametrize(
+    "name, first, last",
+    [
+        ("cifar10_table6", "cifar10-resnet20-a-wd0.0001-s0-83836707", "cifar10-resnet110-a-wd0.0001-s4-a2a478fe"),
+        ("weight_decay_identity", "mlp-res10-wd0-s0-c4b11270", "mlp-res10-wd0.05-s0-f52f0c41"),
+    ],
+)
+def test_a_config_on_a_base_resolves_to_its_flat_form(name, first, last):
+    """The shipped configs that say `base:` are exactly the flat files they replaced (tests/data/configs_flat):
+    the same resolved config, the same cells, the same run ids."""
+    from resexp.config import dump_yaml
+
+    based, flat = (
+        load_config(ROOT / "configs" / f"{name}.yaml"),
+        load_config(ROOT / "tests/data/configs_flat" / f"{name}.yaml"),
+    )
+    assert "base:" in (ROOT / "configs" / f"{name}.yaml").read_text() and based == flat
+    cells, flat_cells = expand_grid(based), expand_grid(flat)
+    assert [(c.run_id, dump_yaml(c.cfg)) for c in cells] == [(c.run_id, dump_yaml(c.cfg)) for c in flat_cells]
+    assert (cells[0].run_id, cells[-1].run_id) == (first, last)
+
+
+def test_a_base_merges_mappings_key_by_key_and_replaces_the_rest(tmp_path):
+    write_config(tmp_path / "root.yaml", tiny_dict(sweep={"model.depth": [8, 14], "model.shortcut": [False, True]}))
+    (tmp_path / "sub").mkdir()
+    write_config(tmp_path / "sub" / "mid.yaml", {"base": "../root.yaml", "model": {"widths": [4, 8, 16]}})
+    path = write_config(
+        tmp_path / "sub" / "leaf.yaml",
+        {"base": "mid.yaml", "optim": {"lr": 0.2}, "train": {"steps": 20}, "sweep": {"train.seed": [0, 1]}},
+    )
+    cfg = load_config(path, ["model.depth=14"])
+    flat = tiny_dict(
+        name="leaf",  # a name is never inherited: each config's runs get their own directory
+        model={"widths": [4, 8, 16], "depth": 14},  # a list replaces; the rest of `model` stays
+        optim={"lr": 0.2},
+        train={"steps": 20},
+        sweep={"train.seed": [0, 1]},  # a sweep replaces as a whole: the base's axes are not added
+    )
+    assert cfg == Config.model_validate(flat)
+    assert load_config(tmp_path / "sub" / "mid.yaml").name == "mid"
+
+
+def test_a_base_is_beside_the_file_or_a_bundled_config(tmp_path):
+    path = write_config(tmp_path / "mine.yaml", {"base": "demo", "train": {"steps": 100}})
+    demo = load_config("demo")
+    assert load_config(path) == with_updates(demo, {"name": "mine", "train.steps": 100})
+    write_config(tmp_path / "demo.yaml", tiny_dict())  # a file beside it wins over the bundled name
+    assert load_config(path).model == Config.model_validate(TINY).model
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"a.yaml": {"base": "nowhere.yaml"}}, "a.yaml: base: no such file 'nowhere.yaml' beside this config"),
+        ({"a.yaml": {"base": ["b.yaml"]}}, "a.yaml: base: expected another config's file name or path"),
+        ({"a.yaml": {"base": "a.yaml"}}, "a.yaml: base: a cycle of bases"),
+        ({"a.yaml": {"base": "b.yaml"}, "b.yaml": {"base": "a.yaml"}}, "b.yaml: base: a cycle of bases"),
+    ],
+)
+def test_a_bad_base_names_the_file_and_the_field(tmp_path, files, message):
+    for name, raw in files.items():
+        write_config(tmp_path / name, raw)
+    with pytest.raises(ConfigError) as exc:
+        load_config(tmp_path / "a.yaml")
+    assert message in str(exc.value)
+
+
+def test_the_shortcut_options_are_the_schemas_projections():
+    from typing import get_args
+
+    from resexp.config import ModelConfig
+    from resexp.variants import ShortcutOption
+
+    assert get_args(ModelConfig.model_fields["projection"].annotation) == tuple(o.value for o in ShortcutOption)
+    assert [(o.value, o.letter, o.tag) for o in ShortcutOption] == [
+        ("zero_pad", "A", "a"),
+        ("learned", "B", "b"),
+        ("learned_all", "C", "c"),
+    ]
+    assert ShortcutOption.parse("Learned") is ShortcutOption.B and ShortcutOption.parse("c") is ShortcutOption.C
+    assert ShortcutOption.parse("none") is None
+    assert [o.learned(changes) for o in ShortcutOption for changes in (False, True)] == [False] * 3 + [True] * 3
+
+
+def test_blocks_per_stage_is_the_family_arithmetic():
+    from resexp.config import ModelConfig, blocks_per_stage
+
+    assert (blocks_per_stage(20), blocks_per_stage(110), blocks_per_stage(10, 2)) == (3, 18, 2)
+    assert ModelConfig(depth=56).blocks_per_stage == blocks_per_stage(56) == 9
+    for depth, stages in ((21, 3), (2, 3), (8, 2)):
+        with pytest.raises(ValueError, match="n\\+2"):
+            blocks_per_stage(depth, stages)
