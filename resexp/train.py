@@ -361,7 +361,7 @@ class Engine:
         self.compile_seconds += time.perf_counter() - start
         return compiled
 
-    def init(self, seeds: list[int]):
+    def init(self, seeds: list[int]) -> TrainState:
         start = time.perf_counter()
         if self.seeds > 1:
             state = _stack([self.init_seed(jnp.int32(s)) for s in seeds])
@@ -378,7 +378,8 @@ class Engine:
 
 @dataclass
 class RunProgress:
-    """Host-side bookkeeping for one run of a group."""
+    """Host-side bookkeeping for one run of a group while it trains (`report.RunRecord` is a run
+    read back from its directory; `Outcome` is what `train_runs` returns)."""
 
     cfg: Config
     dir: Path
@@ -535,6 +536,7 @@ def _common_resume_step(ckpts: list[Checkpoints]) -> int | None:
 
 
 def _train_group(records: list[RunProgress], *, progress: bool, console, data: Data | None) -> list[dict]:
+    """Train a group from its common checkpoint (or from scratch); returns the summaries written."""
     cfg = records[0].cfg
     if data is None:
         data = load_data(cfg.data, source=str(records[0].dir / "config.yaml"))
@@ -681,6 +683,7 @@ class ChunkPipeline:
 
     @property
     def images_per_second(self) -> float | None:
+        """Training throughput after the first chunk (which includes compiling); None before."""
         return self.steady_images / self.steady_time if self.steady_time else None
 
     def _settle(self, chunk: _Chunk) -> None:
