@@ -47,7 +47,7 @@ def measure(graphdef, params, others, x_eval, grad_norm: dict) -> dict:
     """All live diagnostics in one traced function: one extra forward pass.
 
     `grad_norm` is `layer_norms` of the last training step's gradients, which the training
-    step itself records (see `train.Engine._step`): differentiating again here would cost
+    step itself records (see `train.Engine.train_step`): differentiating again here would cost
     a second backward program to compile for numbers the step already had.
     """
     model = nnx.merge(graphdef, params, others, copy=True)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -86,23 +86,74 @@ def precise_bn_others(
     return precise_bn_statistics(graphdef, params, others, batch, batches)
 
 
-def _init_state(
-    graphdef_fn: Callable[[jax.Array], Net],
-    tx: optax.GradientTransformation,
-    seed: jax.Array,
-    grad_norms: bool = False,
-    warmup_end: int | None = None,
-):
-    """params/others/opt/step, plus (with diagnostics on) the last step's per-layer gradient norms
-    and (with a constant warm-up) the step it ends at, decided during training (see optim.py)."""
-    model = graphdef_fn(seed)
-    _, params, others = split_params(model)
-    state = {"params": params, "others": others, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-    if warmup_end is not None:
-        state["warmup_end"] = jnp.int32(warmup_end)
-    if grad_norms:
-        state["grad_norm"] = jax.tree.map(jnp.zeros_like, diagnostics.layer_norms(params))
-    return state
+class TrainState(NamedTuple):
+    """What a training chunk carries from step to step, and what a checkpoint holds.
+
+    The fields are in alphabetical order: a checkpoint is the dict of the set fields
+    (`tree`), and a dict flattens in sorted key order, so both give the same leaves.
+    """
+
+    grad_norm: Any  # per-layer gradient norms of the last update; None: train.diagnostics off
+    opt: Any  # the optimizer's state
+    others: Any  # the net's non-parameter state: BN running statistics
+    params: Any
+    step: jax.Array
+    warmup_end: jax.Array | None  # constant warm-up: the step the base schedule takes over; None: no such warm-up
+
+    def tree(self) -> dict[str, Any]:
+        """The checkpoint's layout on disk: a dict without the unset (None) fields."""
+        return {k: v for k, v in self._asdict().items() if v is not None}
+
+    @classmethod
+    def from_tree(cls, tree: dict[str, Any]) -> TrainState:
+        """The state a checkpoint's dict holds (a missing key: an unset field)."""
+        return cls(
+            grad_norm=tree.get("grad_norm"),
+            opt=tree["opt"],
+            others=tree["others"],
+            params=tree["params"],
+            step=tree["step"],
+            warmup_end=tree.get("warmup_end"),
+        )
+
+
+def restore_state(ckpts: Checkpoints, step: int, abstract: TrainState) -> tuple[TrainState, dict]:
+    """(the state checkpointed at `step`, its metadata): the typed side of the checkpoint's dict."""
+    tree, meta = ckpts.restore(step, abstract.tree())
+    return TrainState.from_tree(tree), meta
+
+
+def _net_builder(cfg: Config, image_shape: tuple[int, ...], num_classes: int, platform: str) -> Callable:
+    build = net_builder(cfg.model, image_shape, num_classes, dtype=cfg.train.dtype, platform=platform)
+    if platform == "cpu":  # convs with a backward pass XLA:CPU runs fast inside scans (parallel.py)
+        build = parallel.fast_conv_builder(build)
+    return build
+
+
+def _state_init(
+    cfg: Config, build: Callable[[jax.Array], Net], tx: optax.GradientTransformation
+) -> Callable[[jax.Array], TrainState]:
+    """seed -> the initial state: with diagnostics on, the last step's per-layer gradient norms, and
+    with a constant warm-up, the step it ends at, decided during training (see optim.py)."""
+    warmup_end = optim.warmup_end_init(cfg.optim) if cfg.optim.constant_warmup else None
+
+    def init(seed: jax.Array) -> TrainState:
+        _, params, others = split_params(build(seed))
+        opt, step = tx.init(params), jnp.zeros((), jnp.int32)
+        end = jnp.int32(warmup_end) if warmup_end is not None else None
+        norms = jax.tree.map(jnp.zeros_like, diagnostics.layer_norms(params)) if cfg.train.diagnostics else None
+        return TrainState(grad_norm=norms, opt=opt, others=others, params=params, step=step, warmup_end=end)
+
+    return init
+
+
+def abstract_train_state(
+    cfg: Config, image_shape: tuple[int, ...], num_classes: int, *, platform: str | None = None
+) -> TrainState:
+    """The shapes and dtypes of one run's state (a checkpoint's restore target), without an `Engine`:
+    nothing is compiled and no data is needed beyond its image shape and classes."""
+    build = _net_builder(cfg, image_shape, num_classes, platform or jax.default_backend())
+    return jax.eval_shape(_state_init(cfg, build, make_optimizer(cfg.optim, cfg.train.steps)), jnp.int32(0))
 
 
 @dataclass
@@ -133,30 +184,26 @@ class Engine:
         self.tx = make_optimizer(cfg.optim, cfg.train.steps)
         self.schedule = lr_schedule(cfg.optim, cfg.train.steps)
 
-        build = net_builder(
-            cfg.model, self.data.image_shape, self.data.num_classes, dtype=cfg.train.dtype, platform=self.platform
-        )
-        if self.platform == "cpu":  # convs with a backward pass XLA:CPU runs fast inside scans (parallel.py)
-            build = parallel.fast_conv_builder(build)
+        build = _net_builder(cfg, self.data.image_shape, self.data.num_classes, self.platform)
         abstract_net = nnx.eval_shape(lambda: build(jnp.int32(0)))
         self.graphdef = nnx.split(abstract_net, nnx.Param, ...)[0]
         # batches of precise BN before each evaluation (0: the running averages; a net without BN has none)
         self.has_bn = has_batch_norm(abstract_net)
         self.precise_bn = cfg.train.precise_bn_batches if self.has_bn else 0
-        warmup_end = optim.warmup_end_init(cfg.optim) if cfg.optim.constant_warmup else None
-
-        def init(seed):
-            return _init_state(build, self.tx, seed, grad_norms=cfg.train.diagnostics, warmup_end=warmup_end)
+        init = _state_init(cfg, build, self.tx)
 
         self.dp = parallel.data_parallel(cfg.data.batch_size, seeds=self.seeds, enabled=self.data_parallel)
         # One seed's init program, called once per seed even for vmapped seeds: the parameter RNG
         # ("rbg") is not vmap-invariant, so a vmapped init would start seed s elsewhere than a lone run.
-        self._init = self.dp.jit(init) if self.dp else jax.jit(init)
-        self.abstract_state = jax.eval_shape(init, jnp.int32(0))
+        self.init_seed = self.dp.jit(init) if self.dp else jax.jit(init)
+        self.abstract_state: TrainState = jax.eval_shape(init, jnp.int32(0))
 
     # ---- the training chunk
 
-    def _step(self, state: dict, step: jax.Array, seed: jax.Array, x_train: jax.Array, y_train: jax.Array):
+    def train_step(
+        self, state: TrainState, step: jax.Array, seed: jax.Array, x_train: jax.Array, y_train: jax.Array
+    ) -> tuple[TrainState, tuple[jax.Array, jax.Array]]:
+        """One SGD step of seed `seed` at `step` (its batch drawn and augmented here): (state, (loss, accuracy))."""
         cfg, data = self.cfg, self.data
         key = jax.random.key(seed)
         idx = batch_indices(jax.random.fold_in(key, 0), step, x_train.shape[0], cfg.data.batch_size)
@@ -170,23 +217,21 @@ class Engine:
         if self.dp is not None:  # BN's batch statistics stay global: XLA all-reduces the sums
             x, y = self.dp.shard_batch(x, y)
 
-        (loss, (acc, others)), grads = jax.value_and_grad(self._loss, has_aux=True)(
-            state["params"], state["others"], x, y
+        (loss, (acc, others)), grads = jax.value_and_grad(self.batch_loss, has_aux=True)(
+            state.params, state.others, x, y
         )
-        updates, opt = self.tx.update(grads, state["opt"], state["params"])
-        if "warmup_end" in state:
-            updates = optim.hold_warmup_lr(updates, cfg.optim, self.schedule, step, state["warmup_end"])
-        params = optax.apply_updates(state["params"], updates)
-        new = {"params": params, "others": others, "opt": opt, "step": state["step"] + 1}
-        if "warmup_end" in state:
-            new["warmup_end"] = state["warmup_end"]
-        if "grad_norm" in state:
-            # Measured here, on the gradients the update used, so the eval program need not
-            # differentiate: a second backward pass there doubled its compile time.
-            new["grad_norm"] = diagnostics.layer_norms(grads)
+        updates, opt = self.tx.update(grads, state.opt, state.params)
+        if state.warmup_end is not None:
+            updates = optim.hold_warmup_lr(updates, cfg.optim, self.schedule, step, state.warmup_end)
+        params = optax.apply_updates(state.params, updates)
+        count = state.step + 1
+        # Gradient norms measured here, on the gradients the update used, so the eval program need
+        # not differentiate: a second backward pass there doubled its compile time.
+        norms = diagnostics.layer_norms(grads) if state.grad_norm is not None else None
+        new = state._replace(params=params, others=others, opt=opt, step=count, grad_norm=norms)
         return new, (loss, acc)
 
-    def _loss(self, params, others, x: jax.Array, y: jax.Array):
+    def batch_loss(self, params, others, x: jax.Array, y: jax.Array):
         """Mean cross-entropy of one training batch, its accuracy, and the updated BN statistics."""
         model = nnx.merge(self.graphdef, params, others, copy=True)
         logits, _ = model.forward(x, train=True)
@@ -194,24 +239,27 @@ class Engine:
         acc = jnp.mean(jnp.argmax(logits, -1) == y)
         return loss, (acc, split_params(model)[2])
 
-    def _chunk(self, state: dict, seed: jax.Array, x_train: jax.Array, y_train: jax.Array, *, length: int):
-        def body(s, _):
-            return self._step(s, s["step"], seed, x_train, y_train)
+    def chunk(self, state: TrainState, seed: jax.Array, x_train: jax.Array, y_train: jax.Array, *, length: int):
+        """`length` steps: (state, (losses, accuracies)), and the warm-up's end after them (a third
+        output, read by the host while the state itself is already donated to the next chunk)."""
+
+        def body(s: TrainState, _):
+            return self.train_step(s, s.step, seed, x_train, y_train)
 
         state, (losses, accs) = jax.lax.scan(body, state, None, length=length)
-        if "warmup_end" not in state:
+        if state.warmup_end is None:
             return state, (losses, accs)
-        state["warmup_end"] = optim.next_warmup_end(self.cfg.optim, state["warmup_end"], state["step"], accs)
-        return state, (losses, accs, state["warmup_end"])
+        state = state._replace(warmup_end=optim.next_warmup_end(self.cfg.optim, state.warmup_end, state.step, accs))
+        return state, (losses, accs, state.warmup_end)
 
     def chunk_program(self, length: int):
         """(jitted chunk of `length` steps, example arguments): what `chunk_fn` compiles."""
-        fn = lambda st, seed, x, y: self._chunk(st, seed, x, y, length=length)  # noqa: E731
+        fn = lambda st, seed, x, y: self.chunk(st, seed, x, y, length=length)  # noqa: E731
         if self.seeds > 1:
-            fn = self._over_seeds(fn, 2)
+            fn = self.over_seeds(fn, 2)
         jitted = self.dp.jit(fn, donate_argnums=(0,)) if self.dp else jax.jit(fn, donate_argnums=(0,))
         seeds = jnp.zeros((self.seeds,), jnp.int32) if self.seeds > 1 else jnp.int32(0)
-        return jitted, (self._state_spec(), seeds, self.data.x_train, self.data.y_train)
+        return jitted, (self.state_spec(), seeds, self.data.x_train, self.data.y_train)
 
     def chunk_fn(self, length: int):
         """AOT-compiled chunk of `length` steps; compile time is measured, not guessed."""
@@ -245,10 +293,10 @@ class Engine:
         loss_sum, correct = jax.lax.map(one, (x, y, mask))
         return {"eval_loss": jnp.sum(loss_sum) / n, "eval_accuracy": jnp.sum(correct) / n}
 
-    def _evaluate(self, state, x_train, x_test, y_test):
+    def evaluate(self, state: TrainState, x_train, x_test, y_test):
         """Eval loss/accuracy and diagnostics; with precise BN, on recomputed BN statistics, and
         the running averages' loss/accuracy beside them (`eval_running_*`)."""
-        params, others = state["params"], state["others"]
+        params, others = state.params, state.others
         running = None
         if self.precise_bn:
             running = self._eval(params, others, x_test, y_test)
@@ -268,7 +316,7 @@ class Engine:
             out["eval_running_loss"], out["eval_running_accuracy"] = running["eval_loss"], running["eval_accuracy"]
         if self.cfg.train.diagnostics:  # eval-mode forwards: the same BN statistics as the eval
             xe = self.data.normalize(x_test[: min(256, x_test.shape[0])])
-            out["diagnostics"] = diagnostics.measure(self.graphdef, params, others, xe, state["grad_norm"])
+            out["diagnostics"] = diagnostics.measure(self.graphdef, params, others, xe, state.grad_norm)
         return out
 
     def eval_program(self):
@@ -276,9 +324,9 @@ class Engine:
 
         Called as (state, x_train, x_test, y_test); x_train feeds precise BN (unused without it).
         """
-        fn = self._over_seeds(self._evaluate, 1) if self.seeds > 1 else self._evaluate
+        fn = self.over_seeds(self.evaluate, 1) if self.seeds > 1 else self.evaluate
         jitted = self.dp.jit(fn) if self.dp else jax.jit(fn)
-        return jitted, (self._state_spec(), self.data.x_train, self.data.x_test, self.data.y_test)
+        return jitted, (self.state_spec(), self.data.x_train, self.data.x_test, self.data.y_test)
 
     def evaluate_fn(self):
         if "eval" not in self._compiled:
@@ -288,7 +336,7 @@ class Engine:
 
     # ---- helpers
 
-    def _over_seeds(self, fn: Callable, batched: int) -> Callable:
+    def over_seeds(self, fn: Callable, batched: int) -> Callable:
         """`fn` over a leading seed axis of its first `batched` arguments (the rest shared)."""
 
         def looped(*args):
@@ -298,7 +346,8 @@ class Engine:
 
         return looped
 
-    def _state_spec(self):
+    def state_spec(self) -> TrainState:
+        """The programs' state argument: `abstract_state`, with a leading seed axis for several seeds."""
         if self.seeds == 1:
             return self.abstract_state
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct((self.seeds, *a.shape), a.dtype), self.abstract_state)
@@ -312,13 +361,13 @@ class Engine:
         self.compile_seconds += time.perf_counter() - start
         return compiled
 
-    def init(self, seeds: list[int]):
+    def init(self, seeds: list[int]) -> TrainState:
         start = time.perf_counter()
         if self.seeds > 1:
-            state = _stack([self._init(jnp.int32(s)) for s in seeds])
+            state = _stack([self.init_seed(jnp.int32(s)) for s in seeds])
         else:
             arg = jnp.int32(seeds[0])
-            state = self._init(self.dp.place(arg) if self.dp else arg)
+            state = self.init_seed(self.dp.place(arg) if self.dp else arg)
         jax.block_until_ready(state)
         self.compile_seconds += time.perf_counter() - start  # dominated by compiling the init
         return state
@@ -328,8 +377,9 @@ class Engine:
 
 
 @dataclass
-class RunRecord:
-    """Host-side bookkeeping for one run of a group."""
+class RunProgress:
+    """Host-side bookkeeping for one run of a group while it trains (`report.RunRecord` is a run
+    read back from its directory; `Outcome` is what `train_runs` returns)."""
 
     cfg: Config
     dir: Path
@@ -455,7 +505,7 @@ def train_runs(
                 )
         if claimed:
             records = [
-                RunRecord(
+                RunProgress(
                     cfgs[i],
                     dirs[i],
                     sweep_keys=(sweep_keys[i] if sweep_keys else None),
@@ -485,7 +535,8 @@ def _common_resume_step(ckpts: list[Checkpoints]) -> int | None:
     return max(common) if common else None
 
 
-def _train_group(records: list[RunRecord], *, progress: bool, console, data: Data | None) -> list[dict]:
+def _train_group(records: list[RunProgress], *, progress: bool, console, data: Data | None) -> list[dict]:
+    """Train a group from its common checkpoint (or from scratch); returns the summaries written."""
     cfg = records[0].cfg
     if data is None:
         data = load_data(cfg.data, source=str(records[0].dir / "config.yaml"))
@@ -500,169 +551,241 @@ def _train_group(records: list[RunRecord], *, progress: bool, console, data: Dat
     wall_start = time.perf_counter()
     state = engine.init([r.cfg.train.seed for r in records])
     if resume_step is not None:
-        restored = []
-        for r, c in zip(records, ckpts, strict=True):
-            single, meta = c.restore(resume_step, engine.abstract_state)
-            if meta.get("config_hash", config_hash(r.cfg)) not in checkpoint_hashes(r.dir, r.cfg):
-                raise RunError(  # same shapes, other config
-                    f"{c.directory / str(resume_step)}: checkpoint was written by another config "
-                    f"({meta['config_hash']}, this run is {config_hash(r.cfg)}); move it away to retrain"
-                )
-            seen = meta.get("data_sha256")
-            if seen is not None and data.content is not None and seen != data.content.digest:
-                raise RunError(
-                    f"{c.directory / str(resume_step)}: checkpoint was trained on other {data.name} data "
-                    f"(sha256 {seen}, the files in {data.content.source} are {data.content.digest}); "
-                    "point data.dir at the data it was trained on, or move the run away to retrain"
-                )
-            restored.append(single)
-            r.history, r.wall_before = meta["history"], meta.get("wall_seconds", 0.0)
-            r.last_eval, r.diagnostics = meta.get("last_eval", {}), meta.get("diagnostics")
-            r.initial_loss = meta.get("initial_loss")
-            _say(
-                console, f"{r.dir.name}: resuming from step {resume_step} (checkpoint {c.directory / str(resume_step)})"
-            )
-        state = _stack(restored)
+        state = _restore_group(records, ckpts, engine, data, resume_step, console)
     start_step = resume_step or 0
-    if "warmup_end" in state:
-        ends = np.asarray(state["warmup_end"]).reshape(-1)
+    if state.warmup_end is not None:
+        ends = np.asarray(state.warmup_end).reshape(-1)
         for r, end in zip(records, ends, strict=True):
             r.warmup_end = int(end)
     for r in records:
         r.events = EventWriter(r.dir) if jax.process_index() == 0 else _NoEvents()
         r.events.session_start(start_step)  # TensorBoard purges events a resume rewrites
-    model_info = _model_info(cfg, data)
-    seeds_arg = (
-        jnp.asarray([r.cfg.train.seed for r in records], jnp.int32)
-        if group > 1
-        else jnp.int32(records[0].cfg.train.seed)
-    )
-    for r in records:
-        _write_summary(r, engine, model_info, start_step, wall=r.wall_before, data=data)
-
-    t = cfg.train
-    total, k = t.steps, t.log_every
     interrupt = Interrupt()
-    compile_before = engine.compile_seconds
-    steady_time, steady_images = 0.0, 0
-    saved: set[int] = set()  # steps checkpointed by this process
+    writer = _GroupWriter(records, ckpts, engine, data, _model_info(cfg, data), wall_start, interrupt)
+    for r in records:
+        _write_summary(r, engine, writer.model_info, start_step, wall=r.wall_before, data=data)
 
-    def checkpoint(end: int, save: bool) -> None:
-        """Checkpoint the state at `end` (if `save`), mark an interrupted run, write the summaries."""
-        ips = steady_images / steady_time if steady_time else None
-        for i, (r, c) in enumerate(zip(records, ckpts, strict=True)):
-            if r.status == "diverged":
-                continue
-            if save and end not in saved:
-                c.save(
-                    end,
-                    _slice(state, i if group > 1 else None),
-                    {
-                        "config_hash": config_hash(r.cfg),
-                        "data_sha256": data.content.digest if data.content is not None else None,
-                        "history": r.history,
-                        "wall_seconds": r.wall_before + time.perf_counter() - wall_start,
-                        "last_eval": r.last_eval,
-                        "diagnostics": r.diagnostics,
-                        "initial_loss": r.initial_loss,
-                    },
-                )
-            if interrupt.requested is not None and end < total:
-                r.status = "interrupted"
-            _write_summary(
-                r,
-                engine,
-                model_info,
-                end,
-                wall=r.wall_before + time.perf_counter() - wall_start,
-                data=data,
-                ips=ips,
-                compile_s=engine.compile_seconds - compile_before,
-            )
-        if save:
-            saved.add(end)
-
-    last_settled = 0.0
-
-    def settle(chunk) -> None:
-        """Wait for a launched chunk's losses, record them, and account its device time.
-
-        Chunks are pipelined (chunk N+1 is dispatched before chunk N's losses are read), so
-        a chunk's device time runs from the later of its dispatch and the previous settle.
-        """
-        nonlocal steady_time, steady_images, last_settled
-        end, length, losses, accs, t0, extra = chunk
-        losses, accs = np.asarray(losses), np.asarray(accs)
-        warmup_ends = np.asarray(extra[0]).reshape(-1) if extra else None
-        now = time.perf_counter()
-        elapsed = now - max(t0, last_settled)
-        last_settled = now
-        images = length * cfg.data.batch_size * group
-        if end - length > start_step:  # the first chunk after (re)start includes warm-up
-            steady_time += elapsed
-            steady_images += images
-        _record_chunk(records, engine, end, length, losses, accs, elapsed, warmup_ends)
-        if bar is not None:
-            bar(end, float(np.nanmean(losses[..., -1])), images / max(elapsed, 1e-9))
-
+    total = cfg.train.steps
     with interrupt.installed(), _progress(progress, console, records, total, start_step) as bar:
-        step = start_step
-        pending = None  # (end_step, length, losses, accs, t_dispatch): fetched while the next chunk runs
-        while step < total or pending is not None:
-            launched = None
-            if step < total and not all(r.status == "diverged" for r in records) and interrupt.requested is None:
-                length = min(k, total - step)
-                fn = engine.chunk_fn(length)
-                t0 = time.perf_counter()
-                state, (losses, accs, *extra) = fn(state, seeds_arg, data.x_train, data.y_train)
-                step += length
-                launched = (step, length, losses, accs, t0, extra)
-            stalled = False
-            if pending is not None and launched is None:
-                # Nothing new in flight (diverged, or a signal landed between chunks): settle the
-                # last chunk below, with its checkpoint, instead of spinning on `step < total`.
-                launched, stalled = pending, True
-            elif pending is not None:
-                settle(pending)
-            pending = launched
-            if pending is None:  # nothing in flight and nothing to launch: done, diverged or interrupted
-                if interrupt.requested is not None and step < total:
-                    # The signal landed just after a chunk was settled: checkpoint that state, then stop.
-                    checkpoint(step, save=step > start_step)
-                break
-            end = pending[0]
-            at_eval = (t.eval_every and end % t.eval_every == 0) or end == total
-            at_ckpt = (t.checkpoint_every and end % t.checkpoint_every == 0) or end == total
-            if at_eval or at_ckpt or stalled or interrupt.requested is not None:
-                settle(pending)  # the chunk just launched, before saving or evaluating its state
-                pending = None
-                if at_eval and not all(r.status == "diverged" for r in records):
-                    _record_eval(records, engine, state, data, end)
-                checkpoint(end, save=bool(at_ckpt) or interrupt.requested is not None)
-                if interrupt.requested is not None:
-                    break
+        pipe = ChunkPipeline(engine, data, records, start_step, bar)
+        step = _train_chunks(state, pipe, writer, start_step)
         for r in records:
             if r.status == "running" and step >= total:
                 r.status = "completed"
             elif r.status == "running" and interrupt.requested is not None:
                 r.status = "interrupted"  # the signal landed after the last check in the loop
 
-    ips = steady_images / steady_time if steady_time else None
     summaries = []
     for r in records:
-        s = _write_summary(
-            r,
-            engine,
-            model_info,
-            min(step, total) if r.status != "diverged" else r.diverged_at_step,
-            wall=r.wall_before + time.perf_counter() - wall_start,
-            data=data,
-            ips=ips,
-            compile_s=engine.compile_seconds - compile_before,
-        )
+        steps = min(step, total) if r.status != "diverged" else r.diverged_at_step
+        summaries.append(writer.summary(r, steps, pipe.images_per_second))
         r.events.close()
-        summaries.append(s)
     return summaries
+
+
+def _restore_group(
+    records: list[RunProgress], ckpts: list[Checkpoints], engine: Engine, data: Data, step: int, console
+) -> TrainState:
+    """The group's state checkpointed at `step` (each run's checks that it is the same config and
+    data), and each run's host-side history from its checkpoint's metadata."""
+    restored = []
+    for r, c in zip(records, ckpts, strict=True):
+        single, meta = restore_state(c, step, engine.abstract_state)
+        if meta.get("config_hash", config_hash(r.cfg)) not in checkpoint_hashes(r.dir, r.cfg):
+            raise RunError(  # same shapes, other config
+                f"{c.directory / str(step)}: checkpoint was written by another config "
+                f"({meta['config_hash']}, this run is {config_hash(r.cfg)}); move it away to retrain"
+            )
+        seen = meta.get("data_sha256")
+        if seen is not None and data.content is not None and seen != data.content.digest:
+            raise RunError(
+                f"{c.directory / str(step)}: checkpoint was trained on other {data.name} data "
+                f"(sha256 {seen}, the files in {data.content.source} are {data.content.digest}); "
+                "point data.dir at the data it was trained on, or move the run away to retrain"
+            )
+        restored.append(single)
+        r.history, r.wall_before = meta["history"], meta.get("wall_seconds", 0.0)
+        r.last_eval, r.diagnostics = meta.get("last_eval", {}), meta.get("diagnostics")
+        r.initial_loss = meta.get("initial_loss")
+        _say(console, f"{r.dir.name}: resuming from step {step} (checkpoint {c.directory / str(step)})")
+    return _stack(restored)
+
+
+@dataclass(frozen=True)
+class Due:
+    """What follows the chunk that ends at a step, before the next one is dispatched."""
+
+    evaluate: bool
+    checkpoint: bool
+
+
+def chunk_length(step: int, total: int, log_every: int) -> int:
+    """Steps in the chunk dispatched at `step`: `log_every`, and what is left at the end."""
+    return min(log_every, total - step)
+
+
+def due_at(end: int, *, total: int, eval_every: int, checkpoint_every: int) -> Due:
+    """Whether the state after step `end` is evaluated and checkpointed (`*_every` 0: only at `total`).
+
+    Chunks end every `log_every` steps (`chunk_length`), so an `*_every` that is no multiple of it
+    acts at the chunk ends that are multiples of both.
+    """
+    return Due(
+        evaluate=bool(eval_every and end % eval_every == 0) or end == total,
+        checkpoint=bool(checkpoint_every and end % checkpoint_every == 0) or end == total,
+    )
+
+
+@dataclass
+class _Chunk:
+    """A dispatched chunk whose outputs may still be computing."""
+
+    end: int  # the step it ends at
+    length: int
+    losses: Any
+    accs: Any
+    warmup_end: Any  # constant warm-up: the step it ends at after this chunk; None: no such warm-up
+    dispatched: float  # perf_counter at dispatch
+
+
+class ChunkPipeline:
+    """The training chunks in flight: chunk N+1 is dispatched before chunk N's losses are read, so
+    the host's bookkeeping overlaps the device's work. It times the steady state (images/s).
+
+    A chunk's device time runs from the later of its dispatch and the previous settle.
+    """
+
+    def __init__(self, engine: Engine, data: Data, records: list[RunProgress], start_step: int, bar) -> None:
+        self.engine, self.data, self.records, self.start_step, self.bar = engine, data, records, start_step, bar
+        group = len(records)
+        seeds = [r.cfg.train.seed for r in records]
+        self.seeds_arg = jnp.asarray(seeds, jnp.int32) if group > 1 else jnp.int32(seeds[0])
+        self.pending: _Chunk | None = None  # dispatched, its losses not read yet
+        self.steady_time, self.steady_images = 0.0, 0
+        self._last_settled = 0.0
+
+    def launch(self, state: TrainState, step: int, length: int) -> TrainState:
+        """Dispatch `length` steps from `step`, then settle the chunk before it while they run."""
+        fn = self.engine.chunk_fn(length)
+        t0 = time.perf_counter()
+        state, (losses, accs, *extra) = fn(state, self.seeds_arg, self.data.x_train, self.data.y_train)
+        previous = self.pending
+        self.pending = _Chunk(step + length, length, losses, accs, extra[0] if extra else None, t0)
+        if previous is not None:
+            self._settle(previous)
+        return state
+
+    def settle(self) -> None:
+        """Wait for the chunk in flight and record it: before its state is evaluated or saved."""
+        chunk, self.pending = self.pending, None
+        if chunk is not None:
+            self._settle(chunk)
+
+    @property
+    def images_per_second(self) -> float | None:
+        """Training throughput after the first chunk (which includes compiling); None before."""
+        return self.steady_images / self.steady_time if self.steady_time else None
+
+    def _settle(self, chunk: _Chunk) -> None:
+        losses, accs = np.asarray(chunk.losses), np.asarray(chunk.accs)
+        warmup_ends = np.asarray(chunk.warmup_end).reshape(-1) if chunk.warmup_end is not None else None
+        now = time.perf_counter()
+        elapsed = now - max(chunk.dispatched, self._last_settled)
+        self._last_settled = now
+        images = chunk.length * self.engine.cfg.data.batch_size * len(self.records)
+        if chunk.end - chunk.length > self.start_step:  # the first chunk after (re)start includes warm-up
+            self.steady_time += elapsed
+            self.steady_images += images
+        _record_chunk(self.records, self.engine, chunk.end, chunk.length, losses, accs, elapsed, warmup_ends)
+        if self.bar is not None:
+            self.bar(chunk.end, float(np.nanmean(losses[..., -1])), images / max(elapsed, 1e-9))
+
+
+@dataclass
+class _GroupWriter:
+    """Each run's checkpoints and summary.json, as if it were trained alone."""
+
+    records: list[RunProgress]
+    ckpts: list[Checkpoints]
+    engine: Engine
+    data: Data
+    model_info: dict
+    wall_start: float
+    interrupt: Interrupt
+    saved: set[int] = field(default_factory=set)  # steps checkpointed by this process
+
+    def __post_init__(self) -> None:
+        self.compile_before = self.engine.compile_seconds
+
+    def wall(self, r: RunProgress) -> float:
+        return r.wall_before + time.perf_counter() - self.wall_start
+
+    def summary(self, r: RunProgress, steps: int | None, ips: float | None) -> dict:
+        compile_s = self.engine.compile_seconds - self.compile_before
+        return _write_summary(
+            r, self.engine, self.model_info, steps, wall=self.wall(r), data=self.data, ips=ips, compile_s=compile_s
+        )
+
+    def checkpoint(self, state: TrainState, end: int, *, save: bool, ips: float | None) -> None:
+        """Checkpoint the state at `end` (if `save`), mark an interrupted run, write the summaries."""
+        group = len(self.records)
+        data = self.data
+        for i, (r, c) in enumerate(zip(self.records, self.ckpts, strict=True)):
+            if r.status == "diverged":
+                continue
+            if save and end not in self.saved:
+                meta = {
+                    "config_hash": config_hash(r.cfg),
+                    "data_sha256": data.content.digest if data.content is not None else None,
+                    "history": r.history,
+                    "wall_seconds": self.wall(r),
+                    "last_eval": r.last_eval,
+                    "diagnostics": r.diagnostics,
+                    "initial_loss": r.initial_loss,
+                }
+                c.save(end, _slice(state, i if group > 1 else None).tree(), meta)
+            if self.interrupt.requested is not None and end < self.engine.cfg.train.steps:
+                r.status = "interrupted"
+            self.summary(r, end, ips)
+        if save:
+            self.saved.add(end)
+
+
+def _train_chunks(state: TrainState, pipe: ChunkPipeline, writer: _GroupWriter, start_step: int) -> int:
+    """Train from `start_step` until the end, divergence of every run or a signal: the step reached."""
+    records, engine, interrupt = pipe.records, pipe.engine, writer.interrupt
+    t = engine.cfg.train
+    total = t.steps
+
+    def all_diverged() -> bool:
+        return all(r.status == "diverged" for r in records)
+
+    step = start_step
+    while True:
+        launched = False
+        if step < total and not all_diverged() and interrupt.requested is None:
+            length = chunk_length(step, total, t.log_every)
+            state = pipe.launch(state, step, length)
+            step += length
+            launched = True
+        if pipe.pending is None:  # nothing in flight and nothing to launch: done, diverged or interrupted
+            if interrupt.requested is not None and step < total:
+                # The signal landed just after a chunk was settled: checkpoint that state, then stop.
+                writer.checkpoint(state, step, save=step > start_step, ips=pipe.images_per_second)
+            return step
+        end = pipe.pending.end
+        due = due_at(end, total=total, eval_every=t.eval_every, checkpoint_every=t.checkpoint_every)
+        # Nothing new in flight (diverged, or a signal landed between chunks): settle the last
+        # chunk here, with its checkpoint, rather than spinning on `step < total`.
+        stalled = not launched
+        if due.evaluate or due.checkpoint or stalled or interrupt.requested is not None:
+            pipe.settle()  # the chunk just launched, before saving or evaluating its state
+            if due.evaluate and not all_diverged():
+                _record_eval(records, engine, state, writer.data, end)
+            save = due.checkpoint or interrupt.requested is not None
+            writer.checkpoint(state, end, save=save, ips=pipe.images_per_second)
+            if interrupt.requested is not None:
+                return step
 
 
 class _NoEvents:
@@ -723,7 +846,7 @@ def _record_chunk(
         )
 
 
-def _mark_diverged(r: RunRecord, step: int, reason: str) -> None:
+def _mark_diverged(r: RunProgress, step: int, reason: str) -> None:
     r.status, r.diverged_at_step, r.diverged_reason = "diverged", step, reason
     r.events.scalars(step, {"train/diverged": 1.0})
 
@@ -752,7 +875,7 @@ def _model_info(cfg: Config, data: Data) -> dict:
 
 
 def _write_summary(
-    r: RunRecord,
+    r: RunProgress,
     engine: Engine,
     info: dict,
     steps: int | None,
@@ -809,7 +932,7 @@ def _eval_bn_summary(engine: Engine) -> dict | None:
     return {"statistics": "running"} if engine.has_bn else None
 
 
-def _warmup_summary(r: RunRecord, steps: int | None) -> dict | None:
+def _warmup_summary(r: RunProgress, steps: int | None) -> dict | None:
     """Which warm-up ran and when the base schedule took over (`end_step` None: not yet)."""
     o = r.cfg.optim
     if o.constant_warmup is None:
@@ -831,7 +954,7 @@ def _warmup_summary(r: RunRecord, steps: int | None) -> dict | None:
 
 
 @contextmanager
-def _progress(enabled: bool, console, records: list[RunRecord], total: int, start: int):
+def _progress(enabled: bool, console, records: list[RunProgress], total: int, start: int):
     if not enabled:
         yield None
         return

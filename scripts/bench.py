@@ -158,8 +158,8 @@ def step_cost(depth: int, batch_size: int, dtype: str) -> dict:
 
     cfg = make_config(depth, batch_size, dtype, 1, True)
     engine = Engine(cfg, load_data(cfg.data), platform="cuda")
-    step = jax.jit(lambda st, seed, x, y: engine._step(st, st["step"], seed, x, y))
-    cost = step.lower(engine._state_spec(), jnp.int32(0), engine.data.x_train, engine.data.y_train).cost_analysis()
+    step = jax.jit(lambda st, seed, x, y: engine.train_step(st, st.step, seed, x, y))
+    cost = step.lower(engine.state_spec(), jnp.int32(0), engine.data.x_train, engine.data.y_train).cost_analysis()
     if cost is None:  # XLA:GPU has none for a lowered module; gpu_bench.sh runs this part on the CPU
         raise SystemExit("bench.py --cost: XLA gave no cost analysis on this backend; run it with JAX_PLATFORMS=cpu")
     return {"flops": float(cost["flops"]), "bytes_accessed": float(cost["bytes accessed"])}

@@ -26,7 +26,7 @@ def evaluate(run_dir: Path, batches: list[int], repeats: int) -> list[dict]:
     from resexp.checkpoint import Checkpoints
     from resexp.config import Config
     from resexp.data import load_data
-    from resexp.train import Engine
+    from resexp.train import Engine, restore_state
 
     summary = json.loads((run_dir / "summary.json").read_text())
     base = Config.model_validate(summary["config"])
@@ -37,7 +37,7 @@ def evaluate(run_dir: Path, batches: list[int], repeats: int) -> list[dict]:
         engine = Engine(cfg, data)
         ckpts = Checkpoints(run_dir / "checkpoints")
         try:
-            state, _ = ckpts.restore(max(ckpts.all_steps()), engine.abstract_state)
+            state, _ = restore_state(ckpts, max(ckpts.all_steps()), engine.abstract_state)
         finally:
             ckpts.close()
         before = engine.compile_seconds

@@ -237,29 +237,29 @@ def test_training_step_records_the_gradient_norms_of_its_update(digits):
     engine = Engine(cfg, digits)
     state = engine.init([5])
     before = jax.tree.map(jnp.copy, state)
-    after, _ = jax.jit(engine._step)(state, jnp.int32(3), jnp.int32(5), digits.x_train, digits.y_train)
+    after, _ = jax.jit(engine.train_step)(state, jnp.int32(3), jnp.int32(5), digits.x_train, digits.y_train)
     idx = batch_indices(jax.random.fold_in(jax.random.key(5), 0), 3, digits.x_train.shape[0], cfg.data.batch_size)
     x, y = digits.normalize(digits.x_train[idx]), digits.y_train[idx]
 
     def loss(prm):
-        logits = nnx.merge(engine.graphdef, prm, before["others"], copy=True)(x, train=True)
+        logits = nnx.merge(engine.graphdef, prm, before.others, copy=True)(x, train=True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    g = _flat(jax.grad(loss)(before["params"]))
+    g = _flat(jax.grad(loss)(before.params))
     # the step's gradients come from another program (the engine's): the noise scale is our float32
     # gradient's distance from the same gradient taken in float64
     g64 = _flat(
         exact_in_float64(
             lambda p, x: jax.grad(
                 lambda prm: optax.softmax_cross_entropy_with_integer_labels(
-                    nnx.merge(engine.graphdef, prm, before["others"], copy=True)(x, train=True), y
+                    nnx.merge(engine.graphdef, prm, before.others, copy=True)(x, train=True), y
                 ).mean()
             )(p),
-            before["params"],
+            before.params,
             x,
         )
     )
-    host = diagnostics._flat_names(jax.device_get(after["grad_norm"]))
+    host = diagnostics._flat_names(jax.device_get(after.grad_norm))
     picked = [
         ("stem", ("stem", "kernel"), None),
         ("head", ("head", "kernel"), None),
@@ -274,7 +274,7 @@ def test_training_step_records_the_gradient_norms_of_its_update(digits):
     assert all(math.isfinite(v) and v > 0 for v in host.values())
     assert not any(
         "grad_norm" in k
-        for k in Engine(Config.model_validate(tiny_dict(train={"diagnostics": False})), digits).abstract_state
+        for k in Engine(Config.model_validate(tiny_dict(train={"diagnostics": False})), digits).abstract_state.tree()
     )
 
 
@@ -295,16 +295,16 @@ def test_diagnostics_are_part_of_the_eval_program_and_can_be_turned_off(digits):
         cfg = Config.model_validate(tiny_dict(train={"diagnostics": on}))
         engine = Engine(cfg, digits)
         d = digits
-        shapes[on] = jax.eval_shape(engine._evaluate, engine.abstract_state, d.x_train, d.x_test, d.y_test)
-        jaxpr = jax.make_jaxpr(engine._evaluate)(engine.abstract_state, d.x_train, d.x_test, d.y_test)
+        shapes[on] = jax.eval_shape(engine.evaluate, engine.abstract_state, d.x_train, d.x_test, d.y_test)
+        jaxpr = jax.make_jaxpr(engine.evaluate)(engine.abstract_state, d.x_train, d.x_test, d.y_test)
         convs[on] = forward_convs(jaxpr)
     assert set(shapes[False]) == {"eval_loss", "eval_accuracy"}
     assert convs[False] > 0 and convs[True] == 2 * convs[False]  # one more forward pass, no backward
     # precise BN: a train-mode forward (the statistics) and the running averages' eval, no backward
     engine = Engine(Config.model_validate(tiny_dict(train={"diagnostics": False, "precise_bn_batches": 2})), digits)
-    jaxpr = jax.make_jaxpr(engine._evaluate)(engine.abstract_state, d.x_train, d.x_test, d.y_test)
+    jaxpr = jax.make_jaxpr(engine.evaluate)(engine.abstract_state, d.x_train, d.x_test, d.y_test)
     assert forward_convs(jaxpr) == 3 * convs[False]
-    assert set(jax.eval_shape(engine._evaluate, engine.abstract_state, d.x_train, d.x_test, d.y_test)) == {
+    assert set(jax.eval_shape(engine.evaluate, engine.abstract_state, d.x_train, d.x_test, d.y_test)) == {
         "eval_loss", "eval_accuracy", "eval_running_loss", "eval_running_accuracy"
     }  # fmt: skip
     diag = shapes[True]["diagnostics"]
@@ -313,15 +313,15 @@ def test_diagnostics_are_part_of_the_eval_program_and_can_be_turned_off(digits):
 
 def _ratios_from_checkpoint(run_dir: Path, cfg: Config, data):
     from resexp.checkpoint import Checkpoints
-    from resexp.train import Engine
+    from resexp.train import Engine, restore_state
 
     engine = Engine(cfg, data)
     ckpts = Checkpoints(run_dir / "checkpoints")
-    state, _ = ckpts.restore(max(ckpts.all_steps()), engine.abstract_state)
-    model = nnx.merge(engine.graphdef, state["params"], state["others"])
+    state, _ = restore_state(ckpts, max(ckpts.all_steps()), engine.abstract_state)
+    model = nnx.merge(engine.graphdef, state.params, state.others)
     x = data.normalize(data.x_test[:256])
-    exact = exact_reference(engine.graphdef, state["params"], state["others"], x)
-    return reference(model, x), exact, state["params"]
+    exact = exact_reference(engine.graphdef, state.params, state.others, x)
+    return reference(model, x), exact, state.params
 
 
 def test_training_run_reports_diagnostics(tmp_path, digits):

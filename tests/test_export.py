@@ -35,7 +35,8 @@ def digits():
 
 def conv_modules(engine: Engine) -> list[nnx.Conv]:
     abstract = [
-        jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), engine.abstract_state[k]) for k in ("params", "others")
+        jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), s)
+        for s in (engine.abstract_state.params, engine.abstract_state.others)
     ]
     return [m for _, m in nnx.iter_modules(nnx.merge(engine.graphdef, *abstract)) if isinstance(m, nnx.Conv)]
 
@@ -77,7 +78,7 @@ def test_chunk_eval_and_init_lower_for_cuda_and_tpu_without_cpu_constructs(
     programs = {
         "chunk": engine.chunk_program(STEPS),
         "eval": engine.eval_program(),
-        "init": (engine._init, (jax.ShapeDtypeStruct((), jnp.int32),)),
+        "init": (engine.init_seed, (jax.ShapeDtypeStruct((), jnp.int32),)),
     }
     for name, (jitted, args) in programs.items():
         jaxpr, exported, targets, text = lower(jitted, args)

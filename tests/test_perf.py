@@ -46,7 +46,7 @@ def losses_of(engine, seeds, data, chunks: int = 1, nudge: bool = False):
     (`nudge`: from initial parameters moved by one ulp, the rounding-noise reference)."""
     state = engine.init(seeds)
     if nudge:
-        state = {**state, "params": nudge_ulp(state["params"])}
+        state = state._replace(params=nudge_ulp(state.params))
     seed_arg = jnp.asarray(seeds, jnp.int32) if engine.seeds > 1 else jnp.int32(seeds[0])
     out = []
     for _ in range(chunks):
@@ -145,7 +145,7 @@ def test_engine_convs_stay_canonical_inside_the_scanned_stages(digits, monkeypat
                 engine.graphdef,
                 *[
                     jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), s)
-                    for s in (engine.abstract_state["params"], engine.abstract_state["others"])
+                    for s in (engine.abstract_state.params, engine.abstract_state.others)
                 ],
             )
         )
@@ -289,8 +289,8 @@ def test_vmapped_seeds_train_like_separate_runs(digits, seed_loop, separate_runs
         convs = [
             e
             for e in all_eqns(
-                jax.make_jaxpr(engine._over_seeds(lambda st, seed, x, y: engine._chunk(st, seed, x, y, length=1), 2))(
-                    engine._state_spec(), jnp.zeros((2,), jnp.int32), digits.x_train, digits.y_train
+                jax.make_jaxpr(engine.over_seeds(lambda st, seed, x, y: engine.chunk(st, seed, x, y, length=1), 2))(
+                    engine.state_spec(), jnp.zeros((2,), jnp.int32), digits.x_train, digits.y_train
                 ).jaxpr
             )
             if e.primitive.name == "conv_general_dilated"
@@ -304,7 +304,7 @@ def test_vmapped_seeds_train_like_separate_runs(digits, seed_loop, separate_runs
         assert_within_noise(
             together[i], losses, drift(losses, nudged), multiple=DRIFT_MULTIPLE, what=f"seed {i} losses"
         )
-        for a, b, c in zip(*(jax.tree.leaves(st["params"]) for st in (state2, state1, nudged_state)), strict=True):
+        for a, b, c in zip(*(jax.tree.leaves(st.params) for st in (state2, state1, nudged_state)), strict=True):
             assert_within_noise(a[i], b, spread(b, c), multiple=DRIFT_MULTIPLE, what=f"seed {i} parameters")
     assert not np.allclose(together[0], together[1])  # two seeds, two different runs
 
@@ -318,17 +318,17 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state(digits):
     engine = Engine(tiny_cfg(dtype="bfloat16"), digits)
     losses, state = losses_of(engine, [0], digits, chunks=2)
     for part in ("params", "others", "opt"):
-        floats = [a for a in jax.tree.leaves(state[part]) if jnp.issubdtype(a.dtype, jnp.floating)]
+        floats = [a for a in jax.tree.leaves(getattr(state, part)) if jnp.issubdtype(a.dtype, jnp.floating)]
         assert floats and all(a.dtype == jnp.float32 for a in floats), part
-    stats = nnx.state(nnx.merge(engine.graphdef, state["params"], state["others"]), nnx.BatchStat)
+    stats = nnx.state(nnx.merge(engine.graphdef, state.params, state.others), nnx.BatchStat)
     assert jax.tree.leaves(stats) and all(a.dtype == jnp.float32 for a in jax.tree.leaves(stats))
     assert np.all(np.isfinite(losses))
     assert losses[-3:].mean() < 0.7 * losses[:3].mean()  # it learns
     # the convolutions themselves are bf16 x bf16 (XLA:CPU may still upcast them internally)
-    spec = engine._state_spec()
-    jaxpr = jax.make_jaxpr(lambda st: engine._step(st, jnp.int32(0), jnp.int32(0), digits.x_train, digits.y_train))(
-        spec
-    )
+    spec = engine.state_spec()
+    jaxpr = jax.make_jaxpr(
+        lambda st: engine.train_step(st, jnp.int32(0), jnp.int32(0), digits.x_train, digits.y_train)
+    )(spec)
     convs = [e for e in all_eqns(jaxpr.jaxpr) if e.primitive.name == "conv_general_dilated"]
     assert convs and {str(v.aval.dtype) for e in convs for v in e.invars} == {"bfloat16"}
 
@@ -349,9 +349,9 @@ _DP_SCRIPT = textwrap.dedent("""
         \"\"\"One device computing what 4 devices with *per-device* BN statistics would (DDP without
         SyncBN): the batch's 4 shards normalised apart. The bug the calibrated check must catch.\"\"\"
 
-        def _loss(self, params, others, x, y):
+        def batch_loss(self, params, others, x, y):
             shards = x.reshape(4, -1, *x.shape[1:]), y.reshape(4, -1)
-            loss, (acc, new) = jax.vmap(lambda xb, yb: Engine._loss(self, params, others, xb, yb))(*shards)
+            loss, (acc, new) = jax.vmap(lambda xb, yb: Engine.batch_loss(self, params, others, xb, yb))(*shards)
             return loss.mean(), (acc.mean(), jax.tree.map(lambda a: a.mean(0).astype(a.dtype), new))
 
     # lr 0.01: at 0.05 the tiny net is chaotic enough to amplify summation-order noise within steps
@@ -369,15 +369,15 @@ _DP_SCRIPT = textwrap.dedent("""
         out[name + "_size"] = engine.dp.size if engine.dp else 1
         state = engine.init([0])
         if nudge:
-            state = {**state, "params": nudge_ulp(state["params"])}
+            state = state._replace(params=nudge_ulp(state.params))
         fn = engine.chunk_fn(4)
         losses = []
         for _ in range(2):
             state, (l, _) = fn(state, jnp.int32(0), data.x_train, data.y_train)
             losses += np.asarray(l).tolist()
         out[name] = losses
-        out[name + "_stats"] = [float(np.asarray(a).sum()) for a in jax.tree.leaves(state["others"])]
-        out[name + "_param_sharding"] = str(jax.tree.leaves(state["params"])[0].sharding)
+        out[name + "_stats"] = [float(np.asarray(a).sum()) for a in jax.tree.leaves(state.others)]
+        out[name + "_param_sharding"] = str(jax.tree.leaves(state.params)[0].sharding)
         out[name + "_eval"] = float(engine.evaluate_fn()(state, data.x_train, data.x_test, data.y_test)["eval_loss"])
         if engine.dp:
             out["all_reduce"] = "all-reduce" in fn.compiled.as_text()

@@ -22,7 +22,7 @@ from tolerance import assert_within_noise, exact_in_float64, spread
 from resexp.checkpoint import Checkpoints
 from resexp.config import Config, run_id
 from resexp.data import load_data, precise_bn_indices
-from resexp.train import Engine, precise_bn_others, train_runs
+from resexp.train import Engine, precise_bn_others, restore_state, train_runs
 
 BATCHES = 8
 STEPS = 200
@@ -49,7 +49,7 @@ def converged(tmp_path_factory):
     engine = Engine(cfg, data)
     ckpts = Checkpoints(outcome.run_dir / "checkpoints")
     try:
-        state, _ = ckpts.restore(STEPS, engine.abstract_state)
+        state, _ = restore_state(ckpts, STEPS, engine.abstract_state)
     finally:
         ckpts.close()
     return cfg, out, outcome, data, engine, state
@@ -94,9 +94,9 @@ def test_precise_bn_closes_a_stale_statistics_gap(converged):
     _, _, outcome, data, engine, state = converged
     untrained = jax.tree_util.tree_map_with_path(  # BN's initial running mean 0 and variance 1
         lambda path, a: jnp.ones_like(a) if "['var']" in jax.tree_util.keystr(path) else jnp.zeros_like(a),
-        state["others"],
+        state.others,
     )
-    stale = {**state, "others": untrained}
+    stale = state._replace(others=untrained)
     got = evaluate(engine, stale, data)
     s = outcome.summary
     assert got["eval_accuracy"] == s["eval_accuracy"] and got["eval_loss"] == s["eval_loss"]  # bit for bit
@@ -130,9 +130,9 @@ def test_stem_statistics_are_the_average_over_the_fixed_unaugmented_batches(conv
     assert idx.shape == (BATCHES, cfg.data.batch_size) and len(np.unique(idx)) == idx.size  # within one epoch
     others = jax.jit(
         lambda p, o, x: precise_bn_others(engine.graphdef, p, o, x, data.normalize, BATCHES, cfg.data.batch_size)
-    )(state["params"], state["others"], data.x_train)
+    )(state.params, state.others, data.x_train)
     got = [np.asarray(others["stem_norm"]["bn"][k][...]) for k in ("mean", "var")]
-    kernel = state["params"]["stem"]["kernel"][...]
+    kernel = state.params["stem"]["kernel"][...]
     x = np.stack([np.asarray(data.normalize(data.x_train[i])) for i in idx])
 
     def by_hand(x, kernel):

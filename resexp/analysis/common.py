@@ -220,17 +220,17 @@ def load_run(info: RunInfo) -> LoadedRun:
     from resexp.checkpoint import Checkpoints
     from resexp.config import Config
     from resexp.data import load_data
-    from resexp.train import Engine
+    from resexp.train import abstract_train_state, restore_state
 
     cfg = Config.model_validate(info.summary["config"])
     data = load_data(cfg.data, source=str(info.dir / "config.yaml"))
-    engine = Engine(cfg, data)
     ckpts = Checkpoints(info.dir / "checkpoints")
     try:
-        state, _ = ckpts.restore(info.checkpoint_step, engine.abstract_state)
+        abstract = abstract_train_state(cfg, data.image_shape, data.num_classes)
+        state, _ = restore_state(ckpts, info.checkpoint_step, abstract)
     finally:
         ckpts.close()
-    return LoadedRun(cfg, data, graphdef_for(cfg, data), state["params"], state["others"], info)
+    return LoadedRun(cfg, data, graphdef_for(cfg, data), state.params, state.others, info)
 
 
 def init_run(cfg, data=None) -> LoadedRun:
