@@ -56,9 +56,10 @@ class RunResult:
     eval_loss: float | None
     eval_accuracy: float | None
     summary: dict[str, Any] = field(repr=False)
+    skipped: bool = False  # final already, or being trained by another process: not trained by this call
 
     @classmethod
-    def from_summary(cls, run_dir: Path, summary: dict[str, Any]) -> RunResult:
+    def from_summary(cls, run_dir: Path, summary: dict[str, Any], *, skipped: bool = False) -> RunResult:
         return cls(
             run_id=summary.get("run_id") or run_dir.name,
             run_dir=run_dir,
@@ -68,6 +69,7 @@ class RunResult:
             eval_loss=summary.get("eval_loss"),
             eval_accuracy=summary.get("eval_accuracy"),
             summary=summary,
+            skipped=skipped,
         )
 
 
@@ -115,22 +117,43 @@ def _configure() -> None:
 # ----------------------------------------------------------------------------- train
 
 
-def train(config: str | Path, overrides: Overrides | None = None, *, out: str | Path = "runs") -> list[RunResult]:
-    """Train one config (its `train.vmap_seeds` seeds); a finished run is answered from its directory."""
+def train(
+    config: str | Path,
+    overrides: Overrides | None = None,
+    *,
+    out: str | Path = "runs",
+    progress: bool = False,
+    console=None,
+    distributed: bool | None = False,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> list[RunResult]:
+    """Train one config (its `train.vmap_seeds` seeds); a finished run is answered from its directory.
+
+    `distributed` (None: under srun with several tasks) trains one run over several processes
+    (jax.distributed); `coordinator`, `num_processes`, `process_id` where srun does not say them.
+    """
     from resexp.config import apply_overrides, load_config
+    from resexp.distributed import under_srun
     from resexp.runs import finished_runs
 
     cfg = load_config(config, _overrides(overrides))
-    cfg = apply_overrides(cfg, cfg, str(config))
-    finished = finished_runs(cfg, Path(out))
+    cfg = apply_overrides(cfg, cfg, str(config))  # a sweep_overrides entry this config matches applies here too
+    multi = distributed if distributed is not None else under_srun()
+    finished = None if multi else finished_runs(cfg, Path(out))  # answered at once, without starting JAX
     if finished is not None:
-        return [RunResult.from_summary(run_dir, s) for run_dir, s in finished]
+        return [RunResult.from_summary(run_dir, s, skipped=True) for run_dir, s in finished]
     _configure()
+    if multi:
+        from resexp.distributed import initialize
+
+        initialize(coordinator, num_processes, process_id)
     from resexp.train import train as train_runs
 
     return [
-        RunResult.from_summary(o.run_dir, o.summary)
-        for o in train_runs(cfg, Path(out), progress=False, source=str(config))
+        RunResult.from_summary(o.run_dir, o.summary, skipped=o.skipped)
+        for o in train_runs(cfg, Path(out), progress=progress, console=console, source=str(config))
     ]
 
 

@@ -219,38 +219,26 @@ def train(
 
     Example: resexp train configs/demo.yaml --set model.depth=8 --set train.steps=60
     """
-    from resexp.config import apply_overrides
-    from resexp.distributed import under_srun
-    from resexp.runs import exit_code, finished_runs
+    from resexp.api import train as train_fn
+    from resexp.runs import exit_code
 
-    cfg = _load(config, set_)
-    cfg = apply_overrides(cfg, cfg, str(config))  # a sweep_overrides entry this config matches applies here too
-    multi = distributed if distributed is not None else under_srun()
-    finished = None if multi else finished_runs(cfg, out)  # a finished run is answered at once, without starting JAX
-    if finished is None:
-        _setup()
-        if multi:
-            from resexp.distributed import initialize
-
-            initialize(coordinator, num_processes, process_id)
-        from resexp.train import train as train_fn
-
-        outcomes = [
-            (o.run_dir, o.summary, o.skipped)
-            for o in train_fn(
-                cfg, out, progress=progress and sys.stderr.isatty(), console=err_console, source=str(config)
-            )
-        ]
-    else:
-        outcomes = [(run_dir, s, True) for run_dir, s in finished]
-    code = 0
-    for run_dir, s, skipped in outcomes:
-        if skipped:
-            verb = "in progress elsewhere" if s.get("status") == "running" else f"already {s.get('status')}"
-            err_console.print(f"{run_dir.name}: {verb}; results in {run_dir}")
-        _print_run(run_dir, s)
-        code = max(code, exit_code(s.get("status")))
-    raise typer.Exit(code)
+    runs = train_fn(
+        config,
+        [*(set_ or []), *_env_overrides()],
+        out=out,
+        progress=progress and sys.stderr.isatty(),
+        console=err_console,
+        distributed=distributed,
+        coordinator=coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+    for r in runs:
+        if r.skipped:
+            verb = "in progress elsewhere" if r.status == "running" else f"already {r.summary.get('status')}"
+            err_console.print(f"{r.run_dir.name}: {verb}; results in {r.run_dir}")
+        _print_run(r.run_dir, r.summary)
+    raise typer.Exit(max((exit_code(r.summary.get("status")) for r in runs), default=0))
 
 
 def _fmt(v, spec: str = ".4f") -> str:
@@ -570,17 +558,28 @@ def identity(
     Example: resexp identity configs/demo.yaml --set model.depth=20
     """
     from resexp.api import identity as identity_fn
-    from resexp.diagnostics import TOLERANCE
 
     res = identity_fn(config, [*(set_ or []), *_env_overrides()], seed=seed, examples=examples)
-    rows = res.rows
+    out_console.print(_identity_table(res))
+    if res.shortcut:
+        out_console.print(
+            f"Every block input a is a relu output, so non-negative (min over all blocks: {res.min_block_input:g}); "
+            "hence relu(0 + a) = a.",
+            highlight=False,
+        )
+    out_console.print(_identity_verdict(res))
+    raise typer.Exit(0 if res.holds else 1)
+
+
+def _identity_table(res) -> Table:
+    """`resexp identity`: per block, how far its output is from its input and from relu(Ws a)."""
     table = Table(
         title=f"identity check: {res.architecture} ({res.dtype}), every branch's last layer zeroed, "
         f"{res.images} {res.dataset} images"
     )
     for col in ("block", "Ws", "max|out-a|", "vs relu(Ws a)", "verdict"):
         table.add_column(col, justify="right" if col.startswith(("max", "vs")) else "left", no_wrap=col == "block")
-    for r in rows:
+    for r in res.rows:
         table.add_row(
             r["block"],
             r["shortcut"],
@@ -588,32 +587,29 @@ def identity(
             _fmt(r["max_abs_diff_shortcut"], ".1e"),
             ("[green]" if r["holds"] else "[red]") + r["verdict"],
         )
-    out_console.print(table)
-    ok = all(r["holds"] for r in rows)
-    if res.shortcut:
-        out_console.print(
-            f"Every block input a is a relu output, so non-negative (min over all blocks: {res.min_block_input:g}); "
-            "hence relu(0 + a) = a.",
-            highlight=False,
-        )
+    return table
+
+
+def _identity_verdict(res) -> str:
+    """`resexp identity`'s last line: the signal lost (plain), kept (every block), or the blocks that fail."""
+    from resexp.diagnostics import TOLERANCE
+
     if not res.shortcut:
-        out_console.print(
+        return (
             "[red]plain net[/]: with its last layer zeroed each block outputs relu(0) = 0, "
             "not its input: the signal is lost"
         )
-    elif ok:
-        out_console.print(
+    if all(r["holds"] for r in res.rows):
+        return (
             f"[green]holds[/]: every residual block's output equals its input (max |diff| <= "
             f"{TOLERANCE:g}; relu(Ws a) where the shape changes)"
         )
-    else:
-        bad = [r["block"] for r in rows if not r["holds"]]
-        why = " (option C: Ws is learned on every block)" if res.projection == "learned_all" else ""
-        out_console.print(
-            f"[red]does not hold[/] for {len(bad)} of {len(rows)} blocks{why}: {', '.join(bad[:4])}"
-            f"{', ...' if len(bad) > 4 else ''}"
-        )
-    raise typer.Exit(0 if res.holds else 1)
+    bad = [r["block"] for r in res.rows if not r["holds"]]
+    why = " (option C: Ws is learned on every block)" if res.projection == "learned_all" else ""
+    return (
+        f"[red]does not hold[/] for {len(bad)} of {len(res.rows)} blocks{why}: {', '.join(bad[:4])}"
+        f"{', ...' if len(bad) > 4 else ''}"
+    )
 
 
 @data_app.command("download")
