@@ -16,24 +16,28 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from resexp.errors import ConfigError, UserError
+from resexp.errors import ConfigError, RunError, UserError
 from resexp.variants import ShortcutOption
+
+if TYPE_CHECKING:
+    from resexp.sweep import Executor, SweepPlan
 
 __all__ = [
     "AnalysisResult",
     "IdentityResult",
     "RunResult",
-    "SweepPlan",
+    "SweepOutcome",
     "SweepResult",
     "analyze",
+    "execute_sweep",
     "identity",
     "load_sweep",
     "plan_sweep",
     "report",
-    "run_planned",
     "sweep",
+    "sweep_executor",
     "train",
 ]
 
@@ -53,9 +57,10 @@ class RunResult:
     eval_loss: float | None
     eval_accuracy: float | None
     summary: dict[str, Any] = field(repr=False)
+    skipped: bool = False  # final already, or being trained by another process: not trained by this call
 
     @classmethod
-    def from_summary(cls, run_dir: Path, summary: dict[str, Any]) -> RunResult:
+    def from_summary(cls, run_dir: Path, summary: dict[str, Any], *, skipped: bool = False) -> RunResult:
         return cls(
             run_id=summary.get("run_id") or run_dir.name,
             run_dir=run_dir,
@@ -65,6 +70,7 @@ class RunResult:
             eval_loss=summary.get("eval_loss"),
             eval_accuracy=summary.get("eval_accuracy"),
             summary=summary,
+            skipped=skipped,
         )
 
 
@@ -112,41 +118,47 @@ def _configure() -> None:
 # ----------------------------------------------------------------------------- train
 
 
-def train(config: str | Path, overrides: Overrides | None = None, *, out: str | Path = "runs") -> list[RunResult]:
-    """Train one config (its `train.vmap_seeds` seeds); a finished run is answered from its directory."""
+def train(
+    config: str | Path,
+    overrides: Overrides | None = None,
+    *,
+    out: str | Path = "runs",
+    progress: bool = False,
+    console=None,
+    distributed: bool | None = False,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> list[RunResult]:
+    """Train one config (its `train.vmap_seeds` seeds); a finished run is answered from its directory.
+
+    `distributed` (None: under srun with several tasks) trains one run over several processes
+    (jax.distributed); `coordinator`, `num_processes`, `process_id` where srun does not say them.
+    """
     from resexp.config import apply_overrides, load_config
+    from resexp.distributed import under_srun
     from resexp.runs import finished_runs
 
     cfg = load_config(config, _overrides(overrides))
-    cfg = apply_overrides(cfg, cfg, str(config))
-    finished = finished_runs(cfg, Path(out))
+    cfg = apply_overrides(cfg, cfg, str(config))  # a sweep_overrides entry this config matches applies here too
+    multi = distributed if distributed is not None else under_srun()
+    finished = None if multi else finished_runs(cfg, Path(out))  # answered at once, without starting JAX
     if finished is not None:
-        return [RunResult.from_summary(run_dir, s) for run_dir, s in finished]
+        return [RunResult.from_summary(run_dir, s, skipped=True) for run_dir, s in finished]
     _configure()
+    if multi:
+        from resexp.distributed import initialize
+
+        initialize(coordinator, num_processes, process_id)
     from resexp.train import train as train_runs
 
     return [
-        RunResult.from_summary(o.run_dir, o.summary)
-        for o in train_runs(cfg, Path(out), progress=False, source=str(config))
+        RunResult.from_summary(o.run_dir, o.summary, skipped=o.skipped)
+        for o in train_runs(cfg, Path(out), progress=progress, console=console, source=str(config))
     ]
 
 
 # ----------------------------------------------------------------------------- sweep
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """A sweep resolved before anything is written: its cells, this shard's share, where it goes."""
-
-    source: str
-    cfg: Any  # resexp.config.Config
-    axes: dict[str, list[Any]]
-    cells: list[Any]  # resexp.sweep.Cell, every cell of the grid
-    mine: list[Any]  # this shard's cells
-    groups: list[list[Any]]  # `mine`, seeds grouped by train.vmap_seeds
-    sweep_dir: Path
-    name: str
-    shard: tuple[int, int]
 
 
 def plan_sweep(
@@ -158,9 +170,9 @@ def plan_sweep(
     name: str | None = None,
     shard: str | None = None,
 ) -> SweepPlan:
-    """Resolve a sweep: config, grid axes, cells and directory; a bad input raises here."""
+    """Resolve a sweep (resexp.sweep.SweepPlan): config, grid axes, cells and directory; a bad input raises here."""
     from resexp.config import load_config
-    from resexp.sweep import expand_grid, group_seeds, in_sweep_dir, parse_grid, parse_shard, shard_cells
+    from resexp.sweep import SweepPlan, expand_grid, group_seeds, in_sweep_dir, parse_grid, parse_shard, shard_cells
 
     cfg = load_config(config, _overrides(overrides))
     axes = parse_grid(_grid_texts(grid), source=f"{config} (--grid)")
@@ -184,49 +196,57 @@ def plan_sweep(
     )
 
 
-def record_plan(plan: SweepPlan) -> Any:
-    """Write the plan's manifest (resexp.runs.Manifest); an unwritable directory is one line."""
-    from resexp.errors import RunError
-    from resexp.sweep import grid_axes, record_grid
+def sweep_executor(
+    launcher: str | None = None,
+    *,
+    jobs: int | None = None,
+    shard: str | None = None,
+    launcher_options: dict[str, Any] | None = None,
+    wait: bool = True,
+    progress: bool = False,
+    console=None,
+    err_console=None,
+) -> Executor:
+    """Where a sweep trains: this process (`jobs` 1), a pool of `jobs` processes, or submitit jobs
+    (`launcher` slurm or local, `launcher_options` named as resexp.launch.LAUNCH_FLAGS); a combination
+    that cannot work raises here, before anything is read or written."""
+    from resexp.launch import SubmititExecutor, launch_options
+    from resexp.sweep import InProcess
 
-    try:
-        return record_grid(plan.sweep_dir, plan.name, grid_axes(plan.cfg, plan.axes), plan.axes, plan.cells)
-    except OSError as exc:
-        raise RunError(f"{plan.sweep_dir}: cannot write the sweep manifest ({exc.strerror or exc})") from None
+    opts = launch_options(launcher, shard, jobs, wait=wait, **(launcher_options or {}))
+    if launcher is None or opts is None:
+        return InProcess(jobs or 1, progress=progress, console=err_console)
+    quiet = _quiet_console()
+    return SubmititExecutor(launcher, opts, wait=wait, console=console or quiet, err_console=err_console or quiet)
 
 
-def check_data(plan: SweepPlan, *, load: bool) -> None:
-    """Fail once, before any run, on a missing or corrupt dataset. `load=False` only checks that the
-    files are there (worker processes load them; here they would hold device memory)."""
-    from resexp.data import load_data
-    from resexp.datasets import FILE_DATASETS, find_dataset
+@dataclass(frozen=True)
+class SweepOutcome:
+    """How a sweep ended: its grid's report (None when none was due), its exit code, lines for stderr."""
 
-    if load:
-        load_data(plan.cells[0].cfg.data, source=plan.source)
-        return
-    for name, directory in {(c.cfg.data.name, c.cfg.data.dir) for c in plan.mine if c.cfg.data.name in FILE_DATASETS}:
-        find_dataset(name, directory)
+    result: SweepResult | None
+    code: int
+    notes: list[str]
 
 
-def run_planned(
-    plan: SweepPlan, *, jobs: int = 1, progress: bool = False, console=None, report_console=None
-) -> tuple[SweepResult, list[dict]]:
-    """Train a plan's runs (`jobs` at a time), rebuild its grid's report; (result, per-run outcomes)."""
-    from resexp.sweep import run_sweep
+def execute_sweep(plan: SweepPlan, executor: Executor, *, report_console=None) -> SweepOutcome:
+    """The one path of every sweep, whatever trains it: the executor's checks, the data pre-check,
+    the manifest, the runs, the grid's report (its table printed on `report_console`)."""
+    from resexp.sweep import check_data, record_plan
 
-    _configure()
-    check_data(plan, load=jobs == 1)
+    plan, cells = executor.prepare(plan)
+    check_data(cells, source=plan.source, load=executor.loads_data)
     manifest = record_plan(plan)
-    if console is not None:
-        index, count = plan.shard
-        console.print(
-            f"[bold]{manifest.name}[/]: {len(plan.mine)} runs"
-            + (f" (shard {index}/{count} of {len(plan.cells)})" if count > 1 else "")
-            + f" -> {plan.sweep_dir}",
-            highlight=False,
-        )
-    outcomes = run_sweep(plan.groups, plan.sweep_dir, jobs=jobs, progress=progress, console=console)
-    return _report_grid(plan.sweep_dir, manifest.report_dir, report_console), outcomes
+    done = executor.execute(plan, manifest)
+    if not done.report:
+        return SweepOutcome(None, done.code, done.notes)
+    try:
+        result = _report_grid(plan.sweep_dir, manifest.report_dir, report_console)
+    except UserError as exc:
+        if not done.missing_report_ok:
+            raise
+        return SweepOutcome(None, done.code, [f"no report: {exc}", *done.notes])
+    return SweepOutcome(result, done.code, done.notes)
 
 
 def sweep(
@@ -238,16 +258,26 @@ def sweep(
     out: str | Path = "runs",
     name: str | None = None,
     shard: str | None = None,
+    launcher: str | None = None,
+    launcher_options: dict[str, Any] | None = None,
 ) -> SweepResult:
     """Train a grid (finished runs are kept, interrupted ones resume) and rebuild its report.
 
     `grid` adds or replaces axes: `{"model.depth": [8, 20, 56]}` or `["model.depth=8,20,56"]`.
+    `launcher` ("slurm" or "local") runs the cells as submitit jobs and waits for them, with
+    `launcher_options` such as `{"partition": "gpu", "gpus_per_run": 1, "time": "1:00:00"}`.
     """
     if jobs < 1:
         raise UserError(f"jobs must be at least 1, not {jobs}")
-    plan = plan_sweep(config, overrides, grid=grid, out=out, name=name, shard=shard)
-    result, _ = run_planned(plan, jobs=jobs)
-    return result
+    executor = sweep_executor(
+        launcher, jobs=None if launcher and jobs == 1 else jobs, shard=shard, launcher_options=launcher_options
+    )
+    outcome = execute_sweep(plan_sweep(config, overrides, grid=grid, out=out, name=name, shard=shard), executor)
+    if outcome.result is None:
+        if outcome.code == 130:
+            raise KeyboardInterrupt
+        raise RunError(outcome.notes[0] if outcome.notes else "no report")
+    return outcome.result
 
 
 # ----------------------------------------------------------------------------- reports

@@ -220,38 +220,26 @@ def train(
 
     Example: resexp train configs/demo.yaml --set model.depth=8 --set train.steps=60
     """
-    from resexp.config import apply_overrides
-    from resexp.distributed import under_srun
-    from resexp.runs import exit_code, finished_runs
+    from resexp.api import train as train_fn
+    from resexp.runs import exit_code
 
-    cfg = _load(config, set_)
-    cfg = apply_overrides(cfg, cfg, str(config))  # a sweep_overrides entry this config matches applies here too
-    multi = distributed if distributed is not None else under_srun()
-    finished = None if multi else finished_runs(cfg, out)  # a finished run is answered at once, without starting JAX
-    if finished is None:
-        _setup()
-        if multi:
-            from resexp.distributed import initialize
-
-            initialize(coordinator, num_processes, process_id)
-        from resexp.train import train as train_fn
-
-        outcomes = [
-            (o.run_dir, o.summary, o.skipped)
-            for o in train_fn(
-                cfg, out, progress=progress and sys.stderr.isatty(), console=err_console, source=str(config)
-            )
-        ]
-    else:
-        outcomes = [(run_dir, s, True) for run_dir, s in finished]
-    code = 0
-    for run_dir, s, skipped in outcomes:
-        if skipped:
-            verb = "in progress elsewhere" if s.get("status") == "running" else f"already {s.get('status')}"
-            err_console.print(f"{run_dir.name}: {verb}; results in {run_dir}")
-        _print_run(run_dir, s)
-        code = max(code, exit_code(s.get("status")))
-    raise typer.Exit(code)
+    runs = train_fn(
+        config,
+        [*(set_ or []), *_env_overrides()],
+        out=out,
+        progress=progress and sys.stderr.isatty(),
+        console=err_console,
+        distributed=distributed,
+        coordinator=coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+    for r in runs:
+        if r.skipped:
+            verb = "in progress elsewhere" if r.status == "running" else f"already {r.summary.get('status')}"
+            err_console.print(f"{r.run_dir.name}: {verb}; results in {r.run_dir}")
+        _print_run(r.run_dir, r.summary)
+    raise typer.Exit(max((exit_code(r.summary.get("status")) for r in runs), default=0))
 
 
 def _fmt(v, spec: str = ".4f") -> str:
@@ -396,140 +384,56 @@ def sweep(
 
     Example: resexp sweep configs/demo.yaml --grid optim.weight_decay=0,1e-4 --jobs 2
     """
-    from resexp.api import plan_sweep, record_plan, run_planned
+    from resexp.api import execute_sweep, plan_sweep, sweep_executor
 
-    launch_opts = _launch_options(
+    executor = sweep_executor(
         launcher,
-        shard,
-        jobs,
-        partition=partition,
-        gpus_per_run=gpus_per_run,
-        cpus_per_run=cpus_per_run,
-        mem=mem,
-        time=time_limit,
-        max_parallel=max_parallel,
-        runs_per_task=runs_per_task,
-        account=account,
-        qos=qos,
-        slurm_args=slurm_arg,
+        jobs=jobs,
+        shard=shard,
         wait=wait,
+        progress=progress and sys.stderr.isatty(),
+        console=out_console,
+        err_console=err_console,
+        launcher_options={
+            "partition": partition,
+            "gpus_per_run": gpus_per_run,
+            "cpus_per_run": cpus_per_run,
+            "mem": mem,
+            "time": time_limit,
+            "max_parallel": max_parallel,
+            "runs_per_task": runs_per_task,
+            "account": account,
+            "qos": qos,
+            "slurm_args": slurm_arg,
+        },
     )
-    jobs = jobs or 1
-    if jobs > 1 or (runs_per_task or 1) > 1:
-        from resexp.placement import sharing_rule
-
-        sharing_rule()  # an unknown RESEXP_GPU_SHARING fails here, before anything is written
     plan = plan_sweep(config, [*(set_ or []), *_env_overrides()], grid=grid, out=out, name=name, shard=shard)
-    if launcher is not None:
-        from resexp.launch import launch_sweep
-
-        raise typer.Exit(
-            launch_sweep(
-                plan.groups,
-                plan.sweep_dir,
-                plan.cfg.name,
-                launcher=launcher,
-                opts=launch_opts,
-                wait=wait,
-                dry_run=dry_run,
-                console=out_console,
-                err_console=err_console,
-                record_grid=lambda: record_plan(plan).report_dir,  # once the launcher's checks have passed
-            )
-        )
     if dry_run:
-        out_console.print(_plan_table(plan))
+        executor.dry_run(plan, out_console)
         return
-    result, outcomes = run_planned(
-        plan, jobs=jobs, progress=progress and sys.stderr.isatty(), console=err_console, report_console=out_console
-    )
-    raise typer.Exit(_print_sweep_end(result, outcomes))
+    raise typer.Exit(_print_sweep_end(execute_sweep(plan, executor, report_console=out_console)))
 
 
-def _plan_table(plan) -> Table:
-    """`sweep --dry-run`: each run of this shard, its swept values, and its state on disk."""
-    from resexp.runs import read_summary
-
-    index, count = plan.shard
-    title = f"{plan.cfg.name}: {len(plan.mine)} of {len(plan.cells)} runs"
-    table = Table(title=title + (f" (shard {index}/{count})" if count > 1 else ""))
-    table.add_column("run id")
-    keys = sorted({k for c in plan.mine for k in c.keys})
-    for k in keys:
-        table.add_column(k)
-    table.add_column("state")
-    for c in plan.mine:
-        s = read_summary(plan.sweep_dir / c.run_id)
-        table.add_row(c.run_id, *(str(c.keys.get(k, "")) for k in keys), (s or {}).get("status", "new"))
-    return table
-
-
-def _print_sweep_end(result, outcomes: list[dict]) -> int:
+def _print_sweep_end(outcome) -> int:
     """The runs that did not finish, where the results are, how to look; the sweep's exit code."""
-    from rich.markup import escape
-
-    bad = [r for r in outcomes if r["status"] not in ("completed", "diverged")]
-    elsewhere = [r for r in bad if r["status"] == "running"]
-    interrupted = [r for r in bad if r["status"] == "interrupted"]
-    failed = [r for r in bad if r["status"] not in ("running", "interrupted")]
-    for r in failed:
-        err_console.print(
-            f"[red]{r['status']}[/]: {r['run_id']}" + (f": {escape(r['error'])}" if r.get("error") else ""),
+    for note in outcome.notes:
+        err_console.print(note, highlight=False, soft_wrap=True)
+    result = outcome.result
+    if result is not None:
+        figure = result.figures.get("loss_vs_depth.png") or next(iter(result.figures.values()), None)
+        out_console.print(
+            f"\nResults: {result.report_dir / 'results.csv'}"
+            + (f", figure: {figure}" if figure else "")
+            + f"\n{_tensorboard_hint(result.sweep_dir)}",
             highlight=False,
-            soft_wrap=True,
         )
-    if interrupted:
-        err_console.print(
-            f"[yellow]interrupted[/]: {interrupted[0]['run_id']} saved a checkpoint; "
-            "re-run the same command to resume the sweep"
-        )
-    if elsewhere:
-        err_console.print(
-            f"{len(elsewhere)} run(s) are being trained by another process; "
-            f"re-run `resexp report {result.sweep_dir}` when it finishes"
-        )
-    figure = result.figures.get("loss_vs_depth.png") or next(iter(result.figures.values()), None)
-    out_console.print(
-        f"\nResults: {result.report_dir / 'results.csv'}"
-        + (f", figure: {figure}" if figure else "")
-        + f"\n{_tensorboard_hint(result.sweep_dir)}",
-        highlight=False,
-    )
-    return 130 if interrupted else 1 if failed else 0
+    return outcome.code
 
 
 def _tensorboard_hint(path: Path) -> str:
     from resexp.dashboard import tensorboard_hint
 
     return tensorboard_hint(path)
-
-
-def _launch_options(launcher, shard, jobs, *, wait, **flags):
-    """The cluster flags, checked before anything else: one line and exit 2 for a bad combination."""
-    from resexp.launch import LAUNCHERS, LaunchError, SlurmOptions
-
-    given = [
-        ("--slurm-arg" if k == "slurm_args" else f"--{k.replace('_', '-')}")
-        for k, v in flags.items()
-        if v not in (None, 0, [])
-    ]
-    if launcher is None:
-        given += [] if wait else ["--no-wait"]
-        if given:
-            either = given[0] in ("--max-parallel", "--no-wait", "--runs-per-task")
-            raise LaunchError(f"{given[0]} needs --launcher slurm" + (" (or --launcher local)" if either else ""))
-        return None
-    if launcher not in LAUNCHERS:
-        raise LaunchError(f"--launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
-    slurm_only = [g for g in given if g not in ("--max-parallel", "--runs-per-task")]
-    if launcher == "local" and slurm_only:
-        raise LaunchError(f"{slurm_only[0]} is a SLURM option: it needs --launcher slurm")
-    for flag, value in (("--shard", shard), ("--jobs", jobs)):
-        if value is not None:
-            raise LaunchError(
-                f"--launcher cannot be combined with {flag} (the launcher runs every cell as its own job)"
-            )
-    return SlurmOptions.from_flags(**flags)
 
 
 @app.command()
@@ -655,17 +559,28 @@ def identity(
     Example: resexp identity configs/demo.yaml --set model.depth=20
     """
     from resexp.api import identity as identity_fn
-    from resexp.diagnostics import TOLERANCE
 
     res = identity_fn(config, [*(set_ or []), *_env_overrides()], seed=seed, examples=examples)
-    rows = res.rows
+    out_console.print(_identity_table(res))
+    if res.shortcut:
+        out_console.print(
+            f"Every block input a is a relu output, so non-negative (min over all blocks: {res.min_block_input:g}); "
+            "hence relu(0 + a) = a.",
+            highlight=False,
+        )
+    out_console.print(_identity_verdict(res))
+    raise typer.Exit(0 if res.holds else 1)
+
+
+def _identity_table(res) -> Table:
+    """`resexp identity`: per block, how far its output is from its input and from relu(Ws a)."""
     table = Table(
         title=f"identity check: {res.architecture} ({res.dtype}), every branch's last layer zeroed, "
         f"{res.images} {res.dataset} images"
     )
     for col in ("block", "Ws", "max|out-a|", "vs relu(Ws a)", "verdict"):
         table.add_column(col, justify="right" if col.startswith(("max", "vs")) else "left", no_wrap=col == "block")
-    for r in rows:
+    for r in res.rows:
         table.add_row(
             r["block"],
             r["shortcut"],
@@ -673,33 +588,30 @@ def identity(
             _fmt(r["max_abs_diff_shortcut"], ".1e"),
             ("[green]" if r["holds"] else "[red]") + r["verdict"],
         )
-    out_console.print(table)
-    ok = all(r["holds"] for r in rows)
-    if res.shortcut:
-        out_console.print(
-            f"Every block input a is a relu output, so non-negative (min over all blocks: {res.min_block_input:g}); "
-            "hence relu(0 + a) = a.",
-            highlight=False,
-        )
+    return table
+
+
+def _identity_verdict(res) -> str:
+    """`resexp identity`'s last line: the signal lost (plain), kept (every block), or the blocks that fail."""
+    from resexp.diagnostics import TOLERANCE
+
     if not res.shortcut:
-        out_console.print(
+        return (
             "[red]plain net[/]: with its last layer zeroed each block outputs relu(0) = 0, "
             "not its input: the signal is lost"
         )
-    elif ok:
-        out_console.print(
+    if all(r["holds"] for r in res.rows):
+        return (
             f"[green]holds[/]: every residual block's output equals its input (max |diff| <= "
             f"{TOLERANCE:g}; relu(Ws a) where the shape changes)"
         )
-    else:
-        bad = [r["block"] for r in rows if not r["holds"]]
-        option = ShortcutOption(res.projection)
-        why = f" (option {option.letter}: Ws is learned on every block)" if option is ShortcutOption.C else ""
-        out_console.print(
-            f"[red]does not hold[/] for {len(bad)} of {len(rows)} blocks{why}: {', '.join(bad[:4])}"
-            f"{', ...' if len(bad) > 4 else ''}"
-        )
-    raise typer.Exit(0 if res.holds else 1)
+    bad = [r["block"] for r in res.rows if not r["holds"]]
+    option = ShortcutOption(res.projection)
+    why = f" (option {option.letter}: Ws is learned on every block)" if option is ShortcutOption.C else ""
+    return (
+        f"[red]does not hold[/] for {len(bad)} of {len(res.rows)} blocks{why}: {', '.join(bad[:4])}"
+        f"{', ...' if len(bad) > 4 else ''}"
+    )
 
 
 @data_app.command("download")

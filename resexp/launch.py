@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,7 @@ from typing import Any
 from resexp.errors import UserError
 from resexp.runs import FINAL, read_summary, write_json
 from resexp.signals import SignalRecorder
+from resexp.sweep import Executed
 
 LAUNCHERS = ("slurm", "local")
 FOLDER = ".submitit"
@@ -308,6 +309,16 @@ class CellJob:
             return plan(self.slots * self.runs_per_task, gpus)[first : first + len(self.cells)]
         return plan(len(self.cells), gpus)
 
+    def _cells(self, sweep_dir: Path) -> list:
+        """Each cell's runs as sweep cells, named by their directories there (an earlier version's id counts)."""
+        from resexp.config import Config
+        from resexp.sweep import Cell, in_sweep_dir
+
+        return [
+            in_sweep_dir([Cell(Config.model_validate(d), k) for d, k in zip(cfgs, keys, strict=True)], sweep_dir)
+            for cfgs, keys in zip(self.cells, self.keys, strict=True)
+        ]
+
     def _log_start(self, sweep_dir: Path, job_id: str | None, restarts: int, ids: list[str]) -> None:
         from resexp.checkpoint import Checkpoints
 
@@ -321,17 +332,15 @@ class CellJob:
         from resexp.runtime import configure_jax
 
         configure_jax()
-        from resexp.config import Config
-        from resexp.runs import run_dir_for
+        from resexp.sweep import record_failure
         from resexp.train import train_runs
 
-        cfgs = [Config.model_validate(d) for d in self.cells[0]]
-        ids = [run_dir_for(sweep_dir, c).name for c in cfgs]  # an earlier version's directory of a run counts
-        self._log_start(sweep_dir, job_id, restarts, ids)
+        cells = self._cells(sweep_dir)[0]
+        self._log_start(sweep_dir, job_id, restarts, [c.run_id for c in cells])
         extra = {"slurm_job_id": job_id, "restarts": restarts}
         try:
             outcomes = train_runs(
-                cfgs,
+                [c.cfg for c in cells],
                 sweep_dir,
                 progress=False,
                 sweep_keys=self.keys[0],
@@ -339,7 +348,7 @@ class CellJob:
                 source=str(sweep_dir / FOLDER),
             )
         except Exception as exc:
-            _mark_failed(sweep_dir, ids, exc)
+            record_failure(cells, sweep_dir, exc)
             raise
         return {o.run_dir.name: o.summary.get("status") for o in outcomes}
 
@@ -347,13 +356,9 @@ class CellJob:
         self, sweep_dir: Path, job_id: str | None, restarts: int, placements: list, signals: _Signals
     ) -> tuple[dict[str, str | None], int | None]:
         """Every cell at once, one worker process each; (run id -> status, the signal that stopped it)."""
-        from resexp.config import Config
-        from resexp.sweep import Cell, Stopped, in_sweep_dir, run_sweep
+        from resexp.sweep import Stopped, record_failure, run_sweep
 
-        groups = [  # each cell named by its directory there (an earlier version's id counts)
-            in_sweep_dir([Cell(Config.model_validate(d), k) for d, k in zip(cfgs, keys, strict=True)], sweep_dir)
-            for cfgs, keys in zip(self.cells, self.keys, strict=True)
-        ]
+        groups = self._cells(sweep_dir)
         ids = [c.run_id for g in groups for c in g]
         for g in groups:
             self._log_start(sweep_dir, job_id, restarts, [c.run_id for c in g])
@@ -374,7 +379,7 @@ class CellJob:
         except KeyboardInterrupt:  # a worker was interrupted (Ctrl-C reaches them all)
             stopped = signals.requested or signal.SIGINT
         except Exception as exc:  # a worker died (out of memory, killed): its runs are failed, not lost
-            _mark_failed(sweep_dir, ids, exc)
+            record_failure([c for g in groups for c in g], sweep_dir, exc)
             raise
         return {r: (read_summary(sweep_dir / r) or {}).get("status") for r in ids}, stopped
 
@@ -405,17 +410,6 @@ def _job_state(job_id: str) -> str | None:
         return None
     m = re.search(r"\bJobState=(\S+)", out)
     return m.group(1) if m else None
-
-
-def _mark_failed(sweep_dir: Path, ids: list[str], exc: Exception) -> None:
-    """A crash becomes a `failed` summary (as in a local sweep), so the report lists it."""
-    message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-    for rid in ids:
-        run_dir = sweep_dir / rid
-        summary = read_summary(run_dir) or {}
-        if run_dir.exists() and summary.get("status") not in FINAL:
-            summary.update({"run_id": rid, "status": "failed", "error": message})
-            write_json(run_dir / "summary.json", summary)
 
 
 @dataclass
@@ -546,130 +540,169 @@ def _task_ids(task) -> list[str]:
     return [r for g in task for r in _cell_ids(g)]
 
 
-def launch_sweep(
-    groups: list,
-    sweep_dir: Path,
-    name: str,
-    *,
-    launcher: str,
-    opts: SlurmOptions,
-    wait: bool = True,
-    dry_run: bool = False,
-    console,
-    err_console,
-    record_grid: Callable[[], Path] | None = None,
-) -> int:
-    """Submit the cells of `groups` that are not final; wait and report, or submit a report job.
+LAUNCH_FLAGS = (
+    "partition",
+    "gpus_per_run",
+    "cpus_per_run",
+    "mem",
+    "time",
+    "max_parallel",
+    "runs_per_task",
+    "account",
+    "qos",
+    "slurm_args",
+)
 
-    `record_grid` writes the sweep's manifest once every check has passed (nothing is written
-    before) and returns its report directory, the grid whose report is printed.
-    Returns the exit code: 0 all final, 130 cancelled or interrupted, 1 a cell failed.
-    """
-    sweep_dir = sweep_dir.resolve()
-    folder = sweep_dir / FOLDER
-    record = _load_record(sweep_dir)
-    todo, busy = [], []
-    queued = (
-        _squeue(
-            [
-                record[r]["job_id"]
-                for g in groups
-                for r in _cell_ids(g)
-                if r in record and record[r].get("launcher") == "slurm"
-            ]
-        )
-        if launcher == "slurm"
-        else {}
-    )
-    for g in groups:
-        ids = _cell_ids(g)
-        if all(_is_final(sweep_dir / r) for r in ids):
-            continue
-        mine = [record.get(r, {}) for r in ids]
-        if any(
-            (m.get("launcher") == "slurm" and queued and m.get("job_id") in queued)
-            or (m.get("launcher") == "local" and m.get("pid") and _alive(m["pid"]))
-            for m in mine
-        ):
-            busy.append(g)  # still queued or running from an earlier submission: do not submit it twice
-        else:
-            todo.append(g)
-    tasks = pack_tasks(todo, opts.runs_per_task)
-    options = opts.sbatch_options(len(tasks), name)
-    if dry_run:
+
+def launch_options(
+    launcher: str | None, shard: str | None, jobs: int | None, *, wait: bool = True, **flags
+) -> SlurmOptions | None:
+    """The cluster flags (`LAUNCH_FLAGS`), checked before anything else: a bad combination raises
+    `LaunchError`; None without a launcher."""
+    unknown = [k for k in flags if k not in LAUNCH_FLAGS]
+    if unknown:
+        raise LaunchError(f"unknown launcher option {unknown[0]!r}: choose from {', '.join(LAUNCH_FLAGS)}")
+    given = [
+        ("--slurm-arg" if k == "slurm_args" else f"--{k.replace('_', '-')}")
+        for k, v in flags.items()
+        if v not in (None, 0, [])
+    ]
+    if launcher is None:
+        given += [] if wait else ["--no-wait"]
+        if given:
+            either = given[0] in ("--max-parallel", "--no-wait", "--runs-per-task")
+            raise LaunchError(f"{given[0]} needs --launcher slurm" + (" (or --launcher local)" if either else ""))
+        return None
+    if launcher not in LAUNCHERS:
+        raise LaunchError(f"--launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
+    slurm_only = [g for g in given if g not in ("--max-parallel", "--runs-per-task")]
+    if launcher == "local" and slurm_only:
+        raise LaunchError(f"{slurm_only[0]} is a SLURM option: it needs --launcher slurm")
+    for flag, value in (("--shard", shard), ("--jobs", jobs)):
+        if value is not None:
+            raise LaunchError(
+                f"--launcher cannot be combined with {flag} (the launcher runs every cell as its own job)"
+            )
+    return SlurmOptions.from_flags(**flags)
+
+
+class SubmititExecutor:
+    """A sweep's cells that are not final yet, submitted as submitit jobs: one SLURM array
+    (`slurm`) or local processes (`local`); then waited for, or left with a report job."""
+
+    loads_data = False  # the jobs load it; here only its files are looked for
+
+    def __init__(self, launcher: str, opts: SlurmOptions, *, wait: bool = True, console, err_console):
+        self.launcher, self.opts, self.wait = launcher, opts, wait
+        self.console, self.err_console = console, err_console
+        if opts.runs_per_task > 1:
+            from resexp.placement import sharing_rule
+
+            sharing_rule()  # an unknown RESEXP_GPU_SHARING fails here, before anything is written
+
+    def _survey(self, plan) -> None:
+        """Which cells to submit (`todo`), which an earlier submission still holds (`busy`), in which tasks."""
+        self.sweep_dir, self.name = plan.sweep_dir.resolve(), plan.cfg.name
+        self.groups, self.record = plan.groups, _load_record(self.sweep_dir)
+        record = self.record
+        slurm_ids = [
+            record[r]["job_id"]
+            for g in self.groups
+            for r in _cell_ids(g)
+            if record.get(r, {}).get("launcher") == "slurm"
+        ]
+        queued = _squeue(slurm_ids) if self.launcher == "slurm" else {}
+        self.todo, self.busy = [], []
+        for g in self.groups:
+            ids = _cell_ids(g)
+            if all(_is_final(self.sweep_dir / r) for r in ids):
+                continue
+            mine = [record.get(r, {}) for r in ids]
+            if any(
+                (m.get("launcher") == "slurm" and queued and m.get("job_id") in queued)
+                or (m.get("launcher") == "local" and m.get("pid") and _alive(m["pid"]))
+                for m in mine
+            ):
+                self.busy.append(g)  # still queued or running from an earlier submission: do not submit it twice
+            else:
+                self.todo.append(g)
+        self.tasks = pack_tasks(self.todo, self.opts.runs_per_task)
+        self.options = self.opts.sbatch_options(len(self.tasks), self.name)
+
+    def dry_run(self, plan, console) -> None:
+        self._survey(plan)
+        todo, tasks, name = self.todo, self.tasks, self.name
         console.print(
             f"{name}: {len(todo)} cell(s) to submit ({sum(len(g) for g in todo)} runs)"
-            + (f" in {len(tasks)} task(s)" if opts.runs_per_task > 1 else "")
-            + f", {len(busy)} still queued, {len(groups) - len(todo) - len(busy)} final",
+            + (f" in {len(tasks)} task(s)" if self.opts.runs_per_task > 1 else "")
+            + f", {len(self.busy)} still queued, {len(self.groups) - len(todo) - len(self.busy)} final",
             highlight=False,
             soft_wrap=True,
         )
-        if launcher == "slurm":
+        if self.launcher == "slurm":
             console.print(
-                sbatch_command_line(options) + f"  # output: {folder}/%A_%a_0_log.out", highlight=False, soft_wrap=True
+                sbatch_command_line(self.options) + f"  # output: {self.sweep_dir / FOLDER}/%A_%a_0_log.out",
+                highlight=False,
+                soft_wrap=True,
             )
         for i, task in enumerate(tasks):
             console.print(f"  task {i}: {', '.join(_task_ids(task))}", highlight=False, soft_wrap=True)
-        return 0
-    if launcher == "slurm":
-        check_slurm(opts, len(tasks), name)
-    file_data = {(c.cfg.data.name, c.cfg.data.dir) for g in todo for c in g}
-    from resexp.datasets import FILE_DATASETS, find_dataset
 
-    for data_name, data_dir in sorted((n, d or "") for n, d in file_data if n in FILE_DATASETS):
-        find_dataset(data_name, data_dir or None)  # a missing dataset fails here, not in every job
-    grid_dir = record_grid() if record_grid is not None else None
-    if not todo:
-        err_console.print(
-            f"{name}: nothing to submit: {len(groups) - len(busy)} cell(s) final"
-            + (f", {len(busy)} still queued or running" if busy else ""),
-            highlight=False,
-            soft_wrap=True,
-        )
-        if busy and wait:
-            return _wait(
-                launcher,
-                [record[_cell_ids(g)[0]] for g in busy],
-                busy,
-                sweep_dir,
-                name,
-                err_console,
-                console,
-                grid_dir=grid_dir,
+    def prepare(self, plan):
+        """SLURM's own verdict on the resources (nothing submitted); the plan in absolute paths."""
+        import dataclasses
+
+        self._survey(plan)
+        if self.launcher == "slurm":
+            check_slurm(self.opts, len(self.tasks), self.name)
+        return dataclasses.replace(plan, sweep_dir=self.sweep_dir), [c for g in self.todo for c in g]
+
+    def execute(self, plan, manifest) -> Executed:
+        """Submit; then wait (the runs as they end) or submit a report job after the cells and return."""
+        launcher, sweep_dir, name, tasks = self.launcher, self.sweep_dir, self.name, self.tasks
+        if not self.todo:
+            self.err_console.print(
+                f"{name}: nothing to submit: {len(self.groups) - len(self.busy)} cell(s) final"
+                + (f", {len(self.busy)} still queued or running" if self.busy else ""),
+                highlight=False,
+                soft_wrap=True,
             )
-        if not busy:
-            _report(sweep_dir, console, err_console, grid_dir)
-        return 0
-    folder.mkdir(parents=True, exist_ok=True)
-    jobs = _submit(launcher, folder, opts, options, tasks, sweep_dir)
-    entries = []
-    for task, job in zip(tasks, jobs, strict=True):
-        entry: dict[str, Any] = {"launcher": launcher, "job_id": str(job.job_id), "submitted": time.time()}
-        if launcher == "local":
-            entry["pid"] = int(job.job_id)
-        for r in _task_ids(task):
-            record[r] = entry
-        entries.append(entry)
-    write_json(folder / RECORD, record)
-    array = str(jobs[0].job_id).split("_")[0]
-    packed = f", {opts.runs_per_task} runs each" if opts.runs_per_task > 1 else ""
-    what = (
-        f"array {array} ({len(tasks)} tasks{packed}, {options['array'].rsplit('%', 1)[1]} at a time)"
-        if launcher == "slurm"
-        else f"{len(tasks)} local jobs{packed} (pids {', '.join(str(j.job_id) for j in jobs)})"
-    )
-    err_console.print(f"[bold]{name}[/]: submitted {what}; logs in {folder}", highlight=False, soft_wrap=True)
-    if not wait:
-        report_id = _submit_report(launcher, folder, opts, sweep_dir, array, [e.get("pid") for e in entries])
-        console.print(
-            f"submitted: cells {array if launcher == 'slurm' else ' '.join(str(j.job_id) for j in jobs)}, "
-            f"report {report_id} (after the cells); watch: resexp status {sweep_dir}",
-            highlight=False,
-            soft_wrap=True,
+            if self.busy and self.wait:
+                entries = [self.record[_cell_ids(g)[0]] for g in self.busy]
+                return _wait(launcher, entries, self.busy, sweep_dir, self.err_console)
+            return Executed(0, report=not self.busy, missing_report_ok=True)
+        folder = sweep_dir / FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        jobs = _submit(launcher, folder, self.opts, self.options, tasks, sweep_dir)
+        entries = []
+        for task, job in zip(tasks, jobs, strict=True):
+            entry: dict[str, Any] = {"launcher": launcher, "job_id": str(job.job_id), "submitted": time.time()}
+            if launcher == "local":
+                entry["pid"] = int(job.job_id)
+            for r in _task_ids(task):
+                self.record[r] = entry
+            entries.append(entry)
+        write_json(folder / RECORD, self.record)
+        array = str(jobs[0].job_id).split("_")[0]
+        packed = f", {self.opts.runs_per_task} runs each" if self.opts.runs_per_task > 1 else ""
+        what = (
+            f"array {array} ({len(tasks)} tasks{packed}, {self.options['array'].rsplit('%', 1)[1]} at a time)"
+            if launcher == "slurm"
+            else f"{len(tasks)} local jobs{packed} (pids {', '.join(str(j.job_id) for j in jobs)})"
         )
-        return 0
-    flat = [[c for g in task for c in g] for task in tasks]  # _wait follows runs, task by task
-    return _wait(launcher, entries, flat, sweep_dir, name, err_console, console, jobs=jobs, grid_dir=grid_dir)
+        self.err_console.print(f"[bold]{name}[/]: submitted {what}; logs in {folder}", highlight=False, soft_wrap=True)
+        if not self.wait:
+            pids = [e.get("pid") for e in entries]
+            report_id = _submit_report(launcher, folder, self.opts, sweep_dir, array, pids)
+            self.console.print(
+                f"submitted: cells {array if launcher == 'slurm' else ' '.join(str(j.job_id) for j in jobs)}, "
+                f"report {report_id} (after the cells); watch: resexp status {sweep_dir}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            return Executed(0, report=False)
+        flat = [[c for g in task for c in g] for task in tasks]  # _wait follows runs, task by task
+        return _wait(launcher, entries, flat, sweep_dir, self.err_console, jobs=jobs)
 
 
 def _submit(launcher: str, folder: Path, opts: SlurmOptions, options: dict, tasks: list, sweep_dir: Path) -> list:
@@ -743,17 +776,9 @@ class _Stop(Exception):
 
 
 def _wait(
-    launcher: str,
-    entries: list[dict],
-    groups: list,
-    sweep_dir: Path,
-    name: str,
-    err_console,
-    console,
-    jobs: list | None = None,
-    grid_dir: Path | None = None,
-) -> int:
-    """Show each run as it becomes final; then report. Exit code as for a local sweep."""
+    launcher: str, entries: list[dict], groups: list, sweep_dir: Path, err_console, jobs: list | None = None
+) -> Executed:
+    """Show each run as it becomes final; then the runs that did not, and the exit code as for a local sweep."""
     run_ids = [r for g in groups for r in _cell_ids(g)]
     job_ids = [e["job_id"] for e in entries]
     total, shown = len(run_ids), set()
@@ -775,7 +800,7 @@ def _wait(
                 break
             time.sleep(POLL_S)
     except _Stop:
-        return _stop_waiting(launcher, stopped[0], job_ids, jobs, err_console, sweep_dir)
+        return Executed(_stop_waiting(launcher, stopped[0], job_ids, jobs, err_console, sweep_dir), report=False)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -785,26 +810,20 @@ def _wait(
         if r not in shown and statuses[r] in FINAL:
             shown.add(r)
             err_console.print(f"[{len(shown)}/{total}] {r}: {statuses[r]}", highlight=False, soft_wrap=True)
-    _report(sweep_dir, console, err_console, grid_dir)
     unfinished = [r for r in run_ids if statuses[r] not in FINAL]
-    if not unfinished:
-        return 0
     cancelled = any(s.startswith("CANCELLED") for s in final_states.values()) or (
         not final_states and any(statuses[r] == "interrupted" for r in unfinished)
     )
     by_run = {r: e["job_id"] for e, g in zip(entries, groups, strict=True) for r in _cell_ids(g)}
-    for r in unfinished:
-        state = final_states.get(by_run[r], "")
-        err_console.print(
-            f"{statuses[r] or 'not started'}{f' ({state})' if state else ''}: {r}; "
-            f"log: {_log_path(sweep_dir, launcher, by_run[r])}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    if cancelled:
-        err_console.print(f"cancelled: re-run the same command to resume {len(unfinished)} run(s)")
-        return 130
-    return 1
+    notes = [
+        f"{statuses[r] or 'not started'}{f' ({state})' if state else ''}: {r}; "
+        f"log: {_log_path(sweep_dir, launcher, by_run[r])}"
+        for r in unfinished
+        for state in [final_states.get(by_run[r], "")]
+    ]
+    if unfinished and cancelled:
+        notes.append(f"cancelled: re-run the same command to resume {len(unfinished)} run(s)")
+    return Executed(130 if unfinished and cancelled else 1 if unfinished else 0, notes, missing_report_ok=True)
 
 
 def _any_active(launcher: str, job_ids: list[str], jobs: list | None) -> bool:
@@ -852,22 +871,6 @@ def _stop_waiting(
 def _log_path(sweep_dir: Path, launcher: str, job_id: str) -> Path:
     folder = sweep_dir / FOLDER
     return folder / f"{job_id}_0_log.out"
-
-
-def _report(sweep_dir: Path, console, err_console, grid_dir: Path | None = None) -> None:
-    """Every grid's report of the directory, this sweep's (`grid_dir`) printed: as a local sweep does."""
-    from resexp.report import build_report
-
-    try:
-        report = build_report(sweep_dir, console=console, grid_dir=grid_dir)
-    except UserError as exc:  # no run got as far as a summary
-        err_console.print(f"no report: {exc}", highlight=False, soft_wrap=True)
-        return
-    figure = report.paths.get("loss_vs_depth.png", report.report_dir / "loss_vs_depth.png")
-    console.print(f"\nResults: {report.report_dir / 'results.csv'}, figure: {figure}", highlight=False, soft_wrap=True)
-    from resexp.dashboard import tensorboard_hint
-
-    console.print(tensorboard_hint(sweep_dir), highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- resexp status

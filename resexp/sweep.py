@@ -27,14 +27,14 @@ import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from resexp.config import Config, ConfigError, apply_overrides, check_key, parse_value, run_id, with_updates
 from resexp.errors import UserError
-from resexp.placement import Placement, plan, visible_gpus
-from resexp.runs import GRIDS_DIR, MANIFEST, Manifest, read_manifests, read_summary, write_json
+from resexp.placement import Placement, plan, sharing_rule, visible_gpus
+from resexp.runs import FINAL, GRIDS_DIR, MANIFEST, Manifest, read_manifests, read_summary, write_json
 
 
 @dataclass(frozen=True)
@@ -178,6 +178,33 @@ def group_seeds(cells: list[Cell], size: int) -> list[list[Cell]]:
     return groups
 
 
+def record_failure(cells: list[Cell], sweep_dir: Path, exc: BaseException) -> list[dict]:
+    """A crash becomes a `failed` summary of each unfinished run (config, sweep keys and, for a bug, its
+    traceback), whichever executor trained it, so the report lists it; one result per run."""
+    message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+    results = []
+    for c in cells:
+        run_dir = sweep_dir / c.run_id
+        summary = read_summary(run_dir) or {}
+        if summary.get("status") not in FINAL and run_dir.exists():
+            summary.update(
+                {
+                    "run_id": c.run_id,
+                    "status": "failed",
+                    "error": message,
+                    "config": c.cfg.model_dump(mode="json"),
+                    "sweep": {"name": c.cfg.name, "keys": c.keys},
+                }
+            )
+            if not isinstance(exc, UserError):
+                summary["traceback"] = "".join(traceback.format_exception(exc))
+            write_json(run_dir / "summary.json", summary)
+        results.append(
+            {"run_id": c.run_id, "status": summary.get("status", "failed"), "skipped": False, "error": message}
+        )
+    return results
+
+
 def _train_group(cells: list[Cell], sweep_dir: Path, progress: bool, extra_summary: dict | None = None) -> list[dict]:
     """Train one group; a crash becomes a `failed` summary so the sweep goes on."""
     from resexp.train import train_runs
@@ -202,28 +229,7 @@ def _train_group(cells: list[Cell], sweep_dir: Path, progress: bool, extra_summa
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # record and carry on: one broken cell must not stop the grid
-        message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-        results = []
-        for c in cells:
-            run_dir = sweep_dir / c.run_id
-            summary = read_summary(run_dir) or {}
-            if summary.get("status") not in ("completed", "diverged") and run_dir.exists():
-                summary.update(
-                    {
-                        "run_id": c.run_id,
-                        "status": "failed",
-                        "error": message,
-                        "config": c.cfg.model_dump(mode="json"),
-                        "sweep": {"name": c.cfg.name, "keys": c.keys},
-                    }
-                )
-                if not isinstance(exc, UserError):
-                    summary["traceback"] = traceback.format_exc()
-                write_json(run_dir / "summary.json", summary)
-            results.append(
-                {"run_id": c.run_id, "status": summary.get("status", "failed"), "skipped": False, "error": message}
-            )
-        return results
+        return record_failure(cells, sweep_dir, exc)
 
 
 def _init_worker(slots, placements: list[Placement]) -> None:
@@ -355,3 +361,155 @@ def run_sweep(
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return results
+
+
+# --------------------------------------------------------------------------- planned sweeps and their executors
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep resolved before anything is written: its cells, this shard's share, where it goes."""
+
+    source: str
+    cfg: Config
+    axes: dict[str, list[Any]]
+    cells: list[Cell]  # every cell of the grid
+    mine: list[Cell]  # this shard's cells
+    groups: list[list[Cell]]  # `mine`, seeds grouped by train.vmap_seeds
+    sweep_dir: Path
+    name: str
+    shard: tuple[int, int]
+
+
+def record_plan(plan: SweepPlan) -> Manifest:
+    """Write the plan's manifest; an unwritable directory is one line."""
+    from resexp.errors import RunError
+
+    try:
+        return record_grid(plan.sweep_dir, plan.name, grid_axes(plan.cfg, plan.axes), plan.axes, plan.cells)
+    except OSError as exc:
+        raise RunError(f"{plan.sweep_dir}: cannot write the sweep manifest ({exc.strerror or exc})") from None
+
+
+def check_data(cells: list[Cell], *, source: str, load: bool) -> None:
+    """Fail once, before any run, on a missing or corrupt dataset. `load=False` only checks that the
+    files are there (worker processes and jobs load them; here they would hold device memory)."""
+    from resexp.data import load_data
+    from resexp.datasets import FILE_DATASETS, find_dataset
+
+    if not cells:
+        return
+    if load:
+        load_data(cells[0].cfg.data, source=source)
+        return
+    wanted = {(c.cfg.data.name, c.cfg.data.dir or "") for c in cells if c.cfg.data.name in FILE_DATASETS}
+    for name, directory in sorted(wanted):
+        find_dataset(name, directory or None)
+
+
+def plan_table(plan: SweepPlan):
+    """`sweep --dry-run`: each run of this shard, its swept values, and its state on disk."""
+    from rich.table import Table
+
+    index, count = plan.shard
+    title = f"{plan.cfg.name}: {len(plan.mine)} of {len(plan.cells)} runs"
+    table = Table(title=title + (f" (shard {index}/{count})" if count > 1 else ""))
+    table.add_column("run id")
+    keys = sorted({k for c in plan.mine for k in c.keys})
+    for k in keys:
+        table.add_column(k)
+    table.add_column("state")
+    for c in plan.mine:
+        s = read_summary(plan.sweep_dir / c.run_id)
+        table.add_row(c.run_id, *(str(c.keys.get(k, "")) for k in keys), (s or {}).get("status", "new"))
+    return table
+
+
+@dataclass
+class Executed:
+    """What an executor did: the sweep's exit code, the lines for stderr once it is over, and
+    whether the grid's report is due (a launcher that stopped waiting or left a report job: not)."""
+
+    code: int
+    notes: list[str] = field(default_factory=list)
+    report: bool = True
+    missing_report_ok: bool = False  # no run got a summary (jobs that never started): a note, not an error
+
+
+class Executor(Protocol):
+    """Where a planned sweep's cells train: this process, a pool of processes, or submitit jobs."""
+
+    @property
+    def loads_data(self) -> bool:
+        """The data pre-check loads the data (it trains here) or only finds its files."""
+
+    def dry_run(self, plan: SweepPlan, console) -> None:
+        """Print what would train; write nothing."""
+
+    def prepare(self, plan: SweepPlan) -> tuple[SweepPlan, list[Cell]]:
+        """Checks that need nothing written; the plan as it runs and the cells whose data it needs."""
+
+    def execute(self, plan: SweepPlan, manifest: Manifest) -> Executed:
+        """Train (or submit) the plan's cells."""
+
+
+@dataclass
+class InProcess:
+    """The sweep trained by this process, or `jobs` at a time by a pool of worker processes."""
+
+    jobs: int = 1
+    progress: bool = False
+    console: Any = None  # where each finished run is announced
+
+    def __post_init__(self) -> None:
+        if self.jobs > 1:
+            sharing_rule()  # an unknown RESEXP_GPU_SHARING fails here, before anything is written
+
+    @property
+    def loads_data(self) -> bool:
+        return self.jobs == 1
+
+    def dry_run(self, plan: SweepPlan, console) -> None:
+        console.print(plan_table(plan))
+
+    def prepare(self, plan: SweepPlan) -> tuple[SweepPlan, list[Cell]]:
+        from resexp.runtime import configure_jax
+
+        configure_jax()
+        return plan, plan.mine
+
+    def execute(self, plan: SweepPlan, manifest: Manifest) -> Executed:
+        if self.console is not None:
+            index, count = plan.shard
+            self.console.print(
+                f"[bold]{manifest.name}[/]: {len(plan.mine)} runs"
+                + (f" (shard {index}/{count} of {len(plan.cells)})" if count > 1 else "")
+                + f" -> {plan.sweep_dir}",
+                highlight=False,
+            )
+        outcomes = run_sweep(plan.groups, plan.sweep_dir, jobs=self.jobs, progress=self.progress, console=self.console)
+        return outcome_notes(outcomes, plan.sweep_dir)
+
+
+def outcome_notes(outcomes: list[dict], sweep_dir: Path) -> Executed:
+    """The runs of an in-process sweep that did not finish, one line each; the sweep's exit code."""
+    from rich.markup import escape
+
+    bad = [r for r in outcomes if r["status"] not in FINAL]
+    elsewhere = [r for r in bad if r["status"] == "running"]
+    interrupted = [r for r in bad if r["status"] == "interrupted"]
+    failed = [r for r in bad if r["status"] not in ("running", "interrupted")]
+    notes = [
+        f"[red]{r['status']}[/]: {r['run_id']}" + (f": {escape(r['error'])}" if r.get("error") else "") for r in failed
+    ]
+    if interrupted:
+        notes.append(
+            f"[yellow]interrupted[/]: {interrupted[0]['run_id']} saved a checkpoint; "
+            "re-run the same command to resume the sweep"
+        )
+    if elsewhere:
+        notes.append(
+            f"{len(elsewhere)} run(s) are being trained by another process; "
+            f"re-run `resexp report {sweep_dir}` when it finishes"
+        )
+    return Executed(130 if interrupted else 1 if failed else 0, notes)

@@ -378,7 +378,7 @@ class Engine:
 
 @dataclass
 class RunProgress:
-    """Host-side bookkeeping for one run of a group while it trains (`report.RunRecord` is a run
+    """Host-side bookkeeping for one run of a group while it trains (`records.RunRow` is a run
     read back from its directory; `Outcome` is what `train_runs` returns)."""
 
     cfg: Config

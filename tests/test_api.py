@@ -59,6 +59,25 @@ def test_the_cli_gives_the_same_run_ids_and_numbers(swept, tmp_path):
     ]
 
 
+def test_a_local_launcher_sweep_gives_the_same_typed_result(swept, tmp_path):
+    config, s = swept
+    jobs = resexp.sweep(
+        config,
+        ["optim.lr=0.05"],
+        grid=GRID,
+        out=tmp_path / "runs",
+        launcher="local",
+        launcher_options={"max_parallel": 2},
+    )
+    assert isinstance(jobs, resexp.SweepResult) and not jobs.failed
+    assert [(r["run_id"], r["final_train_loss"]) for r in jobs.rows] == [
+        (r["run_id"], r["final_train_loss"]) for r in s.rows
+    ]
+    assert all(r.summary.get("restarts") == 0 for r in jobs.runs)  # trained by the jobs, not here
+    with pytest.raises(resexp.UserError, match="--launcher cannot be combined with --jobs"):
+        resexp.sweep(config, out=tmp_path / "runs", launcher="local", jobs=2)
+
+
 def test_errors_are_exceptions_with_the_cli_one_line_message(tmp_path):
     config = write_config(tmp_path / "tiny.yaml", tiny_dict())
     with pytest.raises(resexp.ConfigError) as err:
