@@ -9,7 +9,12 @@
 // jit:avx512/avx2 kernels take directly.
 //
 // Threads: oneDNN's OpenMP team size is set before every call from a process-wide setting
-// (resexp_onednn_set_threads), so it can match the size of XLA's Eigen pool.
+// (resexp_onednn_set_threads), so it can match the size of XLA's Eigen pool. A small convolution
+// (under resexp_onednn_set_team_min_macs multiply-adds) runs on the calling thread alone: a team's fork and join cost more than it shares out, and far
+// more when other processes hold the cores (measured on 2 Zen 4 cores, forward + both gradients:
+// at 0.3M multiply-adds one thread took 76 us, a team of two 282 us; at 4.7M, 315-649 us against
+// 413-603 us; from 58M up the team was 1.4-1.9x faster). A shape always gets the same team size,
+// so a run's numbers stay a pure function of its config and machine.
 
 #include <omp.h>
 
@@ -32,6 +37,7 @@ using dt = dnnl::memory::data_type;
 namespace {
 
 int g_threads = 0;  // 0: leave OpenMP's default
+int64_t g_team_min_macs = int64_t{8} << 20;  // below this many multiply-adds: one thread
 
 dnnl::engine& cpu_engine() {
   static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
@@ -55,6 +61,7 @@ struct Geometry {
     for (int64_t v : {n, h, w, c, kh, kw, o, oh, ow, sh, sw, ph0, ph1, pw0, pw1}) k += "," + std::to_string(v);
     return k;
   }
+  int64_t macs() const { return n * oh * ow * kh * kw * c * o; }
   memory::dims src() const { return {n, c, h, w}; }
   memory::dims wei() const { return {o, c, kh, kw}; }
   memory::dims dst() const { return {n, o, oh, ow}; }
@@ -178,8 +185,14 @@ Geometry geometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::S
   return Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2], sh, sw, ph0, ph1, pw0, pw1};
 }
 
+int team_size(const Geometry& g) {
+  static const int omp_default = omp_get_max_threads();
+  if (g.macs() < g_team_min_macs) return 1;
+  return g_threads > 0 ? g_threads : omp_default;
+}
+
 ffi::Error run(char kind, const Geometry& g, void* src, void* wei, void* dst) {
-  if (g_threads > 0) omp_set_num_threads(g_threads);
+  omp_set_num_threads(team_size(g));  // before lookup: a primitive is built for the team that runs it
   try {
     auto c = lookup(g, kind);
     auto& eng = cpu_engine();
@@ -248,6 +261,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdWeights, ConvBwdWeights, CONV_BINDING
 
 extern "C" {
 void resexp_onednn_set_threads(int n) { g_threads = n; }
+void resexp_onednn_set_team_min_macs(int64_t macs) { g_team_min_macs = macs; }
 
 // The implementation oneDNN picked for a shape ("jit:avx512_core", "gemm:jit", ...), for the record.
 // kind: 'f', 'd' or 'w'. Returns the number of bytes written (without the terminating zero).

@@ -5,7 +5,8 @@ gradient are each one oneDNN primitive (csrc/onednn_conv.cc, built by `make inst
 through scripts/build_onednn.sh into build/onednn/, or RESEXP_ONEDNN_LIBRARY), each with an
 exact JVP so that forward-over-reverse (Hessian-vector products) runs on them too. oneDNN's
 OpenMP team is sized like XLA's Eigen pool (the CPUs this process may use, 1 when
-XLA_FLAGS turns the pool off), or RESEXP_ONEDNN_THREADS.
+XLA_FLAGS turns the pool off), or RESEXP_ONEDNN_THREADS; a convolution under TEAM_MIN_MACS
+multiply-adds (RESEXP_ONEDNN_TEAM_MIN_MACS) runs on one thread.
 
 Where the extension is missing or does not load, `library()` is None and resexp keeps
 XLA's convolutions, saying so once on stderr.
@@ -23,6 +24,7 @@ import jax
 import numpy as np
 
 BUILT = Path(__file__).resolve().parent.parent / "build" / "onednn" / "libresexp_onednn.so"
+TEAM_MIN_MACS = 8 << 20  # multiply-adds of a conv below which one thread beats a team (scripts/onednn_threads.py)
 TARGETS = {
     "resexp_onednn_conv_fwd": "OnednnConvFwd",
     "resexp_onednn_conv_bwd_data": "OnednnConvBwdData",
@@ -62,6 +64,10 @@ def load(path: Path) -> ctypes.CDLL:
     threads = int(os.environ.get("RESEXP_ONEDNN_THREADS", "0")) or xla_threads()
     lib.resexp_onednn_set_threads(ctypes.c_int(threads))
     lib.threads = threads  # type: ignore[attr-defined]
+    # Smaller convolutions run on one thread (csrc/onednn_conv.cc says why); 0: every one on the team.
+    team_min_macs = int(os.environ.get("RESEXP_ONEDNN_TEAM_MIN_MACS", str(TEAM_MIN_MACS)))
+    lib.resexp_onednn_set_team_min_macs(ctypes.c_int64(team_min_macs))
+    lib.team_min_macs = team_min_macs  # type: ignore[attr-defined]
     return lib
 
 

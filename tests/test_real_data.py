@@ -195,7 +195,9 @@ def test_two_spellings_of_data_dir_are_one_run(trained, real_dir, tmp_path):
 
 def test_a_sweep_made_under_the_old_run_ids_is_found_and_finished(real_dir, tmp_path):
     """plain-8 finished and ResNet-8 interrupted at step 10, written by an earlier resexp with
-    data.dir=/usr/share/datasets; re-run here with another spelling of data.dir."""
+    data.dir=/usr/share/datasets; re-run here with another spelling of data.dir. That resexp ran XLA's
+    convolutions (before oneDNN's), so every run here does too: the same kernels, the same numbers."""
+    xla = {"RESEXP_CPU_CONV": "xla"}
     out = tmp_path / "out"
     shutil.copytree(LEGACY / "legacy", out / "legacy")
     old = {p.name: summary(p) for p in run_dirs(out / "legacy")}
@@ -203,7 +205,9 @@ def test_a_sweep_made_under_the_old_run_ids_is_found_and_finished(real_dir, tmp_
     finished = next(name for name, s in old.items() if s["status"] == "completed")
     before = (out / "legacy" / finished / "summary.json").read_bytes()
 
-    proc = run_cli("sweep", LEGACY / "legacy.yaml", "--out", out, "--set", f"data.dir={real_dir}", "--no-progress")
+    proc = run_cli(
+        "sweep", LEGACY / "legacy.yaml", "--out", out, "--set", f"data.dir={real_dir}", "--no-progress", env=xla
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"{finished}: completed (already done)" in proc.stderr
     assert "resuming from step 10" in proc.stderr
@@ -220,6 +224,7 @@ def test_a_sweep_made_under_the_old_run_ids_is_found_and_finished(real_dir, tmp_
         "train",
         *(LEGACY / "legacy.yaml", "--out", tmp_path / "fresh", "--no-progress"),
         *("--set", "model.shortcut=true", "--set", f"data.dir={real_dir}"),
+        env=xla,
     )
     assert fresh.returncode == 0, fresh.stderr
     (fresh_dir,) = run_dirs(tmp_path / "fresh")
