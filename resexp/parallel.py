@@ -23,8 +23,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +42,20 @@ KERNEL_GRAD_GROUP = 8  # images per kernel-gradient conv on CPU (measured best f
 # Where 2-D float32 convs go on the CPU, read when a program is traced: "auto" (oneDNN's kernels
 # through resexp.onednn_conv where its extension loads, else XLA's), "onednn" or "xla".
 CPU_CONV = os.environ.get("RESEXP_CPU_CONV", "auto")
+_XLA_ONLY = threading.local()
+
+
+@contextlib.contextmanager
+def xla_convs():
+    """Trace the programs made inside on XLA's convolutions (resexp's canonical VJP), not oneDNN's:
+    forward-over-reverse (the Hessian's jvp of grad) through a scanned stage cannot differentiate
+    oneDNN's custom calls (measured: JAX raises on the scanned ResNet-20/56's stages)."""
+    before = getattr(_XLA_ONLY, "on", False)
+    _XLA_ONLY.on = True
+    try:
+        yield
+    finally:
+        _XLA_ONLY.on = before
 
 
 # --------------------------------------------------------------------------- data parallelism
@@ -259,7 +275,7 @@ def conv_general_dilated(
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:nd], strides, padding)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if nd == 2 and lhs.dtype == jnp.float32 and CPU_CONV != "xla":
+    if nd == 2 and lhs.dtype == jnp.float32 and CPU_CONV != "xla" and not getattr(_XLA_ONLY, "on", False):
         from resexp import onednn_conv
 
         if onednn_conv.available():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -485,3 +486,16 @@ def test_bench_analyze_script_measures_from_an_empty_cache(sweep, tmp_path):
     assert doc["meets_target"] == (doc["median_wall_seconds"] <= 300)
     assert list(doc["runs"]) == [sweep["res"].name] and doc["runs"][sweep["res"].name]["lesion"]["seconds"] > 0
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_hessian_differentiates_through_scanned_stages():
+    """At depth 14 each stage's blocks run under a scan; the Hessian's jvp of grad works there too (it
+    traces XLA's convolutions, whose VJP can be differentiated forward; oneDNN's custom calls cannot)."""
+    from resexp.analysis import hessian
+    from resexp.analysis.common import init_run
+
+    run = init_run(Config.model_validate(tiny_dict(model={"depth": 14})))
+    assert run.cfg.model.depth == 14
+    options = {"examples": 64, "precise_bn_batches": 0, "bn_batch_size": 32, "iters": 3, "seed": 0}
+    doc = hessian.compute(run, options)
+    assert math.isfinite(doc["lambda_max"]) and doc["lambda_max"] > 0

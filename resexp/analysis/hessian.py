@@ -159,11 +159,15 @@ def compute(run, options: dict) -> dict:
 
     x, y = normalized_test(run.data, options["examples"])
     others = run.eval_others(options["precise_bn_batches"])
-    # The training program's CPU conv (parallel.py): its backward convs are differentiated forward
-    # here, and run ~5x faster than XLA's own under scan (same lambda to 1e-6, measured on ResNet-20).
-    lams, per_group, sizes = power_iteration(
-        run, others, x, y, options["iters"], options["seed"], progress=run.progress, tolerance=TOLERANCE
-    )
+    # resexp's canonical conv VJP on XLA's kernels (parallel.py): its backward convs are differentiated
+    # forward here, ~5x faster than XLA's own VJP under scan (same lambda to 1e-6, measured on ResNet-20);
+    # oneDNN's custom calls cannot be, inside a scanned stage.
+    from resexp.parallel import xla_convs
+
+    with xla_convs():
+        lams, per_group, sizes = power_iteration(
+            run, others, x, y, options["iters"], options["seed"], progress=run.progress, tolerance=TOLERANCE
+        )
     o = run.cfg.optim
     limit = 2 * (1 + o.momentum) / o.lr if o.name == "sgd" else None
     lam = float(lams[-1])
