@@ -2,11 +2,11 @@
 
 `conv(x, w, strides, pads)` is a `custom_vjp` whose forward, input gradient and kernel
 gradient are each one oneDNN primitive (csrc/onednn_conv.cc, built by `make install`
-through scripts/build_onednn.sh into build/onednn/, or RESEXP_ONEDNN_LIBRARY), each with an
-exact JVP so that forward-over-reverse (Hessian-vector products) runs on them too. oneDNN's
-OpenMP team is sized like XLA's Eigen pool (the CPUs this process may use, 1 when
-XLA_FLAGS turns the pool off), or RESEXP_ONEDNN_THREADS; a convolution under TEAM_MIN_MACS
-multiply-adds (RESEXP_ONEDNN_TEAM_MIN_MACS) runs on one thread.
+through scripts/build_onednn.sh into build/onednn/, or RESEXP_ONEDNN_LIBRARY). Forward-mode
+autodiff (the Hessian's jvp of grad) cannot go through them: it traces XLA's convolutions
+instead (`parallel.xla_convs`). oneDNN's OpenMP team is sized like XLA's Eigen pool (the CPUs
+this process may use, 1 when XLA_FLAGS turns the pool off), or RESEXP_ONEDNN_THREADS; a
+convolution under TEAM_MIN_MACS multiply-adds (RESEXP_ONEDNN_TEAM_MIN_MACS) runs on one thread.
 
 Where the extension is missing or does not load, `library()` is None and resexp keeps
 XLA's convolutions, saying so once on stderr.
@@ -115,24 +115,6 @@ def kernel_grad(x, dy, w_shape, strides, pads):
         "resexp_onednn_conv_bwd_weights", jax.ShapeDtypeStruct(w_shape, x.dtype), vmap_method="sequential"
     )
     return call(x, dy, **attrs(strides, pads))
-
-
-# Each kernel is bilinear in its two arrays, so its JVP is exact as f(da, b) + f(a, db): forward-mode
-# autodiff through the backward pass (the Hessian analysis's jvp of grad) runs on oneDNN too.
-def _bilinear_jvp(fn):
-    fn = jax.custom_jvp(fn, nondiff_argnums=tuple(range(2, fn.__code__.co_argcount)))
-
-    @fn.defjvp
-    def rule(*args):
-        *static, (a, b), (da, db) = args
-        return fn(a, b, *static), fn(da, b, *static) + fn(a, db, *static)
-
-    return fn
-
-
-forward = _bilinear_jvp(forward)
-input_grad = _bilinear_jvp(input_grad)
-kernel_grad = _bilinear_jvp(kernel_grad)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

@@ -48,8 +48,7 @@ _XLA_ONLY = threading.local()
 @contextlib.contextmanager
 def xla_convs():
     """Trace the programs made inside on XLA's convolutions (resexp's canonical VJP), not oneDNN's:
-    forward-over-reverse (the Hessian's jvp of grad) through a scanned stage cannot differentiate
-    oneDNN's custom calls (measured: JAX raises on the scanned ResNet-20/56's stages)."""
+    forward-over-reverse (the Hessian's jvp of grad) cannot differentiate oneDNN's custom calls."""
     before = getattr(_XLA_ONLY, "on", False)
     _XLA_ONLY.on = True
     try:

@@ -201,41 +201,6 @@ def test_onednn_convs_are_deterministic_and_use_the_pool_size(monkeypatch):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_hessian_vector_products_run_through_onednn(monkeypatch):
-    """Forward-over-reverse (the Hessian analysis's jvp of grad) through the oneDNN convs gives XLA's
-    answer: both measured against float64, oneDNN's error within a few times XLA's own."""
-    from resexp import onednn_conv
-
-    onednn_or_skip()
-    strides, pads = (2, 2), ((1, 1), (1, 1))
-    x = jax.random.normal(jax.random.key(0), (8, 10, 10, 4))
-    w = jax.random.normal(jax.random.key(1), (3, 3, 4, 6)) * 0.3
-    v = jax.random.normal(jax.random.key(2), w.shape)
-
-    def hvp(conv):
-        def loss(w):
-            return jnp.sum(jnp.tanh(conv(x, w)) ** 2)
-
-        return jax.jit(lambda w, v: jax.jvp(jax.grad(loss), (w,), (v,))[1])
-
-    def xla(x, w):
-        return jax.lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-    got = np.asarray(hvp(lambda x, w: onednn_conv.conv(x, w, strides, pads))(w, v))
-    ref = np.asarray(hvp(xla)(w, v))
-    with jax.enable_x64(True):
-        x64 = x.astype(jnp.float64)
-
-        def loss64(w):
-            y = jax.lax.conv_general_dilated(x64, w, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-            return jnp.sum(jnp.tanh(y) ** 2)
-
-        w64, v64 = w.astype(jnp.float64), v.astype(jnp.float64)
-        exact = np.asarray(jax.jvp(jax.grad(loss64), (w64,), (v64,))[1])
-    assert np.abs(exact).max() > 1.0  # a real, non-trivial product
-    assert_within_noise(got, exact, spread(ref, exact), multiple=8, what="oneDNN's Hessian-vector product")
-
-
 def test_without_the_onednn_extension_convs_fall_back_with_one_line(tmp_path):
     """A missing extension costs speed, never a run: XLA's convolutions, and one line on stderr."""
     code = textwrap.dedent(
