@@ -65,7 +65,7 @@ bench: $(STAMP) $(ONEDNN)  ## compile time and images/s for ResNet-20/56/110 on 
 	$(BIN)/python scripts/bench.py --depths 20,56,110 --json
 
 bench-torch: $(STAMP) $(ONEDNN)  ## the same, side by side with PyTorch eager (torch goes into .venv-bench, never .venv)
-	@.venv-bench/bin/python -c 'import torch' 2>/dev/null || { $(PYTHON) -m venv .venv-bench && .venv-bench/bin/python -m pip install -q torch numpy; }
+	@.venv-bench/bin/python -c 'import torch' 2>/dev/null || { $(PYTHON) -m venv .venv-bench && .venv-bench/bin/python -m pip install -q torch==2.13.0 numpy; }
 	$(BIN)/python scripts/bench.py --depths 20,56,110 --steps 5 --repeats 3 --compare-torch --json
 
 tensorboard: $(STAMP)  ## TensorBoard on every sweep under runs/, opened at the answer (OUT=runs/<name>: one sweep; PORT=6006)
