@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml $(LOCK)
 
 install: $(STAMP) $(ONEDNN)  ## set up .venv with resexp and the test tools (versions from requirements/ci.lock)
 
-# CPU convolutions through oneDNN (resexp/onednn_conv.py). Where it cannot build (no g++, not Linux
+# CPU convolutions through oneDNN (resexp/core/onednn_conv.py). Where it cannot build (no g++, not Linux
 # x86_64, no network) resexp runs XLA's convolutions instead, and says so once when it starts.
 $(ONEDNN): csrc/onednn_conv.cc requirements/onednn.txt scripts/build_onednn.sh | $(STAMP)
 	@bash scripts/build_onednn.sh || echo "note: the oneDNN extension did not build; resexp will use XLA's convolutions" >&2

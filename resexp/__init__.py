@@ -5,8 +5,6 @@ One path, top to bottom: config -> data -> model -> train loop -> run directory
 `resexp.api`, re-exported here; importing it loads no JAX until a function runs.
 """
 
-import sys
-import types
 from importlib import metadata
 
 from resexp.api import (
@@ -21,7 +19,7 @@ from resexp.api import (
     sweep,
     train,
 )
-from resexp.errors import ConfigError, DataError, RunError, UserError
+from resexp.core.errors import ConfigError, DataError, RunError, UserError
 
 
 def package_version() -> str:
@@ -52,18 +50,3 @@ __all__ = [
     "train",
 ]
 
-
-class _Package(types.ModuleType):
-    """Keeps `resexp.sweep`, `resexp.train` and `resexp.report` the API's functions: importing the
-    submodules of the same names (resexp/sweep.py, ...) would otherwise set them as attributes of
-    this package and shadow the functions. Code imports the submodules by their full names, through
-    sys.modules, which this does not touch."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        current = self.__dict__.get(name)
-        if isinstance(value, types.ModuleType) and callable(current) and not isinstance(current, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resexp.errors import ConfigError, RunError, UserError
-from resexp.variants import ShortcutOption
+from resexp.core.errors import ConfigError, RunError, UserError
+from resexp.core.variants import ShortcutOption
 
 if TYPE_CHECKING:
-    from resexp.sweep import Executor, SweepPlan
+    from resexp.sweeps.plan import Executor, SweepPlan
 
 __all__ = [
     "AnalysisResult",
@@ -110,7 +110,7 @@ def _grid_texts(grid: Grid) -> list[str]:
 
 
 def _configure() -> None:
-    from resexp.runtime import configure_jax
+    from resexp.core.runtime import configure_jax
 
     configure_jax()
 
@@ -135,9 +135,9 @@ def train(
     `distributed` (None: under srun with several tasks) trains one run over several processes
     (jax.distributed); `coordinator`, `num_processes`, `process_id` where srun does not say them.
     """
-    from resexp.config import apply_overrides, load_config
-    from resexp.distributed import under_srun
-    from resexp.runs import finished_runs
+    from resexp.core.config import apply_overrides, load_config
+    from resexp.core.distributed import under_srun
+    from resexp.runs.store import finished_runs
 
     cfg = load_config(config, _overrides(overrides))
     cfg = apply_overrides(cfg, cfg, str(config))  # a sweep_overrides entry this config matches applies here too
@@ -147,10 +147,10 @@ def train(
         return [RunResult.from_summary(run_dir, s, skipped=True) for run_dir, s in finished]
     _configure()
     if multi:
-        from resexp.distributed import initialize
+        from resexp.core.distributed import initialize
 
         initialize(coordinator, num_processes, process_id)
-    from resexp.train import train as train_runs
+    from resexp.runs.train import train as train_runs
 
     return [
         RunResult.from_summary(o.run_dir, o.summary, skipped=o.skipped)
@@ -170,9 +170,18 @@ def plan_sweep(
     name: str | None = None,
     shard: str | None = None,
 ) -> SweepPlan:
-    """Resolve a sweep (resexp.sweep.SweepPlan): config, grid axes, cells and directory; a bad input raises here."""
-    from resexp.config import load_config
-    from resexp.sweep import SweepPlan, expand_grid, group_seeds, in_sweep_dir, parse_grid, parse_shard, shard_cells
+    """Resolve a sweep (`resexp.sweeps.plan.SweepPlan`): config, grid axes, cells and directory; a bad
+    input raises here."""
+    from resexp.core.config import load_config
+    from resexp.sweeps.plan import (
+        SweepPlan,
+        expand_grid,
+        group_seeds,
+        in_sweep_dir,
+        parse_grid,
+        parse_shard,
+        shard_cells,
+    )
 
     cfg = load_config(config, _overrides(overrides))
     axes = parse_grid(_grid_texts(grid), source=f"{config} (--grid)")
@@ -208,10 +217,10 @@ def sweep_executor(
     err_console=None,
 ) -> Executor:
     """Where a sweep trains: this process (`jobs` 1), a pool of `jobs` processes, or submitit jobs
-    (`launcher` slurm or local, `launcher_options` named as resexp.launch.LAUNCH_FLAGS); a combination
+    (`launcher` slurm or local, `launcher_options` named as resexp.sweeps.launch.LAUNCH_FLAGS); a combination
     that cannot work raises here, before anything is read or written."""
-    from resexp.launch import SubmititExecutor, launch_options
-    from resexp.sweep import InProcess
+    from resexp.sweeps.launch import SubmititExecutor, launch_options
+    from resexp.sweeps.plan import InProcess
 
     opts = launch_options(launcher, shard, jobs, wait=wait, **(launcher_options or {}))
     if launcher is None or opts is None:
@@ -232,7 +241,7 @@ class SweepOutcome:
 def execute_sweep(plan: SweepPlan, executor: Executor, *, report_console=None) -> SweepOutcome:
     """The one path of every sweep, whatever trains it: the executor's checks, the data pre-check,
     the manifest, the runs, the grid's report (its table printed on `report_console`)."""
-    from resexp.sweep import check_data, record_plan
+    from resexp.sweeps.plan import check_data, record_plan
 
     plan, cells = executor.prepare(plan)
     check_data(cells, source=plan.source, load=executor.loads_data)
@@ -290,7 +299,7 @@ def _quiet_console():
 
 
 def _as_result(rep: Any) -> SweepResult:
-    """A resexp.records.Report as the public, typed result."""
+    """A resexp.reporting.records.Report as the public, typed result."""
     return SweepResult(
         sweep_dir=rep.sweep_dir,
         name=rep.sweep_name,
@@ -303,7 +312,7 @@ def _as_result(rep: Any) -> SweepResult:
 
 
 def _report_grid(sweep_dir: Path, grid_dir: Path | None, console=None) -> SweepResult:
-    from resexp.report import build_report
+    from resexp.reporting.report import build_report
 
     rep = build_report(sweep_dir, console=console or _quiet_console(), grid_dir=grid_dir)
     return _as_result(rep)
@@ -311,7 +320,7 @@ def _report_grid(sweep_dir: Path, grid_dir: Path | None, console=None) -> SweepR
 
 def report(sweep_dir: str | Path) -> list[SweepResult]:
     """Rebuild results.csv, figures and TensorBoard aggregates of every grid in `sweep_dir`."""
-    from resexp.report import build_reports
+    from resexp.reporting.report import build_reports
 
     return [_as_result(r) for r in build_reports(Path(sweep_dir), console=_quiet_console())]
 
@@ -319,7 +328,7 @@ def report(sweep_dir: str | Path) -> list[SweepResult]:
 def load_sweep(sweep_dir: str | Path, grid: str | None = None) -> SweepResult:
     """A sweep directory's grid (its first, or the one named `grid`), its aggregates rebuilt from the
     runs (results.csv and figures are derived files; TensorBoard's are left as they are)."""
-    from resexp.report import build_reports
+    from resexp.reporting.report import build_reports
 
     reports = build_reports(Path(sweep_dir), console=_quiet_console(), write_tensorboard=False)
     if grid is None:
@@ -368,7 +377,7 @@ def identity(
     config: str | Path, overrides: Overrides | None = None, *, seed: int | None = None, examples: int = 64
 ) -> IdentityResult:
     """The identity argument, checked on the initial net of `config` (see `resexp identity`)."""
-    from resexp.config import load_config
+    from resexp.core.config import load_config
 
     if examples < 1:
         raise UserError(f"examples must be at least 1, not {examples}")
@@ -376,9 +385,9 @@ def identity(
     _configure()
     import jax.numpy as jnp
 
-    from resexp.data import load_data
-    from resexp.diagnostics import identity_check
-    from resexp.models import build_model
+    from resexp.core.data import load_data
+    from resexp.core.diagnostics import identity_check
+    from resexp.core.models import build_model
 
     data = load_data(cfg.data, source=str(config))
     seed = cfg.train.seed if seed is None else seed

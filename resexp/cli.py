@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
-from resexp.errors import UserError
-from resexp.variants import ShortcutOption
+from resexp.core.errors import UserError
+from resexp.core.variants import ShortcutOption
 
 
 def _console(*, stderr: bool = False) -> Console:
@@ -144,7 +144,7 @@ def user_errors(fn: Callable) -> Callable:
 
 def _load(config: Path, overrides: list[str] | None):
     """The config with its `--set` overrides, then those in $RESEXP_SET (smoke tests, CI)."""
-    from resexp.config import load_config
+    from resexp.core.config import load_config
 
     return load_config(config, [*(overrides or []), *_env_overrides()])
 
@@ -181,7 +181,7 @@ def options(
 
 
 def _setup() -> None:
-    from resexp.runtime import configure_jax
+    from resexp.core.runtime import configure_jax
 
     configure_jax()
 
@@ -221,7 +221,7 @@ def train(
     Example: resexp train configs/demo.yaml --set model.depth=8 --set train.steps=60
     """
     from resexp.api import train as train_fn
-    from resexp.runs import exit_code
+    from resexp.runs.store import exit_code
 
     runs = train_fn(
         config,
@@ -431,7 +431,7 @@ def _print_sweep_end(outcome) -> int:
 
 
 def _tensorboard_hint(path: Path) -> str:
-    from resexp.dashboard import tensorboard_hint
+    from resexp.reporting.dashboard import tensorboard_hint
 
     return tensorboard_hint(path)
 
@@ -441,7 +441,7 @@ def _tensorboard_hint(path: Path) -> str:
 def status(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (runs/<name>).")]) -> None:
     """Every run of a sweep, by depth: status, step reached, train loss, wall time; the job and its
     restarts for runs a launcher submitted; the counts per status on top."""
-    from resexp.launch import print_status
+    from resexp.sweeps.launch import print_status
 
     print_status(sweep_dir, out_console)
 
@@ -460,7 +460,7 @@ def tensorboard_(
 
     Example: resexp tensorboard runs/demo
     """
-    from resexp.dashboard import serve
+    from resexp.reporting.dashboard import serve
 
     serve(path, host=host, port=port, console=out_console)
 
@@ -476,7 +476,7 @@ def report(
 
     Example: resexp report runs/demo
     """
-    from resexp.report import build_reports
+    from resexp.reporting.report import build_reports
 
     build_reports(sweep_dir, console=out_console)
     out_console.print(_tensorboard_hint(sweep_dir), highlight=False)
@@ -494,8 +494,8 @@ def model(
     Example: resexp model configs/cifar10.yaml --set model.depth=110
     """
     cfg = _load(config, set_)  # before importing JAX: a bad config fails in a second
-    from resexp.data import dataset_shape
-    from resexp.models import layer_table
+    from resexp.core.data import dataset_shape
+    from resexp.core.models import layer_table
 
     shape, classes = dataset_shape(cfg.data)
     rows = layer_table(cfg.model, shape, classes)
@@ -593,7 +593,7 @@ def _identity_table(res) -> Table:
 
 def _identity_verdict(res) -> str:
     """`resexp identity`'s last line: the signal lost (plain), kept (every block), or the blocks that fail."""
-    from resexp.diagnostics import TOLERANCE
+    from resexp.core.diagnostics import TOLERANCE
 
     if not res.shortcut:
         return (
@@ -635,9 +635,9 @@ def data_download(
 
     Example: resexp data download cifar10 --dir ~/data
     """
-    from resexp.datasets import CONTENT_SHA256, default_data_dir
-    from resexp.download import DOWNLOADS, download, load_manifest
-    from resexp.errors import DataError
+    from resexp.core.datasets import CONTENT_SHA256, default_data_dir
+    from resexp.core.download import DOWNLOADS, download, load_manifest
+    from resexp.core.errors import DataError
 
     if name not in DOWNLOADS:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DOWNLOADS)}")
@@ -663,7 +663,7 @@ def data_download(
 
 def _verified_copy(name: str) -> Path | None:
     """The folder of a copy of `name` along the search path whose content verifies, if any."""
-    from resexp.datasets import find_dataset, load_files, verify_content
+    from resexp.core.datasets import find_dataset, load_files, verify_content
 
     try:
         where = find_dataset(name)
@@ -682,8 +682,8 @@ def data_info(config: ConfigArg, set_: SetOpt = None) -> None:
 
     Example: resexp data info configs/fashion_mnist.yaml
     """
-    from resexp.data import load_data
-    from resexp.datasets import FILE_DATASETS, data_search_path
+    from resexp.core.data import load_data
+    from resexp.core.datasets import FILE_DATASETS, data_search_path
 
     cfg = _load(config, set_)
     d = load_data(cfg.data, source=str(config))
@@ -723,7 +723,7 @@ def configs_list(ctx: typer.Context) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from resexp.bundled import bundled_configs, bundled_dir, config_purpose
+    from resexp.core.bundled import bundled_configs, bundled_dir, config_purpose
 
     configs = bundled_configs()
     if not configs:
@@ -742,7 +742,7 @@ def configs_show(
     name: Annotated[str, typer.Argument(metavar="NAME", help="A bundled config (resexp configs).", show_default=False)],
 ) -> None:
     """Print a bundled config, to copy and edit: resexp configs show demo > my.yaml"""
-    from resexp.bundled import find_bundled
+    from resexp.core.bundled import find_bundled
 
     sys.stdout.write(find_bundled(name).read_text(encoding="utf-8"))
 

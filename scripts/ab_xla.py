@@ -13,7 +13,7 @@ per-round ratio to the first variant.
 A variant is NAME=ENV, ENV a space-separated list of VAR=VALUE set in that worker (quote a
 value with spaces: `--variant "det=XLA_FLAGS='--xla_a=1 --xla_b=0'"`);
 AB_KERNEL_GRAD_GROUP=N sets parallel.KERNEL_GRAD_GROUP in it; AB_LAX_CONV=1 gives it XLA's own conv
-VJP instead of resexp/parallel.py's (on jax 0.11.2 still 0.021x: jax-ml/jax#12868 stands).
+VJP instead of resexp/core/parallel.py's (on jax 0.11.2 still 0.021x: jax-ml/jax#12868 stands).
 """
 
 from __future__ import annotations
@@ -35,15 +35,15 @@ _WORKER = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import bench
-from resexp.runtime import configure_jax
+from resexp.core.runtime import configure_jax
 configure_jax()
 import os
 if os.environ.get("AB_KERNEL_GRAD_GROUP"):  # a variant of parallel.py's constant, for this worker only
-    from resexp import parallel
+    from resexp.core import parallel
     parallel.KERNEL_GRAD_GROUP = int(os.environ["AB_KERNEL_GRAD_GROUP"])
 # XLA's own conv VJP on the CPU too (no parallel.py conv), in this worker only
 if os.environ.get("AB_LAX_CONV", "").lower() not in ("", "0", "off", "false", "no"):
-    from resexp import parallel
+    from resexp.core import parallel
     parallel.fast_conv_builder = lambda build: build
 args = bench.parser().parse_args([])  # bench.py's defaults, then this A/B's settings
 vars(args).update(json.loads(sys.argv[2]))

@@ -153,8 +153,8 @@ def step_cost(depth: int, batch_size: int, dtype: str) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from resexp.data import load_data
-    from resexp.train import Engine
+    from resexp.core.data import load_data
+    from resexp.core.engine import Engine
 
     cfg = make_config(depth, batch_size, dtype, 1, True)
     engine = Engine(cfg, load_data(cfg.data), platform="cuda")
@@ -185,7 +185,7 @@ def roofline_epoch_s(cost: dict, batch_size: int, dtype: str) -> dict:
 
 
 def make_config(depth: int, batch_size: int, dtype: str, steps: int, scan_unroll, diagnostics: bool = True):
-    from resexp.config import Config
+    from resexp.core.config import Config
 
     return Config.model_validate(
         {
@@ -219,9 +219,9 @@ class JaxRun:
         import jax
         import jax.numpy as jnp
 
-        from resexp.data import load_data
-        from resexp.models import layer_table
-        from resexp.train import Engine
+        from resexp.core.data import load_data
+        from resexp.core.engine import Engine
+        from resexp.core.models import layer_table
 
         self.jax = jax
         self.cfg = make_config(depth, args.batch_size, args.dtype, args.steps, args.scan_unroll, args.diagnostics)
@@ -280,12 +280,12 @@ def parse_unroll(text: str):
 def run(args) -> dict:
     if not args.cache:
         os.environ["RESEXP_COMPILE_CACHE"] = "off"  # compile time is what we measure
-    from resexp.runtime import configure_jax
+    from resexp.core.runtime import configure_jax
 
     configure_jax()
     import jax
 
-    from resexp.models import scan_unroll
+    from resexp.core.models import scan_unroll
 
     peer = None
     if args.compare_torch and not args.compile_only:
@@ -387,7 +387,7 @@ def run(args) -> dict:
         "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     if jax.default_backend() == "cpu":
-        from resexp.parallel import cpu_conv_path
+        from resexp.core.parallel import cpu_conv_path
 
         out["cpu_conv"] = cpu_conv_path()  # oneDNN's conv kernels or XLA's
     if peer is not None:

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from resexp.analysis_results import ANALYSIS_DIR, read_result
+from resexp.reporting.analysis_results import ANALYSIS_DIR, read_result
 
 ROOT = Path(__file__).resolve().parent.parent
 

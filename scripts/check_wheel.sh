@@ -100,8 +100,8 @@ from importlib import resources
 from pathlib import Path
 
 import resexp
-from resexp.bundled import bundled_configs
-from resexp.config import load_config
+from resexp.core.bundled import bundled_configs
+from resexp.core.config import load_config
 
 version = sys.argv[1]
 assert Path(resexp.__file__).is_relative_to(sysconfig.get_paths()["purelib"]), resexp.__file__
@@ -122,7 +122,7 @@ EOF
 step "mypy on user code against the installed package (py.typed)"
 cat >user_code.py <<'EOF'
 import resexp
-from resexp.config import Config, load_config
+from resexp.core.config import Config, load_config
 
 cfg: Config = load_config("demo", ["model.depth=14"])
 depth: int = cfg.model.depth

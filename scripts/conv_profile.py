@@ -37,7 +37,7 @@ SHAPES = [
 
 def counts(depth: int) -> dict[str, int]:
     """How many convs of each shape a ResNet of `depth` has."""
-    from resexp.config import blocks_per_stage
+    from resexp.core.config import blocks_per_stage
 
     n = blocks_per_stage(depth)
     return {
@@ -67,7 +67,7 @@ def conv_row(args, B: int, name: str, hw: int, ci: int, co: int, s: int, jsync, 
     import numpy as np
     import torch
 
-    from resexp import parallel
+    from resexp.core import parallel
 
     ho = hw // s
     kx, kw, kd = jax.random.split(jax.random.key(0), 3)
@@ -162,12 +162,12 @@ def main(argv=None) -> int:
             os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         ).strip()
 
-    from resexp.runtime import configure_jax
+    from resexp.core.runtime import configure_jax
 
     configure_jax()
     import jax
 
-    from resexp import parallel
+    from resexp.core import parallel
 
     bench = ROOT / ".venv-bench" / "lib"
     for site in bench.glob("python3*/site-packages"):

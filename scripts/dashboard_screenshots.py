@@ -292,8 +292,8 @@ def chart_problems(charts: list[dict[str, Any]], family_colors: dict[str, str]) 
 def screenshot_pages(url: str, out_dir: Path, *, width: int = 1400, height: int = 1000,
                      chromium: str | None = None) -> tuple[list[Path], list[str]]:  # fmt: skip
     """PNG of each page in `PAGES` of the TensorBoard at `url` in `out_dir`, plus the Custom Scalars
-    page's text and charts; returns the files and `chart_problems` (family colours: resexp.colors)."""
-    from resexp.colors import PLAIN_COLOR, RESNET_COLOR
+    page's text and charts; returns the files and `chart_problems` (family colours: resexp.reporting.colors)."""
+    from resexp.reporting.colors import PLAIN_COLOR, RESNET_COLOR
 
     binary = chromium or find_chromium()
     if binary is None:

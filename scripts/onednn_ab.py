@@ -1,4 +1,4 @@
-"""oneDNN convolutions (resexp.onednn_conv) against today's CPU path, side by side in one process.
+"""oneDNN convolutions (resexp.core.onednn_conv) against today's CPU path, side by side in one process.
 
 1. Correctness: forward, input and kernel gradients of every conv shape against lax.conv's
    own VJP (max abs diff), for today's path and for oneDNN.
@@ -59,7 +59,7 @@ def shape_programs(B: int, hw: int, ci: int, co: int, s: int, k: int):
     import jax
     from jax import lax
 
-    from resexp import onednn_conv, parallel
+    from resexp.core import onednn_conv, parallel
 
     p = 1 if k == 3 else 0
     strides, pads = (s, s), ((p, p), (p, p))
@@ -135,7 +135,7 @@ def whole_step(args) -> dict:
     import bench
     import jax
 
-    from resexp import parallel
+    from resexp.core import parallel
 
     bargs = bench.parser().parse_args(
         ["--depths", str(args.depth), "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
@@ -191,12 +191,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write the raw numbers here")
     args = p.parse_args(argv)
     os.environ.setdefault("RESEXP_COMPILE_CACHE", "off")
-    from resexp.runtime import configure_jax
+    from resexp.core.runtime import configure_jax
 
     configure_jax()
     import jax
 
-    from resexp import onednn_conv
+    from resexp.core import onednn_conv
 
     skip = set(args.skip.split(","))
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

@@ -27,7 +27,7 @@ def measure() -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from resexp import onednn_conv
+    from resexp.core import onednn_conv
 
     if not onednn_conv.available():
         raise SystemExit("the oneDNN extension did not build or load (make install)")

@@ -23,10 +23,10 @@ from pathlib import Path
 def evaluate(run_dir: Path, batches: list[int], repeats: int) -> list[dict]:
     import jax
 
-    from resexp.checkpoint import Checkpoints
-    from resexp.config import Config
-    from resexp.data import load_data
-    from resexp.train import Engine, restore_state
+    from resexp.core.checkpoint import Checkpoints
+    from resexp.core.config import Config
+    from resexp.core.data import load_data
+    from resexp.core.engine import Engine, restore_state
 
     summary = json.loads((run_dir / "summary.json").read_text())
     base = Config.model_validate(summary["config"])

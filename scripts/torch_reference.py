@@ -8,7 +8,7 @@ compared fairly:
   no bias) + BN + ReLU; three stages of n basic blocks at widths 16/32/64,
   stride 2 at the first block of stages 2 and 3; option-A shortcut (x[:, :,
   ::2, ::2] then zero-pad channels) where shapes change; global average pool;
-  linear head. ``--plain`` drops the shortcut. Init matches resexp.models:
+  linear head. ``--plain`` drops the shortcut. Init matches resexp.core.models:
   convs He normal, mode="fan_in" (std sqrt(2/fan_in), untruncated); BN weight
   1, bias 0; head LeCun normal fan_in truncated at 2 sigma (Flax's nnx.Linear
   default), bias 0.

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("RESEXP_COMPILE_CACHE", str(ROOT / ".pytest_cache" / "jax-compile"))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from resexp.runtime import configure_jax, expected_backend  # noqa: E402
+from resexp.core.runtime import configure_jax, expected_backend  # noqa: E402
 
 # float32 means float32 in every program the suite compares at ulp-scale tolerances: on a GPU,
 # XLA's default precision rounds conv and matmul inputs to TF32 (10 mantissa bits), as cuDNN's

@@ -26,9 +26,9 @@ from typing import Any
 from conftest import tiny_dict
 from rich.console import Console
 
-from resexp.config import Config
-from resexp.report import build_reports
-from resexp.sweep import expand_grid, grid_axes, group_seeds, record_grid, run_sweep
+from resexp.core.config import Config
+from resexp.reporting.report import build_reports
+from resexp.sweeps.plan import expand_grid, grid_axes, group_seeds, record_grid, run_sweep
 
 DEPTHS = [8, 14, 20]
 SEEDS = list(range(16))

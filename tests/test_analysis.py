@@ -23,10 +23,10 @@ from typer.testing import CliRunner
 
 from resexp.analysis import run_analyses
 from resexp.analysis.common import inspect_run, load_run, normalized_test
-from resexp.analysis_results import headline_metrics
 from resexp.cli import app
-from resexp.config import Config
-from resexp.train import train_runs
+from resexp.core.config import Config
+from resexp.reporting.analysis_results import headline_metrics
+from resexp.runs.train import train_runs
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_lesion_invariants(sweep):
     from flax import nnx
 
     from resexp.analysis.common import blocks_to_logits, evaluate_variants, lesion_step, stem
-    from resexp.diagnostics import _zero_last_layers
+    from resexp.core.diagnostics import _zero_last_layers
 
     run = load_run(inspect_run(sweep["res"]))
     n = 3
@@ -262,7 +262,7 @@ def test_power_iteration_matches_eigvalsh():
 
     from resexp.analysis.common import LoadedRun
     from resexp.analysis.hessian import power_iteration
-    from resexp.models import build_model
+    from resexp.core.models import build_model
 
     cfg = Config.model_validate(tiny_dict(model={"kind": "mlp", "depth": 4, "widths": [3], "norm": "none"}))
     net = build_model(cfg.model, (2, 3, 1), 3, seed=0)

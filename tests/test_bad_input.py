@@ -308,8 +308,8 @@ def test_tiny_images_are_not_an_error():
     invalid is caught by the schema (image_size, channels > 0) or the data loader (corrupt files)."""
     import jax.numpy as jnp
 
-    from resexp.config import ModelConfig
-    from resexp.models import build_model, layer_table
+    from resexp.core.config import ModelConfig
+    from resexp.core.models import build_model, layer_table
 
     for kind in ("cnn", "mlp"):
         m = ModelConfig(kind=kind, depth=12, widths=[2, 2, 2, 2, 2])
@@ -321,7 +321,7 @@ def test_tiny_images_are_not_an_error():
 def test_help_starts_fast():
     """`resexp --help` and config errors must not pay for JAX: it is imported only to train or load data."""
     code = (
-        "import sys, resexp.cli, resexp.config, resexp.runs; "
+        "import sys, resexp.cli, resexp.core.config, resexp.runs.store; "
         "print(sorted(m for m in ('jax', 'flax', 'orbax') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from conftest import ROOT, TINY, tiny_dict, write_config
 
-from resexp.config import (
+from resexp.core.config import (
     Config,
     ConfigError,
     config_hash,
@@ -17,7 +17,7 @@ from resexp.config import (
     valid_keys,
     with_updates,
 )
-from resexp.sweep import expand_grid
+from resexp.sweeps.plan import expand_grid
 
 
 def test_defaults_are_the_paper_recipe():
@@ -165,7 +165,7 @@ def test_every_documented_core_key_exists():
 
 
 def test_resolved_config_round_trips(tmp_path):
-    from resexp.config import dump_yaml
+    from resexp.core.config import dump_yaml
 
     cfg = load_config(write_config(tmp_path / "c.yaml", TINY), ["optim.schedule=cosine"])
     again = Config.model_validate(yaml.safe_load(dump_yaml(cfg)))
@@ -185,7 +185,7 @@ def test_resolved_config_round_trips(tmp_path):
 def test_a_config_on_a_base_resolves_to_its_flat_form(name, first, last):
     """The shipped configs that say `base:` are exactly the flat files they replaced (tests/data/configs_flat):
     the same resolved config, the same cells, the same run ids."""
-    from resexp.config import dump_yaml
+    from resexp.core.config import dump_yaml
 
     based, flat = (
         load_config(ROOT / "configs" / f"{name}.yaml"),
@@ -245,8 +245,8 @@ def test_a_bad_base_names_the_file_and_the_field(tmp_path, files, message):
 def test_the_shortcut_options_are_the_schemas_projections():
     from typing import get_args
 
-    from resexp.config import ModelConfig
-    from resexp.variants import ShortcutOption
+    from resexp.core.config import ModelConfig
+    from resexp.core.variants import ShortcutOption
 
     assert get_args(ModelConfig.model_fields["projection"].annotation) == tuple(o.value for o in ShortcutOption)
     assert [(o.value, o.letter, o.tag) for o in ShortcutOption] == [
@@ -260,7 +260,7 @@ def test_the_shortcut_options_are_the_schemas_projections():
 
 
 def test_blocks_per_stage_is_the_family_arithmetic():
-    from resexp.config import ModelConfig, blocks_per_stage
+    from resexp.core.config import ModelConfig, blocks_per_stage
 
     assert (blocks_per_stage(20), blocks_per_stage(110), blocks_per_stage(10, 2)) == (3, 18, 2)
     assert ModelConfig(depth=56).blocks_per_stage == blocks_per_stage(56) == 9

@@ -13,12 +13,12 @@ from conftest import ROOT, tiny_dict
 from tb_server import TensorBoardServer
 from tensorboard.plugins.custom_scalar import layout_pb2
 
-from resexp.colors import PLAIN_COLOR, RESNET_COLOR
-from resexp.config import Config
-from resexp.dashboard import FRAGMENT
-from resexp.report import build_report
-from resexp.sweep import expand_grid, run_sweep
-from resexp.tblog import LAYOUT_CATEGORIES, answer_wall_time, by_depth_tag, sweep_layout, vs_depth_tag
+from resexp.core.config import Config
+from resexp.reporting.colors import PLAIN_COLOR, RESNET_COLOR
+from resexp.reporting.dashboard import FRAGMENT
+from resexp.reporting.report import build_report
+from resexp.runs.tblog import LAYOUT_CATEGORIES, answer_wall_time, by_depth_tag, sweep_layout, vs_depth_tag
+from resexp.sweeps.plan import expand_grid, run_sweep
 
 DEPTHS = (8, 14)
 # The same tiny grid as test_sweep (one seed), so the compile cache is shared.
@@ -108,8 +108,8 @@ def test_report_charts_the_analyses_its_runs_have(tmp_path):
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.plugins.custom_scalar import layout_pb2
 
-    from resexp.records import REPORT_SUFFIX
-    from resexp.tblog import event_files
+    from resexp.reporting.records import REPORT_SUFFIX
+    from resexp.runs.tblog import event_files
 
     for depth in DEPTHS:
         run = tmp_path / f"plain{depth}"
@@ -133,13 +133,13 @@ def test_report_charts_the_analyses_its_runs_have(tmp_path):
 
 
 def test_tensorboard_palette_is_the_installed_ones():
-    """resexp.colors names TensorBoard's run palette: the one its web page really uses (an upgrade
+    """resexp.reporting.colors names TensorBoard's run palette: the one its web page really uses (an upgrade
     that changes it fails here, not silently in the dashboard's colours)."""
     import zipfile
 
     from tensorboard import assets
 
-    from resexp.colors import PLAIN_COLOR, RESNET_COLOR, TENSORBOARD_PALETTE
+    from resexp.reporting.colors import PLAIN_COLOR, RESNET_COLOR, TENSORBOARD_PALETTE
 
     with assets.get_default_assets_zip_provider()() as fp, zipfile.ZipFile(fp) as z:
         script = z.read("index.js").decode()
@@ -158,7 +158,7 @@ def test_summaries_record_software_and_machine(sweep_dir):
     import json
     from importlib import metadata
 
-    from resexp.parallel import cpu_conv_path
+    from resexp.core.parallel import cpu_conv_path
 
     for summary_path in sweep_dir.glob("*/summary.json"):
         summary = json.loads(summary_path.read_text())
@@ -201,9 +201,9 @@ def test_a_directory_of_sweeps_is_served_as_one_view(tmp_path):
     from rich.console import Console
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-    from resexp.dashboard import view_logdir
-    from resexp.records import REPORT_SUFFIX
-    from resexp.tblog import event_files
+    from resexp.reporting.dashboard import view_logdir
+    from resexp.reporting.records import REPORT_SUFFIX
+    from resexp.runs.tblog import event_files
 
     runs = tmp_path / "runs"
     for sweep in ("a", "b"):

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resexp.config import ConfigError, DataConfig
-from resexp.data import augment_batch, batch_indices, digits, load_data, synthetic
+from resexp.core.config import ConfigError, DataConfig
+from resexp.core.data import augment_batch, batch_indices, digits, load_data, synthetic
 
 
 def test_digits_is_the_real_embedded_set():

@@ -11,7 +11,7 @@ import fake_datasets as fd
 import numpy as np
 import pytest
 
-from resexp.datasets import (
+from resexp.core.datasets import (
     CONTENT_SHA256,
     DATASET_INFO,
     FILE_DATASETS,
@@ -26,7 +26,7 @@ from resexp.datasets import (
     locate,
     verify_content,
 )
-from resexp.errors import DataError, UserError
+from resexp.core.errors import DataError, UserError
 
 N = 10  # images per CIFAR batch file
 

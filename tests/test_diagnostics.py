@@ -21,10 +21,10 @@ from conftest import ROOT, all_eqns, run_cli, tiny_dict, write_config
 from flax import nnx
 from tolerance import assert_within_noise, exact_in_float64, spread
 
-from resexp import diagnostics
-from resexp.config import Config
-from resexp.data import load_data
-from resexp.models import Net, build_model, iter_blocks, split_params
+from resexp.core import diagnostics
+from resexp.core.config import Config
+from resexp.core.data import load_data
+from resexp.core.models import Net, build_model, iter_blocks, split_params
 
 EPS = 1e-5  # Norm's BatchNorm epsilon
 
@@ -230,8 +230,8 @@ def test_measure_matches_hand_computation(case, digits):
 def test_training_step_records_the_gradient_norms_of_its_update(digits):
     """grad_norm = norms of the gradient the step applied: our own jax.grad of the training loss
     (train-mode BN) at the pre-step parameters, on the batch that step drew."""
-    from resexp.data import batch_indices
-    from resexp.train import Engine
+    from resexp.core.data import batch_indices
+    from resexp.core.engine import Engine
 
     cfg = Config.model_validate(tiny_dict(model={"depth": 14}, data={"augment": False}))
     engine = Engine(cfg, digits)
@@ -288,7 +288,7 @@ def forward_convs(jaxpr) -> int:
 
 def test_diagnostics_are_part_of_the_eval_program_and_can_be_turned_off(digits):
     """Traced, not run: `train.diagnostics` adds the outputs to the one eval program, or nothing."""
-    from resexp.train import Engine
+    from resexp.core.engine import Engine
 
     shapes, convs = {}, {}
     for on in (True, False):
@@ -312,8 +312,8 @@ def test_diagnostics_are_part_of_the_eval_program_and_can_be_turned_off(digits):
 
 
 def _ratios_from_checkpoint(run_dir: Path, cfg: Config, data):
-    from resexp.checkpoint import Checkpoints
-    from resexp.train import Engine, restore_state
+    from resexp.core.checkpoint import Checkpoints
+    from resexp.core.engine import Engine, restore_state
 
     engine = Engine(cfg, data)
     ckpts = Checkpoints(run_dir / "checkpoints")
@@ -366,7 +366,7 @@ def test_training_run_reports_diagnostics(tmp_path, digits):
 def test_weight_decay_config_shows_the_ratio_falling(tmp_path):
     """configs/weight_decay_identity.yaml, shrunk (depth 6, widths 32/64, 100 steps): its largest
     weight decay leaves a clearly smaller mean residual ratio than no weight decay."""
-    from resexp.config import load_config
+    from resexp.core.config import load_config
 
     config = ROOT / "configs/weight_decay_identity.yaml"
     wds = load_config(config).sweep["optim.weight_decay"]

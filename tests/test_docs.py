@@ -33,7 +33,7 @@ from doc_commands import (
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from resexp.config import Config, parse_value
+from resexp.core.config import Config, parse_value
 
 DOCS = ROOT / "docs"
 CONFIGS_PAGE = DOCS / "configs.md"
@@ -189,3 +189,16 @@ def answer_in_the_browser(workdir: Path, env: dict) -> None:
     assert not problems, problems
     text = (workdir / "dashboard" / "custom_scalars.txt").read_text()
     assert "demo: Loss vs depth" in text and "demo_seeds: Loss vs depth" in text, text[:2000]
+
+
+def test_architecture_page_names_every_package_and_module():
+    """docs/architecture.md follows the code: each package of resexp/ has its row, and each module is
+    named in it (a module added, moved or renamed without the page fails here)."""
+    page = (DOCS / "architecture.md").read_text()
+    package = ROOT / "resexp"
+    for sub in sorted(p for p in package.iterdir() if (p / "__init__.py").exists()):
+        assert f"`{sub.name}/`" in page, f"package {sub.name}/ missing from docs/architecture.md"
+    modules = [p for p in package.rglob("*.py") if p.name not in {"__init__.py", "__main__.py"}]
+    modules = [p for p in modules if p.parent.name != "analysis"]  # the analyses: one row for the package
+    missing = [str(p.relative_to(package)) for p in modules if f"`{p.name}`" not in page]
+    assert not missing, f"modules missing from docs/architecture.md: {missing}"

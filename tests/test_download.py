@@ -13,10 +13,10 @@ from pathlib import Path
 import fake_datasets as fd
 import pytest
 
-import resexp.download as dl
-from resexp.datasets import FILE_DATASETS, load_files
-from resexp.download import DOWNLOADS, RemoteFile, download, file_checksum, load_manifest
-from resexp.errors import DataError
+import resexp.core.download as dl
+from resexp.core.datasets import FILE_DATASETS, load_files
+from resexp.core.download import DOWNLOADS, RemoteFile, download, file_checksum, load_manifest
+from resexp.core.errors import DataError
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):

@@ -19,10 +19,10 @@ from conftest import all_eqns, tiny_dict
 from flax import nnx
 from jax import export, lax
 
-from resexp import parallel
-from resexp.config import Config
-from resexp.data import load_data
-from resexp.train import Engine
+from resexp.core import parallel
+from resexp.core.config import Config
+from resexp.core.data import load_data
+from resexp.core.engine import Engine
 
 TARGETS = ("cuda", "tpu")
 STEPS = 2
@@ -155,7 +155,7 @@ def test_bench_cost_counts_every_layer_and_gives_a_roofline():
     sys.path.insert(0, str(ROOT / "scripts"))
     import bench
 
-    from resexp.models import layer_table
+    from resexp.core.models import layer_table
 
     if jax.default_backend() != "cpu":
         pytest.skip("XLA:GPU gives no cost analysis of a lowered module; gpu_bench.sh runs this part on the CPU")

@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import pytest
 from conftest import ROOT, run_cli, tiny_dict, write_config
 
-from resexp import diagnostics
-from resexp.config import Config
-from resexp.data import load_data
-from resexp.models import build_model
+from resexp.core import diagnostics
+from resexp.core.config import Config
+from resexp.core.data import load_data
+from resexp.core.models import build_model
 
 
 def _rows(stdout: str) -> dict[str, str]:

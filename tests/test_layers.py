@@ -80,26 +80,26 @@ def test_no_module_takes_another_modules_underscore_names() -> None:
 
 def test_the_check_sees_each_form_of_crossing() -> None:
     source = """
-import resexp.report
-import resexp.figures as F
-from resexp import diagnostics
+import resexp.reporting.report
+import resexp.reporting.figures as F
+from resexp.core import diagnostics
 from resexp.analysis import figures
-from resexp.records import _hidden, public
+from resexp.reporting.records import _hidden, public
 from . import _relative
 def f():
-    from resexp.diagnostics import _block_modes
-    return resexp.report._check(), F._png(), diagnostics._modes, figures._x, _hidden, public, resexp.__name__
+    from resexp.core.diagnostics import _block_modes
+    return resexp.reporting.report._check(), F._png(), diagnostics._modes, figures._x, _hidden, public, resexp.__name__
 """
     found = crossings("resexp.analysis.sweep", ast.parse(source))
     assert sorted(line.split(": ", 1)[1] for line in found) == sorted(
         [
-            "from resexp.records import _hidden",
+            "from resexp.reporting.records import _hidden",
             "from resexp.analysis import _relative",
-            "from resexp.diagnostics import _block_modes",
-            "resexp.report._check",
-            "resexp.figures._png",
-            "resexp.diagnostics._modes",
+            "from resexp.core.diagnostics import _block_modes",
+            "resexp.reporting.report._check",
+            "resexp.reporting.figures._png",
+            "resexp.core.diagnostics._modes",
             "resexp.analysis.figures._x",
         ]
     )
-    assert not crossings("resexp.records", ast.parse("from resexp.records import _own\n"))
+    assert not crossings("resexp.reporting.records", ast.parse("from resexp.reporting.records import _own\n"))

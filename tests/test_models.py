@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 from tolerance import assert_within_noise, exact_in_float64, spread
 
-from resexp.config import ModelConfig
-from resexp.models import Net, build_model, count_params, iter_blocks, layer_table
+from resexp.core.config import ModelConfig
+from resexp.core.models import Net, build_model, count_params, iter_blocks, layer_table
 
 
 def abstract_params(cfg: ModelConfig, shape=(32, 32, 3), classes=10) -> int:

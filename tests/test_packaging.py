@@ -15,9 +15,9 @@ import pytest
 from conftest import ROOT, run_cli
 
 import resexp
-from resexp.bundled import bundled_configs, bundled_dir, config_purpose, resolve_config
-from resexp.config import load_config, run_id
-from resexp.errors import ConfigError
+from resexp.core.bundled import bundled_configs, bundled_dir, config_purpose, resolve_config
+from resexp.core.config import load_config, run_id
+from resexp.core.errors import ConfigError
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 

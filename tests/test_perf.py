@@ -21,9 +21,9 @@ from conftest import ROOT, all_eqns, tiny_dict
 from flax import nnx
 from tolerance import assert_within_noise, drift, nudge_ulp, spread, within_noise
 
-from resexp import parallel
-from resexp.config import Config
-from resexp.data import load_data
+from resexp.core import parallel
+from resexp.core.config import Config
+from resexp.core.data import load_data
 
 STEPS = 10
 # Two programs that differ only in summation order (sharded vs one device, seeds in one program vs
@@ -60,7 +60,7 @@ def losses_of(engine, seeds, data, chunks: int = 1, nudge: bool = False):
 
 def onednn_or_skip() -> None:
     """Skip where the oneDNN extension is not built, except in CI on Linux x86_64, where `make test` builds it."""
-    from resexp import onednn_conv
+    from resexp.core import onednn_conv
 
     if not onednn_conv.available():
         if os.environ.get("CI") and sys.platform == "linux" and os.uname().machine == "x86_64":
@@ -125,7 +125,7 @@ def test_engine_convs_stay_canonical_inside_the_scanned_stages(digits, monkeypat
     Without the custom VJP the backward convs inside the scan keep non-canonical dimension
     labels (`f01b_i01o->01bf`, `b01f_01oi->b01f`) and run 10-30x slower.
     """
-    from resexp.train import Engine
+    from resexp.core.engine import Engine
 
     monkeypatch.setattr(parallel, "CPU_CONV", "xla")
 
@@ -165,7 +165,7 @@ def test_engine_convs_stay_canonical_inside_the_scanned_stages(digits, monkeypat
 def test_engine_convs_go_to_onednn_on_cpu(digits, monkeypatch):
     """With the extension built, every conv of a CPU training chunk (forward, input and kernel
     gradients, inside the scanned stages too) is a oneDNN custom call, and none is left to XLA."""
-    from resexp.train import Engine
+    from resexp.core.engine import Engine
 
     if jax.default_backend() != "cpu":
         pytest.skip("the oneDNN convs are XLA:CPU's")
@@ -188,7 +188,7 @@ def test_engine_convs_go_to_onednn_on_cpu(digits, monkeypatch):
 def test_onednn_convs_are_deterministic_and_use_the_pool_size(monkeypatch):
     """The same inputs give bit-identical outputs and gradients (a run stays a pure function of
     its config, seed and machine), with oneDNN's team no larger than XLA's Eigen pool."""
-    from resexp import onednn_conv
+    from resexp.core import onednn_conv
 
     onednn_or_skip()
     lib = onednn_conv.library()
@@ -206,7 +206,7 @@ def test_without_the_onednn_extension_convs_fall_back_with_one_line(tmp_path):
     code = textwrap.dedent(
         """
         import jax, jax.numpy as jnp
-        from resexp import parallel
+        from resexp.core import parallel
         dn = parallel._channels_last(2)
         x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
         f = lambda x, w: jnp.sum(parallel.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn))
@@ -234,7 +234,7 @@ def test_without_the_onednn_extension_convs_fall_back_with_one_line(tmp_path):
 def separate_runs(digits):
     """Seeds 3 and 4 trained alone, and again from one-ulp-nudged weights (the noise scale):
     ((losses, state), (nudged losses, nudged state)) each, shared by both seed-loop modes."""
-    from resexp.train import Engine
+    from resexp.core.engine import Engine
 
     alone = Engine(tiny_cfg(), digits)  # the seed is an argument: one compiled program serves all four runs
     return [(losses_of(alone, [s], digits), losses_of(alone, [s], digits, nudge=True)) for s in (3, 4)]
@@ -243,7 +243,7 @@ def separate_runs(digits):
 @pytest.mark.parametrize("seed_loop", ["vmap", "map"])
 def test_vmapped_seeds_train_like_separate_runs(digits, seed_loop, separate_runs, monkeypatch):
     """S seeds in one program (vmapped on accelerators, looped in-program on CPU) = S runs."""
-    from resexp.train import Engine
+    from resexp.core.engine import Engine
 
     cfg = tiny_cfg()
     engine = Engine(cfg, digits, seeds=2, seed_loop=seed_loop)
@@ -278,7 +278,7 @@ def test_vmapped_seeds_train_like_separate_runs(digits, seed_loop, separate_runs
 
 
 def test_bfloat16_computes_in_bf16_and_keeps_float32_state(digits):
-    from resexp.train import Engine
+    from resexp.core.engine import Engine
 
     engine = Engine(tiny_cfg(dtype="bfloat16"), digits)
     losses, state = losses_of(engine, [0], digits, chunks=2)
@@ -306,9 +306,9 @@ _DP_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from tests.conftest import tiny_dict
     from tests.tolerance import nudge_ulp
-    from resexp.config import Config
-    from resexp.data import load_data
-    from resexp.train import Engine
+    from resexp.core.config import Config
+    from resexp.core.data import load_data
+    from resexp.core.engine import Engine
 
     class PerDeviceBN(Engine):
         \"\"\"One device computing what 4 devices with *per-device* BN statistics would (DDP without
@@ -429,7 +429,7 @@ def test_bench_json_smoke():
 _FLAGS_SCRIPT = textwrap.dedent("""
     import json, os, sys
     sys.path.insert(0, sys.argv[1])
-    from resexp.runtime import configure_jax
+    from resexp.core.runtime import configure_jax
     configure_jax()
     import jax, jax.numpy as jnp
     x, w = jnp.ones((128, 16, 16, 32)), jnp.ones((3, 3, 32, 32))
@@ -459,7 +459,7 @@ def test_cpu_xla_flags_are_applied_unless_set_or_turned_off(monkeypatch):
     default = _flags_run()
     from jaxlib import version as jaxlib_version
 
-    from resexp import runtime
+    from resexp.core import runtime
 
     if not jaxlib_version.__version__.startswith(runtime._TESTED_JAXLIB):  # e.g. a GPU image's newer jaxlib
         assert default["xla_flags"] == ""  # flags measured on another jaxlib line are never passed
@@ -485,7 +485,8 @@ def test_gpu_runs_get_deterministic_ops_unless_turned_off():
     """On a GPU, configure_jax adds --xla_gpu_deterministic_ops=true (without it an H100 run resumed
     from a checkpoint left the never-stopped one); never on the CPU, never over the user's setting."""
     script = (
-        "import os; from resexp.runtime import configure_jax; configure_jax(); print(os.environ.get('XLA_FLAGS', ''))"
+        "import os; from resexp.core.runtime import configure_jax; configure_jax(); "
+        "print(os.environ.get('XLA_FLAGS', ''))"
     )
 
     def flags(**env) -> str:  # configure_jax only sets XLA_FLAGS: no backend starts, so cuda needs no GPU here

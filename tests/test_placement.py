@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 from conftest import run_cli, tiny_dict, write_config
 
-from resexp.errors import UserError
-from resexp.launch import LaunchError, SlurmOptions, pack_tasks, scale_memory
-from resexp.placement import Placement, memory_share, parse_gpu_list, plan, sharing_rule, visible_gpus
+from resexp.core.errors import UserError
+from resexp.core.placement import Placement, memory_share, parse_gpu_list, plan, sharing_rule, visible_gpus
+from resexp.sweeps.launch import LaunchError, SlurmOptions, pack_tasks, scale_memory
 
 # `nvidia-smi -L` on a machine with a whole GPU and a GPU split into two MIG instances
 NVIDIA_SMI_L = """\

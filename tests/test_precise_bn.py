@@ -19,10 +19,11 @@ import pytest
 from conftest import tiny_dict
 from tolerance import assert_within_noise, exact_in_float64, spread
 
-from resexp.checkpoint import Checkpoints
-from resexp.config import Config, run_id
-from resexp.data import load_data, precise_bn_indices
-from resexp.train import Engine, precise_bn_others, restore_state, train_runs
+from resexp.core.checkpoint import Checkpoints
+from resexp.core.config import Config, run_id
+from resexp.core.data import load_data, precise_bn_indices
+from resexp.core.engine import Engine, precise_bn_others, restore_state
+from resexp.runs.train import train_runs
 
 BATCHES = 8
 STEPS = 200
@@ -164,7 +165,7 @@ def test_resume_with_precise_bn_is_bit_exact(converged, tmp_path):
 
 
 def test_the_option_is_validated_and_off_by_default_keeps_run_ids():
-    from resexp.config import ConfigError, with_updates
+    from resexp.core.config import ConfigError, with_updates
 
     base = Config.model_validate(tiny_dict())
     assert base.train.precise_bn_batches == 0

@@ -23,9 +23,9 @@ import pytest
 from conftest import ROOT, run_cli, write_config
 from test_reliability import committed_steps, start_cli, wait_for
 
-from resexp.config import Config, run_id
-from resexp.datasets import CONTENT_SHA256, DATASET_INFO, find_dataset, load_files, verify_content
-from resexp.errors import DataError
+from resexp.core.config import Config, run_id
+from resexp.core.datasets import CONTENT_SHA256, DATASET_INFO, find_dataset, load_files, verify_content
+from resexp.core.errors import DataError
 
 NAME = "fashion_mnist"
 LEGACY = ROOT / "tests" / "data" / "legacy_sweep"

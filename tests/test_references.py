@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from resexp.references import HE2016_TABLE6, REFERENCES, Comparison, Reference
-from resexp.report import build_report
+from resexp.reporting.references import HE2016_TABLE6, REFERENCES, Comparison, Reference
+from resexp.reporting.report import build_report
 
 # Test errors (%) per (net, depth), one per seed: made up so that each verdict is known.
 ERRORS = {
@@ -136,11 +136,11 @@ def test_the_figure_marks_the_papers_points(reported):
     """The paper's stars and bars are black: the figure has more black than the same one without them."""
     import matplotlib.image
 
-    from resexp.figures import plot_test_error_vs_paper
+    from resexp.reporting.figures import plot_test_error_vs_paper
 
     sweep, report, _ = reported
     assert report.paths["test_error_vs_paper.png"] == sweep / "test_error_vs_paper.png"
-    from resexp.references import compare
+    from resexp.reporting.references import compare
 
     comparison = compare(report)
     without = Comparison(

@@ -153,9 +153,9 @@ def test_sweep_survives_divergence_and_an_incompatible_checkpoint(tmp_path, refe
     """A grid where one cell diverges and one finds a checkpoint of another model: the others finish."""
     import numpy as np
 
-    from resexp.checkpoint import Checkpoints
-    from resexp.config import load_config
-    from resexp.sweep import expand_grid
+    from resexp.core.checkpoint import Checkpoints
+    from resexp.core.config import load_config
+    from resexp.sweeps.plan import expand_grid
 
     config = write_config(
         tmp_path / "grid.yaml", {**R, "name": "grid", "sweep": {"optim.lr": [0.05, 10000.0], "train.seed": [0, 1]}}
@@ -203,7 +203,7 @@ def test_sigint_checkpoints_exits_130_and_resumes_to_the_same_result(tmp_path, r
 
 def test_second_signal_exits_at_once(monkeypatch):
     """The first SIGINT/SIGTERM asks for a checkpoint; the second one leaves immediately (os._exit)."""
-    from resexp.train import Interrupt
+    from resexp.runs.train import Interrupt
 
     exits: list[int] = []
     monkeypatch.setattr(os, "_exit", exits.append)
@@ -263,9 +263,9 @@ def test_completed_run_is_not_retrained_or_overwritten(reference):
 
 
 def test_changed_config_gets_a_new_run_and_a_reused_dir_is_refused(tmp_path, reference):
-    from resexp.config import load_config, run_id, with_updates
-    from resexp.errors import RunError
-    from resexp.runs import prepare_run_dir
+    from resexp.core.config import load_config, run_id, with_updates
+    from resexp.core.errors import RunError
+    from resexp.runs.store import prepare_run_dir
 
     cfg = load_config(reference[0])
     changed = with_updates(cfg, {"optim.lr": 0.02})
@@ -279,8 +279,8 @@ def test_changed_config_gets_a_new_run_and_a_reused_dir_is_refused(tmp_path, ref
 
 
 def test_two_sweeps_on_one_directory_train_every_run_exactly_once(tmp_path, reference):
-    from resexp.config import load_config
-    from resexp.sweep import expand_grid
+    from resexp.core.config import load_config
+    from resexp.sweeps.plan import expand_grid
 
     grid = {
         **R,
@@ -362,7 +362,7 @@ def test_sigterm_to_a_parallel_sweep_stops_its_workers_and_a_rerun_finishes(tmp_
 
 
 def test_run_lock_takes_over_only_dead_owners(tmp_path):
-    from resexp.runs import RunLock
+    from resexp.runs.store import RunLock
 
     host = socket.gethostname()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -438,8 +438,8 @@ def test_read_only_output_dir_is_one_clear_error(tmp_path):
 
 
 def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
-    from resexp.errors import RunError
-    from resexp.runs import write_atomic
+    from resexp.core.errors import RunError
+    from resexp.runs.store import write_atomic
 
     target = tmp_path / "summary.json"
     target.write_text("old\n")

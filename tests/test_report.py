@@ -1,4 +1,4 @@
-"""resexp.report on a hand-written sweep: tables, statistics, figures, idempotence,
+"""resexp.reporting.report on a hand-written sweep: tables, statistics, figures, idempotence,
 and what a real TensorBoard server shows for it."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import pytest
 from rich.console import Console
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from resexp.errors import UserError
-from resexp.records import REPORT_SUFFIX
-from resexp.report import build_report, build_reports
-from resexp.tblog import EventWriter, event_files, png_size
+from resexp.core.errors import UserError
+from resexp.reporting.records import REPORT_SUFFIX
+from resexp.reporting.report import build_report, build_reports
+from resexp.runs.tblog import EventWriter, event_files, png_size
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tb_server import TensorBoardServer
@@ -449,7 +449,7 @@ AXIS_VALUES = {
 
 def fabricated_run(sweep: Path, cfg) -> None:
     """A finished run of `cfg` (a real Config, so a real run id) with numbers that are a function of it."""
-    from resexp.config import run_id
+    from resexp.core.config import run_id
 
     m, wd, seed = cfg.model, cfg.optim.weight_decay, cfg.train.seed
     diverged = (m.depth, m.shortcut, seed) == (20, False, 2)
@@ -489,9 +489,9 @@ def test_reports_over_random_mixtures_of_grids(tmp_path, trial):
 
     from conftest import tiny_dict
 
-    from resexp.config import Config
-    from resexp.report import build_reports
-    from resexp.sweep import expand_grid, grid_axes, record_grid
+    from resexp.core.config import Config
+    from resexp.reporting.report import build_reports
+    from resexp.sweeps.plan import expand_grid, grid_axes, record_grid
 
     rng = random.Random(trial)
     sweep = tmp_path / "mixed"
@@ -560,8 +560,8 @@ def test_weight_decay_figure_colours_by_family_and_keeps_its_legend_off_the_line
     list every line and sit outside the axes, covering no point."""
     import matplotlib.colors as mcolors
 
-    from resexp.colors import PLAIN_COLOR, RESNET_COLOR
-    from resexp.figures import draw_loss_vs_depth
+    from resexp.reporting.colors import PLAIN_COLOR, RESNET_COLOR
+    from resexp.reporting.figures import draw_loss_vs_depth
 
     weight_decay_grid(tmp_path / "wd")
     report = build_report(tmp_path / "wd", console=Console(file=io.StringIO()), write_tensorboard=False)

@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, tiny_dict, write_config
 
-from resexp.config import Config
-from resexp.launch import LaunchError, SlurmOptions, time_limit_minutes
-from resexp.report import build_report
-from resexp.runs import read_summary
-from resexp.sweep import expand_grid, group_seeds, run_sweep
+from resexp.core.config import Config
+from resexp.reporting.report import build_report
+from resexp.runs.store import read_summary
+from resexp.sweeps.launch import LaunchError, SlurmOptions, time_limit_minutes
+from resexp.sweeps.plan import expand_grid, group_seeds, run_sweep
 
 GRID = tiny_dict(
     name="slurmtest-grid",

@@ -14,11 +14,11 @@ import pytest
 from conftest import run_cli, tiny_dict, write_config
 from tb_server import TensorBoardServer
 
-from resexp.config import Config, ConfigError
-from resexp.placement import plan
-from resexp.report import build_report
-from resexp.runs import read_summary
-from resexp.sweep import expand_grid, group_seeds, parse_grid, run_sweep, shard_cells
+from resexp.core.config import Config, ConfigError
+from resexp.core.placement import plan
+from resexp.reporting.report import build_report
+from resexp.runs.store import read_summary
+from resexp.sweeps.plan import expand_grid, group_seeds, parse_grid, run_sweep, shard_cells
 
 GRID = {"model.depth": [8, 14], "model.shortcut": [False, True], "train.seed": [0, 1]}
 SWEEP = tiny_dict(name="grid", sweep=GRID, train={"steps": 20, "log_every": 10, "checkpoint_every": 10})

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_cli, tiny_dict, write_config
 
-from resexp.config import Config, apply_overrides, load_config, run_id
-from resexp.data import augment_batch, augmented_batch
-from resexp.errors import ConfigError
-from resexp.sweep import expand_grid
+from resexp.core.config import Config, apply_overrides, load_config, run_id
+from resexp.core.data import augment_batch, augmented_batch
+from resexp.core.errors import ConfigError
+from resexp.sweeps.plan import expand_grid
 
 WARMUP = {"kind": "constant", "lr": 0.01, "until_train_error": 0.8, "steps": 2000}
 

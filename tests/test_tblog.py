@@ -1,4 +1,4 @@
-"""resexp.tblog: what it writes is what TensorBoard reads (EventAccumulator and a live server)."""
+"""resexp.runs.tblog: what it writes is what TensorBoard reads (EventAccumulator and a live server)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from resexp.tblog import EventWriter, coerce_hparams, event_files, hparam_domains, metric_tag, png_size
+from resexp.runs.tblog import EventWriter, coerce_hparams, event_files, hparam_domains, metric_tag, png_size
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tb_server import TensorBoardServer
@@ -37,7 +37,10 @@ def _accumulator(logdir: Path) -> EventAccumulator:
 
 
 def test_import_does_not_pull_in_tensorflow():
-    code = "import sys, resexp.tblog, resexp.report; assert 'tensorflow' not in sys.modules, 'TF imported'"
+    code = (
+        "import sys, resexp.runs.tblog, resexp.reporting.report; "
+        "assert 'tensorflow' not in sys.modules, 'TF imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

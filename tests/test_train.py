@@ -8,9 +8,9 @@ import shutil
 import pytest
 from conftest import tiny_dict
 
-from resexp.config import Config, run_id
-from resexp.tblog import event_files
-from resexp.train import train_runs
+from resexp.core.config import Config, run_id
+from resexp.runs.tblog import event_files
+from resexp.runs.train import train_runs
 
 
 @pytest.fixture(scope="module")

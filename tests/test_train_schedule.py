@@ -1,6 +1,6 @@
 """The host loop's per-chunk decisions (`train.chunk_length`, `train.due_at`), without training."""
 
-from resexp.train import Due, chunk_length, due_at
+from resexp.runs.train import Due, chunk_length, due_at
 
 
 def ends(total: int, log_every: int, start: int = 0) -> list[int]:

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from conftest import tiny_dict
 
-from resexp import optim
-from resexp.config import Config, run_id
-from resexp.errors import ConfigError
-from resexp.train import train_runs
+from resexp.core import optim
+from resexp.core.config import Config, run_id
+from resexp.core.errors import ConfigError
+from resexp.runs.train import train_runs
 
 WARM, BASE, THRESHOLD = 0.005, 0.05, 0.75
 
@@ -127,7 +127,7 @@ def test_the_update_uses_the_held_lr_before_the_switch_and_is_untouched_after():
 def test_bad_warmup_settings_name_the_key(tmp_path, optim_section, message):
     from conftest import write_config
 
-    from resexp.config import load_config
+    from resexp.core.config import load_config
 
     path = write_config(tmp_path / "bad.yaml", tiny_dict(optim=optim_section))
     with pytest.raises(ConfigError) as err:

@@ -11,7 +11,7 @@ one is its module plus one registry line. `run_analyses`, `analyze` over a sweep
 walk the registry: `prepare(info, **options) -> options` (validates, no JAX), `compute(run,
 options) -> result`, `scalars`, `describe`, `plot`, and `plot_vs_depth` for the sweep. Results
 are cached in `RUN_DIR/analysis/<name>.json` by checkpoint and options; reporting reads them
-through `resexp.analysis_results` (its results.csv columns are that module's `HEADLINE`).
+through `resexp.reporting.analysis_results` (its results.csv columns are that module's `HEADLINE`).
 
 Each analysis measures a bounded sample (its one sample-size option: `examples` test images,
 or `lines` for the gradients), batched into one compiled program per architecture, and
@@ -129,7 +129,7 @@ def run_analyses(
             todo.append(name)
     emit = progress or (lambda event: None)
     if todo:
-        from resexp.runtime import configure_jax
+        from resexp.core.runtime import configure_jax
 
         configure_jax()
         from resexp.analysis.common import init_run, load_run, timed, write_result
@@ -166,6 +166,6 @@ def _progress_event(emit: Sink, run: str, done: int, total: int) -> None:
 
 
 def _config(info: RunInfo):
-    from resexp.config import Config
+    from resexp.core.config import Config
 
     return Config.model_validate(info.summary["config"])

@@ -2,7 +2,7 @@
 recalibration, and the cache/JSON/TensorBoard plumbing around a result.
 
 The block walker (`blocks_to_logits`) is the one piece of model code here. It runs the very
-modules of `resexp.models.Net` (stem, blocks, head), but lets an analysis decide what each block
+modules of `resexp.core.models.Net` (stem, blocks, head), but lets an analysis decide what each block
 does with its input, given a per-block value scanned alongside the stacked blocks: a keep-mask
 (lesion), a stop-gradient mask (paths), nothing (signal propagation). Because the per-block
 value is data, not structure, one compiled program serves every mask of an architecture.
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resexp.analysis_results import ANALYSIS_DIR, read_result, result_path
-from resexp.errors import UserError
+from resexp.core.errors import UserError
+from resexp.reporting.analysis_results import ANALYSIS_DIR, read_result, result_path
 
 VERSION = 2  # bump when a computation changes: cached results from older code are recomputed
 EVENT_SUFFIX = ".resexp-analysis"
@@ -130,8 +130,8 @@ def write_result(
 
     The TensorBoard file of an earlier result of this analysis is replaced, never added to.
     """
-    from resexp.runs import write_atomic, write_json
-    from resexp.tblog import EventWriter, event_files
+    from resexp.runs.store import write_atomic, write_json
+    from resexp.runs.tblog import EventWriter, event_files
 
     doc = {
         "analysis": name,
@@ -164,8 +164,8 @@ def write_result(
 class LoadedRun:
     """A trained (or freshly initialised) net with its data, split for jitted analyses."""
 
-    cfg: Any  # resexp.config.Config
-    data: Any  # resexp.data.Data
+    cfg: Any  # resexp.core.config.Config
+    data: Any  # resexp.core.data.Data
     graphdef: Any
     params: Any
     others: Any
@@ -201,8 +201,8 @@ def graphdef_for(cfg, data, *, fast_conv: bool = True, bn_momentum: float | None
     import jax.numpy as jnp
     from flax import nnx
 
-    from resexp import parallel
-    from resexp.models import net_builder
+    from resexp.core import parallel
+    from resexp.core.models import net_builder
 
     build = net_builder(cfg.model, data.image_shape, data.num_classes, dtype=cfg.train.dtype)
     if fast_conv:
@@ -217,10 +217,10 @@ def graphdef_for(cfg, data, *, fast_conv: bool = True, bn_momentum: float | None
 
 def load_run(info: RunInfo) -> LoadedRun:
     """The run's final checkpoint, restored into its own architecture."""
-    from resexp.checkpoint import Checkpoints
-    from resexp.config import Config
-    from resexp.data import load_data
-    from resexp.train import abstract_train_state, restore_state
+    from resexp.core.checkpoint import Checkpoints
+    from resexp.core.config import Config
+    from resexp.core.data import load_data
+    from resexp.core.engine import abstract_train_state, restore_state
 
     cfg = Config.model_validate(info.summary["config"])
     data = load_data(cfg.data, source=str(info.dir / "config.yaml"))
@@ -239,9 +239,9 @@ def init_run(cfg, data=None) -> LoadedRun:
     import jax.numpy as jnp
     from flax import nnx
 
-    from resexp import parallel
-    from resexp.data import load_data
-    from resexp.models import net_builder
+    from resexp.core import parallel
+    from resexp.core.data import load_data
+    from resexp.core.models import net_builder
 
     data = data if data is not None else load_data(cfg.data)
     build = parallel.fast_conv_builder(
@@ -258,7 +258,7 @@ def recalibrate_bn(run: LoadedRun, images):
 
     net = nnx.merge(graphdef_for(run.cfg, run.data, bn_momentum=0.0), run.params, run.others, copy=True)
     net(images, train=True)
-    from resexp.models import split_params
+    from resexp.core.models import split_params
 
     return split_params(net)[2]
 
@@ -348,7 +348,7 @@ class BlockSpec:
 
 def block_specs(net) -> list[BlockSpec]:
     """Every block in forward order, read off the module tree."""
-    from resexp.diagnostics import block_modes
+    from resexp.core.diagnostics import block_modes
 
     specs = []
     for (name, mode), first in zip(block_modes(net), _first_flags(net), strict=True):
@@ -434,7 +434,7 @@ def test_set_size(config: dict) -> int:
     """Test examples of a run's dataset, from its config alone (no data loaded)."""
     data = config["data"]
     if data["name"] == "digits":
-        return 297  # resexp.data.DIGITS_TEST (that module imports JAX; a cached answer must not)
+        return 297  # resexp.core.data.DIGITS_TEST (that module imports JAX; a cached answer must not)
     if data["name"] == "synthetic":
         return int(data["num_test"])
     return 10_000  # CIFAR-10/100, MNIST, Fashion-MNIST

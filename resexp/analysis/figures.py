@@ -15,9 +15,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from resexp.figures import new_figure, png_bytes
+from resexp.reporting.figures import new_figure, png_bytes
 
-PLAIN, RES = "#d62728", "#1f77b4"  # the hues resexp.figures draws plain and ResNet in
+PLAIN, RES = "#d62728", "#1f77b4"  # the hues resexp.reporting.figures draws plain and ResNet in
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES = ("-", "--", ":", "-.")
 

@@ -162,7 +162,7 @@ def compute(run, options: dict) -> dict:
     # resexp's canonical conv VJP on XLA's kernels (parallel.py): its backward convs are differentiated
     # forward here, ~5x faster than XLA's own VJP under scan (same lambda to 1e-6, measured on ResNet-20);
     # oneDNN's custom calls cannot be, inside a scanned stage.
-    from resexp.parallel import xla_convs
+    from resexp.core.parallel import xla_convs
 
     with xla_convs():
         lams, per_group, sizes = power_iteration(

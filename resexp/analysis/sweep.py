@@ -2,7 +2,7 @@
 depth (plain vs ResNet), TensorBoard `vs_depth_analysis` series and images, and the report's
 columns.
 
-A sweep directory may hold several grids (`resexp.sweep`): `analyze` takes the first by default,
+A sweep directory may hold several grids (`resexp.sweeps.plan`): `analyze` takes the first by default,
 `--grid NAME` another (its directory under `grids/`), `--grid all` every one. Each grid's
 figures go beside its manifest, as its report does, and draw exactly its runs: colour is plain
 vs ResNet, every other key the grid sweeps is a marker and line style, named in the legend.
@@ -23,9 +23,9 @@ from typing import Any
 
 from resexp.analysis import REGISTRY, prepare_requests, run_analyses, uncached
 from resexp.analysis.common import EVENT_SUFFIX, AnalysisError, inspect_run
-from resexp.analysis_results import HEADLINE, headline_metrics, read_result
-from resexp.records import ANALYSIS_VS_DEPTH_DIR, RunRow, group_dirname, group_label
-from resexp.runs import write_atomic
+from resexp.reporting.analysis_results import HEADLINE, headline_metrics, read_result
+from resexp.reporting.records import ANALYSIS_VS_DEPTH_DIR, RunRow, group_dirname, group_label
+from resexp.runs.store import write_atomic
 
 ALL_GRIDS = "all"
 NOT_LINE_KEYS = ("model.depth", "train.seed", "model.shortcut")  # x axis, pooled, colour
@@ -78,7 +78,7 @@ def grid_label(grid_dir: Path, sweep_dir: Path) -> str:
 def select_grids(sweep_dir: Path, grid: str | None) -> list[GridRuns]:
     """The grids `--grid` asks for: None the first, "all" every one, else the one named
     (its directory under grids/, or a unique prefix of it)."""
-    from resexp.report import read_grids
+    from resexp.reporting.report import read_grids
 
     grids = read_grids(sweep_dir)
     if not grids:  # runs of `resexp train`, or an older resexp: the directory is one grid
@@ -204,7 +204,7 @@ def analyze_sweep(
         out.figures.update({(f"{g.name}/{k}" if len(out.grids) > 1 else k): v for k, v in written.items()})
     from rich.console import Console
 
-    from resexp.report import build_reports
+    from resexp.reporting.report import build_reports
 
     build_reports(sweep_dir, console=Console(quiet=True))
     return out
@@ -306,7 +306,7 @@ def _points(run_dirs: list[Path], axes: list[str]) -> list[dict]:
 def write_sweep_outputs(sweep_dir: Path, grid: GridRuns) -> dict[str, Path]:
     """Each analysis's figure against depth (`VS_DEPTH`) and the TensorBoard vs-depth series and
     images of one grid, beside its manifest (the grid's runs only)."""
-    from resexp.tblog import EventWriter, event_files
+    from resexp.runs.tblog import EventWriter, event_files
 
     points = _points(grid.run_dirs, grid.axes)
     name = sweep_dir.name if grid.out_dir == sweep_dir else f"{sweep_dir.name}/{grid.name}"

@@ -18,9 +18,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from resexp.bundled import SUFFIX, bundled_configs, bundled_name, is_bundled, resolve_config, unknown_name
-from resexp.errors import ConfigError
-from resexp.variants import ShortcutOption
+from resexp.core.bundled import SUFFIX, bundled_configs, bundled_name, is_bundled, resolve_config, unknown_name
+from resexp.core.errors import ConfigError
+from resexp.core.variants import ShortcutOption
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist")
 
@@ -100,7 +100,7 @@ def blocks_per_stage(depth: int, stages: int = 3) -> int:
 
 
 class WarmupConfig(_Section):
-    """How the first steps' learning rate departs from the schedule (see `resexp.optim`).
+    """How the first steps' learning rate departs from the schedule (see `resexp.core.optim`).
 
     linear:   lr ramps from lr/steps to lr over `steps` (same as `optim.warmup_steps`).
     constant: lr is held at `warmup.lr` until step `steps`, or until a logging window's
@@ -200,7 +200,7 @@ class TrainConfig(_Section):
 class ReportConfig(_Section):
     """What `resexp report` sets beside a sweep's numbers (it changes no run)."""
 
-    reference: Literal["he2016_table6"] | None = None  # published numbers: see resexp.references
+    reference: Literal["he2016_table6"] | None = None  # published numbers: see resexp.reporting.references
 
 
 class SweepOverride(_Section):
@@ -452,7 +452,7 @@ def read_config(path: Path, source: str | None = None, chain: tuple[Path, ...] =
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config (a path or a bundled config's name, see `resexp.bundled`) and its `base:`
+    """Read a YAML config (a path or a bundled config's name, see `resexp.core.bundled`) and its `base:`
     chain, apply `key=value` overrides, validate the whole thing."""
     path = resolve_config(path)
     source = _source(path)
@@ -565,7 +565,7 @@ def identity_dict(cfg: Config) -> dict:
     `name`, `sweep`, `sweep_overrides` and `report` say where a run came from and how it is
     reported, and `vmap_seeds` how it was batched with others; none changes what one seed's
     run computes. Nor does `data.dir`, where the files happen to be: a file dataset is known by
-    its content (the published digests resexp checks, resexp.datasets.CONTENT_SHA256, which
+    its content (the published digests resexp checks, resexp.core.datasets.CONTENT_SHA256, which
     stand in the identity where they exist), and the `synthetic`-only keys mean nothing to it.
     Settings added later are left out at their default (which is what runs before them
     computed), so existing run ids stay valid: a digits run keeps the id it always had.
@@ -573,7 +573,7 @@ def identity_dict(cfg: Config) -> dict:
     d = legacy_identity_dict(cfg)
     d["data"]["dir"] = None  # the key stays, at what runs without a data.dir were hashed with
     if cfg.data.name not in ("digits", "synthetic"):
-        from resexp.datasets import CONTENT_SHA256, content_digest
+        from resexp.core.datasets import CONTENT_SHA256, content_digest
 
         for key in SYNTHETIC_ONLY:
             d["data"].pop(key)

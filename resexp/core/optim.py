@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from resexp.config import OptimConfig
+from resexp.core.config import OptimConfig
 
 
 def lr_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:

@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from resexp.records import DEPTH_KEY, Report, mean_std, net_name
-from resexp.variants import ShortcutOption
+from resexp.core.variants import ShortcutOption
+from resexp.reporting.records import DEPTH_KEY, Report, mean_std, net_name
 
 # Within = |yours - paper| <= SPREAD_MULTIPLE x the paper's run-to-run std. The paper reports a
 # std for ResNet-110 only (0.16 pt over 5 runs); it is the best estimate of seed noise it gives,

@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from resexp.errors import RunError
+from resexp.core.errors import RunError
 
 # Orbax logs every save at INFO, and logs each failure (with a page of tensorstore spec) at
 # ERROR before raising it; we raise every failure ourselves, as one line where a user can fix it.

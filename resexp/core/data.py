@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resexp.config import DataConfig
-from resexp.datasets import (
+from resexp.core.config import DataConfig
+from resexp.core.datasets import (
     FILE_DATASETS,
     ArraySplits,
     Content,
@@ -29,7 +29,7 @@ from resexp.datasets import (
     load_files,
     verify_content,
 )
-from resexp.errors import ConfigError, DataError
+from resexp.core.errors import ConfigError, DataError
 
 __all__ = ["Data", "default_data_dir", "load_data", "load_splits"]
 
@@ -129,14 +129,14 @@ def synthetic(num_train: int, num_test: int, image_size: int, channels: int, num
     digest = hashlib.sha256()
     for part in (images, labels):
         digest.update(np.ascontiguousarray(part).tobytes())
-    content = Content("generated (resexp.data.synthetic)", {"arrays": digest.hexdigest()})
+    content = Content("generated (resexp.core.data.synthetic)", {"arrays": digest.hexdigest()})
     train, test = slice(None, num_train), slice(num_train, None)
     return ArraySplits(images[train], labels[train], images[test], labels[test], num_classes, "synthetic", content)
 
 
 def load_splits(cfg: DataConfig) -> ArraySplits:
     """The arrays of the configured dataset. A file dataset is read from `data.dir`, or else found
-    along the search path (resexp.datasets.data_search_path), and checked against its published digests."""
+    along the search path (resexp.core.datasets.data_search_path), and checked against its published digests."""
     if cfg.name == "digits":
         return digits()
     if cfg.name == "synthetic":
@@ -242,7 +242,7 @@ def dataset_shape(cfg: DataConfig) -> tuple[tuple[int, int, int], int]:
         return (8, 8, 1), 10
     if cfg.name == "synthetic":
         return (cfg.image_size, cfg.image_size, cfg.channels), cfg.num_classes
-    from resexp.datasets import DATASET_INFO
+    from resexp.core.datasets import DATASET_INFO
 
     info = DATASET_INFO[cfg.name]
     return tuple(info.image_shape), info.num_classes  # type: ignore[return-value]

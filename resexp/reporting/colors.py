@@ -1,6 +1,6 @@
 """The study's two hues, defined once: plain nets blue, residual nets (ResNets) orange.
 
-Every figure (`resexp.figures`, `resexp.analysis`) and every TensorBoard chart that compares
+Every figure (`resexp.reporting.figures`, `resexp.analysis`) and every TensorBoard chart that compares
 the two families draws plain in `PLAIN_COLOR` and residual in `RESNET_COLOR`; any other swept
 key (weight decay, projection, depth within a family) is shown by line style, marker, panel or
 the lightness of the family's hue, never by another hue.

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from resexp.config import ModelConfig
-from resexp.variants import ShortcutOption
+from resexp.core.config import ModelConfig
+from resexp.core.variants import ShortcutOption
 
 HE_INIT = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")  # He et al. 2015
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from resexp.config import Config, ConfigError, apply_overrides, check_key, parse_value, run_id, with_updates
-from resexp.errors import UserError
-from resexp.placement import Placement, plan, sharing_rule, visible_gpus
-from resexp.runs import FINAL, GRIDS_DIR, MANIFEST, Manifest, read_manifests, read_summary, write_json
+from resexp.core.config import Config, ConfigError, apply_overrides, check_key, parse_value, run_id, with_updates
+from resexp.core.errors import UserError
+from resexp.core.placement import Placement, plan, sharing_rule, visible_gpus
+from resexp.runs.store import FINAL, GRIDS_DIR, MANIFEST, Manifest, read_manifests, read_summary, write_json
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,8 @@ class Cell:
 
 def in_sweep_dir(cells: list[Cell], sweep_dir: Path) -> list[Cell]:
     """`cells`, each named by the directory its run has in `sweep_dir`: a run an earlier version
-    made under an older id keeps that directory (resexp.runs.run_dir_for)."""
-    from resexp.runs import run_dir_for
+    made under an older id keeps that directory (resexp.runs.store.run_dir_for)."""
+    from resexp.runs.store import run_dir_for
 
     out = []
     for c in cells:
@@ -207,7 +207,7 @@ def record_failure(cells: list[Cell], sweep_dir: Path, exc: BaseException) -> li
 
 def _train_group(cells: list[Cell], sweep_dir: Path, progress: bool, extra_summary: dict | None = None) -> list[dict]:
     """Train one group; a crash becomes a `failed` summary so the sweep goes on."""
-    from resexp.train import train_runs
+    from resexp.runs.train import train_runs
 
     try:
         outcomes = train_runs(
@@ -234,13 +234,13 @@ def _train_group(cells: list[Cell], sweep_dir: Path, progress: bool, extra_summa
 
 def _init_worker(slots, placements: list[Placement]) -> None:
     """A pool worker's first act, before JAX: take a free slot and its placement (GPU, memory)."""
-    from resexp.placement import apply
+    from resexp.core.placement import apply
 
     apply(placements[slots.get()])
 
 
 def _worker(payload: tuple[list[dict], list[dict], str, dict | None]) -> list[dict]:
-    from resexp.runtime import configure_jax
+    from resexp.core.runtime import configure_jax
 
     configure_jax()
     cfg_dicts, keys, sweep_dir, extra_summary = payload
@@ -302,7 +302,7 @@ def run_sweep(
     """Train every group (skipping finished runs), `jobs` at a time; returns one result per run.
 
     With `jobs` > 1 the groups go to a pool of worker processes, each placed by
-    `resexp.placement.plan` (its own GPU, a share of its memory) unless `placements` says where.
+    `resexp.core.placement.plan` (its own GPU, a share of its memory) unless `placements` says where.
     `extra_summary` is merged into every summary.json (a launcher's job id). `forward_sigterm`
     (default: unless this process is inside a SLURM job) passes a SIGTERM on to the workers.
     """
@@ -383,7 +383,7 @@ class SweepPlan:
 
 def record_plan(plan: SweepPlan) -> Manifest:
     """Write the plan's manifest; an unwritable directory is one line."""
-    from resexp.errors import RunError
+    from resexp.core.errors import RunError
 
     try:
         return record_grid(plan.sweep_dir, plan.name, grid_axes(plan.cfg, plan.axes), plan.axes, plan.cells)
@@ -394,8 +394,8 @@ def record_plan(plan: SweepPlan) -> Manifest:
 def check_data(cells: list[Cell], *, source: str, load: bool) -> None:
     """Fail once, before any run, on a missing or corrupt dataset. `load=False` only checks that the
     files are there (worker processes and jobs load them; here they would hold device memory)."""
-    from resexp.data import load_data
-    from resexp.datasets import FILE_DATASETS, find_dataset
+    from resexp.core.data import load_data
+    from resexp.core.datasets import FILE_DATASETS, find_dataset
 
     if not cells:
         return
@@ -473,7 +473,7 @@ class InProcess:
         console.print(plan_table(plan))
 
     def prepare(self, plan: SweepPlan) -> tuple[SweepPlan, list[Cell]]:
-        from resexp.runtime import configure_jax
+        from resexp.core.runtime import configure_jax
 
         configure_jax()
         return plan, plan.mine

@@ -64,7 +64,7 @@ def provenance() -> dict[str, Any]:
     import jax
 
     if jax.default_backend() == "cpu":  # oneDNN's or XLA's conv kernels: a run's last bits depend on it
-        from resexp.parallel import cpu_conv_path
+        from resexp.core.parallel import cpu_conv_path
 
         out["cpu_conv"] = cpu_conv_path()
     return out

@@ -19,7 +19,7 @@ import difflib
 from importlib import resources
 from pathlib import Path
 
-from resexp.errors import ConfigError
+from resexp.core.errors import ConfigError
 
 __all__ = [
     "SUFFIX",

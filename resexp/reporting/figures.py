@@ -1,6 +1,6 @@
 """Every figure of a sweep report: how a number is *drawn*, apart from how it is computed.
 
-`resexp.records` holds the numbers (runs, cells, groups; `resexp.report` builds them); each `plot_*`
+`records` holds the numbers (runs, cells, groups; `report` builds them); each `plot_*`
 here takes a `Report` and returns PNG bytes (or None when the sweep has nothing to show),
 so a figure can be rebuilt, written to disk or sent to TensorBoard alike. matplotlib is
 imported only here, and only when a figure is drawn.
@@ -13,8 +13,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from resexp.colors import family_color, family_shades
-from resexp.records import (
+from resexp.reporting.colors import family_color, family_shades
+from resexp.reporting.records import (
     DEPTH_KEY,
     SHORTCUT_KEY,
     WD_KEY,
@@ -52,7 +52,7 @@ def _hue(family: bool | None) -> str:
 
 
 def _group_styles(groups: Mapping[tuple, list[GridCell]], group_keys: Sequence[str]) -> dict[tuple, dict[str, Any]]:
-    """Colour by family (`resexp.colors`: plain blue, ResNet orange); the other swept keys (one
+    """Colour by family (`resexp.reporting.colors`: plain blue, ResNet orange); the other swept keys (one
     combination per group, e.g. a weight decay) by line style and marker. With nothing else
     swept, plain is dashed and ResNet solid, as in He et al."""
     others = [k for k in group_keys if k != SHORTCUT_KEY]

@@ -1,8 +1,8 @@
 """What a sweep report is made of: runs read from their ``summary.json``, grid cells with their
 seed statistics, groups of cells, and the names and numbers a table or figure shows.
 
-Pure data and arithmetic (no JAX, no matplotlib, nothing written): `resexp.report` builds these
-and writes the files, `resexp.figures` and `resexp.references` only read them.
+Pure data and arithmetic (no JAX, no matplotlib, nothing written): `resexp.reporting.report` builds these
+and writes the files, `resexp.reporting.figures` and `resexp.reporting.references` only read them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resexp.variants import ShortcutOption
+from resexp.core.variants import ShortcutOption
 
 __all__ = [
     "AGGREGATE_METRICS",
@@ -171,7 +171,7 @@ class Report:
     paths: dict[str, Path] = field(default_factory=dict)  # name -> file written
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)  # file name -> PNG drawn
     event_files: list[Path] = field(default_factory=list)  # TensorBoard files written
-    comparison: Any = None  # resexp.references.Comparison when the config names a paper to compare with
+    comparison: Any = None  # resexp.reporting.references.Comparison when the config names a paper to compare with
 
     @property
     def cell_keys(self) -> list[str]:

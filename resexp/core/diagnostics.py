@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from resexp.models import split_params
+from resexp.core.models import split_params
 
 _NORMED = {"kernel", "scale", "gate"}  # conv/dense weights, BN scales (gamma), rezero gates
 
@@ -47,7 +47,7 @@ def measure(graphdef, params, others, x_eval, grad_norm: dict) -> dict:
     """All live diagnostics in one traced function: one extra forward pass.
 
     `grad_norm` is `layer_norms` of the last training step's gradients, which the training
-    step itself records (see `train.Engine.train_step`): differentiating again here would cost
+    step itself records (see `engine.Engine.train_step`): differentiating again here would cost
     a second backward program to compile for numbers the step already had.
     """
     model = nnx.merge(graphdef, params, others, copy=True)
@@ -167,7 +167,7 @@ def block_modes(model) -> list[tuple[str, str]]:
 def _identity_arrays(graphdef, zero: bool, params, others, x):
     """Per block: its input `a` (from the unmodified net, so every block, however deep, sees
     a real non-negative input), and what the block with its last layer zeroed makes of it."""
-    from resexp.models import iter_blocks
+    from resexp.core.models import iter_blocks
 
     net = nnx.merge(graphdef, params, others)
     zeroed = nnx.merge(graphdef, _zero_last_layers(params) if zero else params, others)

@@ -21,7 +21,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     """Join the group; call before anything touches a JAX backend (after `runtime.configure_jax`)."""
     import jax
 
-    from resexp.runtime import expected_backend
+    from resexp.core.runtime import expected_backend
 
     if expected_backend() == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process all-reduce on CPU

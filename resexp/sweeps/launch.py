@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resexp.errors import UserError
-from resexp.runs import FINAL, read_summary, write_json
-from resexp.signals import SignalRecorder
-from resexp.sweep import Executed
+from resexp.core.errors import UserError
+from resexp.core.signals import SignalRecorder
+from resexp.runs.store import FINAL, read_summary, write_json
+from resexp.sweeps.plan import Executed
 
 LAUNCHERS = ("slurm", "local")
 FOLDER = ".submitit"
@@ -255,7 +255,7 @@ class CellJob:
 
     A cell is one run or one seed group (`train.vmap_seeds`). A task of one cell trains it in
     this process; a task of several (`--runs-per-task K`) trains them at once, each in its own
-    worker process placed by `resexp.placement` (the task's GPUs shared, a share of memory each),
+    worker process placed by `resexp.core.placement` (the task's GPUs shared, a share of memory each),
     and stops, checkpoints and is requeued as one: every run resumes from its own checkpoint.
     """
 
@@ -282,7 +282,7 @@ class CellJob:
                     os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
             placements = self._placements(slot)
             if len(self.cells) == 1:
-                from resexp.placement import apply
+                from resexp.core.placement import apply
 
                 apply(placements[0])  # before JAX starts in this process
                 statuses, stopped = self._train(sweep_dir, job_id, restarts), None
@@ -301,7 +301,7 @@ class CellJob:
     def _placements(self, slot: int):
         """Where this task's cells train: the task's GPUs (SLURM's, or for the local launcher the
         submitter's, dealt over every slot's workers so that concurrent tasks share them evenly)."""
-        from resexp.placement import plan, visible_gpus
+        from resexp.core.placement import plan, visible_gpus
 
         gpus = visible_gpus()
         if self.launcher == "local" and self.slots > 1:
@@ -311,8 +311,8 @@ class CellJob:
 
     def _cells(self, sweep_dir: Path) -> list:
         """Each cell's runs as sweep cells, named by their directories there (an earlier version's id counts)."""
-        from resexp.config import Config
-        from resexp.sweep import Cell, in_sweep_dir
+        from resexp.core.config import Config
+        from resexp.sweeps.plan import Cell, in_sweep_dir
 
         return [
             in_sweep_dir([Cell(Config.model_validate(d), k) for d, k in zip(cfgs, keys, strict=True)], sweep_dir)
@@ -320,7 +320,7 @@ class CellJob:
         ]
 
     def _log_start(self, sweep_dir: Path, job_id: str | None, restarts: int, ids: list[str]) -> None:
-        from resexp.checkpoint import Checkpoints
+        from resexp.core.checkpoint import Checkpoints
 
         steps = [
             max(Checkpoints(sweep_dir / r / "checkpoints").all_steps() or [0]) if (sweep_dir / r).exists() else 0
@@ -329,11 +329,11 @@ class CellJob:
         _log(f"job {job_id or os.getpid()} (restart {restarts}): {', '.join(ids)} from step {min(steps)}")
 
     def _train(self, sweep_dir: Path, job_id: str | None, restarts: int) -> dict[str, str | None]:
-        from resexp.runtime import configure_jax
+        from resexp.core.runtime import configure_jax
 
         configure_jax()
-        from resexp.sweep import record_failure
-        from resexp.train import train_runs
+        from resexp.runs.train import train_runs
+        from resexp.sweeps.plan import record_failure
 
         cells = self._cells(sweep_dir)[0]
         self._log_start(sweep_dir, job_id, restarts, [c.run_id for c in cells])
@@ -356,7 +356,7 @@ class CellJob:
         self, sweep_dir: Path, job_id: str | None, restarts: int, placements: list, signals: _Signals
     ) -> tuple[dict[str, str | None], int | None]:
         """Every cell at once, one worker process each; (run id -> status, the signal that stopped it)."""
-        from resexp.sweep import Stopped, record_failure, run_sweep
+        from resexp.sweeps.plan import Stopped, record_failure, run_sweep
 
         groups = self._cells(sweep_dir)
         ids = [c.run_id for g in groups for c in g]
@@ -422,7 +422,7 @@ class ReportJob:
     def __call__(self) -> str:
         while any(_alive(p) for p in self.wait_for_pids):
             time.sleep(0.5)
-        from resexp.report import build_report
+        from resexp.reporting.report import build_report
 
         build_report(Path(self.sweep_dir))
         return str(Path(self.sweep_dir) / "results.csv")
@@ -596,7 +596,7 @@ class SubmititExecutor:
         self.launcher, self.opts, self.wait = launcher, opts, wait
         self.console, self.err_console = console, err_console
         if opts.runs_per_task > 1:
-            from resexp.placement import sharing_rule
+            from resexp.core.placement import sharing_rule
 
             sharing_rule()  # an unknown RESEXP_GPU_SHARING fails here, before anything is written
 

@@ -1,7 +1,7 @@
 """Rebuild every aggregate of a sweep directory from its runs' ``summary.json`` files.
 
 This module reads the runs, writes the files and prints the tables; what they hold (runs, cells,
-groups, names) is `resexp.records`.
+groups, names) is `resexp.reporting.records`.
 
 A sweep directory holds runs (one directory each) and the grids swept into it. Each
 ``resexp sweep`` records its grid in a manifest: the first grid of a directory in
@@ -13,14 +13,14 @@ Every grid's report is written beside its manifest and shows exactly that grid's
 * ``aggregate.csv``: one row per cell (the swept keys except ``train.seed``) with
   mean and SAMPLE standard deviation (ddof=1; 0 when n=1) over the cell's
   completed runs, the number of runs and of diverged runs;
-* figures (``resexp.figures``): ``loss_vs_depth.png``, ``response_std.png`` and
+* figures (``resexp.reporting.figures``): ``loss_vs_depth.png``, ``response_std.png`` and
   ``residual_ratio_vs_wd.png`` when the grid allows;
 * TensorBoard, for the whole directory (every grid's runs pooled by config): the answer in
   ``SWEEP/vs_depth/<family>/``, one run per family (plain, ResNet) whose series step over
   depth and name the other swept keys in their tags, and every grid's figures as images in
   ``SWEEP/vs_depth/``; the Custom Scalars layout and the HParams experiment at ``SWEEP/``,
   one HParams session per run in ``SWEEP/<run-id>/``. One run per family, written first,
-  is what keeps a family's colour in TensorBoard (`resexp.colors`).
+  is what keeps a family's colour in TensorBoard (`resexp.reporting.colors`).
 
 A run's swept values are always read from its own resolved config (``summary.json`` →
 ``config``), never from what happened to be swept when it was launched, so runs reused by
@@ -44,10 +44,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from resexp.analysis_results import HEADLINE, headline_metrics
-from resexp.colors import family_position
-from resexp.errors import UserError
-from resexp.records import (
+from resexp.core.errors import UserError
+from resexp.reporting.analysis_results import HEADLINE, headline_metrics
+from resexp.reporting.colors import family_position
+from resexp.reporting.records import (
     AGGREGATE_METRICS,
     ANALYSIS_VS_DEPTH_DIR,
     DEPTH_KEY,
@@ -72,8 +72,8 @@ from resexp.records import (
     sort_key,
     to_float,
 )
-from resexp.runs import GRIDS_DIR, MANIFEST, read_manifests, write_atomic
-from resexp.tblog import (
+from resexp.runs.store import GRIDS_DIR, MANIFEST, read_manifests, write_atomic
+from resexp.runs.tblog import (
     EventWriter,
     answer_wall_time,
     by_depth_tag,
@@ -538,7 +538,7 @@ def _build_grid(
     report = Report(sweep_dir, out_dir, grid.name, swept, rows, cells, grid_runs, notes)
 
     # Figures first (their notes go into results.json too).
-    from resexp.figures import plot_loss_vs_depth, plot_residual_ratio_vs_wd, plot_response_std
+    from resexp.reporting.figures import plot_loss_vs_depth, plot_residual_ratio_vs_wd, plot_response_std
 
     figures: dict[str, bytes] = {}
     if not cells:
@@ -555,11 +555,11 @@ def _build_grid(
         if png is not None:
             figures["residual_ratio_vs_wd.png"] = png
     # The paper beside the numbers, when the sweep's config names one (report.reference).
-    from resexp.references import compare
+    from resexp.reporting.references import compare
 
     comparison = compare(report) if cells else None
     if comparison is not None:
-        from resexp.figures import plot_test_error_vs_paper
+        from resexp.reporting.figures import plot_test_error_vs_paper
 
         figures["test_error_vs_paper.png"] = plot_test_error_vs_paper(
             report, comparison, f"{grid.name}: test error vs {comparison.reference.name}"

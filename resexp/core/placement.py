@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resexp.errors import UserError
+from resexp.core.errors import UserError
 
 SHARING_ENV = "RESEXP_GPU_SHARING"
 SHARING_RULES = ("fraction", "grow", "platform", "off")
@@ -125,7 +125,7 @@ def _listed_gpus() -> list[str]:
 def visible_gpus() -> list[str]:
     """The GPUs this process may hand to workers: CUDA_VISIBLE_DEVICES's entries when it is set,
     else every GPU of the machine; none when JAX will not run on a GPU here."""
-    from resexp.runtime import expected_backend
+    from resexp.core.runtime import expected_backend
 
     if expected_backend() != "gpu":
         return []

@@ -34,7 +34,7 @@ share its colour and differ by marker. The report therefore writes one run per
 family (plain / residual), the other swept keys in the tags (`vs_depth_tag(...,
 group=...)`), and pins those runs' event times (`EventWriter(wall_time=...)`,
 `answer_wall_time`) before any real run, so each family keeps its hue
-(`resexp.colors`).
+(`resexp.reporting.colors`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ and the dataset's :class:`Content`: where it was read and the sha256 of each fil
 bytes. Those digests, not the file names or the compression, are the dataset's identity: the
 official ``.gz`` files and a recompressed copy (Debian's ``dataset-fashion-mnist``) hold the same
 bytes. Where the published content is known (:data:`CONTENT_SHA256`), :func:`verify_content`
-refuses anything else. Nothing here downloads; :mod:`resexp.download` fetches the files, and every
+refuses anything else. Nothing here downloads; :mod:`resexp.core.download` fetches the files, and every
 "not found" error names the exact command that fixes it.
 
 With no folder given, :func:`find_dataset` looks in :func:`data_search_path`: ``$RESEXP_DATA_DIR``,
@@ -45,7 +45,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from resexp.errors import DataError
+from resexp.core.errors import DataError
 
 __all__ = [
     "CONTENT_SHA256",

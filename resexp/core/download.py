@@ -1,7 +1,7 @@
 """Fetch the file datasets from their official hosts (or a mirror), verifying every checksum.
 
 ``download(name, dest)`` writes the published files, unchanged, into ``dest/<name>/`` and
-returns that folder, which :func:`resexp.datasets.load_files` reads as is (the CIFAR
+returns that folder, which :func:`resexp.core.datasets.load_files` reads as is (the CIFAR
 archives are read without extraction). Each file streams into ``<file>.part`` next to its
 final place, is hashed on the way, and is renamed with ``os.replace`` only once its checksum
 matches, so an interrupted or corrupt transfer never leaves a file the loader could trust.
@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from resexp.errors import DataError
+from resexp.core.errors import DataError
 
 __all__ = ["DOWNLOADS", "TIMEOUT_S", "RemoteFile", "download", "file_checksum", "load_manifest"]
 
@@ -84,7 +84,7 @@ def _command(name: str, dest: Path) -> str:
 
 def _offline_hint(name: str) -> str:
     """Where a system package ships the same data, the way to it without a network."""
-    from resexp.datasets import SYSTEM_DATA_DIR, SYSTEM_PACKAGES
+    from resexp.core.datasets import SYSTEM_DATA_DIR, SYSTEM_PACKAGES
 
     package = SYSTEM_PACKAGES.get(name)
     if package is None:

@@ -10,7 +10,7 @@ defaults hide the answer, and the event files a report writes cannot change them
 2. "Ignore outliers in chart scaling", on by default and kept in the browser (localStorage, not
    the address), leaves the largest value of a chart out of its y range: the deep plain net.
 3. A run's colour is its position in the run list. The report pins its two family runs first
-   (`resexp.colors`), which holds within one sweep directory; over a directory of several sweeps
+   (`resexp.reporting.colors`), which holds within one sweep directory; over a directory of several sweeps
    each sweep's family runs would take the next palette colours instead.
 
 So the launcher serves TensorBoard's own app (`tensorboard.program`, as `tensorboard` itself does)
@@ -36,7 +36,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import quote
 
-from resexp.errors import UserError
+from resexp.core.errors import UserError
 
 __all__ = ["ANSWER_RUNS", "FRAGMENT", "answer_url", "is_sweep_dir", "serve", "tensorboard_hint", "view_logdir"]
 
@@ -82,8 +82,8 @@ def tensorboard_hint(path: Path) -> str:
 
 def is_sweep_dir(path: Path) -> bool:
     """A sweep directory: a grid's manifest or a report at its top."""
-    from resexp.records import REPORT_SUFFIX
-    from resexp.runs import MANIFEST
+    from resexp.reporting.records import REPORT_SUFFIX
+    from resexp.runs.store import MANIFEST
 
     return (path / MANIFEST).is_file() or any(path.glob(f"events.out.tfevents.*{REPORT_SUFFIX}"))
 
@@ -116,8 +116,8 @@ def _build_view(root: Path, sweeps: list[Path], view: Path) -> None:
     from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
     from tensorboard.compat.proto import summary_pb2
 
-    from resexp.records import REPORT_SUFFIX, VS_DEPTH_DIR
-    from resexp.tblog import EventWriter, event_files
+    from resexp.reporting.records import REPORT_SUFFIX, VS_DEPTH_DIR
+    from resexp.runs.tblog import EventWriter, event_files
 
     layout = []
     runs: dict[tuple[float | None, str], list] = {}  # (pinned time or None, run) -> [(step, value), ...]

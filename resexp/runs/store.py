@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resexp.config import (
+from resexp.core.config import (
     Config,
     config_hash,
     dump_yaml,
@@ -31,7 +31,7 @@ from resexp.config import (
     legacy_run_id,
     run_id,
 )
-from resexp.errors import RunError
+from resexp.core.errors import RunError
 
 FINAL = ("completed", "diverged")  # a re-run cannot change these: runs are deterministic
 EXIT_CODES = {"completed": 0, "diverged": 3, "interrupted": 130}  # anything else (failed, running): 1

@@ -16,7 +16,7 @@
   model (jax-ml/jax#12868). Written canonically they hit the Eigen kernels again.
   `use_fast_conv` swaps it into every `nnx.Conv` of a model; the Engine does so only for
   programs built for CPU (`Engine.platform`), so GPU/TPU programs keep lax's own convs.
-  Where resexp's oneDNN extension loads (`resexp.onednn_conv`), float32 2-D convs skip
+  Where resexp's oneDNN extension loads (`resexp.core.onednn_conv`), float32 2-D convs skip
   Eigen altogether: forward and both gradients are oneDNN primitives (1.35-1.58x a
   ResNet-20 step on an AVX-512 CPU; README "oneDNN convolutions on the CPU").
 """
@@ -40,7 +40,7 @@ from jax.sharding import PartitionSpec as P
 DATA_AXIS = "data"
 KERNEL_GRAD_GROUP = 8  # images per kernel-gradient conv on CPU (measured best for 8..32 px CIFAR stages)
 # Where 2-D float32 convs go on the CPU, read when a program is traced: "auto" (oneDNN's kernels
-# through resexp.onednn_conv where its extension loads, else XLA's), "onednn" or "xla".
+# through resexp.core.onednn_conv where its extension loads, else XLA's), "onednn" or "xla".
 CPU_CONV = os.environ.get("RESEXP_CPU_CONV", "auto")
 _XLA_ONLY = threading.local()
 
@@ -275,7 +275,7 @@ def conv_general_dilated(
         padding = lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:nd], strides, padding)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     if nd == 2 and lhs.dtype == jnp.float32 and CPU_CONV != "xla" and not getattr(_XLA_ONLY, "on", False):
-        from resexp import onednn_conv
+        from resexp.core import onednn_conv
 
         if onednn_conv.available():
             return onednn_conv.conv(lhs, rhs, strides, pads)
@@ -286,7 +286,7 @@ def cpu_conv_path() -> str:
     """Whose kernels run this process's float32 2-D convs on the CPU: "onednn" or "xla"."""
     if CPU_CONV == "xla":
         return "xla"
-    from resexp import onednn_conv
+    from resexp.core import onednn_conv
 
     return "onednn" if onednn_conv.available() else "xla"
 
