@@ -1,5 +1,5 @@
 // XLA FFI custom calls running 2-D NHWC x HWIO float32 convolutions through oneDNN:
-// forward, backward-data and backward-weights (resexp/onednn_conv.py). On an AVX-512 CPU
+// forward, backward-data and backward-weights (resexp/core/onednn_conv.py). On an AVX-512 CPU
 // oneDNN's kernels made a ResNet-20 training step 1.35-1.58x faster than XLA:CPU's Eigen
 // convolutions (README "oneDNN convolutions on the CPU").
 //

@@ -38,8 +38,7 @@ def _accumulator(logdir: Path) -> EventAccumulator:
 
 def test_import_does_not_pull_in_tensorflow():
     code = (
-        "import sys, resexp.runs.tblog, resexp.reporting.report; "
-        "assert 'tensorflow' not in sys.modules, 'TF imported'"
+        "import sys, resexp.runs.tblog, resexp.reporting.report; assert 'tensorflow' not in sys.modules, 'TF imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
