@@ -23,7 +23,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-BUILT = Path(__file__).resolve().parent.parent / "build" / "onednn" / "libresexp_onednn.so"
+BUILT = Path(__file__).resolve().parents[2] / "build" / "onednn" / "libresexp_onednn.so"
 TEAM_MIN_MACS = 8 << 20  # multiply-adds of a conv below which one thread beats a team (scripts/onednn_threads.py)
 TARGETS = {
     "resexp_onednn_conv_fwd": "OnednnConvFwd",
