@@ -94,27 +94,23 @@ def out_shape(x_shape, w_shape, strides, pads) -> tuple[int, ...]:
     return (n, (h + ph0 + ph1 - kh) // strides[0] + 1, (w + pw0 + pw1 - kw) // strides[1] + 1, o)
 
 
+def _call(target: str, result_shape, a, b, strides, pads):
+    """One oneDNN primitive on (a, b), its result `result_shape` in a's dtype."""
+    library()  # registers the targets before the first trace
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(result_shape, a.dtype), vmap_method="sequential")
+    return call(a, b, **attrs(strides, pads))
+
+
 def forward(x, w, strides, pads):
-    library()
-    out = jax.ShapeDtypeStruct(out_shape(x.shape, w.shape, strides, pads), x.dtype)
-    call = jax.ffi.ffi_call("resexp_onednn_conv_fwd", out, vmap_method="sequential")
-    return call(x, w, **attrs(strides, pads))
+    return _call("resexp_onednn_conv_fwd", out_shape(x.shape, w.shape, strides, pads), x, w, strides, pads)
 
 
 def input_grad(dy, w, x_shape, strides, pads):
-    library()
-    call = jax.ffi.ffi_call(
-        "resexp_onednn_conv_bwd_data", jax.ShapeDtypeStruct(x_shape, dy.dtype), vmap_method="sequential"
-    )
-    return call(dy, w, **attrs(strides, pads))
+    return _call("resexp_onednn_conv_bwd_data", x_shape, dy, w, strides, pads)
 
 
 def kernel_grad(x, dy, w_shape, strides, pads):
-    library()
-    call = jax.ffi.ffi_call(
-        "resexp_onednn_conv_bwd_weights", jax.ShapeDtypeStruct(w_shape, x.dtype), vmap_method="sequential"
-    )
-    return call(x, dy, **attrs(strides, pads))
+    return _call("resexp_onednn_conv_bwd_weights", w_shape, x, dy, strides, pads)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

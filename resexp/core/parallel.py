@@ -18,7 +18,7 @@
   programs built for CPU (`Engine.platform`), so GPU/TPU programs keep lax's own convs.
   Where resexp's oneDNN extension loads (`resexp.core.onednn_conv`), float32 2-D convs skip
   Eigen altogether: forward and both gradients are oneDNN primitives (1.35-1.58x a
-  ResNet-20 step on an AVX-512 CPU; README "oneDNN convolutions on the CPU").
+  ResNet-20 step on an AVX-512 CPU; docs/performance.md "oneDNN convolutions on the CPU").
 """
 
 from __future__ import annotations
@@ -274,11 +274,10 @@ def conv_general_dilated(
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:nd], strides, padding)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if nd == 2 and lhs.dtype == jnp.float32 and CPU_CONV != "xla" and not getattr(_XLA_ONLY, "on", False):
+    if nd == 2 and lhs.dtype == jnp.float32 and not getattr(_XLA_ONLY, "on", False) and cpu_conv_path() == "onednn":
         from resexp.core import onednn_conv
 
-        if onednn_conv.available():
-            return onednn_conv.conv(lhs, rhs, strides, pads)
+        return onednn_conv.conv(lhs, rhs, strides, pads)
     return _canonical_conv(lhs, rhs, strides, pads)
 
 
