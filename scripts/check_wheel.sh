@@ -39,12 +39,16 @@ names = zipfile.ZipFile(wheel).namelist()
 dist_info = f"resexp-{version}.dist-info/"
 stray = [n for n in names if not n.startswith(("resexp/", dist_info))]
 assert not stray, f"the wheel holds files outside resexp/: {stray}"
-package_runs = [n for n in names if n.startswith("resexp/runs/") and n.count("/") == 2 and n.endswith(".py")]
-unwanted = [  # the resexp.runs package's modules are code; anything else under a runs/ is output
-    n
-    for n in names
-    if ({"tests", "runs", "scripts"} & set(n.split("/")) and n not in package_runs) or n.endswith("conftest.py")
-]
+
+
+def run_output(path: str) -> bool:
+    """Under a runs/ folder, and not the resexp.runs package or one of its modules (code, not output)."""
+    parts = path.split("/")
+    package = parts[-2:] == ["resexp", "runs"] or (parts[-3:-1] == ["resexp", "runs"] and path.endswith(".py"))
+    return "runs" in parts and not package
+
+
+unwanted = [n for n in names if {"tests", "scripts"} & set(n.split("/")) or run_output(n) or n.endswith("conftest.py")]
 assert not unwanted, f"the wheel holds tests, runs or scripts: {unwanted}"
 configs = {p.name: p.read_bytes() for p in Path("configs").glob("*.yaml")}
 shipped = {n.removeprefix("resexp/configs/") for n in names if n.startswith("resexp/configs/")}
@@ -57,8 +61,7 @@ assert f"\nVersion: {version}\n" in metadata, "the wheel's version is not pyproj
 in_sdist = tarfile.open(sdist).getnames()
 missing = [n for n in configs if f"resexp-{version}/resexp/configs/{n}" not in in_sdist]
 assert not missing, f"the sdist lacks configs {missing}"
-in_runs = [n for n in in_sdist if "/runs/" in n]
-assert all(n.startswith(f"resexp-{version}/resexp/runs/") and n.endswith(".py") for n in in_runs), "the sdist holds runs"
+assert not [n for n in in_sdist if run_output(n)], "the sdist holds runs"
 print(f"{len(names)} files in the wheel, {len(shipped)} configs, py.typed", file=sys.stderr)
 print(version)
 EOF
