@@ -1,7 +1,7 @@
 // XLA FFI custom calls running 2-D NHWC x HWIO float32 convolutions through oneDNN:
 // forward, backward-data and backward-weights (resexp/core/onednn_conv.py). On an AVX-512 CPU
 // oneDNN's kernels made a ResNet-20 training step 1.35-1.58x faster than XLA:CPU's Eigen
-// convolutions (README "oneDNN convolutions on the CPU").
+// convolutions (docs/performance.md "oneDNN convolutions on the CPU").
 //
 // Primitive descriptors and primitives are built once per shape (plus strides and pads) and
 // kept in a process-wide cache. Weights are handed to oneDNN in HWIO and reordered to the

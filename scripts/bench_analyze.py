@@ -1,5 +1,5 @@
 """Wall time of `resexp analyze` on a sweep, every program compiled from scratch: the why lab's
-time budget (README "Why, measured": at most 5 minutes on 2 CPU cores for the CPU Fashion-MNIST
+time budget (docs/why-lab.md "Time": at most 5 minutes on 2 CPU cores for the CPU Fashion-MNIST
 study, plain and ResNet at depth 20 and 56).
 
 The sweep's runs are copied (summaries, configs and final checkpoints; no cached analyses) into

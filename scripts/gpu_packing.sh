@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Several runs per GPU, measured in one command on a GPU machine: what README "Several runs per
-# GPU" leaves open.
+# Several runs per GPU, measured in one command on a GPU machine: what docs/slurm.md "Several runs
+# per GPU" leaves open.
 #
 #   scripts/gpu_packing.sh [--out DIR] [--parts packing,table6,study] [--jobs 1,2,4] [--rules fraction,grow]
 #                          [--runs 8] [--steps 2000] [--study-config FILE] [--study-jobs K] [--data-dir DIR]

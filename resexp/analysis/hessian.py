@@ -33,7 +33,7 @@ from resexp.analysis.common import (
 )
 
 NAME = "hessian"
-EXAMPLES = 256  # default sample: the first N test images (README "Why, measured")
+EXAMPLES = 256  # default sample: the first N test images (docs/why-lab.md "Time")
 SWEEP_OPTIONS: dict[str, Any] = {}
 VS_DEPTH = "hessian_vs_depth.png"
 POINT_KEYS = ("sgd_stability_limit", "lambda_max_standard_error", "bn_statistics")

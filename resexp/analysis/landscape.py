@@ -36,7 +36,7 @@ from resexp.analysis.common import (
 )
 
 NAME = "landscape"
-EXAMPLES = 64  # default sample: the first N test images (README "Why, measured")
+EXAMPLES = 64  # default sample: the first N test images (docs/why-lab.md "Time")
 SWEEP_OPTIONS: dict[str, Any] = {}
 VS_DEPTH = "landscapes.png"
 POINT_KEYS: tuple[str, ...] = ()  # its sweep figure draws each run's whole surface (`plot_vs_depth`)

@@ -23,7 +23,7 @@ from resexp.analysis import stats
 from resexp.analysis.common import AnalysisError, RunInfo, bn_note, bn_statistics, eval_sample_options, fmt, fmt_ci
 
 NAME = "lesion"
-EXAMPLES = 256  # default sample: the first N test images (README "Why, measured")
+EXAMPLES = 256  # default sample: the first N test images (docs/why-lab.md "Time")
 SWEEP_OPTIONS: dict[str, Any] = {}
 VS_DEPTH = "lesion_vs_depth.png"
 POINT_KEYS = ("base_accuracy", "median_single_accuracy_ci95", "base_accuracy_ci95", "bn_statistics")

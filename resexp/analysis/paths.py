@@ -28,7 +28,7 @@ from resexp.analysis import stats
 from resexp.analysis.common import AnalysisError, RunInfo, bn_note, bn_statistics, eval_sample_options, fmt
 
 NAME = "paths"
-EXAMPLES = 32  # default sample: the first N test images (README "Why, measured")
+EXAMPLES = 32  # default sample: the first N test images (docs/why-lab.md "Time")
 SWEEP_OPTIONS: dict[str, Any] = {}
 VS_DEPTH = None  # a results.csv column, no figure against depth
 POINT_KEYS: tuple[str, ...] = ()

@@ -1,6 +1,6 @@
 """Where a sweep's worker processes train: the GPU each is pinned to, and how they share its memory.
 
-Several runs at once fill a GPU better than one small run (README "Scaling out"), but each JAX
+Several runs at once fill a GPU better than one small run (docs/slurm.md), but each JAX
 process preallocates 75 % of a GPU's memory, so a second process on the same GPU fails to start.
 A sweep with `--jobs K` (and a SLURM task with `--runs-per-task K`) therefore plans its workers
 before any of them imports JAX:
